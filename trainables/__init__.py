@@ -1,0 +1,31 @@
+"""One robustgrid trial as a pure function: ``run_trial(config) -> rows``.
+
+QKeras and tfmot need Keras 2, so every process that imports TensorFlow
+through this package gets ``TF_USE_LEGACY_KERAS=1`` *before* the first
+``import tensorflow`` (Ray workers get it from the runtime_env as well).
+This package never imports ``grid`` or ``analysis``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ banners out of progress output
+
+import warnings  # noqa: E402
+
+# Known, harmless notices from the stack that would drown a study's progress:
+# QKeras quantizers serialised through keras.constraints, tfmot re-calling
+# unseeded initialisers while cloning, ART's optional PyTorch features.
+for _pattern in (
+    r"The `keras.constraints.serialize\(\)` API",
+    r"The initializer \w+ is unseeded",
+    r"PyTorch not found",
+    r"`tf.keras.backend.learning_phase_scope` is deprecated",
+):
+    warnings.filterwarnings("ignore", message=_pattern, category=UserWarning)
+
+from trainables.config import AttackName, AttackSpec, TrialConfig  # noqa: E402
+
+__all__ = ["AttackName", "AttackSpec", "TrialConfig"]

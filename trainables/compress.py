@@ -1,0 +1,89 @@
+"""Model-size reductions with tfmot, in the order prune -> cluster.
+
+Quantization is part of the QKeras layers themselves, so every training
+phase (plain, pruning, cluster fine-tune) is quantization-aware.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from trainables.models import CUSTOM_OBJECTS, WEIGHT_LAYERS
+
+
+def pruning_schedule(sparsity: float, total_steps: int) -> tfmot.sparsity.keras.PruningSchedule:
+    """Polynomial ramp 0 -> ``sparsity`` over the first ~70% of the steps.
+
+    The last mask update falls exactly on ``end_step`` (a multiple of the
+    update frequency), so the final zero fraction is the target up to
+    rounding of one weight per layer.
+    """
+    freq = max(1, total_steps // 20)
+    end = max(freq, freq * int(0.7 * total_steps / freq))
+    return tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=end, frequency=freq
+    )
+
+
+def prune(model: tf_keras.Model, sparsity: float, total_steps: int) -> tf_keras.Model:
+    """Wrap every prunable layer for magnitude pruning to ``sparsity``."""
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tfmot.sparsity.keras.prune_low_magnitude(
+            model, pruning_schedule=pruning_schedule(sparsity, total_steps)
+        )
+
+
+def strip_pruning(model: tf_keras.Model) -> tf_keras.Model:
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tfmot.sparsity.keras.strip_pruning(model)
+
+
+def cluster(model: tf_keras.Model, clusters: int, preserve_sparsity: bool) -> tf_keras.Model:
+    """Wrap clusterable kernels in ``clusters`` centroids.
+
+    With ``preserve_sparsity`` (after pruning) the pruned zeros stay zero and
+    tfmot forces the smallest centroid to 0, so zero is one of the
+    ``clusters`` values and a few small surviving weights may join it.
+    """
+    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tfmot.clustering.keras.cluster_weights(
+            model,
+            number_of_clusters=clusters,
+            cluster_centroids_init=init,
+            preserve_sparsity=preserve_sparsity,
+        )
+
+
+def strip_clustering(model: tf_keras.Model) -> tf_keras.Model:
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tfmot.clustering.keras.strip_clustering(model)
+
+
+def zero_masks(model: tf_keras.Model) -> dict[str, np.ndarray]:
+    """Where each prunable kernel is zero (the pruning result), by layer name."""
+    return {layer.name: layer.kernel.numpy() == 0 for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)}
+
+
+def keep_pruned_zeros_only(model: tf_keras.Model, masks: dict[str, np.ndarray]) -> None:
+    """Move surviving weights that clustering sent to the zero centroid onto the
+    nearest non-zero centroid, in place.
+
+    tfmot's sparsity-preserving clustering reserves one of the k centroids for
+    zero and lets small surviving weights join it, which would push the zero
+    fraction above the pruning target.  Afterwards the zeros are exactly the
+    pruned weights and the layer still holds at most k distinct values.
+    """
+    for layer in model.layers:
+        if layer.name not in masks:
+            continue
+        kernel = layer.kernel.numpy()
+        stray = (kernel == 0) & ~masks[layer.name]
+        centroids = np.unique(kernel[kernel != 0])
+        if not stray.any() or centroids.size == 0:
+            continue
+        # Zero is equidistant-ish: pick the smallest-magnitude non-zero centroid.
+        kernel[stray] = centroids[np.argmin(np.abs(centroids))]
+        layer.kernel.assign(kernel)

@@ -1,0 +1,143 @@
+"""The frozen, validated config of one trial.
+
+The annotated field types below are shared with the study schema
+(``grid.spec``), so a bad value is rejected with the same rule whether it
+comes from a study file or straight from a Python caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------
+# Quantization labels.  ``bits`` is categorical: an integer width 2..16 or a
+# named scheme.  Weight storage width for each (used by the footprint):
+#   float -> 32 bits, int b -> b bits, ternary/stochastic_ternary -> 2 bits,
+#   binary -> 1 bit.
+NAMED_SCHEMES = ("float", "ternary", "stochastic_ternary", "binary")
+MIN_INT_BITS, MAX_INT_BITS = 2, 16
+
+
+def normalize_bits(value: Any) -> str:
+    """Return the canonical label for a ``bits`` value or raise ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"bits must be an integer {MIN_INT_BITS}-{MAX_INT_BITS} or one of {', '.join(NAMED_SCHEMES)}; got {value!r}")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        b = int(value)
+        if not MIN_INT_BITS <= b <= MAX_INT_BITS:
+            hint = " (use 'binary' for 1-bit weights)" if b == 1 else ""
+            raise ValueError(
+                f"bits must be an integer {MIN_INT_BITS}-{MAX_INT_BITS} or one of "
+                f"{', '.join(NAMED_SCHEMES)}; got {value!r}{hint}"
+            )
+        return str(b)
+    if isinstance(value, str) and value.strip().lower() in NAMED_SCHEMES:
+        return value.strip().lower()
+    raise ValueError(
+        f"bits must be an integer {MIN_INT_BITS}-{MAX_INT_BITS} or one of {', '.join(NAMED_SCHEMES)}; got {value!r}"
+    )
+
+
+def weight_bits(bits: str) -> int:
+    """Storage width in bits of one weight under the ``bits`` label."""
+    return {"float": 32, "ternary": 2, "stochastic_ternary": 2, "binary": 1}.get(bits) or int(bits)
+
+
+def _check_clusters(value: int) -> int:
+    if value == 1 or value < 0:
+        raise ValueError(f"clusters must be 0 (off) or 2-65536; got {value}")
+    return value
+
+
+# Shared field types (the study schema uses the same ones for its axes).
+Bits = Annotated[int | str, AfterValidator(normalize_bits)]
+Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+Clusters = Annotated[int, Field(le=65536), AfterValidator(_check_clusters)]
+JRWeight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
+Eps = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]  # on the input's 0-1 scale
+
+
+class AttackName(str, enum.Enum):
+    fgsm = "fgsm"
+    pgd = "pgd"
+
+
+class AttackSpec(BaseModel):
+    """One attack of the evaluation: every eps gives one row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: AttackName
+    eps: tuple[Eps, ...] = Field(min_length=1, max_length=64)
+    steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (ignored by FGSM)
+    step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)  # PGD step = step_ratio * eps
+    samples: int | None = Field(default=None, ge=1, le=10_000_000)  # None: the whole test split
+
+
+class Dataset(str, enum.Enum):
+    digits = "digits"
+
+
+class ModelName(str, enum.Enum):
+    digits_cnn = "digits_cnn"
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs; the hash of it (less ``threads``) is the trial key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Dataset = Dataset.digits
+    model: ModelName = ModelName.digits_cnn
+    bits: Bits = "float"
+    activation_bits: int | None = Field(default=None, ge=2, le=16)  # None: follow int bits, else 8
+    sparsity: Sparsity = 0.0
+    clusters: Clusters = 0
+    jr_weight: JRWeight = 0.0
+    jr_projections: int = Field(default=1, ge=1, le=64)
+    epochs: int = Field(default=8, ge=1, le=10_000)
+    fine_tune_epochs: int = Field(default=2, ge=0, le=10_000)  # after clustering
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    learning_rate: float = Field(default=3e-3, gt=0.0, le=10.0, allow_inf_nan=False)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    attacks: tuple[AttackSpec, ...] = ()
+    # Not part of the key: how many TF threads the trial may use.
+    threads: int = Field(default=1, ge=1, le=1024)
+
+    @property
+    def weight_bits(self) -> int:
+        return weight_bits(self.bits)
+
+    @property
+    def act_bits(self) -> int | None:
+        """Activation width: None for float models."""
+        if self.bits == "float":
+            return None
+        if self.activation_bits is not None:
+            return self.activation_bits
+        return int(self.bits) if self.bits.isdigit() else 8
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the trial's result (all but ``threads``)."""
+        return self.model_dump(mode="json", exclude={"threads"})
+
+    @property
+    def key(self) -> str:
+        """16 hex digits of SHA-256 over the canonical JSON of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
+        return cls.model_validate(data)
+
+
+def is_close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-12)

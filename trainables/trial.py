@@ -1,0 +1,177 @@
+"""``run_trial(config) -> rows``: one readable path, load -> compress/train ->
+footprint -> attack -> record.  No Ray here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.metadata
+import json
+import math
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from trainables import compress
+from trainables.attacks import AttackResult, evaluate_attacks
+from trainables.config import TrialConfig
+from trainables.data import load_split
+from trainables.footprint import ModelFootprint, model_footprint
+from trainables.jacobian import logits_and_jr
+from trainables.models import BIAS_BITS, build_model
+from trainables.rows import SCHEMA_VERSION, STATUS_COMPLETE, STATUS_FAILED, empty_row
+from trainables.train import dataset, fit, predict_logits, steps_per_epoch
+
+Row = dict[str, Any]
+
+_PACKAGES = ("robustgrid", "tensorflow", "tf-keras", "qkeras", "tensorflow-model-optimization",
+             "adversarial-robustness-toolbox", "ray", "numpy")
+
+# Fine-tuning after clustering moves centroids, not weights: a gentler rate.
+FINE_TUNE_LR_FACTOR = 0.1
+
+
+@functools.cache
+def package_versions() -> str:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return json.dumps(out, sort_keys=True)
+
+
+def set_threads(threads: int) -> None:
+    """Match TF's thread pools to the trial's CPUs (only possible before TF starts)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        pass  # already initialised in this (reused) worker: keep its setting
+
+
+def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
+    """Build, prune, cluster and quantization-aware train; returns the stripped model."""
+    split = load_split(cfg.dataset.value, cfg.seed, cfg.test_fraction)
+    tf_keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg, split.input_shape, split.num_classes)
+    data = dataset(split.x_train, split.y_train, cfg.batch_size, cfg.seed)
+    t0 = time.perf_counter()
+    if cfg.sparsity > 0:
+        total = steps_per_epoch(len(split.x_train), cfg.batch_size) * cfg.epochs
+        model = compress.prune(model, cfg.sparsity, total)
+    fit(model, data, cfg.epochs, cfg.learning_rate, cfg.jr_weight, cfg.jr_projections)
+    if cfg.sparsity > 0:
+        model = compress.strip_pruning(model)
+    if cfg.clusters:
+        masks = compress.zero_masks(model) if cfg.sparsity > 0 else {}
+        model = compress.cluster(model, cfg.clusters, preserve_sparsity=cfg.sparsity > 0)
+        if cfg.fine_tune_epochs:
+            fit(model, data, cfg.fine_tune_epochs, cfg.learning_rate * FINE_TUNE_LR_FACTOR,
+                cfg.jr_weight, cfg.jr_projections)
+        model = compress.strip_clustering(model)
+        compress.keep_pruned_zeros_only(model, masks)
+    return model, time.perf_counter() - t0
+
+
+def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -> float:
+    """Estimate of mean ||J||_F^2 on up to 256 examples (a diagnostic, not a loss)."""
+    _, est = logits_and_jr(lambda t: model(t, training=False), tf.constant(x[:256]), projections)
+    return float(est)
+
+
+def _base_row(cfg: TrialConfig, started: str) -> Row:
+    row = empty_row()
+    row.update(
+        schema_version=SCHEMA_VERSION,
+        key=cfg.key,
+        fold=0,
+        cfg_dataset=cfg.dataset.value,
+        cfg_model=cfg.model.value,
+        cfg_bits=cfg.bits,
+        cfg_weight_bits=cfg.weight_bits,
+        cfg_activation_bits=cfg.act_bits,
+        cfg_sparsity=cfg.sparsity,
+        cfg_clusters=cfg.clusters,
+        cfg_jr_weight=cfg.jr_weight,
+        cfg_epochs=cfg.epochs,
+        cfg_fine_tune_epochs=cfg.fine_tune_epochs,
+        cfg_batch_size=cfg.batch_size,
+        cfg_learning_rate=cfg.learning_rate,
+        cfg_test_fraction=cfg.test_fraction,
+        cfg_seed=cfg.seed,
+        meta_config_json=json.dumps(cfg.identity(), sort_keys=True),
+        meta_versions_json=package_versions(),
+        meta_host=socket.gethostname(),
+        meta_started_at=started,
+    )
+    return row
+
+
+def _complete_rows(
+    cfg: TrialConfig, started: str, clean_acc: float, fp: ModelFootprint, jac: float,
+    results: list[AttackResult], train_s: float, total_s: float, n_test: int,
+) -> list[Row]:
+    pruned = [lf for lf in fp.layers if lf.kernel_params]
+    zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
+    common = _base_row(cfg, started)
+    common.update(
+        status=STATUS_COMPLETE,
+        reason="",
+        metric_clean_acc=clean_acc,
+        metric_params=fp.params,
+        metric_nonzero=fp.nonzero,
+        metric_sparsity=zeros / max(1, sum(lf.kernel_params for lf in pruned)),
+        metric_max_distinct=max((lf.distinct for lf in fp.layers), default=0),
+        metric_bytes=fp.bytes,
+        metric_bytes_dense=fp.bytes_dense,
+        metric_bytes_sparse=fp.bytes_sparse,
+        metric_bytes_clustered=fp.bytes_clustered,
+        metric_jacobian_fro2=jac,
+        meta_layers_json=json.dumps(fp.layer_dicts()),
+        meta_train_s=train_s,
+        meta_total_s=total_s,
+    )
+    if not results:  # no attacks in the study: one clean-only row
+        return [{**common, "attack": "none", "eps": 0.0, "metric_attack_clean_acc": clean_acc,
+                 "metric_robust_acc": clean_acc, "metric_samples": n_test, "meta_attack_s": 0.0}]
+    steps = {a.name.value: a.steps for a in cfg.attacks}
+    return [
+        {**common, "attack": r.attack, "eps": r.eps, "cfg_attack_steps": steps[r.attack] if r.attack == "pgd" else None,
+         "metric_attack_clean_acc": r.clean_acc, "metric_robust_acc": r.robust_acc,
+         "metric_samples": r.samples, "meta_attack_s": r.seconds}
+        for r in results
+    ]
+
+
+def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
+    """Run one trial and return its rows; a failure becomes one row with status 'failed'."""
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    set_threads(cfg.threads)
+    try:
+        model, train_s = train_compressed(cfg)
+        split = load_split(cfg.dataset.value, cfg.seed, cfg.test_fraction)
+        logits = predict_logits(model, split.x_test)
+        clean_acc = float(np.mean(np.argmax(logits, axis=1) == split.y_test))
+        if not math.isfinite(clean_acc):
+            raise FloatingPointError("clean accuracy is not finite")
+        fp = model_footprint(model, cfg.weight_bits, BIAS_BITS)
+        jac = jacobian_fro2(model, split.x_test)
+        results = evaluate_attacks(model, split.x_test, split.y_test, split.num_classes, cfg.attacks)
+        return _complete_rows(cfg, started, clean_acc, fp, jac, results, train_s,
+                              time.perf_counter() - t0, len(split.x_test))
+    except Exception as exc:  # recorded, not raised: the study goes on
+        row = _base_row(cfg, started)
+        row.update(status=STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000],
+                   meta_total_s=time.perf_counter() - t0)
+        row["meta_layers_json"] = json.dumps({"traceback": traceback.format_exc()[-4000:]})
+        return [row]
