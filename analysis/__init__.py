@@ -1,0 +1,9 @@
+"""Analysis of robustgrid results: DuckDB over the Parquet store.
+
+Reads Parquet only; imports neither TensorFlow nor Ray.
+"""
+
+from analysis.pareto import pareto_front, trial_points
+from analysis.query import connect, parquet_glob
+
+__all__ = ["connect", "parquet_glob", "pareto_front", "trial_points"]

@@ -1,0 +1,1 @@
+"""The grid: study files -> Ray Tune trials -> Parquet.  Knows Ray Tune, not TensorFlow."""

@@ -1,0 +1,108 @@
+"""``grid``: run, validate and read robustgrid studies.
+
+    grid run [STUDY]        run a study (the embedded default when none is given)
+    grid validate STUDY     check a study file without running anything
+    grid pareto RESULTS     print the Pareto front from the Parquet files alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from grid.spec import Study, StudyError, load_study
+
+EXIT_BAD_INPUT = 2
+
+
+def _print_front(results: str, attack: str, eps: float | None) -> int:
+    from analysis.pareto import format_front, headline_eps, pareto_front
+    from analysis.query import connect
+
+    con = connect(results)
+    eps = headline_eps(con, attack) if eps is None else eps
+    front = pareto_front(con, attack, eps)
+    print(format_front(front, attack, eps))
+    return 0
+
+
+def _describe(study: Study) -> str:
+    a = study.axes
+    attacks = ", ".join(f"{x.name.value} eps={list(x.eps)}" for x in study.attacks) or "none"
+    return (f"study {study.name}: {study.grid_size} trials = bits {list(a.bits)} x sparsity {list(a.sparsity)} "
+            f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)}; attacks: {attacks}; "
+            f"results -> {study.results_dir()}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    study = load_study(args.study)  # validated before anything starts
+    from grid.launch import run_study
+
+    t0 = time.perf_counter()
+    summary = run_study(study, results=args.results, address=args.address, max_concurrent=args.max_concurrent)
+    results_dir = study.results_dir(args.results)
+    if summary.ran:
+        print(
+            f"\n{summary.completed} complete, {summary.failed} failed, {summary.skipped} skipped "
+            f"in {summary.wall_s:.1f}s of Tune time ({time.perf_counter() - t0:.1f}s in all); "
+            f"trials' own compute {summary.trial_s:.1f}s on {summary.concurrency} slot(s): "
+            f"efficiency {summary.efficiency:.2f}, overhead {summary.overhead_per_trial_s:.2f}s per trial"
+        )
+        for failure in summary.failures:
+            print(f"  failed {failure}")
+    print()
+    attack, eps = study.headline
+    if summary.completed or summary.skipped:
+        _print_front(str(results_dir), attack, eps)
+    print(f"\nrows: {results_dir}/rows/*.parquet  (grid pareto {results_dir})")
+    return 1 if summary.failed and not summary.completed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    print("ok: " + _describe(load_study(args.study)))
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    return _print_front(args.results, args.attack, args.eps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grid", description="robustgrid: TinyML robustness studies on Ray Tune.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study (the embedded default when none is given)")
+    run.add_argument("study", nargs="?", default=None, help="study YAML file, or the name of an embedded study")
+    run.add_argument("--results", help="results folder (overrides the study's `results`)")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a study file; starts nothing")
+    val.add_argument("study", help="study YAML file, or the name of an embedded study")
+    val.set_defaults(func=cmd_validate)
+
+    par = sub.add_parser("pareto", help="print the Pareto front from a results folder's Parquet files")
+    par.add_argument("results", help="a study's results folder, a parent of several, or a Parquet glob")
+    par.add_argument("--attack", default="worst", help="attack name, or 'worst' (min over attacks; default)")
+    par.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)")
+    par.set_defaults(func=cmd_pareto)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (StudyError, FileNotFoundError, ValueError) as err:
+        print(f"grid {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are saved; `grid run` again to do the rest", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The study file: schema, validation and the trials it stands for.
+
+Everything is checked here, before Ray starts: an unknown key, a wrong
+type or an out-of-range value raises :class:`StudyError` naming the field
+(as a dotted path) and the value.  The per-value rules are the trial's own
+(``trainables.config``), so a study and a trial can never disagree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import (
+    AttackName,
+    Bits,
+    Clusters,
+    Dataset,
+    Eps,
+    JRWeight,
+    ModelName,
+    Sparsity,
+    TrialConfig,
+)
+
+MAX_TRIALS = 100_000
+DEFAULT_STUDY = "default"
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the field and the value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Train(_Strict):
+    epochs: int = Field(default=8, ge=1, le=10_000)
+    fine_tune_epochs: int = Field(default=2, ge=0, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    learning_rate: float = Field(default=3e-3, gt=0.0, le=10.0, allow_inf_nan=False)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    activation_bits: int | None = Field(default=None, ge=2, le=16)
+    jr_projections: int = Field(default=1, ge=1, le=64)
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"duplicate value {v!r}: each {what} value must appear once")
+        seen.append(v)
+    return values
+
+
+class Axes(_Strict):
+    """The cross product: every combination is one trial."""
+
+    bits: list[Bits] = Field(default_factory=lambda: ["float"], min_length=1, max_length=64)
+    sparsity: list[Sparsity] = Field(default_factory=lambda: [0.0], min_length=1, max_length=64)
+    clusters: list[Clusters] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
+    jr_weight: list[JRWeight] = Field(default_factory=lambda: [0.0], min_length=1, max_length=64)
+
+    @field_validator("bits", "sparsity", "clusters", "jr_weight")
+    @classmethod
+    def _no_duplicates(cls, v: list[Any], info: Any) -> list[Any]:
+        return _unique(v, info.field_name)
+
+
+class Attack(_Strict):
+    name: AttackName
+    eps: list[Eps] = Field(min_length=1, max_length=64)
+    steps: int = Field(default=10, ge=1, le=10_000)
+    step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)
+    samples: int | None = Field(default=None, ge=1, le=10_000_000)
+
+    @field_validator("eps")
+    @classmethod
+    def _no_duplicate_eps(cls, v: list[float]) -> list[float]:
+        return _unique(v, "eps")
+
+
+class Objective(_Strict):
+    """The robust accuracy the Pareto front maximises (against bytes)."""
+
+    attack: str = "worst"  # 'worst' (min over attacks) or an attack name
+    eps: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the largest eps
+
+
+class Resources(_Strict):
+    cpus_per_trial: int = Field(default=1, ge=1, le=1024)
+    gpus_per_trial: int = Field(default=0, ge=0, le=64)
+    max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class Study(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = ""
+    dataset: Dataset = Dataset.digits
+    model: ModelName = ModelName.digits_cnn
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    train: Train = Train()
+    axes: Axes = Axes()
+    attacks: list[Attack] = Field(default_factory=list, max_length=32)
+    objective: Objective = Objective()
+    resources: Resources = Resources()
+    results: str = Field(default="results", min_length=1)  # folder; rows go to <results>/<name>/
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it names the results folder)")
+        return v
+
+    @field_validator("dataset", "model", mode="before")
+    @classmethod
+    def _enum_from_str(cls, v: Any, info: Any) -> Any:
+        enum = Dataset if info.field_name == "dataset" else ModelName
+        if isinstance(v, str):
+            try:
+                return enum(v)
+            except ValueError:
+                known = ", ".join(e.value for e in enum)
+                raise ValueError(f"unknown {info.field_name} {v!r} (known: {known})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check_objective_and_size(self) -> Study:
+        names = [a.name.value for a in self.attacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"attacks: each attack may appear once; got {names}")
+        if self.objective.attack != "worst" and self.objective.attack not in names:
+            raise ValueError(
+                f"objective.attack: {self.objective.attack!r} is not among the study's attacks "
+                f"({', '.join(['worst', *names])})"
+            )
+        if self.objective.eps is not None:
+            pool = [e for a in self.attacks if self.objective.attack in ("worst", a.name.value) for e in a.eps]
+            if not any(math.isclose(self.objective.eps, e) for e in pool):
+                raise ValueError(f"objective.eps: {self.objective.eps} is not an eps of the objective's attacks {sorted(set(pool))}")
+        if self.grid_size > MAX_TRIALS:
+            raise ValueError(f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}")
+        return self
+
+    @property
+    def grid_size(self) -> int:
+        a = self.axes
+        return len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight)
+
+    @property
+    def headline(self) -> tuple[str, float | None]:
+        """(attack or 'worst', eps) of the robust-accuracy objective."""
+        if self.objective.eps is not None or not self.attacks:
+            return self.objective.attack, self.objective.eps
+        return self.objective.attack, max(e for a in self.attacks for e in a.eps)
+
+    def results_dir(self, override: str | None = None) -> Path:
+        return (Path(override or self.results) / self.name).resolve()
+
+    def trials(self) -> list[TrialConfig]:
+        """The cross product of the axes, in file order (bits outermost)."""
+        a, t = self.axes, self.train
+        attacks = tuple(a_.model_dump() for a_ in self.attacks)
+        return [
+            TrialConfig.model_validate(
+                {
+                    "dataset": self.dataset, "model": self.model, "seed": self.seed,
+                    "bits": bits, "sparsity": sp, "clusters": cl, "jr_weight": jr,
+                    "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs,
+                    "batch_size": t.batch_size, "learning_rate": t.learning_rate,
+                    "test_fraction": t.test_fraction, "activation_bits": t.activation_bits,
+                    "jr_projections": t.jr_projections, "attacks": attacks,
+                    "threads": self.resources.cpus_per_trial,
+                }
+            )
+            for bits, sp, cl, jr in itertools.product(a.bits, a.sparsity, a.clusters, a.jr_weight)
+        ]
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that rejects a key given twice in one mapping (YAML keeps the last silently)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in part and "(" in part:
+            continue  # pydantic's internal step names for annotated/union types
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "study"
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Field names valid at ``loc`` (for 'did you mean')."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _path(loc)
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(Study, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else (f" (known: {', '.join(known)})" if known else "")
+            lines.append(f"{path}: unknown key{hint}")
+        elif not loc:  # a whole-study rule: its message names the fields
+            lines.append(msg)
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required field is missing")
+        else:
+            lines.append(f"{path} = {e.get('input')!r}: {msg}")
+    n = len(lines)
+    head = f"{source}: {n} error{'s' if n > 1 else ''} in the study file"
+    return head + "\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def parse_study(data: Any, source: str = "<study>") -> Study:
+    if not isinstance(data, dict):
+        raise StudyError(f"{source}: the study file must be a YAML mapping of keys to values; got {type(data).__name__}")
+    try:
+        # JSON mode: strict types (no "10" for 10, no 2.5 for an int) that
+        # still take enum names as strings.  YAML-only types (dates) become text.
+        return Study.model_validate_json(json.dumps(data, default=str))
+    except ValidationError as err:
+        raise StudyError(format_errors(err, source)) from None
+
+
+def load_study(path: str | Path | None = None) -> Study:
+    """Load and validate a study file; ``None`` gives the embedded default study."""
+    if path is None or str(path) == DEFAULT_STUDY:
+        ref = importlib.resources.files("grid") / "studies" / f"{DEFAULT_STUDY}.yaml"
+        text, source = ref.read_text(), f"<embedded {DEFAULT_STUDY} study>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            embedded = importlib.resources.files("grid") / "studies" / f"{p.name}.yaml"
+            if p.suffix == "" and embedded.is_file():
+                text, source = embedded.read_text(), f"<embedded {p.name} study>"
+                return _parse_text(text, source)
+            raise StudyError(f"{path}: no such study file")
+        text, source = p.read_text(), str(p)
+    return _parse_text(text, source)
+
+
+def _parse_text(text: str, source: str) -> Study:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise StudyError(f"{source}: not valid YAML: {err}") from None
+    return parse_study(data, source)
