@@ -29,13 +29,19 @@ def headline_eps(con: duckdb.DuckDBPyConnection, attack: str = "worst") -> float
     return float(row[0])
 
 
-def trial_points(con: duckdb.DuckDBPyConnection, attack: str = "worst", eps: float | None = None) -> pd.DataFrame:
+def trial_points(
+    con: duckdb.DuckDBPyConnection, attack: str = "worst", eps: float | None = None
+) -> pd.DataFrame:
     """One point per complete trial: robust accuracy under ``attack`` at ``eps`` (worst = min over attacks)."""
     eps = headline_eps(con, attack) if eps is None else eps
-    return con.execute(_POINTS + " ORDER BY bytes, robust_acc DESC", {"eps": eps, "attack": attack}).df()
+    return con.execute(
+        _POINTS + " ORDER BY bytes, robust_acc DESC", {"eps": eps, "attack": attack}
+    ).df()
 
 
-def pareto_front(con: duckdb.DuckDBPyConnection, attack: str = "worst", eps: float | None = None) -> pd.DataFrame:
+def pareto_front(
+    con: duckdb.DuckDBPyConnection, attack: str = "worst", eps: float | None = None
+) -> pd.DataFrame:
     """Trials no other trial dominates (robust_acc >= and bytes <=, one strictly), by bytes."""
     eps = headline_eps(con, attack) if eps is None else eps
     sql = f"""

@@ -27,14 +27,20 @@ def parquet_glob(results: str | Path) -> str:
         return str(p / "rows" / "*.parquet")
     if any(p.glob("*/rows/*.parquet")):
         return str(p / "*" / "rows" / "*.parquet")
-    raise FileNotFoundError(f"results: {s!r} holds no robustgrid rows (expected {s}/rows/*.parquet)")
+    raise FileNotFoundError(
+        f"results: {s!r} holds no robustgrid rows (expected {s}/rows/*.parquet)"
+    )
 
 
-def connect(results: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    results: str | Path, con: duckdb.DuckDBPyConnection | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views ``rows`` and ``trials`` over ``results``."""
     con = con or duckdb.connect()
     glob = parquet_glob(results).replace("'", "''")
-    con.execute(f"CREATE OR REPLACE VIEW rows AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+    con.execute(
+        f"CREATE OR REPLACE VIEW rows AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+    )
     con.execute(
         """
         CREATE OR REPLACE VIEW trials AS

@@ -1,8 +1,8 @@
 """``grid``: run, validate and read robustgrid studies.
 
-    grid run [STUDY]        run a study (the embedded default when none is given)
-    grid validate STUDY     check a study file without running anything
-    grid pareto RESULTS     print the Pareto front from the Parquet files alone
+grid run [STUDY]        run a study (the embedded default when none is given)
+grid validate STUDY     check a study file without running anything
+grid pareto RESULTS     print the Pareto front from the Parquet files alone
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def _print_front(results: str, attack: str, eps: float | None) -> int:
 def _describe(study: Study) -> str:
     a = study.axes
     attacks = ", ".join(f"{x.name.value} eps={list(x.eps)}" for x in study.attacks) or "none"
-    return (f"study {study.name}: {study.grid_size} trials = bits {list(a.bits)} x sparsity {list(a.sparsity)} "
-            f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)}; attacks: {attacks}; "
-            f"results -> {study.results_dir()}")
+    return (
+        f"study {study.name}: {study.grid_size} trials = bits {list(a.bits)} x sparsity {list(a.sparsity)} "
+        f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)}; attacks: {attacks}; "
+        f"results -> {study.results_dir()}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -41,7 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from grid.launch import run_study
 
     t0 = time.perf_counter()
-    summary = run_study(study, results=args.results, address=args.address, max_concurrent=args.max_concurrent)
+    summary = run_study(
+        study, results=args.results, address=args.address, max_concurrent=args.max_concurrent
+    )
     results_dir = study.results_dir(args.results)
     if summary.ran:
         print(
@@ -70,13 +74,19 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grid", description="robustgrid: TinyML robustness studies on Ray Tune.")
+    p = argparse.ArgumentParser(
+        prog="grid", description="robustgrid: TinyML robustness studies on Ray Tune."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a study (the embedded default when none is given)")
-    run.add_argument("study", nargs="?", default=None, help="study YAML file, or the name of an embedded study")
+    run.add_argument(
+        "study", nargs="?", default=None, help="study YAML file, or the name of an embedded study"
+    )
     run.add_argument("--results", help="results folder (overrides the study's `results`)")
-    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
     run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     run.set_defaults(func=cmd_run)
 
@@ -84,10 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("study", help="study YAML file, or the name of an embedded study")
     val.set_defaults(func=cmd_validate)
 
-    par = sub.add_parser("pareto", help="print the Pareto front from a results folder's Parquet files")
-    par.add_argument("results", help="a study's results folder, a parent of several, or a Parquet glob")
-    par.add_argument("--attack", default="worst", help="attack name, or 'worst' (min over attacks; default)")
-    par.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)")
+    par = sub.add_parser(
+        "pareto", help="print the Pareto front from a results folder's Parquet files"
+    )
+    par.add_argument(
+        "results", help="a study's results folder, a parent of several, or a Parquet glob"
+    )
+    par.add_argument(
+        "--attack", default="worst", help="attack name, or 'worst' (min over attacks; default)"
+    )
+    par.add_argument(
+        "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
+    )
     par.set_defaults(func=cmd_pareto)
     return p
 
@@ -100,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grid {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are saved; `grid run` again to do the rest", file=sys.stderr)
+        print(
+            "\ninterrupted: finished trials are saved; `grid run` again to do the rest",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -27,10 +27,21 @@ def git_revision() -> str:
     """The project's git revision, '+dirty' when the tree has changes; 'unknown' outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -58,7 +69,9 @@ class RunSummary:
 
     @property
     def overhead_per_trial_s(self) -> float:
-        return max(0.0, self.wall_s * self.concurrency - self.trial_s) / self.ran if self.ran else 0.0
+        return (
+            max(0.0, self.wall_s * self.concurrency - self.trial_s) / self.ran if self.ran else 0.0
+        )
 
 
 def _fmt_s(s: float) -> str:
@@ -70,13 +83,17 @@ def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
 
     todo = summary.total - summary.skipped
 
-    class Progress(Callback):  # type: ignore[misc]
-        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+    class Progress(Callback):
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
             cfg = trial.config["trial"]
             if result.get("status") == "complete":
                 summary.completed += 1
-                verdict = (f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
-                           f"{result['bytes']:>7,} B")
+                verdict = (
+                    f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+                    f"{result['bytes']:>7,} B"
+                )
             else:
                 summary.failed += 1
                 summary.failures.append(f"{result.get('key')}: {result.get('reason')}")
@@ -93,11 +110,15 @@ def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
             )
             out.flush()
 
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             # The trainable records its own failures as rows; this is a crash of
             # the worker itself (after Tune's retries).
             summary.failed += 1
-            summary.failures.append(f"{trial.config['trial'].get('bits')}: worker error, see {trial.local_path}")
+            summary.failures.append(
+                f"{trial.config['trial'].get('bits')}: worker error, see {trial.local_path}"
+            )
             out.write(f"[trial error] {trial} (see {trial.local_path})\n")
             out.flush()
 
@@ -132,8 +153,10 @@ def run_study(
     done = completed_keys(results_dir)
     todo = [c for c in configs if c.key not in done]
     summary = RunSummary(total=len(configs), skipped=len(configs) - len(todo))
-    out.write(f"study {study.name}: {len(configs)} trials, {summary.skipped} already complete, "
-              f"{len(todo)} to run -> {results_dir}\n")
+    out.write(
+        f"study {study.name}: {len(configs)} trials, {summary.skipped} already complete, "
+        f"{len(todo)} to run -> {results_dir}\n"
+    )
     out.flush()
     if not todo:
         return summary
@@ -151,7 +174,9 @@ def run_study(
         slots = max(1, cpus // res.cpus_per_trial)
         summary.concurrency = min(slots, len(todo), max_concurrent or res.max_concurrent or slots)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
-        fn: Callable[..., Any] = tune.with_parameters(trainable, sink=sink, objective=study.headline)
+        fn: Callable[..., Any] = tune.with_parameters(
+            trainable, sink=sink, objective=study.headline
+        )
         fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
         tuner = tune.Tuner(
             fn,

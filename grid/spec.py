@@ -120,7 +120,9 @@ class Study(_Strict):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("must be letters, digits, '.', '_' or '-' (it names the results folder)")
+            raise ValueError(
+                "must be letters, digits, '.', '_' or '-' (it names the results folder)"
+            )
         return v
 
     @field_validator("dataset", "model", mode="before")
@@ -146,11 +148,20 @@ class Study(_Strict):
                 f"({', '.join(['worst', *names])})"
             )
         if self.objective.eps is not None:
-            pool = [e for a in self.attacks if self.objective.attack in ("worst", a.name.value) for e in a.eps]
+            pool = [
+                e
+                for a in self.attacks
+                if self.objective.attack in ("worst", a.name.value)
+                for e in a.eps
+            ]
             if not any(math.isclose(self.objective.eps, e) for e in pool):
-                raise ValueError(f"objective.eps: {self.objective.eps} is not an eps of the objective's attacks {sorted(set(pool))}")
+                raise ValueError(
+                    f"objective.eps: {self.objective.eps} is not an eps of the objective's attacks {sorted(set(pool))}"
+                )
         if self.grid_size > MAX_TRIALS:
-            raise ValueError(f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}")
+            raise ValueError(
+                f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}"
+            )
         return self
 
     @property
@@ -175,12 +186,21 @@ class Study(_Strict):
         return [
             TrialConfig.model_validate(
                 {
-                    "dataset": self.dataset, "model": self.model, "seed": self.seed,
-                    "bits": bits, "sparsity": sp, "clusters": cl, "jr_weight": jr,
-                    "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs,
-                    "batch_size": t.batch_size, "learning_rate": t.learning_rate,
-                    "test_fraction": t.test_fraction, "activation_bits": t.activation_bits,
-                    "jr_projections": t.jr_projections, "attacks": attacks,
+                    "dataset": self.dataset,
+                    "model": self.model,
+                    "seed": self.seed,
+                    "bits": bits,
+                    "sparsity": sp,
+                    "clusters": cl,
+                    "jr_weight": jr,
+                    "epochs": t.epochs,
+                    "fine_tune_epochs": t.fine_tune_epochs,
+                    "batch_size": t.batch_size,
+                    "learning_rate": t.learning_rate,
+                    "test_fraction": t.test_fraction,
+                    "activation_bits": t.activation_bits,
+                    "jr_projections": t.jr_projections,
+                    "attacks": attacks,
                     "threads": self.resources.cpus_per_trial,
                 }
             )
@@ -196,10 +216,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe YAML that rejects a key given twice in one mapping (YAML keeps the last silently)."""
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} appears twice", key_node.start_mark
@@ -227,14 +249,18 @@ def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
     """Field names valid at ``loc`` (for 'did you mean')."""
     current: Any = model
     for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
             continue
         field = current.model_fields.get(part)
         if field is None:
             return []
         ann = field.annotation
         args = getattr(ann, "__args__", ())
-        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        current = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
@@ -249,7 +275,11 @@ def format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             known = _known_fields(Study, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (f" (known: {', '.join(known)})" if known else "")
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else (f" (known: {', '.join(known)})" if known else "")
+            )
             lines.append(f"{path}: unknown key{hint}")
         elif not loc:  # a whole-study rule: its message names the fields
             lines.append(msg)
@@ -264,7 +294,9 @@ def format_errors(err: ValidationError, source: str) -> str:
 
 def parse_study(data: Any, source: str = "<study>") -> Study:
     if not isinstance(data, dict):
-        raise StudyError(f"{source}: the study file must be a YAML mapping of keys to values; got {type(data).__name__}")
+        raise StudyError(
+            f"{source}: the study file must be a YAML mapping of keys to values; got {type(data).__name__}"
+        )
     try:
         # JSON mode: strict types (no "10" for 10, no 2.5 for an int) that
         # still take enum names as strings.  YAML-only types (dates) become text.
@@ -292,7 +324,7 @@ def load_study(path: str | Path | None = None) -> Study:
 
 def _parse_text(text: str, source: str) -> Study:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise StudyError(f"{source}: not valid YAML: {err}") from None
     return parse_study(data, source)

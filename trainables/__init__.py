@@ -13,7 +13,7 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ banners out of progress output
 
-import warnings  # noqa: E402
+import warnings
 
 # Known, harmless notices from the stack that would drown a study's progress:
 # QKeras quantizers serialised through keras.constraints, tfmot re-calling

@@ -33,7 +33,9 @@ class AttackResult:
     seconds: float
 
 
-def classifier(model: tf_keras.Model, num_classes: int, input_shape: tuple[int, ...]) -> TensorFlowV2Classifier:
+def classifier(
+    model: tf_keras.Model, num_classes: int, input_shape: tuple[int, ...]
+) -> TensorFlowV2Classifier:
     """ART wrapper on the logits model; inputs live in [0, 1]."""
     return TensorFlowV2Classifier(
         model=model,
@@ -44,7 +46,9 @@ def classifier(model: tf_keras.Model, num_classes: int, input_shape: tuple[int, 
     )
 
 
-def _attack(spec: AttackSpec, clf: TensorFlowV2Classifier, eps: float, batch_size: int) -> FastGradientMethod | ProjectedGradientDescent:
+def _attack(
+    spec: AttackSpec, clf: TensorFlowV2Classifier, eps: float, batch_size: int
+) -> FastGradientMethod | ProjectedGradientDescent:
     if spec.name is AttackName.fgsm:
         return FastGradientMethod(clf, norm=np.inf, eps=eps, batch_size=batch_size)
     if spec.name is AttackName.pgd:

@@ -64,7 +64,11 @@ def strip_clustering(model: tf_keras.Model) -> tf_keras.Model:
 
 def zero_masks(model: tf_keras.Model) -> dict[str, np.ndarray]:
     """Where each prunable kernel is zero (the pruning result), by layer name."""
-    return {layer.name: layer.kernel.numpy() == 0 for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)}
+    return {
+        layer.name: layer.kernel.numpy() == 0
+        for layer in model.layers
+        if isinstance(layer, WEIGHT_LAYERS)
+    }
 
 
 def keep_pruned_zeros_only(model: tf_keras.Model, masks: dict[str, np.ndarray]) -> None:

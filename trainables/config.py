@@ -13,7 +13,7 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 # ---------------------------------------------------------------------------
 # Quantization labels.  ``bits`` is categorical: an integer width 2..16 or a
@@ -27,7 +27,9 @@ MIN_INT_BITS, MAX_INT_BITS = 2, 16
 def normalize_bits(value: Any) -> str:
     """Return the canonical label for a ``bits`` value or raise ValueError."""
     if isinstance(value, bool):
-        raise ValueError(f"bits must be an integer {MIN_INT_BITS}-{MAX_INT_BITS} or one of {', '.join(NAMED_SCHEMES)}; got {value!r}")
+        raise ValueError(
+            f"bits must be an integer {MIN_INT_BITS}-{MAX_INT_BITS} or one of {', '.join(NAMED_SCHEMES)}; got {value!r}"
+        )
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         b = int(value)
         if not MIN_INT_BITS <= b <= MAX_INT_BITS:
@@ -56,14 +58,14 @@ def _check_clusters(value: int) -> int:
 
 
 # Shared field types (the study schema uses the same ones for its axes).
-Bits = Annotated[int | str, AfterValidator(normalize_bits)]
+Bits = Annotated[str, BeforeValidator(normalize_bits)]
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 Clusters = Annotated[int, Field(le=65536), AfterValidator(_check_clusters)]
 JRWeight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
 Eps = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]  # on the input's 0-1 scale
 
 
-class AttackName(str, enum.Enum):
+class AttackName(enum.StrEnum):
     fgsm = "fgsm"
     pgd = "pgd"
 
@@ -80,11 +82,11 @@ class AttackSpec(BaseModel):
     samples: int | None = Field(default=None, ge=1, le=10_000_000)  # None: the whole test split
 
 
-class Dataset(str, enum.Enum):
+class Dataset(enum.StrEnum):
     digits = "digits"
 
 
-class ModelName(str, enum.Enum):
+class ModelName(enum.StrEnum):
     digits_cnn = "digits_cnn"
 
 

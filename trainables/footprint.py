@@ -96,7 +96,9 @@ def layer_footprint(
     if per_channel_scale:
         axes = tuple(range(deployed_kernel.ndim - 1))
         scale = np.max(np.abs(deployed_kernel), axis=axes, keepdims=True)  # (1.., C)
-        codes = np.divide(deployed_kernel, scale, out=np.zeros_like(deployed_kernel), where=scale > 0)
+        codes = np.divide(
+            deployed_kernel, scale, out=np.zeros_like(deployed_kernel), where=scale > 0
+        )
         codes = np.round(codes, 6)
         overhead = SCALE_EXPONENT_BITS * int(deployed_kernel.shape[-1])
     enc = kernel_encodings(codes, weight_bits)
@@ -139,10 +141,14 @@ def model_footprint(model: Any, weight_bits: int, bias_bits: int) -> ModelFootpr
         bias, bias_width = None, 32
         if getattr(layer, "use_bias", False) and layer.bias is not None:
             bq = getattr(layer, "bias_quantizer_internal", None)
-            bias = layer.bias.numpy() if bq is None else np.asarray(bq(layer.bias)).astype(np.float32)
+            bias = (
+                layer.bias.numpy() if bq is None else np.asarray(bq(layer.bias)).astype(np.float32)
+            )
             bias_width = 32 if bq is None else bias_bits
         per_channel = type(kq).__name__ == "stochastic_ternary"
-        fp = layer_footprint(layer.name, kernel, deployed, bias, weight_bits, bias_width, per_channel)
+        fp = layer_footprint(
+            layer.name, kernel, deployed, bias, weight_bits, bias_width, per_channel
+        )
         layers.append(fp)
         nonzero += fp.nonzero + (0 if bias is None else int(np.count_nonzero(bias)))
     return ModelFootprint(

@@ -28,14 +28,14 @@ from tensorflow_model_optimization.python.core.clustering.keras.clusterable_laye
 from trainables.config import TrialConfig
 
 
-class CQConv2D(QConv2D, ClusterableLayer):  # type: ignore[misc]
+class CQConv2D(QConv2D, ClusterableLayer):
     """QConv2D whose kernel tfmot may cluster."""
 
     def get_clusterable_weights(self) -> list[tuple[str, Any]]:
         return [("kernel", self.kernel)]
 
 
-class CQDense(QDense, ClusterableLayer):  # type: ignore[misc]
+class CQDense(QDense, ClusterableLayer):
     """QDense whose kernel tfmot may cluster."""
 
     def get_clusterable_weights(self) -> list[tuple[str, Any]]:
@@ -79,7 +79,10 @@ def weight_quantizer(bits: str, fan_in: int) -> Any:
 
 
 def quantizers(bits: str, fan_in: int) -> dict[str, Any]:
-    return {"kernel_quantizer": weight_quantizer(bits, fan_in), "bias_quantizer": bias_quantizer(bits)}
+    return {
+        "kernel_quantizer": weight_quantizer(bits, fan_in),
+        "bias_quantizer": bias_quantizer(bits),
+    }
 
 
 def bias_quantizer(bits: str) -> Any:
@@ -102,9 +105,13 @@ def digits_cnn(
 ) -> tf_keras.Model:
     """Small CNN for 8x8 digits: 2 conv + 1 dense, about 9.9k parameters."""
     inp = tf_keras.Input(input_shape, name="image")  # (B, 8, 8, 1)
-    x = CQConv2D(16, 3, padding="same", name="conv1", **quantizers(bits, 9 * input_shape[-1]))(inp)  # (B, 8, 8, 16)
+    x = CQConv2D(16, 3, padding="same", name="conv1", **quantizers(bits, 9 * input_shape[-1]))(
+        inp
+    )  # (B, 8, 8, 16)
     x = QActivation(activation(act_bits), name="act1")(x)
-    x = CQConv2D(32, 3, strides=2, padding="same", name="conv2", **quantizers(bits, 9 * 16))(x)  # (B, 4, 4, 32)
+    x = CQConv2D(32, 3, strides=2, padding="same", name="conv2", **quantizers(bits, 9 * 16))(
+        x
+    )  # (B, 4, 4, 32)
     x = QActivation(activation(act_bits), name="act2")(x)
     x = tf_keras.layers.Flatten(name="flatten")(x)  # (B, 512)
     logits = CQDense(num_classes, name="logits", **quantizers(bits, 4 * 4 * 32))(x)  # (B, classes)

@@ -25,8 +25,11 @@ def headline(rows: list[Row], attack: str, eps: float | None) -> float | None:
         return None
     if eps is None:
         return min(r["metric_robust_acc"] for r in ok)
-    hits = [r["metric_robust_acc"] for r in ok
-            if abs(r["eps"] - eps) < 1e-12 and (attack == "worst" or r["attack"] == attack)]
+    hits = [
+        r["metric_robust_acc"]
+        for r in ok
+        if abs(r["eps"] - eps) < 1e-12 and (attack == "worst" or r["attack"] == attack)
+    ]
     return min(hits) if hits else None
 
 

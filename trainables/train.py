@@ -55,15 +55,12 @@ def fit(
 
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            with _training_phase():
-                if jr_weight > 0.0:
-                    logits, jr = logits_and_jr(
-                        lambda t: model(t, training=True), x, jr_projections
-                    )
-                    loss = ce(y, logits) + jr_weight * jr
-                else:
-                    loss = ce(y, model(x, training=True))
+        with tf.GradientTape() as tape, _training_phase():
+            if jr_weight > 0.0:
+                logits, jr = logits_and_jr(lambda t: model(t, training=True), x, jr_projections)
+                loss = ce(y, logits) + jr_weight * jr
+            else:
+                loss = ce(y, model(x, training=True))
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
@@ -78,10 +75,14 @@ def fit(
             loss = step(x, y)
         pruning.on_epoch_end(epoch)
     if not np.isfinite(float(loss)):
-        raise FloatingPointError(f"training diverged: loss {float(loss)} (learning_rate {learning_rate}, jr_weight {jr_weight})")
+        raise FloatingPointError(
+            f"training diverged: loss {float(loss)} (learning_rate {learning_rate}, jr_weight {jr_weight})"
+        )
 
 
 def predict_logits(model: tf_keras.Model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits in inference mode (stochastic quantizers are deterministic here)."""
     fwd = tf.function(lambda t: model(t, training=False))
-    return np.concatenate([fwd(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [fwd(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+    )

@@ -30,8 +30,16 @@ from trainables.train import dataset, fit, predict_logits, steps_per_epoch
 
 Row = dict[str, Any]
 
-_PACKAGES = ("robustgrid", "tensorflow", "tf-keras", "qkeras", "tensorflow-model-optimization",
-             "adversarial-robustness-toolbox", "ray", "numpy")
+_PACKAGES = (
+    "robustgrid",
+    "tensorflow",
+    "tf-keras",
+    "qkeras",
+    "tensorflow-model-optimization",
+    "adversarial-robustness-toolbox",
+    "ray",
+    "numpy",
+)
 
 # Fine-tuning after clustering moves centroids, not weights: a gentler rate.
 FINE_TUNE_LR_FACTOR = 0.1
@@ -39,7 +47,7 @@ FINE_TUNE_LR_FACTOR = 0.1
 
 @functools.cache
 def package_versions() -> str:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -74,8 +82,14 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
         masks = compress.zero_masks(model) if cfg.sparsity > 0 else {}
         model = compress.cluster(model, cfg.clusters, preserve_sparsity=cfg.sparsity > 0)
         if cfg.fine_tune_epochs:
-            fit(model, data, cfg.fine_tune_epochs, cfg.learning_rate * FINE_TUNE_LR_FACTOR,
-                cfg.jr_weight, cfg.jr_projections)
+            fit(
+                model,
+                data,
+                cfg.fine_tune_epochs,
+                cfg.learning_rate * FINE_TUNE_LR_FACTOR,
+                cfg.jr_weight,
+                cfg.jr_projections,
+            )
         model = compress.strip_clustering(model)
         compress.keep_pruned_zeros_only(model, masks)
     return model, time.perf_counter() - t0
@@ -116,8 +130,15 @@ def _base_row(cfg: TrialConfig, started: str) -> Row:
 
 
 def _complete_rows(
-    cfg: TrialConfig, started: str, clean_acc: float, fp: ModelFootprint, jac: float,
-    results: list[AttackResult], train_s: float, total_s: float, n_test: int,
+    cfg: TrialConfig,
+    started: str,
+    clean_acc: float,
+    fp: ModelFootprint,
+    jac: float,
+    results: list[AttackResult],
+    train_s: float,
+    total_s: float,
+    n_test: int,
 ) -> list[Row]:
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
@@ -140,13 +161,29 @@ def _complete_rows(
         meta_total_s=total_s,
     )
     if not results:  # no attacks in the study: one clean-only row
-        return [{**common, "attack": "none", "eps": 0.0, "metric_attack_clean_acc": clean_acc,
-                 "metric_robust_acc": clean_acc, "metric_samples": n_test, "meta_attack_s": 0.0}]
+        return [
+            {
+                **common,
+                "attack": "none",
+                "eps": 0.0,
+                "metric_attack_clean_acc": clean_acc,
+                "metric_robust_acc": clean_acc,
+                "metric_samples": n_test,
+                "meta_attack_s": 0.0,
+            }
+        ]
     steps = {a.name.value: a.steps for a in cfg.attacks}
     return [
-        {**common, "attack": r.attack, "eps": r.eps, "cfg_attack_steps": steps[r.attack] if r.attack == "pgd" else None,
-         "metric_attack_clean_acc": r.clean_acc, "metric_robust_acc": r.robust_acc,
-         "metric_samples": r.samples, "meta_attack_s": r.seconds}
+        {
+            **common,
+            "attack": r.attack,
+            "eps": r.eps,
+            "cfg_attack_steps": steps[r.attack] if r.attack == "pgd" else None,
+            "metric_attack_clean_acc": r.clean_acc,
+            "metric_robust_acc": r.robust_acc,
+            "metric_samples": r.samples,
+            "meta_attack_s": r.seconds,
+        }
         for r in results
     ]
 
@@ -166,12 +203,26 @@ def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
             raise FloatingPointError("clean accuracy is not finite")
         fp = model_footprint(model, cfg.weight_bits, BIAS_BITS)
         jac = jacobian_fro2(model, split.x_test)
-        results = evaluate_attacks(model, split.x_test, split.y_test, split.num_classes, cfg.attacks)
-        return _complete_rows(cfg, started, clean_acc, fp, jac, results, train_s,
-                              time.perf_counter() - t0, len(split.x_test))
+        results = evaluate_attacks(
+            model, split.x_test, split.y_test, split.num_classes, cfg.attacks
+        )
+        return _complete_rows(
+            cfg,
+            started,
+            clean_acc,
+            fp,
+            jac,
+            results,
+            train_s,
+            time.perf_counter() - t0,
+            len(split.x_test),
+        )
     except Exception as exc:  # recorded, not raised: the study goes on
         row = _base_row(cfg, started)
-        row.update(status=STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000],
-                   meta_total_s=time.perf_counter() - t0)
+        row.update(
+            status=STATUS_FAILED,
+            reason=f"{type(exc).__name__}: {exc}"[:2000],
+            meta_total_s=time.perf_counter() - t0,
+        )
         row["meta_layers_json"] = json.dumps({"traceback": traceback.format_exc()[-4000:]})
         return [row]

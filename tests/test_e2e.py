@@ -1,0 +1,83 @@
+"""The whole grid on a real local Ray: study file -> Tune trials -> Parquet -> Pareto front."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.pareto import pareto_front
+from analysis.query import connect
+from grid.spec import load_study
+from tests.helpers import brute_force_front
+
+SMOKE = Path(__file__).parent / "studies" / "smoke.yaml"
+GRID = [sys.executable, "-m", "grid.cli"]
+
+
+def _grid(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    results = tmp_path_factory.mktemp("results")
+    proc = _grid("run", str(SMOKE), "--results", str(results))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results / "smoke", proc
+
+
+def test_one_complete_row_set_per_trial(
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    folder, proc = smoke_run
+    study = load_study(SMOKE)
+    con = connect(folder)
+    per_key = con.execute(
+        "SELECT key, count(*) AS n, bool_and(status = 'complete') AS ok FROM rows GROUP BY key"
+    ).fetchall()
+    assert len(per_key) == study.grid_size == 16
+    assert {k for k, _, _ in per_key} == {t.key for t in study.trials()}
+    assert all(n == 3 and ok for _, n, ok in per_key)  # fgsm x 2 eps + pgd x 1 eps
+    bad = con.execute(
+        "SELECT count(*) FROM rows WHERE metric_robust_acc > metric_attack_clean_acc"
+    ).fetchone()
+    assert bad == (0,)
+    assert con.execute(
+        "SELECT count(DISTINCT meta_study), any_value(meta_study) FROM rows"
+    ).fetchone() == (1, "smoke")
+    # Progress was shown while it ran, and the front printed at the end.
+    assert proc.stdout.count("/16]") == 16
+    assert "Pareto front" in proc.stdout
+
+
+def test_pareto_command_reads_parquet_alone(
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    folder, _ = smoke_run
+    con = connect(folder)
+    pts = con.execute(
+        "SELECT key, min(metric_robust_acc), any_value(metric_bytes) FROM rows WHERE eps = 0.1 GROUP BY key"
+    ).fetchall()
+    expected = brute_force_front([(k, a, b) for k, a, b in pts])
+    assert set(pareto_front(con)["key"]) == expected
+    proc = _grid("pareto", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    printed = {line.split()[-1] for line in proc.stdout.splitlines()[2:] if line.strip()}
+    assert printed == expected
+
+
+def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    folder, _ = smoke_run
+    before = {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()}
+    proc = _grid("run", str(SMOKE), "--results", str(folder.parent))
+    assert proc.returncode == 0, proc.stderr
+    assert "16 already complete, 0 to run" in proc.stdout
+    assert "/16]" not in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()} == before

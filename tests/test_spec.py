@@ -1,0 +1,120 @@
+"""Study validation: bad input fails fast, names the field and the value, starts no Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from grid.cli import main
+from grid.spec import MAX_TRIALS, StudyError, load_study, parse_study
+
+SMOKE = Path(__file__).parent / "studies" / "smoke.yaml"
+
+
+def _with(path: list[str | int], value: object) -> dict:
+    data = yaml.safe_load(SMOKE.read_text())
+    cur = data
+    for part in path[:-1]:
+        cur = cur[part]
+    cur[path[-1]] = value
+    return data
+
+
+BAD = [
+    # (path, value, text the message must contain)
+    (["axes", "bits"], [0, 4], "axes.bits[0] = 0"),
+    (["axes", "bits"], [1], "use 'binary'"),
+    (["axes", "bits"], ["trinary"], "axes.bits[0] = 'trinary'"),
+    (["axes", "bits"], [True], "axes.bits[0] = True"),
+    (["axes", "sparsity"], [0.0, 1.0], "axes.sparsity[1] = 1.0"),
+    (["axes", "sparsity"], [-0.1], "axes.sparsity[0] = -0.1"),
+    (["axes", "clusters"], [1], "axes.clusters[0] = 1"),
+    (["axes", "jr_weight"], [-0.5], "axes.jr_weight[0] = -0.5"),
+    (["axes", "jr_weight"], [0.1, 0.1], "duplicate value 0.1"),
+    (["axes", "bits"], [], "axes.bits"),
+    (["attacks", 0, "eps"], [0.0], "attacks[0].eps[0] = 0.0"),
+    (["attacks", 0, "eps"], [-0.1], "attacks[0].eps[0] = -0.1"),
+    (["attacks", 0, "eps"], [1.5], "attacks[0].eps[0] = 1.5"),
+    (["attacks", 0, "name"], "carlini", "attacks[0].name = 'carlini'"),
+    (["train", "epochs"], "ten", "train.epochs = 'ten'"),
+    (["train", "epochs"], 2.5, "train.epochs = 2.5"),
+    (["train", "epochs"], 0, "train.epochs = 0"),
+    (["train", "epoch"], 3, "did you mean 'epochs'"),
+    (["axes", "bitz"], [4], "axes.bitz: unknown key"),
+    (["dataset"], "cifar100", "unknown dataset 'cifar100'"),
+    (["model"], "resnet9000", "unknown model 'resnet9000'"),
+    (["name"], "../escape", "name = '../escape'"),
+    (["objective"], {"attack": "cw"}, "objective.attack: 'cw'"),
+    (["objective"], {"eps": 0.3}, "objective.eps: 0.3"),
+    (["axes", "sparsity"], [i / 1000 for i in range(64)], "more than"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), BAD, ids=[str(b[2]) for b in BAD])
+def test_bad_study_names_field_and_value(path: list, value: object, expected: str) -> None:
+    data = _with(path, value)
+    if expected == "more than":  # 64^4 trials > MAX_TRIALS
+        data["axes"] = {
+            k: [i / 1000 for i in range(64)] if k != "bits" else list(range(2, 17)) * 1
+            for k in ("bits", "sparsity", "jr_weight")
+        }
+        data["axes"]["clusters"] = [0, *range(2, 60)]
+        assert MAX_TRIALS < 15 * 64 * 64 * 59
+    with pytest.raises(StudyError) as info:
+        parse_study(data, "bad.yaml")
+    assert expected in str(info.value)
+    assert "bad.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: x\naxes: {bits: [4, 4}\n", "not valid YAML"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("name: a\nname: b\n", "key 'name' appears twice"),
+        ("", "must be a YAML mapping"),
+        ("name: x\nresults: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ],
+)
+def test_malformed_files_fail_cleanly(tmp_path: Path, text: str, expected: str) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(StudyError, match=expected):
+        load_study(f)
+
+
+@pytest.mark.parametrize("cmd", ["run", "validate"])
+def test_cli_exits_nonzero_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cmd: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with(["axes", "sparsity"], [0.5, 1.0])))
+    rc = main([cmd, str(bad), *(["--results", str(tmp_path / "r")] if cmd == "run" else [])])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "axes.sparsity[1] = 1.0" in err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "/no/such/study.yaml"]) == 2
+    assert "no such study file" in capsys.readouterr().err
+
+
+def test_default_study_is_a_real_cross_product() -> None:
+    study = load_study(None)
+    a = study.axes
+    assert all(len(v) >= 2 for v in (a.bits, a.sparsity, a.clusters, a.jr_weight))
+    trials = study.trials()
+    assert len(trials) == study.grid_size >= 16
+    assert len({t.key for t in trials}) == len(trials)  # every point is its own trial
+
+
+def test_trial_key_ignores_threads_only() -> None:
+    t = load_study(SMOKE).trials()[0]
+    assert t.model_copy(update={"threads": 8}).key == t.key
+    assert t.model_copy(update={"sparsity": 0.25}).key != t.key
