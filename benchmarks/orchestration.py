@@ -21,8 +21,8 @@ import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from grid.launch import run_study  # noqa: E402
-from grid.spec import load_study  # noqa: E402
+from grid.launch import run_study
+from grid.spec import load_study
 
 
 class _Tee(io.TextIOBase):
@@ -32,7 +32,9 @@ class _Tee(io.TextIOBase):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("study", nargs="?", default=None)
     args = ap.parse_args()
     study = load_study(args.study)
@@ -51,11 +53,17 @@ def main() -> None:
         loop_compute += rows[0]["meta_total_s"]
     loop_wall = time.perf_counter() - t0  # includes TF import on first trial
 
-    print(f"study {study.name}: {summary.total} trials, {os.cpu_count()} cores, {summary.concurrency} slots")
-    print(f"grid run   : wall {grid_wall:7.1f}s (Tune {summary.wall_s:.1f}s), trials' compute {summary.trial_s:7.1f}s")
+    print(
+        f"study {study.name}: {summary.total} trials, {os.cpu_count()} cores, {summary.concurrency} slots"
+    )
+    print(
+        f"grid run   : wall {grid_wall:7.1f}s (Tune {summary.wall_s:.1f}s), trials' compute {summary.trial_s:7.1f}s"
+    )
     print(f"plain loop : wall {loop_wall:7.1f}s, trials' compute {loop_compute:7.1f}s")
     print(f"efficiency (compute / (Tune wall x slots))      : {summary.efficiency:.3f}")
-    print(f"overhead per trial (Tune wall x slots - compute) / n : {summary.overhead_per_trial_s:.2f}s")
+    print(
+        f"overhead per trial (Tune wall x slots - compute) / n : {summary.overhead_per_trial_s:.2f}s"
+    )
     print(f"ratio grid wall / sequential loop wall         : {grid_wall / loop_wall:.3f}")
 
 

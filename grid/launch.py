@@ -11,13 +11,15 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
-from grid.spec import Study
-from grid.store import ParquetSink, completed_keys
+from grid.spec import Study, StudyError
+from grid.store import ParquetSink, completed_keys, rows_dir
 
 # Every Ray worker needs Keras 2 before its first TensorFlow import.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -125,6 +127,17 @@ def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
     return Progress()
 
 
+def check_writable(results_dir: Path) -> None:
+    """Create the rows folder and prove a file can be written there."""
+    folder = rows_dir(results_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise StudyError(f"results: cannot write to {folder}: {err.strerror or err}") from None
+
+
 def init_ray(study: Study, address: str | None) -> None:
     import ray
 
@@ -149,6 +162,9 @@ def run_study(
 ) -> RunSummary:
     """Run every trial of ``study`` not yet complete; write rows under its results folder."""
     results_dir = study.results_dir(results)
+    check_writable(
+        results_dir
+    )  # before Ray starts: a bad location fails in a second, not after a trial
     configs = study.trials()
     done = completed_keys(results_dir)
     todo = [c for c in configs if c.key not in done]

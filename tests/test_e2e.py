@@ -45,6 +45,7 @@ def test_one_complete_row_set_per_trial(
     assert len(per_key) == study.grid_size == 16
     assert {k for k, _, _ in per_key} == {t.key for t in study.trials()}
     assert all(n == 3 and ok for _, n, ok in per_key)  # fgsm x 2 eps + pgd x 1 eps
+    assert con.execute("SELECT count(*), sum(n_rows) FROM trials").fetchone() == (16, 48)
     bad = con.execute(
         "SELECT count(*) FROM rows WHERE metric_robust_acc > metric_attack_clean_acc"
     ).fetchone()

@@ -118,3 +118,15 @@ def test_trial_key_ignores_threads_only() -> None:
     t = load_study(SMOKE).trials()[0]
     assert t.model_copy(update={"threads": 8}).key == t.key
     assert t.model_copy(update={"sparsity": 0.25}).key != t.key
+
+
+def test_unwritable_results_fails_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["run", str(SMOKE), "--results", str(blocker)])
+    assert rc == 2
+    assert f"results: cannot write to {blocker}" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert blocker.read_text() == "not a folder"
