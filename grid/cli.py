@@ -56,11 +56,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         for failure in summary.failures:
             print(f"  failed {failure}")
+    if summary.missing > 0:
+        print(f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
+              f"`grid run` again to finish them (complete trials are kept)")
     print()
     attack, eps = study.headline
     if summary.completed or summary.skipped:
         _print_front(str(results_dir), attack, eps)
     print(f"\nrows: {results_dir}/rows/*.parquet  (grid pareto {results_dir})")
+    if summary.missing > 0:
+        return 130
     return 1 if summary.failed and not summary.completed else 0
 
 

@@ -59,6 +59,7 @@ class RunSummary:
     trial_s: float = 0.0  # sum of the trials' own compute time (run_trial wall time)
     concurrency: int = 1
     failures: list[str] = field(default_factory=list)
+    missing: int = 0  # neither complete nor failed after the run (interrupted)
 
     @property
     def ran(self) -> int:
@@ -215,4 +216,8 @@ def run_study(
         summary.wall_s = time.perf_counter() - t0
     finally:
         ray.shutdown()
+    # The store is the truth: a trial that wrote its rows just before an
+    # interruption counts, one that did not is still to do.
+    keys = {c.key for c in configs}
+    summary.missing = len(keys - completed_keys(results_dir)) - summary.failed
     return summary
