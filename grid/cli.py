@@ -57,8 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for failure in summary.failures:
             print(f"  failed {failure}")
     if summary.missing > 0:
-        print(f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
-              f"`grid run` again to finish them (complete trials are kept)")
+        print(
+            f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
+            f"`grid run` again to finish them (complete trials are kept)"
+        )
     print()
     attack, eps = study.headline
     if summary.completed or summary.skipped:

@@ -106,9 +106,10 @@ def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
             elapsed = time.perf_counter() - t0
             eta = elapsed / done * (todo - done)
             running = sum(1 for t in trials if t.status == "RUNNING")
+            fold = f" fold={cfg['fold']}/{cfg['folds']}" if cfg.get("folds", 1) > 1 else ""
             out.write(
                 f"[{done:>{len(str(todo))}}/{todo}] bits={cfg['bits']:<7} sparsity={cfg['sparsity']:<4g} "
-                f"clusters={cfg['clusters']:<3} jr={cfg['jr_weight']:<6g} | {verdict} | "
+                f"clusters={cfg['clusters']:<3} jr={cfg['jr_weight']:<6g}{fold} | {verdict} | "
                 f"{result.get('total_s') or 0:5.1f}s  (running {running}, ETA {_fmt_s(eta)})\n"
             )
             out.flush()

@@ -103,12 +103,33 @@ class Resources(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
 
 
+class DatasetSpec(_Strict):
+    """``dataset: cifar10`` or ``dataset: {name: cifar10, path: ..., download: false, md5: ...}``."""
+
+    name: Dataset
+    path: str | None = Field(
+        default=None, min_length=1
+    )  # local folder, file:// or object storage (s3://, gs://)
+    download: bool = False  # fetch the official files (checksummed) when missing
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")  # of a custom archive
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in {d.value for d in Dataset}:
+            raise ValueError(
+                f"unknown dataset {v!r} (known: {', '.join(d.value for d in Dataset)})"
+            )
+        return v
+
+
 class Study(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
-    dataset: Dataset = Dataset.digits
+    dataset: DatasetSpec = DatasetSpec(name=Dataset.digits)
     model: ModelName = ModelName.digits_cnn
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    folds: int = Field(default=1, ge=1, le=20)  # k >= 2: stratified k-fold, one trial per fold
     train: Train = Train()
     axes: Axes = Axes()
     attacks: list[Attack] = Field(default_factory=list, max_length=32)
@@ -125,16 +146,18 @@ class Study(_Strict):
             )
         return v
 
-    @field_validator("dataset", "model", mode="before")
+    @field_validator("dataset", mode="before")
     @classmethod
-    def _enum_from_str(cls, v: Any, info: Any) -> Any:
-        enum = Dataset if info.field_name == "dataset" else ModelName
-        if isinstance(v, str):
-            try:
-                return enum(v)
-            except ValueError:
-                known = ", ".join(e.value for e in enum)
-                raise ValueError(f"unknown {info.field_name} {v!r} (known: {known})") from None
+    def _dataset_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _known_model(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in {m.value for m in ModelName}:
+            raise ValueError(
+                f"unknown model {v!r} (known: {', '.join(m.value for m in ModelName)})"
+            )
         return v
 
     @model_validator(mode="after")
@@ -166,8 +189,9 @@ class Study(_Strict):
 
     @property
     def grid_size(self) -> int:
+        """Trials: the axes' cross product times the folds."""
         a = self.axes
-        return len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight)
+        return len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight) * self.folds
 
     @property
     def headline(self) -> tuple[str, float | None]:
@@ -180,31 +204,31 @@ class Study(_Strict):
         return (Path(override or self.results) / self.name).resolve()
 
     def trials(self) -> list[TrialConfig]:
-        """The cross product of the axes, in file order (bits outermost)."""
-        a, t = self.axes, self.train
-        attacks = tuple(a_.model_dump() for a_ in self.attacks)
+        """The cross product of the axes and folds, in file order (bits outermost, fold innermost)."""
+        a, t, d = self.axes, self.train, self.dataset
+        common = {
+            "dataset": d.name, "data_path": d.path, "download": d.download, "data_md5": d.md5,
+            "model": self.model, "seed": self.seed, "folds": self.folds,
+            "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate, "test_fraction": t.test_fraction,
+            "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
+            "attacks": tuple(x.model_dump() for x in self.attacks),
+            "threads": self.resources.cpus_per_trial,
+        }  # fmt: skip
         return [
             TrialConfig.model_validate(
                 {
-                    "dataset": self.dataset,
-                    "model": self.model,
-                    "seed": self.seed,
+                    **common,
                     "bits": bits,
                     "sparsity": sp,
                     "clusters": cl,
                     "jr_weight": jr,
-                    "epochs": t.epochs,
-                    "fine_tune_epochs": t.fine_tune_epochs,
-                    "batch_size": t.batch_size,
-                    "learning_rate": t.learning_rate,
-                    "test_fraction": t.test_fraction,
-                    "activation_bits": t.activation_bits,
-                    "jr_projections": t.jr_projections,
-                    "attacks": attacks,
-                    "threads": self.resources.cpus_per_trial,
+                    "fold": fold,
                 }
             )
-            for bits, sp, cl, jr in itertools.product(a.bits, a.sparsity, a.clusters, a.jr_weight)
+            for bits, sp, cl, jr, fold in itertools.product(
+                a.bits, a.sparsity, a.clusters, a.jr_weight, range(self.folds)
+            )
         ]
 
 

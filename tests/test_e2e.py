@@ -82,3 +82,30 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
     assert "16 already complete, 0 to run" in proc.stdout
     assert "/16]" not in proc.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()} == before
+
+
+def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
+    cv = Path(__file__).parent / "studies" / "cv_smoke.yaml"
+    proc = _grid("run", str(cv), "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fold=2/3" in proc.stdout
+    con = connect(tmp_path / "cv-smoke")
+    per_config = con.execute(
+        "SELECT cfg_bits, count(DISTINCT key), list(fold ORDER BY fold), bool_and(status = 'complete') "
+        "FROM rows GROUP BY cfg_bits ORDER BY cfg_bits"
+    ).fetchall()
+    assert per_config == [("4", 3, [0, 1, 2], True), ("float", 3, [0, 1, 2], True)]
+    # The folds' test sets partition the data: rebuild them from the rows' own configs.
+    import json
+
+    from trainables.config import TrialConfig
+    from trainables.trial import trial_split
+
+    configs = [
+        TrialConfig.model_validate(json.loads(c))
+        for (c,) in con.execute(
+            "SELECT DISTINCT meta_config_json FROM rows WHERE cfg_bits = '4'"
+        ).fetchall()
+    ]
+    tests = [set(trial_split(c).test_index.tolist()) for c in configs]
+    assert sum(map(len, tests)) == len(set().union(*tests)) == 1797

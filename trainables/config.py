@@ -13,7 +13,7 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # ---------------------------------------------------------------------------
 # Quantization labels.  ``bits`` is categorical: an integer width 2..16 or a
@@ -84,14 +84,20 @@ class AttackSpec(BaseModel):
 
 class Dataset(enum.StrEnum):
     digits = "digits"
+    cifar10 = "cifar10"
+    svhn = "svhn"
+    speech_commands = "speech_commands"
 
 
 class ModelName(enum.StrEnum):
     digits_cnn = "digits_cnn"
 
 
+NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
+
+
 class TrialConfig(BaseModel):
-    """Everything one trial needs; the hash of it (less ``threads``) is the trial key."""
+    """Everything one trial needs; the hash of it (less NOT_IN_KEY) is the trial key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,9 +115,20 @@ class TrialConfig(BaseModel):
     learning_rate: float = Field(default=3e-3, gt=0.0, le=10.0, allow_inf_nan=False)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    folds: int = Field(default=1, ge=1, le=20)  # 1: holdout; k >= 2: stratified k-fold
+    fold: int = Field(default=0, ge=0, le=19)
     attacks: tuple[AttackSpec, ...] = ()
-    # Not part of the key: how many TF threads the trial may use.
+    # Not part of the key: where the data lives and how many TF threads the trial may use.
+    data_path: str | None = None
+    download: bool = False
+    data_md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     threads: int = Field(default=1, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> TrialConfig:
+        if self.fold >= self.folds:
+            raise ValueError(f"fold: {self.fold} must be below folds ({self.folds})")
+        return self
 
     @property
     def weight_bits(self) -> int:
@@ -127,8 +144,8 @@ class TrialConfig(BaseModel):
         return int(self.bits) if self.bits.isdigit() else 8
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the trial's result (all but ``threads``)."""
-        return self.model_dump(mode="json", exclude={"threads"})
+        """The fields that define the trial's result (all but NOT_IN_KEY)."""
+        return self.model_dump(mode="json", exclude=NOT_IN_KEY)
 
     @property
     def key(self) -> str:

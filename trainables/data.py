@@ -1,49 +1,134 @@
-"""Datasets by name.  Loaded once per worker process (an LRU cache), so a
-reused Ray worker does not reload data for every trial."""
+"""Datasets by name, split into train/test by a stratified holdout or k folds.
+
+A dataset is read once per worker process (an LRU cache), so a reused Ray
+worker does not reload it for every trial; object-storage paths are copied
+to a local cache first.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from trainables.datasets import (
+    DatasetError,
+    Pool,
+    cache_root,
+    load_cifar10,
+    load_speech_commands,
+    load_svhn,
+)
+
+DATASETS = ("digits", "cifar10", "svhn", "speech_commands")
 
 
 @dataclass(frozen=True)
 class Split:
-    """A train/test split; images are float32 in [0, 1], labels int64."""
+    """A train/test split; inputs are float32 in [0, 1], labels int64."""
 
     x_train: np.ndarray  # (N_train, H, W, C) float32, 0-1 scale
     y_train: np.ndarray  # (N_train,) int64
     x_test: np.ndarray  # (N_test, H, W, C) float32, 0-1 scale
     y_test: np.ndarray  # (N_test,) int64
     num_classes: int
+    test_index: np.ndarray  # (N_test,) positions of the test examples in the dataset's pool
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-@functools.lru_cache(maxsize=4)
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def _digits() -> Pool:
     """scikit-learn's digits: 1,797 real 8x8 images, 16 grey levels, 10 classes."""
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[..., None]  # (1797, 8, 8, 1), 0-1 scale
-    y = bunch.target.astype(np.int64)
-    return x, y
+    return Pool(x, bunch.target.astype(np.int64), tuple(str(i) for i in range(10)), None)
+
+
+def localize(path: str) -> Path:
+    """A local folder for ``path``; object storage (s3://, gs://, ...) is copied to the cache once."""
+    if "://" not in path or path.startswith("file://"):
+        return Path(path.removeprefix("file://")).expanduser()
+    import pyarrow.fs as pafs
+
+    dest = cache_root() / "remote" / hashlib.sha256(path.encode()).hexdigest()[:16]
+    if not (dest / ".complete").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            pafs.copy_files(path, str(dest), destination_filesystem=pafs.LocalFileSystem())
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{path}: cannot copy from object storage: {err}") from None
+        (dest / ".complete").touch()
+    return dest
+
+
+@functools.lru_cache(maxsize=4)
+def load_pool(
+    dataset: str, path: str | None = None, download: bool = False, md5: str | None = None
+) -> Pool:
+    """Every example of ``dataset`` (read once per process)."""
+    if dataset == "digits":
+        return _digits()
+    readers = {"cifar10": load_cifar10, "svhn": load_svhn, "speech_commands": load_speech_commands}
+    if dataset not in readers:
+        raise DatasetError(f"dataset: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    root = localize(path) if path else cache_root() / "datasets" / dataset
+    if not root.is_dir():
+        if not download:
+            raise DatasetError(
+                f"{root}: no such folder for dataset {dataset!r}; set dataset.path, or dataset.download: true"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+    pool = readers[dataset](root, download, md5)
+    for a in (pool.x, pool.y):
+        a.setflags(write=False)  # shared by every trial in this worker
+    return pool
 
 
 @functools.lru_cache(maxsize=16)
-def load_split(dataset: str, seed: int, test_fraction: float) -> Split:
-    """A stratified train/test split drawn from ``seed``."""
-    if dataset != "digits":
-        raise ValueError(f"dataset: unknown dataset {dataset!r} (known: digits)")
-    x, y = _digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
+def load_split(
+    dataset: str,
+    seed: int,
+    test_fraction: float,
+    folds: int = 1,
+    fold: int = 0,
+    path: str | None = None,
+    download: bool = False,
+    md5: str | None = None,
+) -> Split:
+    """Train/test split of ``dataset``.
+
+    folds >= 2: fold ``fold`` of a stratified, shuffled k-fold (seeded) over
+    every example, so the k test folds partition the dataset.  folds == 1:
+    the official test split where the dataset has one, else a stratified
+    holdout of ``test_fraction``.
+    """
+    pool = load_pool(dataset, path, download, md5)
+    n = len(pool.y)
+    if folds >= 2:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold: {fold} is not in 0..{folds - 1}")
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+            np.zeros(n), pool.y
+        )
+        train_idx, test_idx = list(splits)[fold]
+    elif pool.official_test is not None:
+        test_idx = np.flatnonzero(pool.official_test)
+        train_idx = np.flatnonzero(~pool.official_test)
+    else:
+        train_idx, test_idx = train_test_split(
+            np.arange(n), test_size=test_fraction, random_state=seed, stratify=pool.y
+        )
+    classes = len(pool.classes)
+    out = Split(
+        pool.x[train_idx], pool.y[train_idx], pool.x[test_idx], pool.y[test_idx], classes, test_idx
     )
-    for a in (x_tr, x_te, y_tr, y_te):
-        a.setflags(write=False)  # shared by every trial in this worker
-    return Split(x_tr, y_tr, x_te, y_te, num_classes=int(y.max()) + 1)
+    for a in (out.x_train, out.y_train, out.x_test, out.y_test):
+        a.setflags(write=False)
+    return out

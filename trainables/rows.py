@@ -21,7 +21,7 @@ STATUS_FAILED = "failed"
 COLUMNS: dict[str, str] = {
     "schema_version": "int64",
     "key": "string",  # 16 hex digits: hash of the trial's config (less threads)
-    "fold": "int64",
+    "fold": "int64",  # 0..cfg_folds-1
     "attack": "string",  # 'fgsm', 'pgd', or 'none' (clean only); null on failed rows
     "eps": "float64",  # 0-1 input scale; 0.0 for 'none'
     "status": "string",  # 'complete' | 'failed'
@@ -40,6 +40,7 @@ COLUMNS: dict[str, str] = {
     "cfg_learning_rate": "float64",
     "cfg_test_fraction": "float64",
     "cfg_seed": "int64",
+    "cfg_folds": "int64",  # 1: holdout; k: k-fold cross-validation
     "cfg_attack_steps": "int64",  # PGD iterations; null for FGSM / none
     "metric_clean_acc": "float64",  # whole test split
     "metric_attack_clean_acc": "float64",  # the attacked examples, before the attack

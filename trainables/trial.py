@@ -21,7 +21,7 @@ import tf_keras
 from trainables import compress
 from trainables.attacks import AttackResult, evaluate_attacks
 from trainables.config import TrialConfig
-from trainables.data import load_split
+from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
@@ -65,9 +65,22 @@ def set_threads(threads: int) -> None:
         pass  # already initialised in this (reused) worker: keep its setting
 
 
+def trial_split(cfg: TrialConfig) -> Split:
+    return load_split(
+        cfg.dataset.value,
+        cfg.seed,
+        cfg.test_fraction,
+        cfg.folds,
+        cfg.fold,
+        cfg.data_path,
+        cfg.download,
+        cfg.data_md5,
+    )
+
+
 def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
     """Build, prune, cluster and quantization-aware train; returns the stripped model."""
-    split = load_split(cfg.dataset.value, cfg.seed, cfg.test_fraction)
+    split = trial_split(cfg)
     tf_keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, split.input_shape, split.num_classes)
     data = dataset(split.x_train, split.y_train, cfg.batch_size, cfg.seed)
@@ -106,7 +119,8 @@ def _base_row(cfg: TrialConfig, started: str) -> Row:
     row.update(
         schema_version=SCHEMA_VERSION,
         key=cfg.key,
-        fold=0,
+        fold=cfg.fold,
+        cfg_folds=cfg.folds,
         cfg_dataset=cfg.dataset.value,
         cfg_model=cfg.model.value,
         cfg_bits=cfg.bits,
@@ -196,7 +210,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
     set_threads(cfg.threads)
     try:
         model, train_s = train_compressed(cfg)
-        split = load_split(cfg.dataset.value, cfg.seed, cfg.test_fraction)
+        split = trial_split(cfg)
         logits = predict_logits(model, split.x_test)
         clean_acc = float(np.mean(np.argmax(logits, axis=1) == split.y_test))
         if not math.isfinite(clean_acc):
