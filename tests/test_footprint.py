@@ -62,7 +62,8 @@ def _tiny(quantized: bool):  # type: ignore[no-untyped-def]
     ],
 )
 def test_model_bytes_by_hand(quantized: bool, width: int, expected: dict[str, int]) -> None:
-    fp = model_footprint(_tiny(quantized), weight_bits=width, bias_bits=8)
+    fp = model_footprint(_tiny(quantized), bias_bits=8)
+    assert fp.layers[0].weight_bits == width
     got = {k: getattr(fp, k) for k in expected}
     assert got == expected
     (layer,) = fp.layers

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from trainables.models import CUSTOM_OBJECTS, WEIGHT_LAYERS
+from trainables.models import CUSTOM_OBJECTS, WEIGHT_LAYERS, kernel_of
 
 
 def pruning_schedule(sparsity: float, total_steps: int) -> tfmot.sparsity.keras.PruningSchedule:
@@ -65,7 +65,7 @@ def strip_clustering(model: tf_keras.Model) -> tf_keras.Model:
 def zero_masks(model: tf_keras.Model) -> dict[str, np.ndarray]:
     """Where each prunable kernel is zero (the pruning result), by layer name."""
     return {
-        layer.name: layer.kernel.numpy() == 0
+        layer.name: kernel_of(layer).numpy() == 0
         for layer in model.layers
         if isinstance(layer, WEIGHT_LAYERS)
     }
@@ -83,11 +83,11 @@ def keep_pruned_zeros_only(model: tf_keras.Model, masks: dict[str, np.ndarray]) 
     for layer in model.layers:
         if layer.name not in masks:
             continue
-        kernel = layer.kernel.numpy()
+        kernel = kernel_of(layer).numpy()
         stray = (kernel == 0) & ~masks[layer.name]
         centroids = np.unique(kernel[kernel != 0])
         if not stray.any() or centroids.size == 0:
             continue
         # Zero is equidistant-ish: pick the smallest-magnitude non-zero centroid.
         kernel[stray] = centroids[np.argmin(np.abs(centroids))]
-        layer.kernel.assign(kernel)
+        kernel_of(layer).assign(kernel)

@@ -91,6 +91,8 @@ class Dataset(enum.StrEnum):
 
 class ModelName(enum.StrEnum):
     digits_cnn = "digits_cnn"
+    resnet8 = "resnet8"  # MLPerf Tiny image classification (CIFAR-10)
+    ds_cnn = "ds_cnn"  # MLPerf Tiny keyword spotting
 
 
 NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
@@ -105,6 +107,7 @@ class TrialConfig(BaseModel):
     model: ModelName = ModelName.digits_cnn
     bits: Bits = "float"
     activation_bits: int | None = Field(default=None, ge=2, le=16)  # None: follow int bits, else 8
+    layer_bits: dict[str, Bits] = Field(default_factory=dict)  # per-layer overrides of ``bits``
     sparsity: Sparsity = 0.0
     clusters: Clusters = 0
     jr_weight: JRWeight = 0.0

@@ -126,18 +126,44 @@ def layer_footprint(
     )
 
 
-def model_footprint(model: Any, weight_bits: int, bias_bits: int) -> ModelFootprint:
-    """Footprint of a stripped Keras model built from QKeras layers (see module doc)."""
-    from trainables.models import WEIGHT_LAYERS  # TF import deferred: numpy half is TF-free
+def quantizer_width(quantizer: Any) -> int:
+    """Storage bits per weight under a QKeras quantizer (None: float32)."""
+    if quantizer is None:
+        return 32
+    name = type(quantizer).__name__
+    if name in ("ternary", "stochastic_ternary"):
+        return 2
+    if name in ("binary", "stochastic_binary"):
+        return 1
+    return int(quantizer.bits)
+
+
+def model_footprint(model: Any, bias_bits: int) -> ModelFootprint:
+    """Footprint of a stripped Keras model built from QKeras layers (see module doc).
+
+    BatchNormalization layers are deployed folded to a per-channel scale and
+    shift: 2 x 32 bits per channel.
+    """
+    import tf_keras  # TF imports deferred: the numpy half of this module is TF-free
+
+    from trainables.models import WEIGHT_LAYERS, kernel_of, kernel_quantizer_of
 
     layers = []
     nonzero = 0
     for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            channels = int(layer.gamma.shape[0])
+            b = math.ceil(2 * channels * 32 / 8)
+            layers.append(
+                LayerFootprint(layer.name, 0, 2 * channels, 0, 0.0, 0, 0, 32, "float", b, b, b, b)
+            )
+            nonzero += 2 * channels
+            continue
         if not isinstance(layer, WEIGHT_LAYERS):
             continue
-        kernel = layer.kernel.numpy()
-        kq = getattr(layer, "kernel_quantizer_internal", None)
-        deployed = kernel if kq is None else np.asarray(kq(layer.kernel)).astype(np.float32)
+        weights = kernel_of(layer)
+        kq = kernel_quantizer_of(layer)
+        deployed = weights.numpy() if kq is None else np.asarray(kq(weights)).astype(np.float32)
         bias, bias_width = None, 32
         if getattr(layer, "use_bias", False) and layer.bias is not None:
             bq = getattr(layer, "bias_quantizer_internal", None)
@@ -147,7 +173,13 @@ def model_footprint(model: Any, weight_bits: int, bias_bits: int) -> ModelFootpr
             bias_width = 32 if bq is None else bias_bits
         per_channel = type(kq).__name__ == "stochastic_ternary"
         fp = layer_footprint(
-            layer.name, kernel, deployed, bias, weight_bits, bias_width, per_channel
+            layer.name,
+            weights.numpy(),
+            deployed,
+            bias,
+            quantizer_width(kq),
+            bias_width,
+            per_channel,
         )
         layers.append(fp)
         nonzero += fp.nonzero + (0 if bias is None else int(np.count_nonzero(bias)))

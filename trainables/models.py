@@ -3,11 +3,16 @@
 The Q-layers are subclassed to implement tfmot's ``ClusterableLayer``:
 ``cluster_weights`` refuses QKeras layers otherwise (DESIGN.md).  Pruning
 accepts them as they are (they implement ``get_prunable_weights``).
+
+Every model outputs logits.  Per-layer quantizer overrides
+(``TrialConfig.layer_bits``, e.g. first and last layer at 8 bits) replace
+the trial's ``bits`` for the named layers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import tf_keras
@@ -15,6 +20,7 @@ from qkeras import (
     QActivation,
     QConv2D,
     QDense,
+    QDepthwiseConv2D,
     binary,
     quantized_bits,
     quantized_relu,
@@ -42,11 +48,31 @@ class CQDense(QDense, ClusterableLayer):
         return [("kernel", self.kernel)]
 
 
-CUSTOM_OBJECTS: dict[str, Any] = {"CQConv2D": CQConv2D, "CQDense": CQDense}
-WEIGHT_LAYERS = (QConv2D, QDense)
+class CQDepthwiseConv2D(QDepthwiseConv2D, ClusterableLayer):
+    """QDepthwiseConv2D whose depthwise kernel tfmot may cluster."""
 
-# Bias width for every quantized model: 8 bits, 3 integer bits ([-8, 8), step 1/16).
+    def get_clusterable_weights(self) -> list[tuple[str, Any]]:
+        return [("depthwise_kernel", self.depthwise_kernel)]
+
+
+CUSTOM_OBJECTS: dict[str, Any] = {
+    "CQConv2D": CQConv2D, "CQDense": CQDense, "CQDepthwiseConv2D": CQDepthwiseConv2D,
+}  # fmt: skip
+WEIGHT_LAYERS = (QConv2D, QDense, QDepthwiseConv2D)
+
+# Bias width for every quantized layer: 8 bits, 3 integer bits ([-8, 8), step 1/16).
 BIAS_BITS = 8
+
+
+def kernel_of(layer: Any) -> Any:
+    """The layer's weight tensor (``kernel``, or ``depthwise_kernel``)."""
+    return layer.depthwise_kernel if isinstance(layer, QDepthwiseConv2D) else layer.kernel
+
+
+def kernel_quantizer_of(layer: Any) -> Any:
+    if isinstance(layer, QDepthwiseConv2D):
+        return layer.depthwise_quantizer_internal
+    return layer.kernel_quantizer_internal
 
 
 def po2(x: float) -> float:
@@ -78,13 +104,6 @@ def weight_quantizer(bits: str, fan_in: int) -> Any:
     return quantized_bits(int(bits), 0, alpha=po2(2 * std))
 
 
-def quantizers(bits: str, fan_in: int) -> dict[str, Any]:
-    return {
-        "kernel_quantizer": weight_quantizer(bits, fan_in),
-        "bias_quantizer": bias_quantizer(bits),
-    }
-
-
 def bias_quantizer(bits: str) -> Any:
     return None if bits == "float" else quantized_bits(BIAS_BITS, 3, alpha=1)
 
@@ -93,26 +112,128 @@ def activation(act_bits: int | None) -> Any:
     return "relu" if act_bits is None else quantized_relu(act_bits, 0)
 
 
+class Builder:
+    """Quantizers for each named layer: the trial's bits, or its per-layer override."""
+
+    def __init__(self, cfg: TrialConfig) -> None:
+        self.cfg = cfg
+        self.used: set[str] = set()
+
+    def bits(self, name: str) -> str:
+        self.used.add(name)
+        return self.cfg.layer_bits.get(name, self.cfg.bits)
+
+    def q(self, name: str, fan_in: int, depthwise: bool = False) -> dict[str, Any]:
+        bits = self.bits(name)
+        key = "depthwise_quantizer" if depthwise else "kernel_quantizer"
+        return {key: weight_quantizer(bits, fan_in), "bias_quantizer": bias_quantizer(bits)}
+
+    def act(self, name: str) -> QActivation:
+        return QActivation(activation(self.cfg.act_bits), name=name)
+
+
 def build_model(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:
     """The functional Keras model named by ``cfg.model``; outputs logits (B, classes)."""
-    if cfg.model.value == "digits_cnn":
-        return digits_cnn(cfg.bits, cfg.act_bits, input_shape, num_classes)
-    raise ValueError(f"model: unknown model {cfg.model.value!r}")
+    builders: dict[str, Callable[[Builder, tuple[int, ...], int], tf_keras.Model]] = {
+        "digits_cnn": digits_cnn, "resnet8": resnet8, "ds_cnn": ds_cnn,
+    }  # fmt: skip
+    b = Builder(cfg)
+    model = builders[cfg.model.value](b, input_shape, num_classes)
+    unknown = set(cfg.layer_bits) - b.used
+    if unknown:
+        raise ValueError(
+            f"layer_bits: no layer named {sorted(unknown)} in {cfg.model.value} (layers: {sorted(b.used)})"
+        )
+    return model
 
 
-def digits_cnn(
-    bits: str, act_bits: int | None, input_shape: tuple[int, ...], num_classes: int
-) -> tf_keras.Model:
-    """Small CNN for 8x8 digits: 2 conv + 1 dense, about 9.9k parameters."""
+def digits_cnn(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:
+    """Small CNN for 8x8 digits: 2 conv + 1 dense, 9,930 parameters."""
     inp = tf_keras.Input(input_shape, name="image")  # (B, 8, 8, 1)
-    x = CQConv2D(16, 3, padding="same", name="conv1", **quantizers(bits, 9 * input_shape[-1]))(
+    x = CQConv2D(16, 3, padding="same", name="conv1", **b.q("conv1", 9 * input_shape[-1]))(
         inp
     )  # (B, 8, 8, 16)
-    x = QActivation(activation(act_bits), name="act1")(x)
-    x = CQConv2D(32, 3, strides=2, padding="same", name="conv2", **quantizers(bits, 9 * 16))(
+    x = b.act("act1")(x)
+    x = CQConv2D(32, 3, strides=2, padding="same", name="conv2", **b.q("conv2", 9 * 16))(
         x
     )  # (B, 4, 4, 32)
-    x = QActivation(activation(act_bits), name="act2")(x)
+    x = b.act("act2")(x)
     x = tf_keras.layers.Flatten(name="flatten")(x)  # (B, 512)
-    logits = CQDense(num_classes, name="logits", **quantizers(bits, 4 * 4 * 32))(x)  # (B, classes)
+    logits = CQDense(num_classes, name="logits", **b.q("logits", 4 * 4 * 32))(x)  # (B, classes)
     return tf_keras.Model(inp, logits, name="digits_cnn")
+
+
+def _l2() -> Any:
+    return tf_keras.regularizers.l2(1e-4)  # as the MLPerf Tiny references
+
+
+def resnet8(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:
+    """MLPerf Tiny image-classification ResNet-8 (ResNet v1, 16-32-64 filters): 78,666 parameters."""
+    bn = tf_keras.layers.BatchNormalization
+    conv_kw = {"padding": "same", "kernel_initializer": "he_normal", "kernel_regularizer": _l2()}
+
+    def conv(x: Any, filters: int, k: int, stride: int, name: str, fan_in: int) -> Any:
+        return CQConv2D(filters, k, strides=stride, name=name, **conv_kw, **b.q(name, fan_in))(x)
+
+    inp = tf_keras.Input(input_shape, name="image")  # (B, 32, 32, 3)
+    x = conv(inp, 16, 3, 1, "conv1", 9 * input_shape[-1])
+    x = b.act("act1")(bn(name="bn1")(x))  # (B, 32, 32, 16)
+    c_in = 16
+    for stage, (filters, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+        y = conv(x, filters, 3, stride, f"s{stage}_conv1", 9 * c_in)
+        y = b.act(f"s{stage}_act1")(bn(name=f"s{stage}_bn1")(y))
+        y = conv(y, filters, 3, 1, f"s{stage}_conv2", 9 * filters)
+        y = bn(name=f"s{stage}_bn2")(y)
+        if stride != 1:  # projection shortcut for the change in shape
+            x = conv(x, filters, 1, stride, f"s{stage}_proj", c_in)
+        x = b.act(f"s{stage}_act2")(tf_keras.layers.Add(name=f"s{stage}_add")([x, y]))
+        c_in = filters
+    # (B, 8, 8, 64)
+    x = tf_keras.layers.AveragePooling2D(pool_size=int(min(x.shape[1:3])), name="pool")(x)
+    x = tf_keras.layers.Flatten(name="flatten")(x)  # (B, 64)
+    logits = CQDense(
+        num_classes, name="logits", kernel_initializer="he_normal", **b.q("logits", c_in)
+    )(x)
+    return tf_keras.Model(inp, logits, name="resnet8")
+
+
+def ds_cnn(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:
+    """MLPerf Tiny keyword-spotting DS-CNN (64 filters, 4 separable blocks): 24,908 parameters."""
+    bn = tf_keras.layers.BatchNormalization
+    filters = 64
+    inp = tf_keras.Input(input_shape, name="mfcc")  # (B, 49, 10, 1)
+    x = CQConv2D(
+        filters,
+        (10, 4),
+        strides=(2, 2),
+        padding="same",
+        kernel_regularizer=_l2(),
+        name="conv1",
+        **b.q("conv1", 40 * input_shape[-1]),
+    )(inp)  # (B, 25, 5, 64)
+    x = b.act("act1")(bn(name="bn1")(x))
+    x = tf_keras.layers.Dropout(0.2, name="drop1")(x)
+    for i in range(1, 5):
+        x = CQDepthwiseConv2D(
+            (3, 3),
+            padding="same",
+            depthwise_regularizer=_l2(),
+            name=f"dw{i}",
+            **b.q(f"dw{i}", 9, depthwise=True),
+        )(x)
+        x = b.act(f"dw{i}_act")(bn(name=f"dw{i}_bn")(x))
+        x = CQConv2D(
+            filters,
+            (1, 1),
+            padding="same",
+            kernel_regularizer=_l2(),
+            name=f"pw{i}",
+            **b.q(f"pw{i}", filters),
+        )(x)
+        x = b.act(f"pw{i}_act")(bn(name=f"pw{i}_bn")(x))
+    x = tf_keras.layers.Dropout(0.4, name="drop2")(x)
+    pool = (int(input_shape[0] / 2), int(input_shape[1] / 2))  # (24, 5), as the reference
+    x = tf_keras.layers.AveragePooling2D(pool_size=pool, name="pool")(x)  # (B, 1, 1, 64)
+    x = tf_keras.layers.Flatten(name="flatten")(x)
+    logits = CQDense(num_classes, name="logits", **b.q("logits", filters))(x)
+    return tf_keras.Model(inp, logits, name="ds_cnn")

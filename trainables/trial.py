@@ -215,7 +215,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
         clean_acc = float(np.mean(np.argmax(logits, axis=1) == split.y_test))
         if not math.isfinite(clean_acc):
             raise FloatingPointError("clean accuracy is not finite")
-        fp = model_footprint(model, cfg.weight_bits, BIAS_BITS)
+        fp = model_footprint(model, BIAS_BITS)
         jac = jacobian_fro2(model, split.x_test)
         results = evaluate_attacks(
             model, split.x_test, split.y_test, split.num_classes, cfg.attacks
