@@ -107,6 +107,8 @@ def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
             eta = elapsed / done * (todo - done)
             running = sum(1 for t in trials if t.status == "RUNNING")
             fold = f" fold={cfg['fold']}/{cfg['folds']}" if cfg.get("folds", 1) > 1 else ""
+            adv = cfg.get("adversarial", {}).get("method", "none")
+            fold += f" adv={adv}@{cfg['adversarial']['eps']:g}" if adv != "none" else ""
             out.write(
                 f"[{done:>{len(str(todo))}}/{todo}] bits={cfg['bits']:<7} sparsity={cfg['sparsity']:<4g} "
                 f"clusters={cfg['clusters']:<3} jr={cfg['jr_weight']:<6g}{fold} | {verdict} | "

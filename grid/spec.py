@@ -21,11 +21,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import (
+    Adversarial,
+    AdvTraining,
     AttackName,
     Bits,
     Clusters,
     Dataset,
     Eps,
+    JRLayers,
     JRWeight,
     ModelName,
     Sparsity,
@@ -52,6 +55,10 @@ class Train(_Strict):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     activation_bits: int | None = Field(default=None, ge=2, le=16)
     jr_projections: int = Field(default=1, ge=1, le=64)
+    jr_layers: JRLayers = Field(default_factory=dict)  # per-layer JR: {layer name or "all": weight}
+    layer_bits: dict[str, Bits] = Field(
+        default_factory=dict
+    )  # per-layer overrides, e.g. {conv1: 8, logits: 8}
 
 
 def _unique(values: list[Any], what: str) -> list[Any]:
@@ -70,8 +77,11 @@ class Axes(_Strict):
     sparsity: list[Sparsity] = Field(default_factory=lambda: [0.0], min_length=1, max_length=64)
     clusters: list[Clusters] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
     jr_weight: list[JRWeight] = Field(default_factory=lambda: [0.0], min_length=1, max_length=64)
+    adversarial: list[Adversarial] = Field(
+        default_factory=lambda: [AdvTraining()], min_length=1, max_length=16
+    )
 
-    @field_validator("bits", "sparsity", "clusters", "jr_weight")
+    @field_validator("bits", "sparsity", "clusters", "jr_weight", "adversarial")
     @classmethod
     def _no_duplicates(cls, v: list[Any], info: Any) -> list[Any]:
         return _unique(v, info.field_name)
@@ -191,7 +201,14 @@ class Study(_Strict):
     def grid_size(self) -> int:
         """Trials: the axes' cross product times the folds."""
         a = self.axes
-        return len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight) * self.folds
+        return (
+            len(a.bits)
+            * len(a.sparsity)
+            * len(a.clusters)
+            * len(a.jr_weight)
+            * len(a.adversarial)
+            * self.folds
+        )
 
     @property
     def headline(self) -> tuple[str, float | None]:
@@ -212,6 +229,7 @@ class Study(_Strict):
             "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
             "learning_rate": t.learning_rate, "test_fraction": t.test_fraction,
             "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
+            "jr_layers": t.jr_layers, "layer_bits": t.layer_bits,
             "attacks": tuple(x.model_dump() for x in self.attacks),
             "threads": self.resources.cpus_per_trial,
         }  # fmt: skip

@@ -17,9 +17,13 @@ REFERENCE = [
 ]
 
 
-@pytest.mark.parametrize(("name", "shape", "classes", "total", "trainable"), REFERENCE, ids=[r[0] for r in REFERENCE])
+@pytest.mark.parametrize(
+    ("name", "shape", "classes", "total", "trainable"), REFERENCE, ids=[r[0] for r in REFERENCE]
+)
 @pytest.mark.parametrize("bits", ["float", "ternary"])
-def test_parameter_counts(name: str, shape: tuple[int, ...], classes: int, total: int, trainable: int, bits: str) -> None:
+def test_parameter_counts(
+    name: str, shape: tuple[int, ...], classes: int, total: int, trainable: int, bits: str
+) -> None:
     import tensorflow as tf
 
     from trainables.models import build_model

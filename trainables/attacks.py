@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import tf_keras
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 from art.estimators.classification import TensorFlowV2Classifier
 
-from trainables.config import AttackName, AttackSpec
+from trainables.config import AdvTraining, AttackName, AttackSpec
 
 logging.getLogger("art").setLevel(logging.WARNING)
 
@@ -63,6 +64,17 @@ def _attack(
             verbose=False,
         )
     raise ValueError(f"attacks.name: unknown attack {spec.name!r}")
+
+
+def adversarial_examples(
+    model: tf_keras.Model, num_classes: int, input_shape: tuple[int, ...], adv: AdvTraining
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """ART's FGSM or PGD against ``model`` as it trains: (x, labels) -> adversarial x."""
+    clf = classifier(model, num_classes, input_shape)
+    spec = AttackSpec(name=AttackName(adv.method.value), eps=(adv.eps,), steps=adv.steps)
+    attack = _attack(spec, clf, adv.eps, batch_size=256)
+    eye = np.eye(num_classes, dtype=np.float32)
+    return lambda x, y: attack.generate(x=x, y=eye[y]).astype(np.float32)
 
 
 def evaluate_attacks(

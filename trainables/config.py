@@ -82,6 +82,31 @@ class AttackSpec(BaseModel):
     samples: int | None = Field(default=None, ge=1, le=10_000_000)  # None: the whole test split
 
 
+class AdvMethod(enum.StrEnum):
+    none = "none"
+    fgsm = "fgsm"
+    pgd = "pgd"
+
+
+class AdvTraining(BaseModel):
+    """Adversarial training: each batch's first ``ratio`` share is replaced by ART adversarial examples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: AdvMethod = AdvMethod.none
+    eps: Eps = 0.1
+    steps: int = Field(default=7, ge=1, le=1000)  # PGD iterations (ignored by FGSM)
+    ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+def _adv_shorthand(v: Any) -> Any:
+    return {"method": v} if isinstance(v, str) else v
+
+
+Adversarial = Annotated[AdvTraining, BeforeValidator(_adv_shorthand)]
+JRLayers = dict[str, JRWeight]  # layer name (or "all": every activation) -> JR weight
+
+
 class Dataset(enum.StrEnum):
     digits = "digits"
     cifar10 = "cifar10"
@@ -112,6 +137,8 @@ class TrialConfig(BaseModel):
     clusters: Clusters = 0
     jr_weight: JRWeight = 0.0
     jr_projections: int = Field(default=1, ge=1, le=64)
+    jr_layers: JRLayers = Field(default_factory=dict)  # per-layer JR on hidden outputs
+    adversarial: Adversarial = AdvTraining()
     epochs: int = Field(default=8, ge=1, le=10_000)
     fine_tune_epochs: int = Field(default=2, ge=0, le=10_000)  # after clustering
     batch_size: int = Field(default=64, ge=1, le=65_536)

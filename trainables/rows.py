@@ -33,7 +33,13 @@ COLUMNS: dict[str, str] = {
     "cfg_activation_bits": "int64",  # null for float models
     "cfg_sparsity": "float64",
     "cfg_clusters": "int64",  # 0 = no clustering
-    "cfg_jr_weight": "float64",
+    "cfg_jr_weight": "float64",  # input-output JR
+    "cfg_jr_layers": "string",  # JSON {layer: weight} of per-layer JR; '{}' when none
+    "cfg_layer_bits": "string",  # JSON {layer: bits} of per-layer quantizer overrides
+    "cfg_adv_training": "string",  # 'none' | 'fgsm' | 'pgd'
+    "cfg_adv_eps": "float64",  # 0-1 input scale; null without adversarial training
+    "cfg_adv_steps": "int64",
+    "cfg_adv_ratio": "float64",  # share of each batch replaced by adversarial examples
     "cfg_epochs": "int64",
     "cfg_fine_tune_epochs": "int64",
     "cfg_batch_size": "int64",

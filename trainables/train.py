@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from trainables.jacobian import logits_and_jr
+from trainables.jacobian import logits_and_jr, outputs_and_jr
 
 
 def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -47,20 +47,38 @@ def fit(
     learning_rate: float,
     jr_weight: float = 0.0,
     jr_projections: int = 1,
+    jr_layers: dict[str, float] | None = None,
+    adversary: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    adv_ratio: float = 0.0,
 ) -> None:
-    """Train ``model`` (logits output) in place; handles tfmot pruning wrappers."""
+    """Train ``model`` (logits output) in place; handles tfmot pruning wrappers.
+
+    ``jr_layers`` adds per-layer JR (layer name -> weight) on those layers'
+    outputs; ``adversary`` (an ART attack's generate) replaces the first
+    ``adv_ratio`` share of each batch with adversarial examples.
+    """
     optimizer = tf_keras.optimizers.Adam(learning_rate)
     ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     variables = model.trainable_variables
+    layered = {k: v for k, v in (jr_layers or {}).items() if v > 0.0}
+    probe = probe_model(model, list(layered)) if layered else None
+    weights = [jr_weight, *layered.values()]
 
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape, _training_phase():
-            if jr_weight > 0.0:
+            if probe is not None:
+                logits, jr = outputs_and_jr(
+                    lambda t: probe(t, training=True), x, weights, jr_projections
+                )
+                loss = ce(y, logits) + jr
+            elif jr_weight > 0.0:
                 logits, jr = logits_and_jr(lambda t: model(t, training=True), x, jr_projections)
                 loss = ce(y, logits) + jr_weight * jr
             else:
                 loss = ce(y, model(x, training=True))
+            if model.losses:  # weight decay the model declares (MLPerf Tiny references: l2 1e-4)
+                loss += tf.add_n(model.losses)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
@@ -70,8 +88,15 @@ def fit(
     pruning = tfmot.sparsity.keras.UpdatePruningStep()
     pruning.set_model(model)
     pruning.on_train_begin()
+    n_adv = 0
     for epoch in range(epochs):
         for x, y in data:
+            if adversary is not None and adv_ratio > 0.0:
+                xb, yb = x.numpy(), y.numpy()
+                n_adv = round(adv_ratio * len(xb))
+                if n_adv:
+                    xb[:n_adv] = adversary(xb[:n_adv], yb[:n_adv])
+                x = tf.constant(xb)
             loss = step(x, y)
         pruning.on_epoch_end(epoch)
     if not np.isfinite(float(loss)):
@@ -82,7 +107,34 @@ def fit(
 
 def predict_logits(model: tf_keras.Model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits in inference mode (stochastic quantizers are deterministic here)."""
-    fwd = tf.function(lambda t: model(t, training=False))
+    # Eager: a handful of batches per trial, not worth a (re)traced tf.function.
     return np.concatenate(
-        [fwd(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+        [model(x[i : i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
     )
+
+
+def find_layer(model: tf_keras.Model, name: str) -> tf_keras.layers.Layer:
+    """A layer by its name, also when tfmot wrapped it (``prune_low_magnitude_<name>``)."""
+    for layer in model.layers:
+        if layer.name == name or layer.name.endswith("_" + name):
+            return layer
+    raise ValueError(
+        f"jr_layers: no layer named {name!r} (layers: {[layer.name for layer in model.layers]})"
+    )
+
+
+def probe_model(model: tf_keras.Model, names: list[str]) -> tf_keras.Model:
+    """Same layers, more outputs: [logits, output of each named layer]."""
+    return tf_keras.Model(
+        model.inputs, [model.output, *(find_layer(model, n).output for n in names)]
+    )
+
+
+def jr_layer_names(model: tf_keras.Model, spec: dict[str, float]) -> dict[str, float]:
+    """Expand ``{"all": w}`` to every activation layer of the model (its hidden representations)."""
+    if "all" not in spec:
+        return dict(spec)
+    from qkeras import QActivation
+
+    w = spec["all"]
+    return {layer.name: w for layer in model.layers if isinstance(layer, QActivation)}

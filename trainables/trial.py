@@ -19,14 +19,14 @@ import tensorflow as tf
 import tf_keras
 
 from trainables import compress
-from trainables.attacks import AttackResult, evaluate_attacks
-from trainables.config import TrialConfig
+from trainables.attacks import AttackResult, adversarial_examples, evaluate_attacks
+from trainables.config import AdvMethod, TrialConfig
 from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
 from trainables.rows import SCHEMA_VERSION, STATUS_COMPLETE, STATUS_FAILED, empty_row
-from trainables.train import dataset, fit, predict_logits, steps_per_epoch
+from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 
 Row = dict[str, Any]
 
@@ -78,6 +78,33 @@ def trial_split(cfg: TrialConfig) -> Split:
     )
 
 
+def _fit(
+    cfg: TrialConfig,
+    model: tf_keras.Model,
+    data: tf.data.Dataset,
+    split: Split,
+    epochs: int,
+    learning_rate: float,
+) -> None:
+    """One training phase with the trial's defences: JR (input-output and per layer) and adversarial training."""
+    adversary = None
+    if cfg.adversarial.method is not AdvMethod.none:
+        adversary = adversarial_examples(
+            model, split.num_classes, split.input_shape, cfg.adversarial
+        )
+    fit(
+        model,
+        data,
+        epochs,
+        learning_rate,
+        cfg.jr_weight,
+        cfg.jr_projections,
+        jr_layers=jr_layer_names(model, cfg.jr_layers),
+        adversary=adversary,
+        adv_ratio=cfg.adversarial.ratio,
+    )
+
+
 def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
     """Build, prune, cluster and quantization-aware train; returns the stripped model."""
     split = trial_split(cfg)
@@ -88,20 +115,20 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
     if cfg.sparsity > 0:
         total = steps_per_epoch(len(split.x_train), cfg.batch_size) * cfg.epochs
         model = compress.prune(model, cfg.sparsity, total)
-    fit(model, data, cfg.epochs, cfg.learning_rate, cfg.jr_weight, cfg.jr_projections)
+    _fit(cfg, model, data, split, cfg.epochs, cfg.learning_rate)
     if cfg.sparsity > 0:
         model = compress.strip_pruning(model)
     if cfg.clusters:
         masks = compress.zero_masks(model) if cfg.sparsity > 0 else {}
         model = compress.cluster(model, cfg.clusters, preserve_sparsity=cfg.sparsity > 0)
         if cfg.fine_tune_epochs:
-            fit(
+            _fit(
+                cfg,
                 model,
                 data,
+                split,
                 cfg.fine_tune_epochs,
                 cfg.learning_rate * FINE_TUNE_LR_FACTOR,
-                cfg.jr_weight,
-                cfg.jr_projections,
             )
         model = compress.strip_clustering(model)
         compress.keep_pruned_zeros_only(model, masks)
@@ -129,6 +156,14 @@ def _base_row(cfg: TrialConfig, started: str) -> Row:
         cfg_sparsity=cfg.sparsity,
         cfg_clusters=cfg.clusters,
         cfg_jr_weight=cfg.jr_weight,
+        cfg_jr_layers=json.dumps(cfg.jr_layers, sort_keys=True),
+        cfg_layer_bits=json.dumps(cfg.layer_bits, sort_keys=True),
+        cfg_adv_training=cfg.adversarial.method.value,
+        cfg_adv_eps=cfg.adversarial.eps if cfg.adversarial.method is not AdvMethod.none else None,
+        cfg_adv_steps=cfg.adversarial.steps if cfg.adversarial.method is AdvMethod.pgd else None,
+        cfg_adv_ratio=cfg.adversarial.ratio
+        if cfg.adversarial.method is not AdvMethod.none
+        else None,
         cfg_epochs=cfg.epochs,
         cfg_fine_tune_epochs=cfg.fine_tune_epochs,
         cfg_batch_size=cfg.batch_size,
