@@ -23,11 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainables.config import (
     Adversarial,
     AdvTraining,
-    AttackName,
+    AttackSpec,
     Bits,
     Clusters,
     Dataset,
-    Eps,
     JRLayers,
     JRWeight,
     ModelName,
@@ -87,17 +86,29 @@ class Axes(_Strict):
         return _unique(v, info.field_name)
 
 
-class Attack(_Strict):
-    name: AttackName
-    eps: list[Eps] = Field(min_length=1, max_length=64)
-    steps: int = Field(default=10, ge=1, le=10_000)
-    step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)
-    samples: int | None = Field(default=None, ge=1, le=10_000_000)
+class Attack(AttackSpec):
+    """An attack in the study file: the trial's AttackSpec, with strict types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @field_validator("eps")
     @classmethod
-    def _no_duplicate_eps(cls, v: list[float]) -> list[float]:
-        return _unique(v, "eps")
+    def _no_duplicate_eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(_unique(list(v), "eps"))
+
+    @model_validator(mode="after")
+    def _options_known_to_art(self) -> Attack:
+        if self.options:  # ART is only imported when there is something to check
+            from trainables.attacks import art_class
+
+            params = set(art_class(self.name).attack_params)
+            unknown = sorted(set(self.options) - params)
+            if unknown:
+                raise ValueError(
+                    f"options: {unknown} are not parameters of ART's {art_class(self.name).__name__} "
+                    f"(known: {', '.join(sorted(params))})"
+                )
+        return self
 
 
 class Objective(_Strict):
@@ -327,6 +338,8 @@ def format_errors(err: ValidationError, source: str) -> str:
             lines.append(msg)
         elif e["type"] == "missing":
             lines.append(f"{path}: required field is missing")
+        elif isinstance(e.get("input"), dict):  # a rule over a whole section: its message names the field
+            lines.append(f"{path}: {msg}")
         else:
             lines.append(f"{path} = {e.get('input')!r}: {msg}")
     n = len(lines)

@@ -37,7 +37,8 @@ BAD = [
     (["axes", "bits"], [], "axes.bits"),
     (["attacks", 0, "eps"], [0.0], "attacks[0].eps[0] = 0.0"),
     (["attacks", 0, "eps"], [-0.1], "attacks[0].eps[0] = -0.1"),
-    (["attacks", 0, "eps"], [1.5], "attacks[0].eps[0] = 1.5"),
+    (["attacks", 0, "eps"], [1.5], "attacks[0]: eps: 1.5 > 1 for an L-inf attack"),
+    (["attacks", 0, "eps"], [1001.0], "attacks[0].eps[0] = 1001.0"),
     (["attacks", 0, "name"], "carlini", "attacks[0].name = 'carlini'"),
     (["train", "epochs"], "ten", "train.epochs = 'ten'"),
     (["train", "epochs"], 2.5, "train.epochs = 2.5"),
@@ -130,3 +131,18 @@ def test_unwritable_results_fails_before_ray(
     assert f"results: cannot write to {blocker}" in capsys.readouterr().err
     assert not ray.is_initialized()
     assert blocker.read_text() == "not a folder"
+
+
+def test_attack_options_are_checked_against_art(tmp_path: Path) -> None:
+    data = _with(
+        ["attacks"], [{"name": "cw_l2", "eps": [0.5], "options": {"binary_search_step": 3}}]
+    )
+    with pytest.raises(
+        StudyError,
+        match=r"options: \['binary_search_step'\] are not parameters of ART's CarliniL2Method",
+    ):
+        parse_study(data, "s.yaml")
+    ok = _with(
+        ["attacks"], [{"name": "cw_l2", "eps": [0.5], "options": {"binary_search_steps": 3}}]
+    )
+    assert parse_study(ok, "s.yaml").trials()[0].attacks[0].options == {"binary_search_steps": 3}

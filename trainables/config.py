@@ -62,24 +62,95 @@ Bits = Annotated[str, BeforeValidator(normalize_bits)]
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 Clusters = Annotated[int, Field(le=65536), AfterValidator(_check_clusters)]
 JRWeight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
-Eps = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]  # on the input's 0-1 scale
+Eps = Annotated[
+    float, Field(gt=0.0, le=1000.0, allow_inf_nan=False)
+]  # input's 0-1 scale (L-inf: <= 1)
 
 
 class AttackName(enum.StrEnum):
+    # white-box (gradients of the attacked model)
     fgsm = "fgsm"
     pgd = "pgd"
+    cw_l2 = "cw_l2"
+    cw_linf = "cw_linf"
+    deepfool = "deepfool"
+    # black-box (predictions only)
+    square = "square"  # score-based
+    hopskipjump = "hopskipjump"  # decision-based
+    boundary = "boundary"  # decision-based
+    # transfer: crafted on a float surrogate trained on the same fold
+    transfer_fgsm = "transfer_fgsm"
+    transfer_pgd = "transfer_pgd"
+
+
+WHITE_BOX = {
+    AttackName.fgsm,
+    AttackName.pgd,
+    AttackName.cw_l2,
+    AttackName.cw_linf,
+    AttackName.deepfool,
+}
+BLACK_BOX = {AttackName.square, AttackName.hopskipjump, AttackName.boundary}
+TRANSFER = {AttackName.transfer_fgsm, AttackName.transfer_pgd}
+# Minimal-perturbation attacks run once; a sample counts as robust at eps when the
+# attack fails or needs a perturbation larger than eps (in the attack's norm).
+MINIMAL = {
+    AttackName.cw_l2,
+    AttackName.cw_linf,
+    AttackName.deepfool,
+    AttackName.hopskipjump,
+    AttackName.boundary,
+}
+DEFAULT_NORM = {
+    AttackName.cw_l2: "2",
+    AttackName.deepfool: "2",
+    AttackName.hopskipjump: "2",
+    AttackName.boundary: "2",
+}
+NORM_CHOICES = {AttackName.square: {"inf", "2"}, AttackName.hopskipjump: {"inf", "2"}}
+
+OptionValue = int | float | bool | str
 
 
 class AttackSpec(BaseModel):
-    """One attack of the evaluation: every eps gives one row."""
+    """One attack of the evaluation: every eps gives one row.
+
+    ``options`` go to the ART attack as they are (checked against the ART
+    class's own ``attack_params``), e.g. ``{binary_search_steps: 5}``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: AttackName
     eps: tuple[Eps, ...] = Field(min_length=1, max_length=64)
-    steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (ignored by FGSM)
+    norm: str | None = None  # 'inf' or '2'; default: the attack's own (see DEFAULT_NORM)
+    steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (FGSM: ignored)
     step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)  # PGD step = step_ratio * eps
+    max_iter: int | None = Field(default=None, ge=1, le=100_000)  # other iterative attacks
     samples: int | None = Field(default=None, ge=1, le=10_000_000)  # None: the whole test split
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return (
+            "white" if self.name in WHITE_BOX else "black" if self.name in BLACK_BOX else "transfer"
+        )
+
+    @property
+    def norm_value(self) -> str:
+        return self.norm or DEFAULT_NORM.get(self.name, "inf")
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackSpec:
+        allowed = NORM_CHOICES.get(self.name, {DEFAULT_NORM.get(self.name, "inf")})
+        if self.norm is not None and self.norm not in allowed:
+            raise ValueError(
+                f"norm: {self.norm!r} is not available for {self.name.value} (choose {sorted(allowed)})"
+            )
+        if self.norm_value == "inf" and max(self.eps) > 1.0:
+            raise ValueError(f"eps: {max(self.eps)} > 1 for an L-inf attack on inputs in [0, 1]")
+        return self
 
 
 class AdvMethod(enum.StrEnum):

@@ -22,8 +22,10 @@ COLUMNS: dict[str, str] = {
     "schema_version": "int64",
     "key": "string",  # 16 hex digits: hash of the trial's config (less threads)
     "fold": "int64",  # 0..cfg_folds-1
-    "attack": "string",  # 'fgsm', 'pgd', or 'none' (clean only); null on failed rows
-    "eps": "float64",  # 0-1 input scale; 0.0 for 'none'
+    "attack": "string",  # trainables.config.AttackName, or 'none' (clean only); null on failed rows
+    "attack_kind": "string",  # 'white' | 'black' | 'transfer' | 'none'
+    "attack_norm": "string",  # 'inf' | '2': the norm of eps
+    "eps": "float64",  # radius on the 0-1 input scale, in attack_norm; 0.0 for 'none'
     "status": "string",  # 'complete' | 'failed'
     "reason": "string",  # '' when complete, the error otherwise
     "cfg_dataset": "string",
@@ -52,6 +54,7 @@ COLUMNS: dict[str, str] = {
     "metric_attack_clean_acc": "float64",  # the attacked examples, before the attack
     "metric_robust_acc": "float64",  # correct before and after the attack
     "metric_samples": "int64",  # examples attacked
+    "metric_adv_norm_median": "float64",  # median perturbation (attack_norm) of the successful attacks
     "metric_params": "int64",
     "metric_nonzero": "int64",  # non-zero deployed weights and biases
     "metric_sparsity": "float64",  # zero fraction of the stored kernels (weighted over layers)

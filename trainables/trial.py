@@ -135,6 +135,24 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
     return model, time.perf_counter() - t0
 
 
+def float_surrogate(cfg: TrialConfig) -> tf_keras.Model:
+    """The transfer attacks' source: the same architecture in float, uncompressed and undefended,
+    trained on the same fold with the same seed and epochs."""
+    plain = cfg.model_copy(
+        update={
+            "bits": "float",
+            "layer_bits": {},
+            "sparsity": 0.0,
+            "clusters": 0,
+            "jr_weight": 0.0,
+            "jr_layers": {},
+        }
+    )
+    plain = TrialConfig.model_validate({**plain.model_dump(), "adversarial": {"method": "none"}})
+    model, _ = train_compressed(plain)
+    return model
+
+
 def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -> float:
     """Estimate of mean ||J||_F^2 on up to 256 examples (a diagnostic, not a loss)."""
     _, est = logits_and_jr(lambda t: model(t, training=False), tf.constant(x[:256]), projections)
@@ -214,6 +232,7 @@ def _complete_rows(
             {
                 **common,
                 "attack": "none",
+                "attack_kind": "none",
                 "eps": 0.0,
                 "metric_attack_clean_acc": clean_acc,
                 "metric_robust_acc": clean_acc,
@@ -226,8 +245,11 @@ def _complete_rows(
         {
             **common,
             "attack": r.attack,
+            "attack_kind": r.kind,
+            "attack_norm": r.norm,
             "eps": r.eps,
-            "cfg_attack_steps": steps[r.attack] if r.attack == "pgd" else None,
+            "cfg_attack_steps": steps[r.attack] if r.attack in ("pgd", "transfer_pgd") else None,
+            "metric_adv_norm_median": r.median_norm,
             "metric_attack_clean_acc": r.clean_acc,
             "metric_robust_acc": r.robust_acc,
             "metric_samples": r.samples,
@@ -252,8 +274,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
             raise FloatingPointError("clean accuracy is not finite")
         fp = model_footprint(model, BIAS_BITS)
         jac = jacobian_fro2(model, split.x_test)
+        surrogate = float_surrogate(cfg) if any(a.kind == "transfer" for a in cfg.attacks) else None
         results = evaluate_attacks(
-            model, split.x_test, split.y_test, split.num_classes, cfg.attacks
+            model, split.x_test, split.y_test, split.num_classes, cfg.attacks, surrogate=surrogate
         )
         return _complete_rows(
             cfg,
