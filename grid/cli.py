@@ -3,6 +3,7 @@
 grid run [STUDY]        run a study (the embedded default when none is given)
 grid validate STUDY     check a study file without running anything
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
+grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
 """
 
 from __future__ import annotations
@@ -80,6 +81,42 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return _print_front(args.results, args.attack, args.eps)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from grid.store import artifacts_dir
+
+    root = Path(args.results)
+    folder = artifacts_dir(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"results: {root} holds no artifacts (expected {folder}/<key>/)")
+    keys = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    hits = [k for k in keys if k.startswith(args.key)]
+    if len(hits) != 1:
+        what = "no trial" if not hits else f"{len(hits)} trials ({', '.join(hits[:5])})"
+        raise ValueError(f"key: {args.key!r} matches {what} in {folder}")
+    out = Path(args.out or hits[0])
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out: {out} exists and is not empty")
+    shutil.copytree(folder / hits[0], out, dirs_exist_ok=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"exported trial {hits[0]} to {out}/")
+    for name, info in sorted(manifest["files"].items()):
+        print(f"  {name:<20} {info['bytes']:>10,} B  sha256 {info['sha256'][:16]}")
+    tfl = manifest.get("tflite_test_acc")
+    print(
+        f"  footprint {manifest['bytes']:,} B (smallest encoding); clean accuracy {manifest['clean_acc']:.3f}"
+        + (
+            f"; int8 TFLite {tfl:.3f}"
+            if tfl is not None
+            else f"; no TFLite: {manifest.get('tflite_error')}"
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grid", description="robustgrid: TinyML robustness studies on Ray Tune."
@@ -114,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
     )
     par.set_defaults(func=cmd_pareto)
+
+    exp = sub.add_parser(
+        "export", help="write a trial's model, weights and TFLite out for deployment"
+    )
+    exp.add_argument("results", help="a study's results folder")
+    exp.add_argument("key", help="the trial key (a unique prefix will do)")
+    exp.add_argument("--out", help="folder to write (default: ./KEY)")
+    exp.set_defaults(func=cmd_export)
     return p
 
 

@@ -195,8 +195,9 @@ def run_study(
         summary.concurrency = min(slots, len(todo), max_concurrent or res.max_concurrent or slots)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         fn: Callable[..., Any] = tune.with_parameters(
-            trainable, sink=sink, objective=study.headline
-        )
+            trainable, sink=sink, objective=study.headline,
+            artifacts=sink.write_artifacts if study.artifacts else None,
+        )  # fmt: skip
         fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
         tuner = tune.Tuner(
             fn,

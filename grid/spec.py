@@ -157,6 +157,7 @@ class Study(_Strict):
     objective: Objective = Objective()
     resources: Resources = Resources()
     results: str = Field(default="results", min_length=1)  # folder; rows go to <results>/<name>/
+    artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
 
     @field_validator("name")
     @classmethod
@@ -338,7 +339,9 @@ def format_errors(err: ValidationError, source: str) -> str:
             lines.append(msg)
         elif e["type"] == "missing":
             lines.append(f"{path}: required field is missing")
-        elif isinstance(e.get("input"), dict):  # a rule over a whole section: its message names the field
+        elif isinstance(
+            e.get("input"), dict
+        ):  # a rule over a whole section: its message names the field
             lines.append(f"{path}: {msg}")
         else:
             lines.append(f"{path} = {e.get('input')!r}: {msg}")

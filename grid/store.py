@@ -3,6 +3,7 @@
 Layout under a study's results folder::
 
     <results>/<study>/rows/<key>.parquet   one row per trial x fold x attack x eps
+    <results>/<study>/artifacts/<key>/     the trial's model, weights, TFLite, manifest
     <results>/<study>/tune/                Ray Tune's experiment state
 
 A file is written to ``<key>.parquet.tmp-<uuid>`` and renamed into place,
@@ -13,6 +14,7 @@ own row set instead of adding a second one.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,35 @@ class ParquetSink:
         finally:
             tmp.unlink(missing_ok=True)
         return final
+
+    def write_artifacts(self, key: str, files: dict[str, bytes]) -> Path:
+        return write_artifacts(self.results_dir, key, files)
+
+
+def artifacts_dir(results_dir: str | Path, key: str | None = None) -> Path:
+    folder = Path(results_dir) / "artifacts"
+    return folder / key if key else folder
+
+
+def write_artifacts(results_dir: str | Path, key: str, files: dict[str, bytes]) -> Path:
+    """Write a trial's artifact files as one folder, swapped in atomically."""
+    final = artifacts_dir(results_dir, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex}"
+    old = final.parent / f".old-{key}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"artifact name {name!r} must be a plain file name")
+            (tmp / name).write_bytes(data)
+        if final.exists():
+            os.replace(final, old)  # a retried trial: the new set replaces the old one
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def completed_keys(results_dir: str | Path) -> set[str]:

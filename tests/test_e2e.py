@@ -109,3 +109,18 @@ def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
     ]
     tests = [set(trial_split(c).test_index.tolist()) for c in configs]
     assert sum(map(len, tests)) == len(set().union(*tests)) == 1797
+
+
+def test_export_writes_a_trial_out(
+    smoke_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    folder, _ = smoke_run
+    key = sorted(p.name for p in (folder / "artifacts").iterdir())[0]
+    proc = _grid("export", str(folder), key[:6], "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "manifest.json", "model.h5", "model_int8.tflite", "weights.npz",
+    ]  # fmt: skip
+    assert f"exported trial {key}" in proc.stdout
+    bad = _grid("export", str(folder), "zzzz")
+    assert bad.returncode == 2 and "key: 'zzzz' matches no trial" in bad.stderr

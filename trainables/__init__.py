@@ -23,6 +23,9 @@ for _pattern in (
     r"The initializer \w+ is unseeded",
     r"PyTorch not found",
     r"`tf.keras.backend.learning_phase_scope` is deprecated",
+    r".*tf.lite.Interpreter is deprecated",
+    r"You are saving your model as an HDF5 file",
+    r"Statistics for quantized inputs were expected",
 ):
     warnings.filterwarnings("ignore", message=_pattern, category=UserWarning)
 

@@ -60,6 +60,7 @@ class LayerFootprint:
     distinct: int  # distinct deployed kernel values in the layer
     distinct_codes: int  # distinct codes (per-channel for stochastic_ternary)
     weight_bits: int
+    per_channel_scale: bool  # a power-of-two scale per output channel (stochastic_ternary)
     encoding: str  # the smallest
     bytes: int
     bytes_dense: int
@@ -118,6 +119,7 @@ def layer_footprint(
         distinct=int(np.unique(deployed_kernel).size),
         distinct_codes=int(np.unique(codes).size),
         weight_bits=weight_bits,
+        per_channel_scale=per_channel_scale,
         encoding=best,
         bytes=to_bytes(enc[best]),
         bytes_dense=to_bytes(enc["dense"]),
@@ -154,9 +156,11 @@ def model_footprint(model: Any, bias_bits: int) -> ModelFootprint:
         if isinstance(layer, tf_keras.layers.BatchNormalization):
             channels = int(layer.gamma.shape[0])
             b = math.ceil(2 * channels * 32 / 8)
-            layers.append(
-                LayerFootprint(layer.name, 0, 2 * channels, 0, 0.0, 0, 0, 32, "float", b, b, b, b)
-            )
+            layers.append(LayerFootprint(
+                name=layer.name, kernel_params=0, bias_params=2 * channels, nonzero=0, zero_fraction_stored=0.0,
+                distinct=0, distinct_codes=0, weight_bits=32, per_channel_scale=False, encoding="float",
+                bytes=b, bytes_dense=b, bytes_sparse=b, bytes_clustered=b,
+            ))  # fmt: skip
             nonzero += 2 * channels
             continue
         if not isinstance(layer, WEIGHT_LAYERS):

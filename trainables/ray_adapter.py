@@ -37,11 +37,12 @@ def trainable(
     config: dict[str, Any],
     sink: Callable[[str, list[Row]], Any],
     objective: tuple[str, float | None] = ("worst", None),
+    artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> None:
     from trainables.trial import run_trial
 
     cfg = TrialConfig.from_dict(config["trial"])
-    rows = run_trial(cfg)
+    rows = run_trial(cfg, artifacts=artifacts)
     sink(cfg.key, rows)
     first = rows[0]
     tune.report(

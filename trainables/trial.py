@@ -11,7 +11,7 @@ import math
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,22 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
         model = compress.strip_clustering(model)
         compress.keep_pruned_zeros_only(model, masks)
     return model, time.perf_counter() - t0
+
+
+def export_artifacts(
+    cfg: TrialConfig, model: tf_keras.Model, split: Split, clean_acc: float, fp: ModelFootprint
+) -> dict[str, bytes]:
+    from trainables.artifacts import export
+
+    weight_layers = [lf for lf in fp.layers if lf.kernel_params]
+    manifest = {
+        "key": cfg.key, "config": cfg.identity(), "clean_acc": clean_acc, "bytes": fp.bytes,
+        "weight_bits": {lf.name: lf.weight_bits for lf in weight_layers},
+        "per_channel_scale": [lf.name for lf in weight_layers if lf.per_channel_scale],
+        "batchnorm_bytes": sum(lf.bytes for lf in fp.layers if not lf.kernel_params),
+        "layers": fp.layer_dicts(), "versions": json.loads(package_versions()),
+    }  # fmt: skip
+    return export(model, manifest, split.x_train, split.x_test, split.y_test)
 
 
 def float_surrogate(cfg: TrialConfig) -> tf_keras.Model:
@@ -259,8 +275,17 @@ def _complete_rows(
     ]
 
 
-def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
-    """Run one trial and return its rows; a failure becomes one row with status 'failed'."""
+ArtifactSink = Callable[[str, dict[str, bytes]], Any]
+
+
+def run_trial(
+    config: TrialConfig | Mapping[str, Any], artifacts: ArtifactSink | None = None
+) -> list[Row]:
+    """Run one trial and return its rows; a failure becomes one row with status 'failed'.
+
+    ``artifacts``, when given, receives the trial key and its files
+    (``trainables.artifacts``): the model, its deployed weights, TFLite, manifest.
+    """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -278,6 +303,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any]) -> list[Row]:
         results = evaluate_attacks(
             model, split.x_test, split.y_test, split.num_classes, cfg.attacks, surrogate=surrogate
         )
+        if artifacts is not None:
+            artifacts(cfg.key, export_artifacts(cfg, model, split, clean_acc, fp))
         return _complete_rows(
             cfg,
             started,
