@@ -32,15 +32,23 @@ def _print_front(results: str, attack: str, eps: float | None) -> int:
 def _describe(study: Study) -> str:
     a = study.axes
     attacks = ", ".join(f"{x.name.value} eps={list(x.eps)}" for x in study.attacks) or "none"
+    adv = [
+        x.method.value if x.method.value == "none" else f"{x.method.value}@{x.eps:g}"
+        for x in a.adversarial
+    ]
     return (
         f"study {study.name}: {study.grid_size} trials = bits {list(a.bits)} x sparsity {list(a.sparsity)} "
-        f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)}; attacks: {attacks}; "
-        f"results -> {study.results_dir()}"
+        f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)} x adversarial {adv} x {study.folds} fold(s) "
+        f"on {study.dataset.name.value}/{study.model.value}; attacks: {attacks}; results -> {study.results_dir()}"
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated before anything starts
+    if args.data:
+        study = study.model_copy(
+            update={"dataset": study.dataset.model_copy(update={"path": args.data})}
+        )
     from grid.launch import run_study
 
     t0 = time.perf_counter()
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
     )
     run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    run.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a study file; starts nothing")

@@ -235,8 +235,14 @@ class Study(_Strict):
     def trials(self) -> list[TrialConfig]:
         """The cross product of the axes and folds, in file order (bits outermost, fold innermost)."""
         a, t, d = self.axes, self.train, self.dataset
+        # Ray workers run in their trial folders: a relative local data path must be made absolute here.
+        path = (
+            d.path
+            if d.path is None or "://" in d.path
+            else str(Path(d.path).expanduser().resolve())
+        )
         common = {
-            "dataset": d.name, "data_path": d.path, "download": d.download, "data_md5": d.md5,
+            "dataset": d.name, "data_path": path, "download": d.download, "data_md5": d.md5,
             "model": self.model, "seed": self.seed, "folds": self.folds,
             "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
             "learning_rate": t.learning_rate, "test_fraction": t.test_fraction,
