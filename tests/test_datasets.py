@@ -233,3 +233,32 @@ def test_kfold_test_folds_partition_the_data() -> None:
         assert np.all(np.abs(counts - per_class / k) <= 1)  # stratified
     with pytest.raises(ValueError, match=r"fold: 5 is not in 0\.\.4"):
         load_split("digits", 3, 0.2, folds=5, fold=5)
+
+
+def test_decoded_arrays_are_cached_on_disk_and_invalidated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainables import data
+
+    monkeypatch.setenv("ROBUSTGRID_CACHE", str(tmp_path / "cache"))
+    _write_svhn(tmp_path / "svhn")
+    first = data._cached(
+        "svhn", tmp_path / "svhn", lambda: data.load_svhn(tmp_path / "svhn", False, None)
+    )
+    (cached,) = (tmp_path / "cache" / "decoded").glob("svhn-*.npz")
+
+    def must_not_read() -> object:
+        raise AssertionError("decoded again although the cache is valid")
+
+    again = data._cached("svhn", tmp_path / "svhn", must_not_read)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(first.x, again.x)
+    assert again.classes == first.classes and again.official_test is not None
+    _write_svhn(tmp_path / "svhn", n_train=14)  # the source changed: a new cache entry
+    assert (
+        data._cached(
+            "svhn", tmp_path / "svhn", lambda: data.load_svhn(tmp_path / "svhn", False, None)
+        ).x.shape[0]
+        == 19
+    )
+    assert len(list((tmp_path / "cache" / "decoded").glob("svhn-*.npz"))) == 2
+    assert cached.exists()

@@ -23,7 +23,10 @@ WRITERS = {
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_study_and_its_smoke_variant_agree(name: str) -> None:
-    full, smoke = load_study(STUDIES / f"{name}.yaml"), load_study(STUDIES / "smoke" / f"{name}.yaml")
+    full, smoke = (
+        load_study(STUDIES / f"{name}.yaml"),
+        load_study(STUDIES / "smoke" / f"{name}.yaml"),
+    )
     assert full.folds == 5 and full.grid_size >= 60
     assert (smoke.dataset.name, smoke.model) == (full.dataset.name, full.model)
     assert {a.name for a in smoke.attacks} <= {a.name for a in full.attacks} | {"transfer_fgsm"}
@@ -36,10 +39,19 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
     data = tmp_path / "data"
     data.mkdir()
     WRITERS[study.dataset.name.value](data)
-    proc = _grid("run", str(STUDIES / "smoke" / f"{name}.yaml"), "--data", str(data), "--results", str(tmp_path / "r"))
+    proc = _grid(
+        "run",
+        str(STUDIES / "smoke" / f"{name}.yaml"),
+        "--data",
+        str(data),
+        "--results",
+        str(tmp_path / "r"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     con = connect(tmp_path / "r" / study.name)
-    rows = con.execute("SELECT key, fold, attack, eps, status, reason FROM rows ORDER BY fold, attack, eps").fetchall()
+    rows = con.execute(
+        "SELECT key, fold, attack, eps, status, reason FROM rows ORDER BY fold, attack, eps"
+    ).fetchall()
     assert {r[4] for r in rows} == {"complete"}, {r[5] for r in rows}
     assert sorted({r[1] for r in rows}) == [0, 1]  # both folds
     expected = {(a.name.value, e) for a in study.attacks for e in a.eps}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,41 @@ def localize(path: str) -> Path:
     return dest
 
 
+def _fingerprint(root: Path) -> str:
+    """Names, sizes and modification times of every file under ``root``."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _cached(dataset: str, root: Path, read: Callable[[], Pool]) -> Pool:
+    """Decoded arrays cached on this node's disk (npz: no pickle), keyed by the source files.
+
+    Decoding (CIFAR batches, SVHN .mat, and above all the MFCCs of every
+    Speech Commands clip) then happens once per node, not once per worker.
+    """
+    cache = cache_root() / "decoded" / f"{dataset}-{_fingerprint(root)}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                test = z["official_test"] if z["has_official_test"] else None
+                return Pool(z["x"], z["y"], tuple(str(c) for c in z["classes"]), test)
+        except (OSError, ValueError, KeyError):
+            cache.unlink(missing_ok=True)  # damaged: decode again
+    pool = read()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, x=pool.x, y=pool.y, classes=np.array(pool.classes),
+                 official_test=pool.official_test if pool.official_test is not None else np.zeros(0, bool),
+                 has_official_test=pool.official_test is not None)  # fmt: skip
+    os.replace(tmp, cache)
+    return pool
+
+
 @functools.lru_cache(maxsize=4)
 def load_pool(
     dataset: str, path: str | None = None, download: bool = False, md5: str | None = None
@@ -85,7 +122,7 @@ def load_pool(
                 f"{root}: no such folder for dataset {dataset!r}; set dataset.path, or dataset.download: true"
             )
         root.mkdir(parents=True, exist_ok=True)
-    pool = readers[dataset](root, download, md5)
+    pool = _cached(dataset, root, lambda: readers[dataset](root, download, md5))
     for a in (pool.x, pool.y):
         a.setflags(write=False)  # shared by every trial in this worker
     return pool
