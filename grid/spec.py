@@ -9,6 +9,7 @@ type or an out-of-range value raises :class:`StudyError` naming the field
 from __future__ import annotations
 
 import difflib
+import enum
 import importlib.resources
 import itertools
 import json
@@ -124,6 +125,13 @@ class Resources(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
 
 
+def _known_value(kind: type[enum.StrEnum], what: str, v: Any) -> Any:
+    """A clearer message than pydantic's for an unknown name: say what is known."""
+    if isinstance(v, str) and v not in {e.value for e in kind}:
+        raise ValueError(f"unknown {what} {v!r} (known: {', '.join(e.value for e in kind)})")
+    return v
+
+
 class DatasetSpec(_Strict):
     """``dataset: cifar10`` or ``dataset: {name: cifar10, path: ..., download: false, md5: ...}``."""
 
@@ -137,11 +145,7 @@ class DatasetSpec(_Strict):
     @field_validator("name", mode="before")
     @classmethod
     def _known(cls, v: Any) -> Any:
-        if isinstance(v, str) and v not in {d.value for d in Dataset}:
-            raise ValueError(
-                f"unknown dataset {v!r} (known: {', '.join(d.value for d in Dataset)})"
-            )
-        return v
+        return _known_value(Dataset, "dataset", v)
 
 
 class Study(_Strict):
@@ -176,11 +180,7 @@ class Study(_Strict):
     @field_validator("model", mode="before")
     @classmethod
     def _known_model(cls, v: Any) -> Any:
-        if isinstance(v, str) and v not in {m.value for m in ModelName}:
-            raise ValueError(
-                f"unknown model {v!r} (known: {', '.join(m.value for m in ModelName)})"
-            )
-        return v
+        return _known_value(ModelName, "model", v)
 
     @model_validator(mode="after")
     def _check_objective_and_size(self) -> Study:
