@@ -2,7 +2,8 @@
 
 Runs a study twice, in this one process and run:
   1. through robustgrid: local Ray, Tune trials, Parquet rows (fresh results folder);
-  2. the peer: the same trials with ``run_trial`` in a sequential Python loop.
+  2. the peer: the same trials with ``run_trial`` in a sequential Python loop in
+     this process, writing the same rows and artifacts.
 Prints the study's wall time against the sum of its trials' own compute
 time (efficiency = compute / (wall x slots)), the overhead per trial, and
 the ratio of the grid's wall time to the sequential loop's.
@@ -44,13 +45,17 @@ def main() -> None:
         summary = run_study(study, results=tmp, out=_Tee())
         grid_wall = time.perf_counter() - t0  # includes Ray start and shutdown
 
+    from grid.store import ParquetSink
     from trainables.trial import run_trial
 
     t0 = time.perf_counter()
     loop_compute = 0.0
-    for cfg in study.trials():
-        rows = run_trial(cfg)
-        loop_compute += rows[0]["meta_total_s"]
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = ParquetSink(tmp, study.name, "benchmark")  # the same writes as the grid: rows + artifacts
+        for cfg in study.trials():
+            rows = run_trial(cfg, artifacts=sink.write_artifacts if study.artifacts else None)
+            sink(cfg.key, rows)
+            loop_compute += rows[0]["meta_total_s"]
     loop_wall = time.perf_counter() - t0  # includes TF import on first trial
 
     print(
