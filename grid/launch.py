@@ -133,7 +133,7 @@ def check_writable(results_dir: Path) -> None:
         raise StudyError(f"results: cannot write to {folder}: {err.strerror or err}") from None
 
 
-def init_ray(study: Study, address: str | None) -> None:
+def init_ray(address: str | None) -> None:
     import ray
 
     kwargs: dict[str, Any] = {
@@ -178,7 +178,7 @@ def run_study(
 
     from trainables.ray_adapter import trainable
 
-    init_ray(study, address or os.environ.get("RAY_ADDRESS"))
+    init_ray(address or os.environ.get("RAY_ADDRESS"))
     try:
         cpus = int(ray.available_resources().get("CPU", 1))
         res = study.resources

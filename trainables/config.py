@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -258,6 +257,3 @@ class TrialConfig(BaseModel):
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
         return cls.model_validate(data)
 
-
-def is_close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-12)
