@@ -51,7 +51,9 @@ def main() -> None:
     t0 = time.perf_counter()
     loop_compute = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        sink = ParquetSink(tmp, study.name, "benchmark")  # the same writes as the grid: rows + artifacts
+        sink = ParquetSink(
+            tmp, study.name, "benchmark"
+        )  # the same writes as the grid: rows + artifacts
         for cfg in study.trials():
             rows = run_trial(cfg, artifacts=sink.write_artifacts if study.artifacts else None)
             sink(cfg.key, rows)

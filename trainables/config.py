@@ -256,4 +256,3 @@ class TrialConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
         return cls.model_validate(data)
-
