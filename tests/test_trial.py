@@ -101,8 +101,6 @@ def test_rows_cover_every_attack_and_eps_and_respect_clean() -> None:
         assert r["metric_max_distinct"] <= 4
         assert r["meta_train_s"] > 0 and r["meta_total_s"] >= r["meta_train_s"]
         assert json.loads(r["meta_config_json"])["sparsity"] == 0.5
-    # A larger radius never helps the model under the same attack.
-    assert rows[1]["metric_robust_acc"] <= rows[0]["metric_robust_acc"]
     # Same config, same rows: training and attacks are seeded.
     again = run_trial(cfg)
     assert [r["metric_robust_acc"] for r in again] == [r["metric_robust_acc"] for r in rows]
