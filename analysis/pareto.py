@@ -1,8 +1,11 @@
-"""Pareto fronts over trials: robust accuracy up, bytes down."""
+"""Pareto fronts over trials (robust accuracy up, bytes down) and their hypervolume."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
+import numpy as np
 import pandas as pd
 
 _POINTS = """
@@ -69,3 +72,70 @@ def format_front(front: pd.DataFrame, attack: str, eps: float) -> str:
             f"{r.sparsity:>8g}  {r.clusters:>8}  {r.jr_weight:>9g}  {r.key}"
         )
     return "\n".join(lines)
+
+
+def _as_minimization(
+    values: np.ndarray | Sequence[Sequence[float]], maximize: Sequence[bool]
+) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(values, dtype=np.float64).reshape(-1, len(maximize))
+    sign = np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0)
+    return v * sign, sign
+
+
+def nondominated(
+    values: np.ndarray | Sequence[Sequence[float]], maximize: Sequence[bool]
+) -> np.ndarray:
+    """Boolean mask of the points no other point dominates (ties: both stay)."""
+    v, _ = _as_minimization(values, maximize)
+    keep = np.ones(len(v), dtype=bool)
+    for start in range(0, len(v), 512):  # blocks: memory 512 x n x d, not n x n x d
+        block = v[start : start + 512]
+        le = (v[:, None, :] <= block[None, :, :]).all(axis=2)  # le[j, i]: j no worse than i
+        lt = (v[:, None, :] < block[None, :, :]).any(axis=2)
+        keep[start : start + 512] = ~(le & lt).any(axis=0)
+    return keep
+
+
+def _hv_min(points: np.ndarray, ref: np.ndarray) -> float:
+    """Exact hypervolume of minimisation points, all strictly below ``ref`` (slicing, n^(d-1))."""
+    n, d = points.shape
+    if n == 0:
+        return 0.0
+    if d == 1:
+        return float(ref[0] - points[:, 0].min())
+    order = np.argsort(points[:, -1], kind="stable")
+    p = points[order]
+    edges = np.append(p[:, -1], ref[-1])
+    if d == 2:
+        best = np.minimum.accumulate(p[:, 0])  # the front's x up to each y slice
+        return float(np.sum((edges[1:] - edges[:-1]) * (ref[0] - best)))
+    total = 0.0
+    for i in range(n):
+        height = edges[i + 1] - edges[i]
+        if height > 0:
+            total += height * _hv_min(p[: i + 1, :-1], ref[:-1])
+    return total
+
+
+def hypervolume(
+    values: np.ndarray | Sequence[Sequence[float]],
+    maximize: Sequence[bool],
+    reference: Sequence[float],
+) -> float:
+    """Volume dominated by ``values`` and bounded by ``reference``, in the objectives' units.
+
+    ``maximize[i]`` gives objective i's direction; points not strictly better
+    than the reference in every objective add nothing.  Exact in any
+    dimension (2 objectives: one sort).
+    """
+    v, sign = _as_minimization(values, maximize)
+    ref = np.asarray(reference, dtype=np.float64) * sign
+    if ref.shape != (len(maximize),):
+        raise ValueError(
+            f"reference: {list(reference)} needs one value per objective ({len(maximize)})"
+        )
+    inside = v[(v < ref).all(axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    front = inside[nondominated(inside, [False] * len(maximize))]
+    return _hv_min(np.unique(front, axis=0), ref)

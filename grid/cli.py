@@ -1,6 +1,8 @@
 """``grid``: run, validate and read robustgrid studies.
 
 grid run [STUDY]        run a study (the embedded default when none is given)
+grid resume STUDY       finish a study whose driver stopped or died (kill -9 included)
+grid status STUDY       trials done / running / failed / skipped, the front and its hypervolume
 grid validate STUDY     check a study file without running anything
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
 grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
@@ -43,12 +45,31 @@ def _describe(study: Study) -> str:
     )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> Study:
     study = load_study(args.study)  # validated before anything starts
     if args.data:
         study = study.model_copy(
             update={"dataset": study.dataset.model_copy(update={"path": args.data})}
         )
+    return study
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    study = _load(args)
+    folder = study.results_dir(args.results)
+    if not any((folder / name).exists() for name in ("rows", "status.json", "optuna.journal")):
+        raise StudyError(
+            f"results: nothing to resume in {folder} (no rows, no driver state); "
+            "`grid run` starts a study"
+        )
+    return _run(study, args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(_load(args), args)
+
+
+def _run(study: Study, args: argparse.Namespace) -> int:
     from grid.launch import run_study
 
     t0 = time.perf_counter()
@@ -65,10 +86,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         for failure in summary.failures:
             print(f"  failed {failure}")
+    if summary.front is not None and summary.front.points:
+        from grid.space import objectives
+
+        print(summary.front.describe(objectives(study)))
     if summary.missing > 0:
         print(
             f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
-            f"`grid run` again to finish them (complete trials are kept)"
+            f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
     attack, eps = study.headline
@@ -78,6 +103,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.missing > 0:
         return 130
     return 1 if summary.failed and not summary.completed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from grid.launch import StudyState, live_driver
+    from grid.space import describe_values, objectives, point_label, random_points
+    from grid.spec import Strategy
+    from grid.store import read_json, read_rows
+
+    study = load_study(args.study)
+    folder = study.results_dir(args.results)
+    if not (folder / "rows").is_dir():
+        raise StudyError(f"results: {folder} holds no results yet (`grid run {args.study}`)")
+    state = StudyState(study, folder)
+    s = study.search
+    if s.strategy == Strategy.random:
+        picked = random_points(study, study.budget, study.search_seed)
+        keys = [k for p in picked for k in state.keys[point_label(p)]]
+    else:
+        keys = [k for ks in state.keys.values() for k in ks]
+    total = study.budget * study.folds
+    done = sum(1 for k in keys if state.status.get(k) == "complete")
+    failed = sum(1 for k in keys if state.status.get(k) == "failed")
+    live = read_json(folder / "status.json") or {}
+    pid = live_driver(folder)
+    running = len(live.get("running") or []) if pid else 0
+    todo = max(0, total - done - failed - running)
+    if s.strategy == Strategy.optuna:
+        done = min(done, total)
+        todo = max(0, total - done - failed - running)
+    driver = f"driver running (pid {pid})" if pid else "no driver running"
+    print(
+        f"study {study.name} ({s.strategy.value}, {total} trials): {done} done, {running} running, "
+        f"{failed} failed, {todo} to do; {live.get('skipped', 0)} skipped as complete at the last start; "
+        f"{driver}"
+    )
+    front = state.front()
+    obj = objectives(study)
+    print(front.describe(obj))
+    values = state.point_values()
+    for label in front.labels:
+        print(f"  {describe_values(obj, values[label])}  {label}")
+    for key in keys:
+        if state.status.get(key) == "failed":
+            reason = (read_rows(folder, key) or [{}])[0].get("reason") or ""
+            print(f"  failed {key}: {str(reason)[:200]}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -142,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     run.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
     run.set_defaults(func=cmd_run)
+
+    res = sub.add_parser(
+        "resume", help="finish a study whose driver stopped or died (complete trials are kept)"
+    )
+    res.add_argument("study", help="study YAML file, or the name of an embedded study")
+    res.add_argument("--results", help="results folder (overrides the study's `results`)")
+    res.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    res.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    res.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
+    res.set_defaults(func=cmd_resume)
+
+    st = sub.add_parser("status", help="trials done / running / failed, the front and hypervolume")
+    st.add_argument("study", help="study YAML file, or the name of an embedded study")
+    st.add_argument("--results", help="results folder (overrides the study's `results`)")
+    st.set_defaults(func=cmd_status)
 
     val = sub.add_parser("validate", help="check a study file; starts nothing")
     val.add_argument("study", help="study YAML file, or the name of an embedded study")

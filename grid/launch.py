@@ -1,14 +1,25 @@
 """Run a study's trials as Ray Tune trials on a local Ray (or a cluster).
 
-Trials already complete in the Parquet store are skipped, so running a
-study again only does what is missing.  Progress is printed by a Tune
-callback on the driver: one line per finished trial, with an ETA.
+The Parquet store is the truth.  A trial's key is the hash of its resolved
+config (fold and seed included); keys complete in the store are skipped,
+failed and unfinished ones run again, so running a study again (or
+``grid resume`` after the driver died, kill -9 included) only does what is
+missing, and a key never gets a second row set.
+
+Strategies (``search.strategy``): ``grid`` runs every point, ``random`` a
+seeded sample of distinct points, ``optuna`` a multi-objective search
+through Tune's OptunaSearch whose Optuna study lives in
+``<results>/optuna.journal``, so a resumed search continues where it was.
+Progress is printed by a Tune callback on the driver: one line per finished
+trial, with the front's hypervolume and an ETA; ``search.json`` keeps the
+front and hypervolume, ``status.json`` the driver's live state.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,10 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-from grid.spec import Study, StudyError
-from grid.store import ParquetSink, completed_keys, rows_dir
+from grid import space
+from grid.spec import Strategy, Study, StudyError
+from grid.store import ParquetSink, key_status, read_json, read_rows, rows_dir, write_json
+from trainables.config import TrialConfig
+from trainables.rows import STATUS_COMPLETE, failed_row, summarize
 
 # Every Ray worker needs Keras 2 before its first TensorFlow import.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -42,7 +56,7 @@ def git_revision() -> str:
 
 @dataclass
 class RunSummary:
-    total: int  # trials in the study
+    total: int  # trials this run answers for: the grid, or the search budget x folds
     skipped: int  # already complete before this run
     completed: int = 0
     failed: int = 0
@@ -51,6 +65,8 @@ class RunSummary:
     concurrency: int = 1
     failures: list[str] = field(default_factory=list)
     missing: int = 0  # neither complete nor failed after the run (interrupted)
+    strategy: str = "grid"
+    front: space.Front | None = None
 
     @property
     def ran(self) -> int:
@@ -72,54 +88,204 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f}s" if s < 90 else f"{s // 60:.0f}m{s % 60:02.0f}s"
 
 
-def progress_callback(summary: RunSummary, out: TextIO, t0: float) -> Any:
+class StudyState:
+    """What the store says about a study's points, kept current as trials finish."""
+
+    def __init__(self, study: Study, results_dir: Path) -> None:
+        self.study, self.results_dir = study, results_dir
+        self.obj = space.objectives(study)
+        self.status = key_status(results_dir)
+        self.values: dict[str, list[float]] = {}  # complete key -> objective values
+        self.params: int | None = None
+        self.points = space.points(study)
+        self.trials = {space.point_label(p): study.point_trials(p) for p in self.points}
+        self.keys = {label: [t.key for t in ts] for label, ts in self.trials.items()}
+        ours = {k for ks in self.keys.values() for k in ks}
+        for key, st in self.status.items():
+            if st == STATUS_COMPLETE and key in ours:
+                self.refresh(key)
+        previous = read_json(results_dir / "search.json") or {}
+        self.history: list[list[float]] = previous.get("history", [])
+
+    def refresh(self, key: str) -> bool:
+        """Re-read ``key``'s rows from the store; True when it is complete."""
+        rows = read_rows(self.results_dir, key)
+        if not rows:
+            self.status.pop(key, None)
+            return False
+        s = summarize(rows, self.study.headline)
+        self.status[key] = s["status"]
+        if s["status"] != STATUS_COMPLETE:
+            self.values.pop(key, None)
+            return False
+        self.values[key] = [float(s[n]) for n in self.obj.names]
+        self.params = max(self.params or 0, int(s["params"] or 0)) or None
+        return True
+
+    def point_values(self) -> dict[str, list[float]]:
+        """Complete points (every fold complete): the mean over folds of each objective."""
+        out = {}
+        for label, keys in self.keys.items():
+            if all(k in self.values for k in keys):
+                vals = [self.values[k] for k in keys]
+                out[label] = [sum(col) / len(col) for col in zip(*vals, strict=True)]
+        return out
+
+    def front(self) -> space.Front:
+        return space.front(self.point_values(), self.obj, self.params)
+
+    def save(self, strategy: str) -> space.Front:
+        """Recompute the front and store it (with the hypervolume's history) in search.json."""
+        f = self.front()
+        if not self.history or self.history[-1][0] != f.points:
+            self.history.append([f.points, f.normalized])
+        s = self.study.search
+        values = self.point_values()
+        write_json(
+            self.results_dir / "search.json",
+            {
+                "study": self.study.name,
+                "strategy": strategy,
+                "sampler": s.sampler.value if strategy == "optuna" else None,
+                "objectives": list(self.obj.names),
+                "maximize": list(self.obj.maximize),
+                "headline": {"attack": self.study.headline[0], "eps": self.study.headline[1]},
+                "reference": list(f.reference),
+                "hypervolume": f.hypervolume,
+                "hypervolume_normalized": f.normalized,
+                "points_complete": f.points,
+                "front": [
+                    {"point": label, "keys": self.keys[label], "values": values[label]}
+                    for label in f.labels
+                ],
+                "history": self.history,  # [points complete, normalised hypervolume]
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        return f
+
+
+def write_status(results_dir: Path, **fields: Any) -> None:
+    """The driver's live state, for ``grid status`` (and to refuse a second driver)."""
+    state = read_json(results_dir / "status.json") or {}
+    state.update(fields, updated_at=time.time())
+    write_json(results_dir / "status.json", state)
+
+
+def live_driver(results_dir: Path) -> int | None:
+    """The pid of a driver still running this study on this host, if any."""
+    state = read_json(results_dir / "status.json") or {}
+    pid, host = state.get("pid"), state.get("host")
+    if not state.get("running_driver") or not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:  # a recycled pid is not our driver
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"grid" in cmdline else None
+
+
+def progress_callback(summary: RunSummary, state: StudyState, out: TextIO, t0: float) -> Any:
     from ray.tune import Callback
 
     todo = summary.total - summary.skipped
+    width = len(str(todo))
+
+    def unit_of(trial: Any) -> dict[str, Any]:
+        return dict(trial.config["unit"])
+
+    def running(trials: list[Any]) -> list[str]:
+        return [k for t in trials if t.status == "RUNNING" for k in unit_of(t)["keys"]]
 
     class Progress(Callback):
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            write_status(state.results_dir, running=running(trials))
+
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
-            cfg = trial.config["trial"]
-            if result.get("status") == "complete":
-                summary.completed += 1
-                verdict = (
-                    f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
-                    f"{result['bytes']:>7,} B"
-                )
-            else:
-                summary.failed += 1
-                summary.failures.append(f"{result.get('key')}: {result.get('reason')}")
-                verdict = f"FAILED: {str(result.get('reason'))[:120]}"
+            unit = unit_of(trial)
+            summary.completed += len(unit["keys"])
             summary.trial_s += float(result.get("total_s") or 0.0)
+            for key in unit["keys"]:
+                state.refresh(key)
+            front = state.save(summary.strategy)
+            summary.front = front
+            p = unit["point"]
+            adv = state.study.axes.adversarial[int(p["adversarial"])]
+            extra = f" adv={adv.method.value}@{adv.eps:g}" if adv.method.value != "none" else ""
+            if len(unit["keys"]) == 1 and state.study.folds > 1:
+                fold = unit["trials"][0]["fold"]
+                extra += f" fold={fold + 1}/{state.study.folds}"
+            elif state.study.folds > 1:
+                extra += f" folds={len(unit['keys'])}"
             done = summary.ran
             elapsed = time.perf_counter() - t0
-            eta = elapsed / done * (todo - done)
-            running = sum(1 for t in trials if t.status == "RUNNING")
-            fold = f" fold={cfg['fold']}/{cfg['folds']}" if cfg.get("folds", 1) > 1 else ""
-            adv = cfg.get("adversarial", {}).get("method", "none")
-            fold += f" adv={adv}@{cfg['adversarial']['eps']:g}" if adv != "none" else ""
+            eta = elapsed / done * (todo - done) if done else 0.0
             out.write(
-                f"[{done:>{len(str(todo))}}/{todo}] bits={cfg['bits']:<7} sparsity={cfg['sparsity']:<4g} "
-                f"clusters={cfg['clusters']:<3} jr={cfg['jr_weight']:<6g}{fold} | {verdict} | "
-                f"{result.get('total_s') or 0:5.1f}s  (running {running}, ETA {_fmt_s(eta)})\n"
+                f"[{done:>{width}}/{todo}] bits={p['bits']:<7} sparsity={p['sparsity']:<4g} "
+                f"clusters={p['clusters']:<3} jr={p['jr_weight']:<6g}{extra} | "
+                f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+                f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
+                f"HV {front.normalized:.4f} front {len(front.labels)} "
+                f"(running {len(running(trials)) - len(unit['keys'])}, ETA {_fmt_s(eta)})\n"
             )
+            out.flush()
+            write_status(state.results_dir, running=running(trials))
+
+        def on_trial_recover(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            out.write(f"[retry] {', '.join(unit_of(trial)['keys'])}: {_last_error(trial)}\n")
             out.flush()
 
         def on_trial_error(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            # The trainable records its own failures as rows; this is a crash of
-            # the worker itself (after Tune's retries).
-            summary.failed += 1
-            summary.failures.append(
-                f"{trial.config['trial'].get('bits')}: worker error, see {trial.local_path}"
-            )
-            out.write(f"[trial error] {trial} (see {trial.local_path})\n")
+            # Failed for good, after Tune's retries.  The trainable stored a failed
+            # row for the fold that raised; a worker that died stored nothing.
+            unit = unit_of(trial)
+            reason = _last_error(trial)
+            for item in unit["trials"]:
+                cfg = TrialConfig.from_dict(item)
+                if not state.refresh(cfg.key):
+                    if cfg.key not in state.status:
+                        started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+                        sink = ParquetSink(str(state.results_dir), state.study.name, git_revision())
+                        sink(cfg.key, [failed_row(cfg, reason, started)])
+                        state.status[cfg.key] = "failed"
+                    summary.failed += 1
+                    summary.failures.append(f"{cfg.key}: {reason[:300]}")
+                else:
+                    summary.completed += 1
+            out.write(f"[failed] {', '.join(unit['keys'])}: {reason[:200]}\n")
             out.flush()
+            write_status(state.results_dir, running=running(trials))
 
     return Progress()
+
+
+def _last_error(trial: Any) -> str:
+    """The last line of a Tune trial's error (the exception and its message)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or "injected" in line:
+            return line[:1000]
+    return lines[-1][:1000] if lines else "the trial's worker failed"
 
 
 def check_writable(results_dir: Path) -> None:
@@ -148,6 +314,171 @@ def init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, **kwargs)
 
 
+def _unit(study: Study, point: space.Point, trials: list[TrialConfig]) -> dict[str, Any]:
+    return {
+        "point": point,
+        "label": space.point_label(point),
+        "keys": [t.key for t in trials],
+        "trials": [t.model_dump(mode="json") for t in trials],
+    }
+
+
+class PointSearcher:
+    """Tune searcher around OptunaSearch that never hands Tune a point twice.
+
+    Optuna (NSGA-II especially) re-proposes points it has seen.  A proposal
+    whose point is already complete is told its stored values at once and
+    another is asked for; one that is running is told 'pruned'.  So every
+    Tune trial is a new point, the budget counts distinct points, and a
+    resumed search learns from everything in the store.
+    """
+
+    MAX_REDRAWS = 1000
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # subclass Searcher lazily (Ray import)
+        from ray.tune.search import Searcher
+
+        class _PointSearcher(Searcher):
+            def __init__(self, inner: Any, study: Study, state: StudyState) -> None:
+                super().__init__(metric=inner.metric, mode=inner.mode)
+                self.inner, self.study, self.state = inner, study, state
+                self.known = state.point_values()  # label -> values
+                self.running: dict[str, str] = {}  # tune trial id -> label
+                self.ids: dict[str, str] = {}  # tune trial id -> inner trial id
+                self.redraws = 0
+
+            def set_search_properties(
+                self, metric: Any, mode: Any, config: Any, **spec: Any
+            ) -> bool:
+                return True  # the space comes from the study file
+
+            def suggest(self, trial_id: str) -> Any:  # a config, None, or Searcher.FINISHED
+                if len(self.known) + len(self.running) >= len(self.state.points):
+                    return Searcher.FINISHED  # every point is done or under way
+                for attempt in range(PointSearcher.MAX_REDRAWS):
+                    tid = f"{trial_id}/{attempt}"
+                    params = self.inner.suggest(tid)
+                    if not isinstance(params, dict):
+                        return params
+                    label = space.point_label(params)
+                    if label in self.known:
+                        self.redraws += 1
+                        result = dict(zip(self.state.obj.names, self.known[label], strict=True))
+                        self.inner.on_trial_complete(tid, result=result)
+                        continue
+                    if label in self.running.values():
+                        self.redraws += 1
+                        self.inner.on_trial_complete(tid, result=None)  # pruned: no values
+                        continue
+                    self.ids[trial_id], self.running[trial_id] = tid, label
+                    return {"unit": _unit(self.study, params, self.state.trials[label])}
+                return Searcher.FINISHED  # the sampler keeps proposing known points
+
+            def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+                pass  # several objectives: only the final result counts
+
+            def on_trial_complete(
+                self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+            ) -> None:
+                tid = self.ids.pop(trial_id, None)
+                label = self.running.pop(trial_id, None)
+                if tid is None or label is None:
+                    return
+                if result and not error and result.get("status") == STATUS_COMPLETE:
+                    self.known[label] = [float(result[n]) for n in self.state.obj.names]
+                self.inner.on_trial_complete(tid, result=result, error=error)
+
+            def save(self, checkpoint_path: str) -> None:
+                raise NotImplementedError  # the state lives in optuna.journal and the store
+
+            def restore(self, checkpoint_path: str) -> None:
+                raise NotImplementedError
+
+        return _PointSearcher(*args, **kwargs)
+
+
+def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
+    """The study's Optuna study, brought in line with the store (created on first use).
+
+    Trials left RUNNING by a driver that died are marked failed; complete
+    points the Optuna study does not know (run by another strategy, or whose
+    result was stored just before a crash) are added, so a resumed search
+    learns from everything stored.
+    """
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions: list[Literal["maximize", "minimize"]] = [
+        "maximize" if m else "minimize" for m in state.obj.maximize
+    ]
+    ostudy = optuna.create_study(
+        storage=storage, study_name=study.name, directions=directions, load_if_exists=True,
+        sampler=space.make_sampler(study.search, study.search_seed),
+    )  # fmt: skip
+    have = [d.name.lower() for d in ostudy.directions]
+    if have != directions:
+        raise StudyError(
+            f"objective: the Optuna study in {state.results_dir} optimises {have}, this file asks for "
+            f"{directions} (objective.clean changed?); use a new results folder"
+        )
+    stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    for t in stale:
+        ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    told = {
+        space.point_label(t.params)
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    dists = space.distributions(study)
+    by_label = {space.point_label(p): p for p in state.points}
+    for label, values in state.point_values().items():
+        if label not in told:
+            ostudy.add_trial(
+                create_trial(params=by_label[label], distributions=dists, values=values)
+            )
+    return ostudy
+
+
+def _optuna_searcher(study: Study, state: StudyState) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    journal = state.results_dir / "optuna.journal"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    optuna_study(study, state, storage)
+    inner = OptunaSearch(
+        space=space.distributions(study), metric=list(state.obj.names), mode=state.obj.modes,
+        sampler=space.make_sampler(study.search, study.search_seed),
+        study_name=study.name, storage=storage,
+    )  # fmt: skip
+    return PointSearcher(inner, study, state)
+
+
+def plan(study: Study, state: StudyState) -> tuple[list[dict[str, Any]], int, int]:
+    """(units for a grid/random run, trials this run answers for, of which already complete)."""
+    strategy = study.search.strategy
+    done = {k for k, v in state.status.items() if v == STATUS_COMPLETE}
+    if strategy == Strategy.optuna:
+        complete_points = len(state.point_values())
+        total = study.budget * study.folds
+        return [], total, min(complete_points, study.budget) * study.folds
+    pts = (
+        state.points
+        if strategy == Strategy.grid
+        else space.random_points(study, study.budget, study.search_seed)
+    )
+    units, total, skipped = [], 0, 0
+    for p in pts:
+        for t in state.trials[space.point_label(p)]:  # one Tune trial per fold: more parallelism
+            total += 1
+            if t.key in done:
+                skipped += 1
+            else:
+                units.append(_unit(study, p, [t]))
+    return units, total, skipped
+
+
 def run_study(
     study: Study,
     results: str | None = None,
@@ -155,21 +486,30 @@ def run_study(
     max_concurrent: int | None = None,
     out: TextIO = sys.stdout,
 ) -> RunSummary:
-    """Run every trial of ``study`` not yet complete; write rows under its results folder."""
+    """Run what is missing of ``study``; write rows (and search state) under its results folder."""
     results_dir = study.results_dir(results)
-    check_writable(
-        results_dir
-    )  # before Ray starts: a bad location fails in a second, not after a trial
-    configs = study.trials()
-    done = completed_keys(results_dir)
-    todo = [c for c in configs if c.key not in done]
-    summary = RunSummary(total=len(configs), skipped=len(configs) - len(todo))
+    check_writable(results_dir)  # before Ray starts: a bad location fails in a second
+    other = live_driver(results_dir)
+    if other is not None:
+        raise StudyError(
+            f"results: {results_dir} is in use by a running driver (pid {other}); "
+            "wait for it or stop it first"
+        )
+    state = StudyState(study, results_dir)
+    strategy = study.search.strategy
+    units, total, skipped = plan(study, state)
+    summary = RunSummary(total=total, skipped=skipped, strategy=strategy.value)
+    todo = total - skipped
+    what = f"{study.budget} of {study.points} points" if strategy != Strategy.grid else "the grid"
     out.write(
-        f"study {study.name}: {len(configs)} trials, {summary.skipped} already complete, "
-        f"{len(todo)} to run -> {results_dir}\n"
+        f"study {study.name} ({strategy.value}: {what}): {total} trials, {skipped} already complete, "
+        f"{todo} to run -> {results_dir}\n"
     )
+    summary.front = state.save(strategy.value)
+    if summary.front.points:
+        out.write(summary.front.describe(state.obj) + "\n")
     out.flush()
-    if not todo:
+    if todo <= 0:
         return summary
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -179,22 +519,37 @@ def run_study(
     from trainables.ray_adapter import trainable
 
     init_ray(address or os.environ.get("RAY_ADDRESS"))
+    write_status(
+        results_dir, pid=os.getpid(), host=socket.gethostname(), running_driver=True,
+        started_at=time.time(), strategy=strategy.value, total=total, skipped=skipped, running=[],
+    )  # fmt: skip
     try:
         cpus = int(ray.available_resources().get("CPU", 1))
         res = study.resources
         slots = max(1, cpus // res.cpus_per_trial)
-        summary.concurrency = min(slots, len(todo), max_concurrent or res.max_concurrent or slots)
+        want = len(units) if strategy != Strategy.optuna else todo // study.folds
+        summary.concurrency = max(
+            1, min(slots, want, max_concurrent or res.max_concurrent or slots)
+        )
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         fn: Callable[..., Any] = tune.with_parameters(
             trainable, sink=sink, objective=study.headline,
             artifacts=sink.write_artifacts if study.artifacts else None,
         )  # fmt: skip
         fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+        if strategy == Strategy.optuna:
+            param_space: dict[str, Any] = {}
+            search_alg, samples = _optuna_searcher(study, state), todo // study.folds
+        else:
+            param_space, search_alg, samples = {"unit": tune.grid_search(units)}, None, 1
         tuner = tune.Tuner(
             fn,
-            param_space={"trial": tune.grid_search([c.model_dump(mode="json") for c in todo])},
+            param_space=param_space,
             tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                num_samples=samples,
                 reuse_actors=True,  # TF + QKeras import once per worker, not once per trial
+                # A custom searcher keeps one trial pending without it (stalls autoscaling).
                 max_concurrent_trials=summary.concurrency,
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             ),
@@ -202,8 +557,8 @@ def run_study(
                 name="tune",
                 storage_path=str(results_dir),
                 verbose=0,
-                callbacks=[progress_callback(summary, out, time.perf_counter())],
-                failure_config=tune.FailureConfig(max_failures=2),
+                callbacks=[progress_callback(summary, state, out, time.perf_counter())],
+                failure_config=tune.FailureConfig(max_failures=res.retries),
             ),
         )
         t0 = time.perf_counter()
@@ -211,8 +566,16 @@ def run_study(
         summary.wall_s = time.perf_counter() - t0
     finally:
         ray.shutdown()
+        write_status(results_dir, running_driver=False, running=[], finished_at=time.time())
     # The store is the truth: a trial that wrote its rows just before an
     # interruption counts, one that did not is still to do.
-    keys = {c.key for c in configs}
-    summary.missing = len(keys - completed_keys(results_dir)) - summary.failed
+    final = StudyState(study, results_dir)
+    summary.front = final.save(strategy.value)
+    units_after, total_after, skipped_after = plan(study, final)
+    failed_now = sum(1 for v in final.status.values() if v != STATUS_COMPLETE)
+    if strategy == Strategy.optuna:
+        exhausted = len(final.point_values()) >= study.points
+        summary.missing = 0 if exhausted else max(0, total_after - skipped_after - failed_now)
+    else:
+        summary.missing = max(0, len(units_after) - failed_now)
     return summary

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import enum
 import importlib.resources
-import itertools
 import json
 import math
 import re
@@ -112,17 +111,62 @@ class Attack(AttackSpec):
         return self
 
 
+class Reference(_Strict):
+    """The hypervolume's reference point: the worst value of each objective that still counts."""
+
+    robust_acc: float = Field(default=0.0, ge=0.0, lt=1.0)
+    clean_acc: float = Field(default=0.0, ge=0.0, lt=1.0)
+    bytes: int | None = Field(default=None, ge=1)  # default: 1.1 x the float32 model (4 B/param)
+
+
 class Objective(_Strict):
-    """The robust accuracy the Pareto front maximises (against bytes)."""
+    """What the Pareto front (and a search) optimises: robust accuracy up, bytes down."""
 
     attack: str = "worst"  # 'worst' (min over attacks) or an attack name
     eps: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the largest eps
+    clean: bool = False  # also maximise clean accuracy (a third objective)
+    reference: Reference = Reference()
+
+
+class Strategy(enum.StrEnum):
+    grid = "grid"  # the whole cross product
+    optuna = "optuna"  # multi-objective search through Ray Tune's OptunaSearch
+    random = "random"  # distinct grid points drawn uniformly: the baseline
+
+
+class SamplerName(enum.StrEnum):
+    nsga2 = "nsga2"
+    nsga3 = "nsga3"
+    tpe = "tpe"  # multivariate, multi-objective TPE
+
+
+class Search(_Strict):
+    """How the grid points are visited.  ``trials`` counts distinct points (each runs every fold)."""
+
+    strategy: Strategy = Strategy.grid
+    sampler: SamplerName = SamplerName.tpe
+    trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)  # budget; default: every point
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)  # default: the study's seed
+    population: int | None = Field(default=None, ge=2, le=10_000)  # NSGA-II/III population
+    startup_trials: int = Field(default=10, ge=1, le=10_000)  # TPE's random start
+
+    @model_validator(mode="after")
+    def _budget_needs_a_search(self) -> Search:
+        if self.trials is not None and self.strategy == Strategy.grid:
+            raise ValueError(
+                f"trials: {self.trials} is a budget for strategy optuna or random; "
+                "strategy grid runs every point (leave trials out)"
+            )
+        return self
 
 
 class Resources(_Strict):
     cpus_per_trial: int = Field(default=1, ge=1, le=1024)
     gpus_per_trial: int = Field(default=0, ge=0, le=64)
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    retries: int = Field(
+        default=2, ge=0, le=100
+    )  # Tune retries of a trial that raised or lost its node
 
 
 def _known_value(kind: type[enum.StrEnum], what: str, v: Any) -> Any:
@@ -159,6 +203,7 @@ class Study(_Strict):
     axes: Axes = Axes()
     attacks: list[Attack] = Field(default_factory=list, max_length=32)
     objective: Objective = Objective()
+    search: Search = Search()
     resources: Resources = Resources()
     results: str = Field(default="results", min_length=1)  # folder; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
@@ -203,6 +248,11 @@ class Study(_Strict):
                 raise ValueError(
                     f"objective.eps: {self.objective.eps} is not an eps of the objective's attacks {sorted(set(pool))}"
                 )
+        if self.search.trials is not None and self.search.trials > self.points:
+            raise ValueError(
+                f"search.trials: {self.search.trials} is more than the {self.points} distinct points "
+                "of the axes' cross product"
+            )
         if self.grid_size > MAX_TRIALS:
             raise ValueError(
                 f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}"
@@ -210,17 +260,26 @@ class Study(_Strict):
         return self
 
     @property
-    def grid_size(self) -> int:
-        """Trials: the axes' cross product times the folds."""
+    def points(self) -> int:
+        """Distinct points: the axes' cross product."""
         a = self.axes
         return (
-            len(a.bits)
-            * len(a.sparsity)
-            * len(a.clusters)
-            * len(a.jr_weight)
-            * len(a.adversarial)
-            * self.folds
+            len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight) * len(a.adversarial)
         )
+
+    @property
+    def grid_size(self) -> int:
+        """Trials of the whole grid: the axes' cross product times the folds."""
+        return self.points * self.folds
+
+    @property
+    def budget(self) -> int:
+        """Points this study visits: the search budget, or every point."""
+        return self.search.trials or self.points
+
+    @property
+    def search_seed(self) -> int:
+        return self.seed if self.search.seed is None else self.search.seed
 
     @property
     def headline(self) -> tuple[str, float | None]:
@@ -232,16 +291,15 @@ class Study(_Strict):
     def results_dir(self, override: str | None = None) -> Path:
         return (Path(override or self.results) / self.name).resolve()
 
-    def trials(self) -> list[TrialConfig]:
-        """The cross product of the axes and folds, in file order (bits outermost, fold innermost)."""
-        a, t, d = self.axes, self.train, self.dataset
+    def _common(self) -> dict[str, Any]:
+        t, d = self.train, self.dataset
         # Ray workers run in their trial folders: a relative local data path must be made absolute here.
         path = (
             d.path
             if d.path is None or "://" in d.path
             else str(Path(d.path).expanduser().resolve())
         )
-        common = {
+        return {
             "dataset": d.name, "data_path": path, "download": d.download, "data_md5": d.md5,
             "model": self.model, "seed": self.seed, "folds": self.folds,
             "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
@@ -251,21 +309,31 @@ class Study(_Strict):
             "attacks": tuple(x.model_dump() for x in self.attacks),
             "threads": self.resources.cpus_per_trial,
         }  # fmt: skip
+
+    def point_trials(self, point: dict[str, Any]) -> list[TrialConfig]:
+        """The trials (one per fold) of one point of the axes (see ``grid.space``)."""
+        common = self._common()
+        adv = self.axes.adversarial[int(point["adversarial"])]
         return [
             TrialConfig.model_validate(
                 {
                     **common,
-                    "bits": bits,
-                    "sparsity": sp,
-                    "clusters": cl,
-                    "jr_weight": jr,
+                    "bits": point["bits"],
+                    "sparsity": point["sparsity"],
+                    "clusters": point["clusters"],
+                    "jr_weight": point["jr_weight"],
+                    "adversarial": adv,
                     "fold": fold,
                 }
             )
-            for bits, sp, cl, jr, fold in itertools.product(
-                a.bits, a.sparsity, a.clusters, a.jr_weight, range(self.folds)
-            )
+            for fold in range(self.folds)
         ]
+
+    def trials(self) -> list[TrialConfig]:
+        """The whole grid: every point's trials, in file order (bits outermost, fold innermost)."""
+        from grid.space import points
+
+        return [t for p in points(self) for t in self.point_trials(p)]
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@ Layout under a study's results folder::
     <results>/<study>/rows/<key>.parquet   one row per trial x fold x attack x eps
     <results>/<study>/artifacts/<key>/     the trial's model, weights, TFLite, manifest
     <results>/<study>/tune/                Ray Tune's experiment state
+    <results>/<study>/optuna.journal       an Optuna search's study (survives restarts)
+    <results>/<study>/search.json          objectives, reference, hypervolume and front
+    <results>/<study>/status.json          the driver's live state (pid, running trials)
 
 A file is written to ``<key>.parquet.tmp-<uuid>`` and renamed into place,
 so a reader never sees a partial file, and a retried trial replaces its
@@ -13,6 +16,7 @@ own row set instead of adding a second one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -23,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainables.rows import COLUMNS, STATUS_COMPLETE
+from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED
 
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 SCHEMA = pa.schema([pa.field(name, _ARROW[kind]) for name, kind in COLUMNS.items()])
@@ -64,6 +68,10 @@ class ParquetSink:
     def write_artifacts(self, key: str, files: dict[str, bytes]) -> Path:
         return write_artifacts(self.results_dir, key, files)
 
+    def read(self, key: str) -> list[dict[str, Any]] | None:
+        """The rows stored for ``key`` (None when there are none or the file is unreadable)."""
+        return read_rows(self.results_dir, key)
+
 
 def artifacts_dir(results_dir: str | Path, key: str | None = None) -> Path:
     folder = Path(results_dir) / "artifacts"
@@ -91,18 +99,53 @@ def write_artifacts(results_dir: str | Path, key: str, files: dict[str, bytes]) 
     return final
 
 
-def completed_keys(results_dir: str | Path) -> set[str]:
-    """Keys whose row set is complete (failed and unreadable files do not count)."""
-    done: set[str] = set()
+def read_rows(results_dir: str | Path, key: str) -> list[dict[str, Any]] | None:
+    path = rows_dir(results_dir) / f"{key}.parquet"
+    try:
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    except (pa.ArrowInvalid, OSError):
+        return None  # missing or unreadable: the trial is simply run again
+    return rows or None
+
+
+def key_status(results_dir: str | Path) -> dict[str, str]:
+    """Each stored key's status: 'complete' when every row is, else 'failed'.
+
+    Unreadable files (a truncated copy, say) are left out: their trials run again.
+    """
+    out: dict[str, str] = {}
     folder = rows_dir(results_dir)
     if not folder.is_dir():
-        return done
+        return out
     for path in folder.glob("*.parquet"):
         try:
             t = pq.read_table(path, columns=["key", "status"])
         except (pa.ArrowInvalid, OSError):
-            continue  # unreadable: the trial is simply run again
-        statuses = set(t.column("status").to_pylist())
-        if t.num_rows and statuses == {STATUS_COMPLETE}:
-            done.add(path.stem)
-    return done
+            continue
+        if t.num_rows:
+            statuses = set(t.column("status").to_pylist())
+            out[path.stem] = STATUS_COMPLETE if statuses == {STATUS_COMPLETE} else STATUS_FAILED
+    return out
+
+
+def completed_keys(results_dir: str | Path) -> set[str]:
+    """Keys whose row set is complete (failed and unreadable files do not count)."""
+    return {k for k, v in key_status(results_dir).items() if v == STATUS_COMPLETE}
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write a small JSON state file atomically (readers never see half of it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,59 +1,102 @@
 """The thin Ray Tune adapter around :func:`trainables.trial.run_trial`.
 
+A Tune trial runs one grid *point*: a list of trial configs, one per fold
+(the grid gives one fold per Tune trial, a search all folds of a point).
+Folds already complete in the store are read back, not run again, so a
+retried or resumed point never trains a fold twice.  A fold that fails is
+stored as a failed row and then raised, so Tune retries it
+(``FailureConfig``); the retry's rows replace the failed row.
+
 The sink (where rows go) is injected by the caller, so this package never
 imports ``grid``: Tune passes it with ``tune.with_parameters``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from ray import tune
 
 from trainables.config import TrialConfig
+from trainables.rows import STATUS_COMPLETE, summarize
 
 # The driver imports this module only to hand ``trainable`` to Tune: keep
 # TensorFlow out of it (about 8 s) by importing the trial inside the worker.
 Row = dict[str, Any]
 
+# Fault injection for the reliability tests and benchmarks: when set to a
+# folder, each trial key raises on its first attempt (a marker file records it).
+FAIL_FIRST_ATTEMPT = "ROBUSTGRID_FAIL_FIRST_ATTEMPT"
 
-def headline(rows: list[Row], attack: str, eps: float | None) -> float | None:
-    """Robust accuracy under ``attack`` ('worst': min over attacks) at ``eps``."""
-    ok = [r for r in rows if r["status"] == "complete"]
-    if not ok:
-        return None
-    if eps is None:
-        return min(r["metric_robust_acc"] for r in ok)
-    hits = [
-        r["metric_robust_acc"]
-        for r in ok
-        if abs(r["eps"] - eps) < 1e-12 and (attack == "worst" or r["attack"] == attack)
-    ]
-    return min(hits) if hits else None
+
+class RowSink(Protocol):
+    def __call__(self, key: str, rows: list[Row]) -> Any: ...
+
+    def read(self, key: str) -> list[Row] | None: ...
+
+
+class TrialFailed(RuntimeError):
+    """A fold failed; its failed row is stored.  Raised so that Tune retries the trial."""
+
+
+def _injected_fault(key: str) -> None:
+    folder = os.environ.get(FAIL_FIRST_ATTEMPT)
+    if not folder:
+        return
+    marker = Path(folder) / key
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return
+    raise RuntimeError(f"injected fault: first attempt of trial {key}")
+
+
+def run_point(
+    config: dict[str, Any],
+    sink: RowSink,
+    objective: tuple[str, float | None] = ("worst", None),
+    artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
+) -> dict[str, Any]:
+    """Run (or read back) every fold of a point; the mean over folds of each objective."""
+    from trainables.trial import run_trial
+
+    folds, ran, compute = [], 0, 0.0
+    for item in config["trials"]:
+        cfg = TrialConfig.from_dict(item)
+        rows = sink.read(cfg.key)
+        if not rows or any(r["status"] != STATUS_COMPLETE for r in rows):
+            _injected_fault(cfg.key)
+            rows = run_trial(cfg, artifacts=artifacts)
+            sink(cfg.key, rows)
+            ran += 1
+            compute += float(rows[0]["meta_total_s"] or 0.0)
+        fold = summarize(rows, objective)
+        if fold["status"] != STATUS_COMPLETE:
+            raise TrialFailed(f"trial {cfg.key} (fold {cfg.fold}): {fold['reason']}")
+        folds.append(fold)
+    n = len(folds)
+    return {
+        "key": folds[0]["key"],
+        "keys": [f["key"] for f in folds],
+        "status": STATUS_COMPLETE,
+        "reason": "",
+        "clean_acc": sum(f["clean_acc"] for f in folds) / n,
+        "robust_acc": sum(f["robust_acc"] for f in folds) / n,
+        "bytes": sum(f["bytes"] for f in folds) / n,
+        "params": max(f["params"] for f in folds),
+        "folds_run": ran,
+        "total_s": compute,  # this attempt's own compute (folds read back cost nothing)
+    }
 
 
 def trainable(
     config: dict[str, Any],
-    sink: Callable[[str, list[Row]], Any],
+    sink: RowSink,
     objective: tuple[str, float | None] = ("worst", None),
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> None:
-    from trainables.trial import run_trial
-
-    cfg = TrialConfig.from_dict(config["trial"])
-    rows = run_trial(cfg, artifacts=artifacts)
-    sink(cfg.key, rows)
-    first = rows[0]
-    tune.report(
-        {
-            "key": cfg.key,
-            "status": first["status"],
-            "reason": first["reason"],
-            "clean_acc": first["metric_clean_acc"],
-            "robust_acc": headline(rows, *objective),
-            "bytes": first["metric_bytes"],
-            "train_s": first["meta_train_s"],
-            "total_s": first["meta_total_s"],
-        }
-    )
+    tune.report(run_point(config["unit"], sink, objective, artifacts))

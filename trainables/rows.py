@@ -10,7 +10,13 @@ in [0, 1], eps is on the input's 0-1 scale, sizes are bytes, times seconds.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import json
+import socket
 from typing import Any
+
+from trainables.config import AdvMethod, TrialConfig
 
 SCHEMA_VERSION = 1
 
@@ -79,3 +85,112 @@ COLUMNS: dict[str, str] = {
 
 def empty_row() -> dict[str, Any]:
     return dict.fromkeys(COLUMNS)
+
+
+_PACKAGES = (
+    "robustgrid",
+    "tensorflow",
+    "tf-keras",
+    "qkeras",
+    "tensorflow-model-optimization",
+    "adversarial-robustness-toolbox",
+    "ray",
+    "numpy",
+)
+
+
+@functools.cache
+def package_versions() -> str:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return json.dumps(out, sort_keys=True)
+
+
+def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
+    row = empty_row()
+    row.update(
+        schema_version=SCHEMA_VERSION,
+        key=cfg.key,
+        fold=cfg.fold,
+        cfg_folds=cfg.folds,
+        cfg_dataset=cfg.dataset.value,
+        cfg_model=cfg.model.value,
+        cfg_bits=cfg.bits,
+        cfg_weight_bits=cfg.weight_bits,
+        cfg_activation_bits=cfg.act_bits,
+        cfg_sparsity=cfg.sparsity,
+        cfg_clusters=cfg.clusters,
+        cfg_jr_weight=cfg.jr_weight,
+        cfg_jr_layers=json.dumps(cfg.jr_layers, sort_keys=True),
+        cfg_layer_bits=json.dumps(cfg.layer_bits, sort_keys=True),
+        cfg_adv_training=cfg.adversarial.method.value,
+        cfg_adv_eps=cfg.adversarial.eps if cfg.adversarial.method is not AdvMethod.none else None,
+        cfg_adv_steps=cfg.adversarial.steps if cfg.adversarial.method is AdvMethod.pgd else None,
+        cfg_adv_ratio=cfg.adversarial.ratio
+        if cfg.adversarial.method is not AdvMethod.none
+        else None,
+        cfg_epochs=cfg.epochs,
+        cfg_fine_tune_epochs=cfg.fine_tune_epochs,
+        cfg_batch_size=cfg.batch_size,
+        cfg_learning_rate=cfg.learning_rate,
+        cfg_test_fraction=cfg.test_fraction,
+        cfg_seed=cfg.seed,
+        meta_config_json=json.dumps(cfg.identity(), sort_keys=True),
+        meta_versions_json=package_versions(),
+        meta_host=socket.gethostname(),
+        meta_started_at=started,
+    )
+    return row
+
+
+def failed_row(
+    cfg: TrialConfig, reason: str, started: str, total_s: float | None = None, tb: str = ""
+) -> dict[str, Any]:
+    """The single row that records a trial which did not finish, with the reason."""
+    row = base_row(cfg, started)
+    row.update(status=STATUS_FAILED, reason=reason[:2000], meta_total_s=total_s)
+    row["meta_layers_json"] = json.dumps({"traceback": tb[-4000:]})
+    return row
+
+
+def headline(rows: list[dict[str, Any]], attack: str, eps: float | None) -> float | None:
+    """Robust accuracy under ``attack`` ('worst': min over attacks) at ``eps`` (None: the largest)."""
+    ok = [r for r in rows if r["status"] == STATUS_COMPLETE and r["attack"] not in (None, "none")]
+    if eps is None and ok:
+        eps = max(r["eps"] for r in ok)
+    hits = [
+        r["metric_robust_acc"]
+        for r in ok
+        if abs(r["eps"] - (eps or 0.0)) < 1e-9 and (attack == "worst" or r["attack"] == attack)
+    ]
+    return min(hits) if hits else None
+
+
+def summarize(rows: list[dict[str, Any]], objective: tuple[str, float | None]) -> dict[str, Any]:
+    """One trial's result as the driver and the search see it (from its rows, fresh or stored)."""
+    first = rows[0]
+    complete = all(r["status"] == STATUS_COMPLETE for r in rows)
+    robust = headline(rows, *objective) if complete else None
+    if complete and robust is None and any(r["attack"] not in (None, "none") for r in rows):
+        complete, reason = (
+            False,
+            f"no rows for the objective's attack {objective[0]} at eps {objective[1]}",
+        )
+    else:
+        reason = first["reason"] or ""
+    return {
+        "key": first["key"],
+        "status": STATUS_COMPLETE if complete else STATUS_FAILED,
+        "reason": reason,
+        "clean_acc": first["metric_clean_acc"],
+        # A study without attacks: clean accuracy is the robust accuracy at eps 0.
+        "robust_acc": robust if robust is not None or not complete else first["metric_clean_acc"],
+        "bytes": first["metric_bytes"],
+        "params": first["metric_params"],
+        "train_s": first["meta_train_s"],
+        "total_s": first["meta_total_s"],
+    }

@@ -4,11 +4,8 @@ footprint -> attack -> record.  No Ray here."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import importlib.metadata
 import json
 import math
-import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -25,35 +22,13 @@ from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
-from trainables.rows import SCHEMA_VERSION, STATUS_COMPLETE, STATUS_FAILED, empty_row
+from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 
 Row = dict[str, Any]
 
-_PACKAGES = (
-    "robustgrid",
-    "tensorflow",
-    "tf-keras",
-    "qkeras",
-    "tensorflow-model-optimization",
-    "adversarial-robustness-toolbox",
-    "ray",
-    "numpy",
-)
-
 # Fine-tuning after clustering moves centroids, not weights: a gentler rate.
 FINE_TUNE_LR_FACTOR = 0.1
-
-
-@functools.cache
-def package_versions() -> str:
-    out: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return json.dumps(out, sort_keys=True)
 
 
 def set_threads(threads: int) -> None:
@@ -85,6 +60,7 @@ def _fit(
     split: Split,
     epochs: int,
     learning_rate: float,
+    hold_zeros: list[tuple[Any, np.ndarray]] | None = None,
 ) -> None:
     """One training phase with the trial's defences: JR (input-output and per layer) and adversarial training."""
     adversary = None
@@ -102,6 +78,7 @@ def _fit(
         jr_layers=jr_layer_names(model, cfg.jr_layers),
         adversary=adversary,
         adv_ratio=cfg.adversarial.ratio,
+        hold_zeros=hold_zeros,
     )
 
 
@@ -129,6 +106,7 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
                 split,
                 cfg.fine_tune_epochs,
                 cfg.learning_rate * FINE_TUNE_LR_FACTOR,
+                hold_zeros=compress.unclustered_pruned(model, masks),
             )
         model = compress.strip_clustering(model)
         compress.keep_pruned_zeros_only(model, masks)
@@ -175,43 +153,6 @@ def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -
     return float(est)
 
 
-def _base_row(cfg: TrialConfig, started: str) -> Row:
-    row = empty_row()
-    row.update(
-        schema_version=SCHEMA_VERSION,
-        key=cfg.key,
-        fold=cfg.fold,
-        cfg_folds=cfg.folds,
-        cfg_dataset=cfg.dataset.value,
-        cfg_model=cfg.model.value,
-        cfg_bits=cfg.bits,
-        cfg_weight_bits=cfg.weight_bits,
-        cfg_activation_bits=cfg.act_bits,
-        cfg_sparsity=cfg.sparsity,
-        cfg_clusters=cfg.clusters,
-        cfg_jr_weight=cfg.jr_weight,
-        cfg_jr_layers=json.dumps(cfg.jr_layers, sort_keys=True),
-        cfg_layer_bits=json.dumps(cfg.layer_bits, sort_keys=True),
-        cfg_adv_training=cfg.adversarial.method.value,
-        cfg_adv_eps=cfg.adversarial.eps if cfg.adversarial.method is not AdvMethod.none else None,
-        cfg_adv_steps=cfg.adversarial.steps if cfg.adversarial.method is AdvMethod.pgd else None,
-        cfg_adv_ratio=cfg.adversarial.ratio
-        if cfg.adversarial.method is not AdvMethod.none
-        else None,
-        cfg_epochs=cfg.epochs,
-        cfg_fine_tune_epochs=cfg.fine_tune_epochs,
-        cfg_batch_size=cfg.batch_size,
-        cfg_learning_rate=cfg.learning_rate,
-        cfg_test_fraction=cfg.test_fraction,
-        cfg_seed=cfg.seed,
-        meta_config_json=json.dumps(cfg.identity(), sort_keys=True),
-        meta_versions_json=package_versions(),
-        meta_host=socket.gethostname(),
-        meta_started_at=started,
-    )
-    return row
-
-
 def _complete_rows(
     cfg: TrialConfig,
     started: str,
@@ -225,7 +166,7 @@ def _complete_rows(
 ) -> list[Row]:
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
-    common = _base_row(cfg, started)
+    common = base_row(cfg, started)
     common.update(
         status=STATUS_COMPLETE,
         reason="",
@@ -317,11 +258,5 @@ def run_trial(
             len(split.x_test),
         )
     except Exception as exc:  # recorded, not raised: the study goes on
-        row = _base_row(cfg, started)
-        row.update(
-            status=STATUS_FAILED,
-            reason=f"{type(exc).__name__}: {exc}"[:2000],
-            meta_total_s=time.perf_counter() - t0,
-        )
-        row["meta_layers_json"] = json.dumps({"traceback": traceback.format_exc()[-4000:]})
-        return [row]
+        reason = f"{type(exc).__name__}: {exc}"
+        return [failed_row(cfg, reason, started, time.perf_counter() - t0, traceback.format_exc())]

@@ -1,0 +1,194 @@
+"""A study's axes as a search space: grid points, Optuna distributions, samplers.
+
+A *point* is one combination of axis values (``bits``, ``sparsity``,
+``clusters``, ``jr_weight``, ``adversarial``); with k folds it stands for k
+trials, one per fold.  Every strategy draws points from the same axis
+values, so a searched point is always a grid point and its trial keys are
+the grid's keys: results of a grid, a random and an Optuna search over the
+same axes mix in one store.
+
+Objectives, normalised here and nowhere else: robust accuracy (maximise),
+bytes (minimise) and, when asked, clean accuracy (maximise).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # Optuna is imported only where a search needs it
+    import optuna
+
+    from grid.spec import Search, Study
+
+AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial")
+
+# A point's parameters as Optuna sees them: every axis categorical over its
+# values (adversarial training by its index in the study's list).
+Point = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Names, directions and reference point of a study's objectives."""
+
+    names: tuple[str, ...]  # result keys: robust_acc, bytes[, clean_acc]
+    maximize: tuple[bool, ...]
+    reference: tuple[float | None, ...]  # None: 10% above the float32 model's bytes (4 x params)
+
+    @property
+    def modes(self) -> list[str]:
+        return ["max" if m else "min" for m in self.maximize]
+
+    def resolve_reference(self, params: int | None) -> tuple[float, ...]:
+        """The reference point, with the bytes default filled in from the model's parameter count."""
+        out = []
+        for name, ref in zip(self.names, self.reference, strict=True):
+            if ref is None:
+                if not params:
+                    raise ValueError(
+                        f"objective.reference.{name}: no default without a trial's params"
+                    )
+                # 10% above float32 weights, so the uncompressed model is on the box too.
+                ref = 1.1 * 4.0 * params
+            out.append(float(ref))
+        return tuple(out)
+
+
+def objectives(study: Study) -> Objectives:
+    o = study.objective
+    names: tuple[str, ...] = ("robust_acc", "bytes")
+    maximize: tuple[bool, ...] = (True, False)
+    ref: tuple[float | None, ...] = (o.reference.robust_acc, o.reference.bytes)
+    if o.clean:
+        names, maximize, ref = (
+            (*names, "clean_acc"),
+            (*maximize, True),
+            (*ref, o.reference.clean_acc),
+        )
+    return Objectives(names, maximize, ref)
+
+
+def points(study: Study) -> list[Point]:
+    """Every grid point, in file order (bits outermost, adversarial innermost)."""
+    a = study.axes
+    return [
+        {"bits": b, "sparsity": s, "clusters": c, "jr_weight": j, "adversarial": i}
+        for b in a.bits
+        for s in a.sparsity
+        for c in a.clusters
+        for j in a.jr_weight
+        for i in range(len(a.adversarial))
+    ]
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """A stable, readable identity for a point (the folds' keys are its real identity)."""
+    return "|".join(f"{k}={point[k]}" for k in AXES)
+
+
+def random_points(study: Study, n: int, seed: int) -> list[Point]:
+    """``n`` distinct grid points drawn uniformly without replacement (a seeded permutation)."""
+    pts = points(study)
+    random.Random(seed).shuffle(pts)
+    return pts[:n]
+
+
+def distributions(study: Study) -> dict[str, optuna.distributions.BaseDistribution]:
+    from optuna.distributions import CategoricalDistribution
+
+    a = study.axes
+    return {
+        "bits": CategoricalDistribution(list(a.bits)),
+        "sparsity": CategoricalDistribution(list(a.sparsity)),
+        "clusters": CategoricalDistribution(list(a.clusters)),
+        "jr_weight": CategoricalDistribution(list(a.jr_weight)),
+        "adversarial": CategoricalDistribution(list(range(len(a.adversarial)))),
+    }
+
+
+def make_sampler(search: Search, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's Optuna sampler, seeded (several objectives need NSGA-II or multivariate TPE)."""
+    import optuna
+
+    name = search.sampler.value
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=search.population or 8)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=search.population or 8)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=search.startup_trials
+        )
+    raise ValueError(f"search.sampler: unknown sampler {name!r}")
+
+
+def complete_values(
+    results: Sequence[Mapping[str, Any]], names: Sequence[str]
+) -> list[float] | None:
+    """Objective values of a point from its folds' reported results (mean over folds)."""
+    if not results or any(r.get("status") != "complete" for r in results):
+        return None
+    vals = []
+    for name in names:
+        xs = [r.get(name) for r in results]
+        if any(x is None for x in xs):
+            return None
+        vals.append(sum(float(x) for x in xs if x is not None) / len(xs))
+    return vals
+
+
+IDEAL = {
+    "robust_acc": 1.0,
+    "clean_acc": 1.0,
+    "bytes": 0.0,
+}  # the box the normalised hypervolume divides by
+
+
+@dataclass(frozen=True)
+class Front:
+    """The Pareto front of the complete points and its hypervolume."""
+
+    labels: tuple[str, ...]  # points on the front
+    hypervolume: float  # in the objectives' units (accuracy x bytes [x accuracy])
+    normalized: float  # share of the box between the reference and the ideal point (0..1)
+    reference: tuple[float, ...]
+    points: int  # complete points it was computed over
+
+    def describe(self, obj: Objectives) -> str:
+        ref = ", ".join(
+            f"{n} {'>' if m else '<'} {_fmt(n, r)}"
+            for n, m, r in zip(obj.names, obj.maximize, self.reference, strict=True)
+        )
+        return (
+            f"front {len(self.labels)} of {self.points} point(s), hypervolume {self.normalized:.4f} "
+            f"of the reference box ({ref})"
+        )
+
+
+def front(values: Mapping[str, Sequence[float]], obj: Objectives, params: int | None) -> Front:
+    """Front and hypervolume of ``values`` (point label -> objective values, in ``obj.names`` order)."""
+    import numpy as np
+
+    from analysis.pareto import hypervolume, nondominated
+
+    labels = sorted(values)
+    ref = obj.resolve_reference(params) if labels else tuple(r or 0.0 for r in obj.reference)
+    if not labels:
+        return Front((), 0.0, 0.0, ref, 0)
+    v = np.array([values[k] for k in labels], dtype=np.float64)
+    mask = nondominated(v, obj.maximize)
+    hv = hypervolume(v, obj.maximize, ref)
+    box = float(np.prod([abs(r - IDEAL[n]) for n, r in zip(obj.names, ref, strict=True)]))
+    on = tuple(k for k, m in zip(labels, mask, strict=True) if m)
+    return Front(on, hv, hv / box if box > 0 else 0.0, ref, len(labels))
+
+
+def _fmt(name: str, value: float) -> str:
+    return f"{value:,.0f}" if name == "bytes" else f"{value:.4g}"
+
+
+def describe_values(obj: Objectives, values: Sequence[float]) -> str:
+    return "  ".join(f"{n} {_fmt(n, v)}" for n, v in zip(obj.names, values, strict=True))

@@ -1,0 +1,157 @@
+"""Trial identity, resume after kill -9, retries and searches, on a real local Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from analysis.query import connect
+from grid import space
+from grid.spec import load_study
+from tests.test_search import brute_force_hv
+
+STUDIES = Path(__file__).parent / "studies"
+GRID = [sys.executable, "-m", "grid.cli"]
+
+
+def _grid(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=900, env=env)
+
+
+def _rows(folder: Path) -> list[Path]:
+    return sorted((folder / "rows").glob("*.parquet"))
+
+
+def _assert_exactly_once(folder: Path, keys: set[str], rows_per_key: int) -> None:
+    files = _rows(folder)
+    assert {p.stem for p in files} == keys  # one file per key, none extra
+    con = connect(folder)
+    assert con.execute("SELECT count(DISTINCT key), count(*) FROM rows").fetchone() == (
+        len(keys),
+        len(keys) * rows_per_key,
+    )
+    dup = con.execute(
+        "SELECT count(*) FROM (SELECT key, attack, eps FROM rows GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchone()
+    assert dup == (0,)
+    assert con.execute("SELECT bool_and(status = 'complete') FROM rows").fetchone() == (True,)
+
+
+def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path) -> None:
+    study_file = STUDIES / "resume.yaml"
+    study = load_study(study_file)
+    folder = tmp_path / study.name
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [*GRID, "run", str(study_file), "--results", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while len(_rows(folder)) < 2:  # mid-study: some trials stored, most not
+            assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert len(_rows(folder)) < study.grid_size
+        status = _grid("status", str(study_file), "--results", str(tmp_path))
+        assert status.returncode == 0, status.stderr
+        assert "no driver running" in status.stdout  # the dead driver is not taken for a live one
+
+        resumed = _grid("resume", str(study_file), "--results", str(tmp_path))
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        _assert_exactly_once(folder, {t.key for t in study.trials()}, rows_per_key=2)
+        assert (
+            f"{study.grid_size} done, 0 running, 0 failed, 0 to do"
+            in _grid("status", str(study_file), "--results", str(tmp_path)).stdout
+        )
+
+        again = _grid("run", str(study_file), "--results", str(tmp_path))
+        assert again.returncode == 0, again.stderr
+        assert f"{study.grid_size} already complete, 0 to run" in again.stdout
+        assert "[1/" not in again.stdout  # zero trials ran
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the killed driver's local Ray processes
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -> None:
+    study_file = tmp_path / "optuna.yaml"
+    study_file.write_text((STUDIES / "optuna.yaml").read_text())
+    study = load_study(study_file)
+    folder = tmp_path / study.name
+    faults = tmp_path / "faults"
+    # Every trial raises on its first attempt: Tune retries it (FailureConfig) and the
+    # retry's rows replace the failed row.
+    first = _grid("run", str(study_file), "--results", str(tmp_path),
+                  env={"ROBUSTGRID_FAIL_FIRST_ATTEMPT": str(faults)})  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("[retry]") == 3 == len(list(faults.iterdir()))
+    assert "injected fault" in first.stdout
+    _assert_exactly_once(folder, {p.stem for p in _rows(folder)}, rows_per_key=1)
+    assert len(_rows(folder)) == 3
+    assert "HV " in first.stdout
+
+    # A bigger budget continues the same Optuna study (its journal in the results folder).
+    study_file.write_text(study_file.read_text().replace("trials: 3", "trials: 5"))
+    second = _grid("run", str(study_file), "--results", str(tmp_path))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "5 trials, 3 already complete, 2 to run" in second.stdout
+    assert len(_rows(folder)) == 5
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal"))
+    )
+    ostudy = optuna.load_study(study_name=study.name, storage=storage)
+    complete = [t for t in ostudy.trials if t.state.name == "COMPLETE"]
+    assert {space.point_label(t.params) for t in complete} == {
+        space.point_label(p)
+        for p in space.points(study)
+        if study.point_trials(p)[0].key in {f.stem for f in _rows(folder)}
+    }
+    assert [d.name for d in ostudy.directions] == ["MAXIMIZE", "MINIMIZE", "MAXIMIZE"]
+    assert "0 to run" in _grid("run", str(study_file), "--results", str(tmp_path)).stdout
+
+    # The stored front and hypervolume equal a brute-force computation on the rows.
+    con = connect(folder)
+    pts = con.execute(
+        "SELECT key, min(metric_robust_acc), any_value(metric_bytes), any_value(metric_clean_acc), "
+        "any_value(metric_params) FROM rows GROUP BY key"
+    ).fetchall()
+    values = np.array([p[1:4] for p in pts], dtype=float)
+    ref = [0.0, 1.1 * 4 * pts[0][4], 0.0]
+    saved = json.loads((folder / "search.json").read_text())
+    assert saved["reference"] == pytest.approx(ref)
+    assert saved["hypervolume"] == pytest.approx(brute_force_hv(values, [True, False, True], ref))
+    assert saved["points_complete"] == 5
+    status = _grid("status", str(study_file), "--results", str(tmp_path))
+    assert "5 done, 0 running, 0 failed, 0 to do" in status.stdout
+    assert f"hypervolume {saved['hypervolume_normalized']:.4f}" in status.stdout
+
+
+def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Path) -> None:
+    study_file = tmp_path / "broken.yaml"
+    study_file.write_text(
+        "name: broken\ndataset: {name: cifar10, path: " + str(tmp_path / "no-such-data") + "}\n"
+        "model: resnet8\ntrain: {epochs: 1}\nresources: {retries: 1}\nartifacts: false\n"
+    )
+    proc = _grid("run", str(study_file), "--results", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("[retry]") == 1 and "[failed]" in proc.stdout
+    con = connect(tmp_path / "broken")
+    status, reason = con.execute("SELECT status, reason FROM rows").fetchone()
+    assert status == "failed" and "no-such-data" in reason
+    out = _grid("status", str(study_file), "--results", str(tmp_path)).stdout
+    assert "0 done, 0 running, 1 failed, 0 to do" in out and "no-such-data" in out
