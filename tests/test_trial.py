@@ -25,6 +25,7 @@ CASES = [
     ("binary", 0.0, 4, 2),
     ("stochastic_ternary", 0.3, 0, 3),
     ("float", 0.7, 6, None),
+    ("float", 0.9, 16, None),  # conv1 keeps 14 of 144 weights: fewer than 16 centroids
     ("8", 0.25, 0, 256),
 ]
 

@@ -46,15 +46,33 @@ def cluster(model: tf_keras.Model, clusters: int, preserve_sparsity: bool) -> tf
     With ``preserve_sparsity`` (after pruning) the pruned zeros stay zero and
     tfmot forces the smallest centroid to 0, so zero is one of the
     ``clusters`` values and a few small surviving weights may join it.
+
+    A layer whose kernel already has fewer candidate weights than centroids
+    (say 10 survivors of 90% pruning for 16 clusters) holds at most
+    ``clusters`` values as it is: it is left unwrapped, since tfmot's k-means++
+    cannot draw more centroids than there are weights.
     """
     init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
-    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+
+    def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+        if not isinstance(layer, WEIGHT_LAYERS):
+            return layer
+        kernel = kernel_of(layer).numpy()
+        # tfmot splits the non-zero centroids between the negative and positive weights in
+        # proportion to their counts: enough weights for k-1 of them is always enough.
+        candidates = int(np.count_nonzero(kernel)) if preserve_sparsity else kernel.size
+        needed = clusters - 1 if preserve_sparsity else clusters
+        if candidates < needed:
+            return layer
         return tfmot.clustering.keras.cluster_weights(
-            model,
+            layer,
             number_of_clusters=clusters,
             cluster_centroids_init=init,
             preserve_sparsity=preserve_sparsity,
         )
+
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tf_keras.models.clone_model(model, clone_function=wrap)
 
 
 def strip_clustering(model: tf_keras.Model) -> tf_keras.Model:
@@ -91,3 +109,18 @@ def keep_pruned_zeros_only(model: tf_keras.Model, masks: dict[str, np.ndarray]) 
         # Zero is equidistant-ish: pick the smallest-magnitude non-zero centroid.
         kernel[stray] = centroids[np.argmin(np.abs(centroids))]
         kernel_of(layer).assign(kernel)
+
+
+def unclustered_pruned(
+    model: tf_keras.Model, masks: dict[str, np.ndarray]
+) -> list[tuple[tf_keras.Variable, np.ndarray]]:
+    """(kernel, keep mask) of pruned layers that clustering left unwrapped (too few weights).
+
+    Clustering preserves the zeros of the layers it wraps; these need them
+    held during fine-tuning (``train.fit(hold_zeros=...)``).
+    """
+    return [
+        (kernel_of(layer), ~masks[layer.name])
+        for layer in model.layers
+        if isinstance(layer, WEIGHT_LAYERS) and layer.name in masks
+    ]

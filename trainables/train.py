@@ -50,8 +50,12 @@ def fit(
     jr_layers: dict[str, float] | None = None,
     adversary: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     adv_ratio: float = 0.0,
+    hold_zeros: list[tuple[tf.Variable, np.ndarray]] | None = None,
 ) -> None:
     """Train ``model`` (logits output) in place; handles tfmot pruning wrappers.
+
+    ``hold_zeros`` (variable, keep mask) pairs stay zero where the mask is
+    False after every step: pruned kernels that no wrapper guards.
 
     ``jr_layers`` adds per-layer JR (layer name -> weight) on those layers'
     outputs; ``adversary`` (an ART attack's generate) replaces the first
@@ -63,6 +67,7 @@ def fit(
     layered = {k: v for k, v in (jr_layers or {}).items() if v > 0.0}
     probe = probe_model(model, list(layered)) if layered else None
     weights = [jr_weight, *layered.values()]
+    held = [(var, tf.constant(keep, dtype=var.dtype)) for var, keep in hold_zeros or []]
 
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -81,6 +86,8 @@ def fit(
                 loss += tf.add_n(model.losses)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
+        for var, keep in held:
+            var.assign(var * keep)
         return loss
 
     # Pruning wrappers count steps in their own call; the callback only
