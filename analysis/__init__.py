@@ -3,7 +3,7 @@
 Reads Parquet only; imports neither TensorFlow nor Ray.
 """
 
-from analysis.pareto import pareto_front, trial_points
+from analysis.pareto import hypervolume, nondominated, pareto_front, trial_points
 from analysis.query import connect, parquet_glob
 
-__all__ = ["connect", "pareto_front", "parquet_glob", "trial_points"]
+__all__ = ["connect", "hypervolume", "nondominated", "pareto_front", "parquet_glob", "trial_points"]
