@@ -360,7 +360,8 @@ class PointSearcher:
                     params = self.inner.suggest(tid)
                     if not isinstance(params, dict):
                         return params
-                    label = space.point_label(params)
+                    point = space.to_point(self.study, params)
+                    label = space.point_label(point)
                     if label in self.known:
                         self.redraws += 1
                         result = dict(zip(self.state.obj.names, self.known[label], strict=True))
@@ -371,7 +372,7 @@ class PointSearcher:
                         self.inner.on_trial_complete(tid, result=None)  # pruned: no values
                         continue
                     self.ids[trial_id], self.running[trial_id] = tid, label
-                    return {"unit": _unit(self.study, params, self.state.trials[label])}
+                    return {"unit": _unit(self.study, point, self.state.trials[label])}
                 return Searcher.FINISHED  # the sampler keeps proposing known points
 
             def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -426,7 +427,7 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     for t in stale:
         ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     told = {
-        space.point_label(t.params)
+        space.point_label(space.to_point(study, t.params))
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
     dists = space.distributions(study)
@@ -434,7 +435,11 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     for label, values in state.point_values().items():
         if label not in told:
             ostudy.add_trial(
-                create_trial(params=by_label[label], distributions=dists, values=values)
+                create_trial(
+                    params=space.to_params(study, by_label[label]),
+                    distributions=dists,
+                    values=values,
+                )
             )
     return ostudy
 
@@ -500,9 +505,9 @@ def run_study(
     units, total, skipped = plan(study, state)
     summary = RunSummary(total=total, skipped=skipped, strategy=strategy.value)
     todo = total - skipped
-    what = f"{study.budget} of {study.points} points" if strategy != Strategy.grid else "the grid"
+    what = f": {study.budget} of {study.points} points" if strategy != Strategy.grid else ""
     out.write(
-        f"study {study.name} ({strategy.value}: {what}): {total} trials, {skipped} already complete, "
+        f"study {study.name} ({strategy.value}{what}): {total} trials, {skipped} already complete, "
         f"{todo} to run -> {results_dir}\n"
     )
     summary.front = state.save(strategy.value)

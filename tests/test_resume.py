@@ -116,7 +116,7 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     )
     ostudy = optuna.load_study(study_name=study.name, storage=storage)
     complete = [t for t in ostudy.trials if t.state.name == "COMPLETE"]
-    assert {space.point_label(t.params) for t in complete} == {
+    assert {space.point_label(space.to_point(study, t.params)) for t in complete} == {
         space.point_label(p)
         for p in space.points(study)
         if study.point_trials(p)[0].key in {f.stem for f in _rows(folder)}
@@ -136,6 +136,13 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     assert saved["reference"] == pytest.approx(ref)
     assert saved["hypervolume"] == pytest.approx(brute_force_hv(values, [True, False, True], ref))
     assert saved["points_complete"] == 5
+    up = values * np.array([1.0, -1.0, 1.0])  # every objective as "more is better"
+    brute = {
+        pts[i][0]
+        for i in range(len(pts))
+        if not any((up[j] >= up[i]).all() and (up[j] > up[i]).any() for j in range(len(pts)))
+    }
+    assert {k for f in saved["front"] for k in f["keys"]} == brute
     status = _grid("status", str(study_file), "--results", str(tmp_path))
     assert "5 done, 0 running, 0 failed, 0 to do" in status.stdout
     assert f"hypervolume {saved['hypervolume_normalized']:.4f}" in status.stdout

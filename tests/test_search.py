@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG: the cross-check
 
 from analysis.pareto import hypervolume, nondominated
 from grid import space
-from grid.launch import PointSearcher, StudyState, _optuna_searcher, optuna_study
+from grid.cli import main
+from grid.launch import (
+    PointSearcher,
+    StudyState,
+    _optuna_searcher,
+    live_driver,
+    optuna_study,
+    plan,
+    run_study,
+)
 from grid.spec import StudyError, parse_study
-from grid.store import ParquetSink
+from grid.store import ParquetSink, write_json
 from tests.helpers import brute_force_front, rows_for
 
 BASE: dict[str, Any] = {
@@ -170,8 +183,73 @@ def test_resumed_search_learns_from_the_store(tmp_path: Path) -> None:
     ostudy = optuna_study(study, state, first.inner._storage)
     states = [t.state.name for t in ostudy.trials]
     assert states.count("FAIL") == 1 and "RUNNING" not in states
-    complete = {space.point_label(t.params) for t in ostudy.trials if t.state.name == "COMPLETE"}
+    complete = {
+        space.point_label(space.to_point(study, t.params))
+        for t in ostudy.trials
+        if t.state.name == "COMPLETE"
+    }
     assert complete == {space.point_label(p) for p in stored}
     searcher = PointSearcher(first.inner, study, state)
     config = searcher.suggest("next")
     assert config["unit"]["label"] not in complete  # never a point the store already has
+
+
+def test_optuna_sees_ordered_axes_as_ranks() -> None:
+    study = parse_study(
+        {
+            **BASE,
+            "axes": {
+                "bits": [4, "float", "ternary", 8, "binary"],
+                "clusters": [16, 0, 4],
+                "jr_weight": [0.1, 0.0],
+            },
+        }
+    )
+    ordered = space.ordered_values(study)
+    assert ordered["bits"] == ["float", "8", "4", "ternary", "binary"]  # by storage width
+    assert ordered["clusters"] == [0, 16, 4]  # unclustered, then fewer values
+    assert ordered["jr_weight"] == [0.0, 0.1]
+    dists = space.distributions(study)
+    for p in space.points(study):
+        params = space.to_params(study, p)
+        assert all(dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in params.items())
+        assert space.to_point(study, params) == p
+
+
+def test_random_strategy_plans_a_seeded_sample_of_points_with_all_folds(tmp_path: Path) -> None:
+    study = parse_study(
+        {**BASE, "folds": 2, "search": {"strategy": "random", "trials": 4, "seed": 9}}
+    )
+    units, total, skipped = plan(study, StudyState(study, tmp_path))
+    assert (total, skipped, len(units)) == (8, 0, 8)  # 4 points x 2 folds, one Tune trial each
+    picked = space.random_points(study, 4, seed=9)
+    assert {k for u in units for k in u["keys"]} == {
+        t.key for p in picked for t in study.point_trials(p)
+    }
+
+
+def test_resume_and_status_need_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump(BASE))
+    assert main(["resume", str(study_file), "--results", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["status", str(study_file), "--results", str(tmp_path)]) == 2
+    assert "holds no results yet" in capsys.readouterr().err
+
+
+def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
+    study = parse_study(BASE)
+    folder = study.results_dir(str(tmp_path))
+    folder.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "grid"])
+    try:
+        write_json(
+            folder / "status.json",
+            {"pid": other.pid, "host": socket.gethostname(), "running_driver": True},
+        )
+        with pytest.raises(StudyError, match=f"in use by a running driver \\(pid {other.pid}\\)"):
+            run_study(study, results=str(tmp_path))
+    finally:
+        other.kill()
+        other.wait()
+    assert live_driver(folder) is None  # dead: a resume may go ahead
