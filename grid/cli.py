@@ -202,28 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    def run_options(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--results", help="results folder (overrides the study's `results`)")
+        cmd.add_argument(
+            "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+        )
+        cmd.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+        cmd.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
+
     run = sub.add_parser("run", help="run a study (the embedded default when none is given)")
     run.add_argument(
         "study", nargs="?", default=None, help="study YAML file, or the name of an embedded study"
     )
-    run.add_argument("--results", help="results folder (overrides the study's `results`)")
-    run.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
-    run.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    run.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
+    run_options(run)
     run.set_defaults(func=cmd_run)
 
     res = sub.add_parser(
         "resume", help="finish a study whose driver stopped or died (complete trials are kept)"
     )
     res.add_argument("study", help="study YAML file, or the name of an embedded study")
-    res.add_argument("--results", help="results folder (overrides the study's `results`)")
-    res.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
-    res.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    res.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
+    run_options(res)
     res.set_defaults(func=cmd_resume)
 
     st = sub.add_parser("status", help="trials done / running / failed, the front and hypervolume")
