@@ -5,6 +5,7 @@ grid resume STUDY       finish a study whose driver stopped or died (kill -9 inc
 grid status STUDY       trials done / running / failed / skipped, the front and its hypervolume
 grid validate STUDY     check a study file without running anything
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
+grid report RESULTS     write a self-contained HTML report (tables and figures)
 grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
 """
 
@@ -160,6 +161,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return _print_front(args.results, args.attack, args.eps)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    out = write_report(args.results, args.out, args.attack, args.eps)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import json
     import shutil
@@ -246,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
     )
     par.set_defaults(func=cmd_pareto)
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
+    rep.add_argument(
+        "results", help="a study's results folder, a parent of several, a glob or a URI"
+    )
+    rep.add_argument(
+        "--out", default="report.html", help="the HTML file to write (default report.html)"
+    )
+    rep.add_argument("--attack", default="worst", help="attack name, or 'worst' (default)")
+    rep.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest)")
+    rep.set_defaults(func=cmd_report)
 
     exp = sub.add_parser(
         "export", help="write a trial's model, weights and TFLite out for deployment"

@@ -1,0 +1,144 @@
+"""Figures for analysts (matplotlib, no screen needed): Pareto scatter, robustness curves, heatmaps.
+
+Colours are the Okabe-Ito palette and the cividis colour map, both readable
+with the common colour-vision deficiencies; every axis names its unit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: safe on servers, in tests and in the report
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+OKABE_ITO = [
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+]  # fmt: skip
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+CMAP = "cividis"
+
+
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def pareto_scatter(
+    points: pd.DataFrame,
+    front: pd.DataFrame,
+    title: str = "",
+    colour_by: str = "bits",
+    path: str | Path | None = None,
+) -> Figure:
+    """Every point (robust accuracy against bytes, log scale), coloured by ``colour_by``; the front drawn."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (value, g) in enumerate(points.groupby(colour_by, sort=True)):
+        ax.scatter(
+            g["bytes"], g["robust_acc"], s=28, alpha=0.8, label=f"{colour_by} {value}",
+            color=OKABE_ITO[i % len(OKABE_ITO)], marker=MARKERS[i % len(MARKERS)],
+        )  # fmt: skip
+    f = front.sort_values("bytes")
+    ax.step(f["bytes"], f["robust_acc"], where="post", color="black", lw=1.2, label="Pareto front")
+    ax.scatter(f["bytes"], f["robust_acc"], s=70, facecolors="none", edgecolors="black")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size (bytes, log scale)")
+    ax.set_ylabel("robust accuracy (fraction)")
+    ax.set_title(title or "Pareto front: robust accuracy up, bytes down")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def robustness_curves(
+    curve: pd.DataFrame,
+    label_by: list[str] | None = None,
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Accuracy against eps, one panel per attack, a line per group with its spread over folds."""
+    attacks = sorted(curve["attack"].unique())
+    label_by = label_by or [
+        c
+        for c in curve.columns
+        if c not in {"attack", "eps", "mean", "std", "min", "max", "trials"}
+    ]
+    fig, axes = plt.subplots(
+        1, len(attacks), figsize=(4.2 * len(attacks), 3.8), squeeze=False, sharey=True
+    )
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        sub = curve[curve["attack"] == attack]
+        groups = sub.groupby(label_by, sort=True) if label_by else [((), sub)]
+        for i, (key, g) in enumerate(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            name = ", ".join(
+                f"{c.removeprefix('cfg_')}={v}" for c, v in zip(label_by, key, strict=True)
+            )
+            g = g.sort_values("eps")
+            colour, marker = (
+                OKABE_ITO[i % len(OKABE_ITO)],
+                MARKERS[(i // len(OKABE_ITO)) % len(MARKERS)],
+            )
+            ax.plot(g["eps"], g["mean"], marker=marker, ms=4, color=colour, label=name or attack)
+            ax.fill_between(g["eps"], g["min"], g["max"], color=colour, alpha=0.15, lw=0)
+        ax.set_title(attack)
+        ax.set_xlabel("eps (input scale 0-1)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("accuracy under attack (fraction)")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def heatmap(
+    points: pd.DataFrame,
+    x: str = "bits",
+    y: str = "sparsity",
+    value: str = "robust_acc",
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """``value`` over two axes (the mean over the other axes), annotated."""
+    unit = {
+        "robust_acc": "robust accuracy (fraction)",
+        "clean_acc": "clean accuracy (fraction)",
+        "bytes": "model size (bytes)",
+    }.get(value, value)
+    table = points.pivot_table(index=y, columns=x, values=value, aggfunc="mean")
+    if x == "bits":
+        table = table.reindex(sorted(table.columns, key=bits_order), axis=1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(table.columns) + 2.5, 0.6 * len(table.index) + 2))
+    data = table.to_numpy(dtype=float)
+    im = ax.imshow(data, cmap=CMAP, aspect="auto")
+    ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+    ax.set_yticks(
+        range(len(table.index)), [f"{v:g}" if isinstance(v, float) else str(v) for v in table.index]
+    )
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    lo, hi = np.nanmin(data), np.nanmax(data)
+    for (i, j), v in np.ndenumerate(data):
+        if np.isfinite(v):
+            text = f"{v:,.0f}" if value == "bytes" else f"{v:.2f}"
+            dark = (v - lo) / (hi - lo or 1.0) < 0.5  # cividis is dark at the low end
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
+            )
+    fig.colorbar(im, ax=ax, label=unit)
+    ax.set_title(title or f"{unit} by {x} and {y}")
+    return _save(fig, path)
+
+
+def bits_order(v: object) -> float:
+    """Bits from float (widest) to binary."""
+    named = {"float": -32.0, "stochastic_ternary": -1.6, "ternary": -1.5, "binary": -1.0}
+    s = str(v)
+    return named[s] if s in named else -float(s)
