@@ -15,6 +15,7 @@ def rows_for(
     clean: float,
     nbytes: int,
     status: str = "complete",
+    fold: int = 0,
     **cfg: Any,
 ) -> list[dict[str, Any]]:
     out = []
@@ -23,7 +24,7 @@ def rows_for(
         r.update(
             schema_version=SCHEMA_VERSION,
             key=key,
-            fold=0,
+            fold=fold,
             attack=attack,
             eps=eps,
             status=status,
@@ -36,6 +37,11 @@ def rows_for(
             cfg_sparsity=float(cfg.get("sparsity", 0.0)),
             cfg_clusters=int(cfg.get("clusters", 0)),
             cfg_jr_weight=float(cfg.get("jr_weight", 0.0)),
+            cfg_dataset=cfg.get("dataset", "digits"),
+            cfg_model=cfg.get("model", "digits_cnn"),
+            cfg_adv_training=cfg.get("adv_training", "none"),
+            metric_params=int(cfg.get("params", 1000)),
+            meta_study=cfg.get("study", "t"),
         )
         out.append(r)
     return out

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from analysis.pareto import pareto_front
 from analysis.query import connect
 from grid.spec import load_study
+from tests.conftest import SMOKE
+from tests.conftest import grid_cli as _grid
 from tests.helpers import brute_force_front
-
-SMOKE = Path(__file__).parent / "studies" / "smoke.yaml"
-GRID = [sys.executable, "-m", "grid.cli"]
-
-
-def _grid(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    results = tmp_path_factory.mktemp("results")
-    proc = _grid("run", str(SMOKE), "--results", str(results))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return results / "smoke", proc
 
 
 def test_one_complete_row_set_per_trial(
