@@ -74,6 +74,32 @@ def _remote_dataset(uri: str) -> Any:
     return ds.dataset(files, filesystem=fs, format="parquet")
 
 
+def _readable_files(glob: str) -> str:
+    """A DuckDB list of the Parquet files under ``glob`` whose footer reads; warns about the rest."""
+    import glob as globbing
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good, bad = [], []
+    for path in sorted(globbing.glob(glob)):
+        try:
+            pq.read_metadata(path)
+            good.append(path)
+        except (pa.ArrowInvalid, OSError):
+            bad.append(path)
+    if bad:
+        warnings.warn(
+            f"results: left out {len(bad)} unreadable Parquet file(s) (truncated or not Parquet): "
+            + ", ".join(bad[:5]),
+            stacklevel=3,
+        )
+    if not good:
+        raise FileNotFoundError(f"results: no readable Parquet files match {glob!r}")
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in good) + "]"
+
+
 def connect(
     results: str | Path, con: duckdb.DuckDBPyConnection | None = None
 ) -> duckdb.DuckDBPyConnection:
@@ -84,9 +110,14 @@ def connect(
         con.register("rows_arrow", _remote_dataset(s))
         con.execute("CREATE OR REPLACE VIEW rows AS SELECT * FROM rows_arrow")
     else:
-        glob = parquet_glob(results).replace("'", "''")
+        glob = parquet_glob(results)
+        source = "'" + glob.replace("'", "''") + "'"
+        try:
+            con.execute(f"SELECT count(*) FROM read_parquet({source}, union_by_name = true)")
+        except duckdb.Error:
+            source = _readable_files(glob)  # a truncated or foreign file: leave it out, say which
         con.execute(
-            f"CREATE OR REPLACE VIEW rows AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+            f"CREATE OR REPLACE VIEW rows AS SELECT * FROM read_parquet({source}, union_by_name = true)"
         )
     pairs = con.execute(
         "SELECT DISTINCT attack, eps FROM rows WHERE status = 'complete' AND attack <> 'none' "

@@ -247,3 +247,14 @@ def test_report_renders_in_headless_chromium(
     rgb = (pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
     assert len(np.unique(rgb, axis=0)) > 200
     assert (rgb < 250).any(axis=1).mean() > 0.05
+
+
+def test_a_truncated_file_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    con = _table(tmp_path)
+    n = con.execute("SELECT count(DISTINCT key) FROM rows").fetchone()
+    victim = sorted((tmp_path / "rows").glob("*.parquet"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.warns(UserWarning, match=f"left out 1 unreadable Parquet file.*{victim.name}"):
+        con = analysis.connect(tmp_path)
+    assert con.execute("SELECT count(DISTINCT key) FROM rows").fetchone() == (n[0] - 1,)
