@@ -310,8 +310,9 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # Local Ray: dashboard off (and never on 0.0.0.0) unless asked for.
-        ray.init(include_dashboard=False, **kwargs)
+        # A new local Ray of our own ("local": never join a cluster that happens to
+        # run on this machine); dashboard off (and never on 0.0.0.0).
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def _unit(study: Study, point: space.Point, trials: list[TrialConfig]) -> dict[str, Any]:
