@@ -5,7 +5,7 @@ scikit-learn digits, its results in benchmarks/data/search_grid.csv) is replayed
 as a lookup table, so no training runs here.  In the same run, for several
 seeds, each strategy visits ``share`` of the points:
 
-  optuna-tpe / optuna-nsga2  robustgrid's own searcher (grid.launch.PointSearcher
+  optuna-tpe / optuna-nsga2  robustgrid's own searcher (grid.searcher.PointSearcher
                              around Ray Tune's OptunaSearch, duplicates told from
                              the table), one point at a time;
   random                     robustgrid's random strategy (distinct points);
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from grid import space
-from grid.launch import StudyState, _optuna_searcher
+from grid.launch import StudyState
+from grid.searcher import optuna_searcher
 from grid.spec import SamplerName, Strategy, Study, load_study
 
 HERE = Path(__file__).parent
@@ -98,7 +99,7 @@ def optuna_run(
     s = study.model_copy(update={"search": search})
     with tempfile.TemporaryDirectory() as tmp:
         state = StudyState(s, Path(tmp))
-        searcher = _optuna_searcher(s, state)
+        searcher = optuna_searcher(s, state)
         visited = []
         for i in range(n):
             config = searcher.suggest(f"t{i}")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from grid import space
 from grid.spec import Strategy, Study, StudyError
@@ -315,150 +315,13 @@ def init_ray(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, **kwargs)
 
 
-def _unit(study: Study, point: space.Point, trials: list[TrialConfig]) -> dict[str, Any]:
+def unit(study: Study, point: space.Point, trials: list[TrialConfig]) -> dict[str, Any]:
     return {
         "point": point,
         "label": space.point_label(point),
         "keys": [t.key for t in trials],
         "trials": [t.model_dump(mode="json") for t in trials],
     }
-
-
-class PointSearcher:
-    """Tune searcher around OptunaSearch that never hands Tune a point twice.
-
-    Optuna (NSGA-II especially) re-proposes points it has seen.  A proposal
-    whose point is already complete is told its stored values at once and
-    another is asked for; one that is running is told 'pruned'.  So every
-    Tune trial is a new point, the budget counts distinct points, and a
-    resumed search learns from everything in the store.
-    """
-
-    MAX_REDRAWS = 1000
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # subclass Searcher lazily (Ray import)
-        from ray.tune.search import Searcher
-
-        class _PointSearcher(Searcher):
-            def __init__(self, inner: Any, study: Study, state: StudyState) -> None:
-                super().__init__(metric=inner.metric, mode=inner.mode)
-                self.inner, self.study, self.state = inner, study, state
-                self.known = state.point_values()  # label -> values
-                self.running: dict[str, str] = {}  # tune trial id -> label
-                self.ids: dict[str, str] = {}  # tune trial id -> inner trial id
-                self.redraws = 0
-
-            def set_search_properties(
-                self, metric: Any, mode: Any, config: Any, **spec: Any
-            ) -> bool:
-                return True  # the space comes from the study file
-
-            def suggest(self, trial_id: str) -> Any:  # a config, None, or Searcher.FINISHED
-                if len(self.known) + len(self.running) >= len(self.state.points):
-                    return Searcher.FINISHED  # every point is done or under way
-                for attempt in range(PointSearcher.MAX_REDRAWS):
-                    tid = f"{trial_id}/{attempt}"
-                    params = self.inner.suggest(tid)
-                    if not isinstance(params, dict):
-                        return params
-                    point = space.to_point(self.study, params)
-                    label = space.point_label(point)
-                    if label in self.known:
-                        self.redraws += 1
-                        result = dict(zip(self.state.obj.names, self.known[label], strict=True))
-                        self.inner.on_trial_complete(tid, result=result)
-                        continue
-                    if label in self.running.values():
-                        self.redraws += 1
-                        self.inner.on_trial_complete(tid, result=None)  # pruned: no values
-                        continue
-                    self.ids[trial_id], self.running[trial_id] = tid, label
-                    return {"unit": _unit(self.study, point, self.state.trials[label])}
-                return Searcher.FINISHED  # the sampler keeps proposing known points
-
-            def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-                pass  # several objectives: only the final result counts
-
-            def on_trial_complete(
-                self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-            ) -> None:
-                tid = self.ids.pop(trial_id, None)
-                label = self.running.pop(trial_id, None)
-                if tid is None or label is None:
-                    return
-                if result and not error and result.get("status") == STATUS_COMPLETE:
-                    self.known[label] = [float(result[n]) for n in self.state.obj.names]
-                self.inner.on_trial_complete(tid, result=result, error=error)
-
-            def save(self, checkpoint_path: str) -> None:
-                raise NotImplementedError  # the state lives in optuna.journal and the store
-
-            def restore(self, checkpoint_path: str) -> None:
-                raise NotImplementedError
-
-        return _PointSearcher(*args, **kwargs)
-
-
-def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
-    """The study's Optuna study, brought in line with the store (created on first use).
-
-    Trials left RUNNING by a driver that died are marked failed; complete
-    points the Optuna study does not know (run by another strategy, or whose
-    result was stored just before a crash) are added, so a resumed search
-    learns from everything stored.
-    """
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions: list[Literal["maximize", "minimize"]] = [
-        "maximize" if m else "minimize" for m in state.obj.maximize
-    ]
-    ostudy = optuna.create_study(
-        storage=storage, study_name=study.name, directions=directions, load_if_exists=True,
-        sampler=space.make_sampler(study.search, study.search_seed),
-    )  # fmt: skip
-    have = [d.name.lower() for d in ostudy.directions]
-    if have != directions:
-        raise StudyError(
-            f"objective: the Optuna study in {state.results_dir} optimises {have}, this file asks for "
-            f"{directions} (objective.clean changed?); use a new results folder"
-        )
-    stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-    for t in stale:
-        ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-    told = {
-        space.point_label(space.to_point(study, t.params))
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    }
-    dists = space.distributions(study)
-    by_label = {space.point_label(p): p for p in state.points}
-    for label, values in state.point_values().items():
-        if label not in told:
-            ostudy.add_trial(
-                create_trial(
-                    params=space.to_params(study, by_label[label]),
-                    distributions=dists,
-                    values=values,
-                )
-            )
-    return ostudy
-
-
-def _optuna_searcher(study: Study, state: StudyState) -> Any:
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-    from ray.tune.search.optuna import OptunaSearch
-
-    journal = state.results_dir / "optuna.journal"
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-    optuna_study(study, state, storage)
-    inner = OptunaSearch(
-        space=space.distributions(study), metric=list(state.obj.names), mode=state.obj.modes,
-        sampler=space.make_sampler(study.search, study.search_seed),
-        study_name=study.name, storage=storage,
-    )  # fmt: skip
-    return PointSearcher(inner, study, state)
 
 
 def plan(study: Study, state: StudyState) -> tuple[list[dict[str, Any]], int, int]:
@@ -481,7 +344,7 @@ def plan(study: Study, state: StudyState) -> tuple[list[dict[str, Any]], int, in
             if t.key in done:
                 skipped += 1
             else:
-                units.append(_unit(study, p, [t]))
+                units.append(unit(study, p, [t]))
     return units, total, skipped
 
 
@@ -545,7 +408,9 @@ def run_study(
         fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
         if strategy == Strategy.optuna:
             param_space: dict[str, Any] = {}
-            search_alg, samples = _optuna_searcher(study, state), todo // study.folds
+            from grid.searcher import optuna_searcher
+
+            search_alg, samples = optuna_searcher(study, state), todo // study.folds
         else:
             param_space, search_alg, samples = {"unit": tune.grid_search(units)}, None, 1
         tuner = tune.Tuner(

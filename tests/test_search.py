@@ -17,15 +17,8 @@ from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG: the c
 from analysis.pareto import hypervolume, nondominated
 from grid import space
 from grid.cli import main
-from grid.launch import (
-    PointSearcher,
-    StudyState,
-    _optuna_searcher,
-    live_driver,
-    optuna_study,
-    plan,
-    run_study,
-)
+from grid.launch import StudyState, live_driver, plan, run_study
+from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
 from grid.store import ParquetSink, write_json
 from tests.helpers import brute_force_front, rows_for
@@ -148,7 +141,7 @@ def test_searcher_proposes_each_point_once_and_finishes(sampler: str, tmp_path: 
         {**BASE, "search": {"strategy": "optuna", "sampler": sampler, "population": 4}}
     )
     state = StudyState(study, tmp_path)
-    searcher = _optuna_searcher(study, state)
+    searcher = optuna_searcher(study, state)
     seen = []
     for i in range(study.points + 3):
         config = searcher.suggest(f"t{i}")
@@ -170,7 +163,7 @@ def test_resumed_search_learns_from_the_store(tmp_path: Path) -> None:
     """Points complete in the store join the Optuna study; trials a dead driver left running are failed."""
     study = parse_study({**BASE, "search": {"strategy": "optuna", "trials": 6}})
     state = StudyState(study, tmp_path)
-    first = _optuna_searcher(study, state)
+    first = optuna_searcher(study, state)
     first.suggest("dead")  # asked, never told: the driver died
     sink = ParquetSink(str(tmp_path), study.name, "test")
     stored = space.points(study)[:3]
