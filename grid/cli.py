@@ -129,10 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     live = read_json(folder / "status.json") or {}
     pid = live_driver(folder)
     running = len(live.get("running") or []) if pid else 0
-    todo = max(0, total - done - failed - running)
     if s.strategy == Strategy.optuna:
-        done = min(done, total)
-        todo = max(0, total - done - failed - running)
+        done = min(done, total)  # the store may hold more points than this budget
+    todo = max(0, total - done - failed - running)
     driver = f"driver running (pid {pid})" if pid else "no driver running"
     print(
         f"study {study.name} ({s.strategy.value}, {total} trials): {done} done, {running} running, "
