@@ -58,7 +58,7 @@ def _load(args: argparse.Namespace) -> Study:
 def cmd_resume(args: argparse.Namespace) -> int:
     study = _load(args)
     folder = study.results_dir(args.results)
-    if not any((folder / name).exists() for name in ("rows", "status.json", "optuna.journal")):
+    if not any(folder.exists(name) for name in ("rows", "status.json", "optuna.journal")):
         raise StudyError(
             f"results: nothing to resume in {folder} (no rows, no driver state); "
             "`grid run` starts a study"
@@ -100,7 +100,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
     attack, eps = study.headline
     if summary.completed or summary.skipped:
         _print_front(str(results_dir), attack, eps)
-    print(f"\nrows: {results_dir}/rows/*.parquet  (grid pareto {results_dir})")
+    print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130
     return 1 if summary.failed and not summary.completed else 0
@@ -114,7 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     folder = study.results_dir(args.results)
-    if not (folder / "rows").is_dir():
+    if not folder.is_dir("rows"):
         raise StudyError(f"results: {folder} holds no results yet (`grid run {args.study}`)")
     state = StudyState(study, folder)
     s = study.search
@@ -126,7 +126,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     total = study.budget * study.folds
     done = sum(1 for k in keys if state.status.get(k) == "complete")
     failed = sum(1 for k in keys if state.status.get(k) == "failed")
-    live = read_json(folder / "status.json") or {}
+    live = read_json(folder, "status.json") or {}
     pid = live_driver(folder)
     running = len(live.get("running") or []) if pid else 0
     if s.strategy == Strategy.optuna:
@@ -170,24 +170,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import json
-    import shutil
     from pathlib import Path
 
-    from grid.store import artifacts_dir
+    import pyarrow.fs as pafs
 
-    root = Path(args.results)
-    folder = artifacts_dir(root)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"results: {root} holds no artifacts (expected {folder}/<key>/)")
-    keys = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    from grid.store import Location
+
+    root = Location(args.results)
+    if not root.is_dir("artifacts"):
+        raise FileNotFoundError(
+            f"results: {root} holds no artifacts (expected {root.display('artifacts')}/<key>/)"
+        )
+    keys = root.folders("artifacts")
     hits = [k for k in keys if k.startswith(args.key)]
     if len(hits) != 1:
         what = "no trial" if not hits else f"{len(hits)} trials ({', '.join(hits[:5])})"
-        raise ValueError(f"key: {args.key!r} matches {what} in {folder}")
+        raise ValueError(f"key: {args.key!r} matches {what} in {root.display('artifacts')}")
     out = Path(args.out or hits[0])
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out: {out} exists and is not empty")
-    shutil.copytree(folder / hits[0], out, dirs_exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        root.path("artifacts", hits[0]), str(out.resolve()),
+        source_filesystem=root.fs, destination_filesystem=pafs.LocalFileSystem(),
+    )  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"exported trial {hits[0]} to {out}/")
     for name, info in sorted(manifest["files"].items()):

@@ -22,8 +22,8 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,15 @@ from typing import Any, TextIO
 
 from grid import space
 from grid.spec import Strategy, Study, StudyError
-from grid.store import ParquetSink, key_status, read_json, read_rows, rows_dir, write_json
+from grid.store import (
+    Location,
+    ParquetSink,
+    as_location,
+    key_status,
+    read_json,
+    read_rows,
+    write_json,
+)
 from trainables.config import TrialConfig
 from trainables.rows import STATUS_COMPLETE, failed_row, summarize
 
@@ -91,10 +99,10 @@ def _fmt_s(s: float) -> str:
 class StudyState:
     """What the store says about a study's points, kept current as trials finish."""
 
-    def __init__(self, study: Study, results_dir: Path) -> None:
-        self.study, self.results_dir = study, results_dir
+    def __init__(self, study: Study, results_dir: str | Path | Location) -> None:
+        self.study, self.results_dir = study, as_location(results_dir)
         self.obj = space.objectives(study)
-        self.status = key_status(results_dir)
+        self.status = key_status(self.results_dir)
         self.values: dict[str, list[float]] = {}  # complete key -> objective values
         self.params: int | None = None
         self.points = space.points(study)
@@ -104,7 +112,7 @@ class StudyState:
         for key, st in self.status.items():
             if st == STATUS_COMPLETE and key in ours:
                 self.refresh(key)
-        previous = read_json(results_dir / "search.json") or {}
+        previous = read_json(self.results_dir, "search.json") or {}
         self.history: list[list[float]] = previous.get("history", [])
 
     def refresh(self, key: str) -> bool:
@@ -141,40 +149,58 @@ class StudyState:
             self.history.append([f.points, f.normalized])
         s = self.study.search
         values = self.point_values()
-        write_json(
-            self.results_dir / "search.json",
-            {
-                "study": self.study.name,
-                "strategy": strategy,
-                "sampler": s.sampler.value if strategy == "optuna" else None,
-                "objectives": list(self.obj.names),
-                "maximize": list(self.obj.maximize),
-                "headline": {"attack": self.study.headline[0], "eps": self.study.headline[1]},
-                "reference": list(f.reference),
-                "hypervolume": f.hypervolume,
-                "hypervolume_normalized": f.normalized,
-                "points_complete": f.points,
-                "front": [
-                    {"point": label, "keys": self.keys[label], "values": values[label]}
-                    for label in f.labels
-                ],
-                "history": self.history,  # [points complete, normalised hypervolume]
-                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-        )
+        data = {
+            "study": self.study.name,
+            "strategy": strategy,
+            "sampler": s.sampler.value if strategy == "optuna" else None,
+            "objectives": list(self.obj.names),
+            "maximize": list(self.obj.maximize),
+            "headline": {"attack": self.study.headline[0], "eps": self.study.headline[1]},
+            "reference": list(f.reference),
+            "hypervolume": f.hypervolume,
+            "hypervolume_normalized": f.normalized,
+            "points_complete": f.points,
+            "front": [
+                {"point": label, "keys": self.keys[label], "values": values[label]}
+                for label in f.labels
+            ],
+            "history": self.history,  # [points complete, normalised hypervolume]
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        loc = self.results_dir
+        _best_effort(loc.display("search.json"), lambda: write_json(loc, "search.json", data))
+        if strategy == Strategy.optuna.value:  # object storage: the journal goes along
+            _best_effort(loc.display("optuna.journal"), lambda: loc.push("optuna.journal"))
         return f
 
 
-def write_status(results_dir: Path, **fields: Any) -> None:
+_warned: set[str] = set()
+
+
+def _best_effort(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run a write of the driver's own state; a failure (full disk, lost bucket) is
+    reported once and the study goes on: the rows are the results, not these files."""
+    try:
+        fn(*args)
+    except OSError as err:
+        msg = f"[warning] cannot write {what}: {err}"
+        if msg not in _warned:
+            _warned.add(msg)
+            print(msg, file=sys.stderr, flush=True)
+
+
+def write_status(results_dir: Location, **fields: Any) -> None:
     """The driver's live state, for ``grid status`` (and to refuse a second driver)."""
-    state = read_json(results_dir / "status.json") or {}
+    state = read_json(results_dir, "status.json") or {}
     state.update(fields, updated_at=time.time())
-    write_json(results_dir / "status.json", state)
+    _best_effort(
+        results_dir.display("status.json"), lambda: write_json(results_dir, "status.json", state)
+    )
 
 
-def live_driver(results_dir: Path) -> int | None:
+def live_driver(results_dir: str | Path | Location) -> int | None:
     """The pid of a driver still running this study on this host, if any."""
-    state = read_json(results_dir / "status.json") or {}
+    state = read_json(results_dir, "status.json") or {}
     pid, host = state.get("pid"), state.get("host")
     if not state.get("running_driver") or not isinstance(pid, int) or host != socket.gethostname():
         return None
@@ -262,7 +288,8 @@ def progress_callback(summary: RunSummary, state: StudyState, out: TextIO, t0: f
                     if cfg.key not in state.status:
                         started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
                         sink = ParquetSink(str(state.results_dir), state.study.name, git_revision())
-                        sink(cfg.key, [failed_row(cfg, reason, started)])
+                        row = failed_row(cfg, reason, started)
+                        _best_effort(f"the failed row of {cfg.key}", sink, cfg.key, [row])
                         state.status[cfg.key] = "failed"
                     summary.failed += 1
                     summary.failures.append(f"{cfg.key}: {reason[:300]}")
@@ -288,15 +315,17 @@ def _last_error(trial: Any) -> str:
     return lines[-1][:1000] if lines else "the trial's worker failed"
 
 
-def check_writable(results_dir: Path) -> None:
-    """Create the rows folder and prove a file can be written there."""
-    folder = rows_dir(results_dir)
+def check_writable(results_dir: Location) -> None:
+    """Prove a file can be written (and removed) in the rows folder, before anything runs."""
+    name = f".write-check-{uuid.uuid4().hex}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        results_dir.write_bytes(b"robustgrid", "rows", name)
+        results_dir.delete("rows", name)
     except OSError as err:
-        raise StudyError(f"results: cannot write to {folder}: {err.strerror or err}") from None
+        what = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise StudyError(
+            f"results: cannot write to {results_dir.display('rows')}: {what}"
+        ) from None
 
 
 def init_ray(address: str | None) -> None:
@@ -426,7 +455,8 @@ def run_study(
             ),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(results_dir),
+                # Tune's own state stays with the driver when results go to object storage.
+                storage_path=str(results_dir.local or results_dir.mirror_path("tune").parent),
                 verbose=0,
                 callbacks=[progress_callback(summary, state, out, time.perf_counter())],
                 failure_config=tune.FailureConfig(max_failures=res.retries),

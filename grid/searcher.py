@@ -133,7 +133,7 @@ def optuna_searcher(study: Study, state: StudyState) -> Any:
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    journal = state.results_dir / "optuna.journal"
+    journal = state.results_dir.mirror("optuna.journal")  # a local copy when results are remote
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     optuna_study(study, state, storage)
     inner = OptunaSearch(

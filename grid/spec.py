@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grid.store import Location
 from trainables.config import (
     Adversarial,
     AdvTraining,
@@ -192,6 +193,20 @@ class DatasetSpec(_Strict):
         return _known_value(Dataset, "dataset", v)
 
 
+RESULT_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs opens
+
+
+def check_results(v: str) -> str:
+    """A results location: a folder, or a URI whose scheme pyarrow.fs opens."""
+    scheme = v.split("://", 1)[0] if "://" in v else None
+    if scheme is not None and scheme not in RESULT_SCHEMES:
+        raise ValueError(
+            f"unsupported storage {scheme + '://'!r} in {v!r} "
+            f"(a folder, or one of {', '.join(s + '://' for s in RESULT_SCHEMES)})"
+        )
+    return v
+
+
 class Study(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
@@ -205,8 +220,15 @@ class Study(_Strict):
     objective: Objective = Objective()
     search: Search = Search()
     resources: Resources = Resources()
-    results: str = Field(default="results", min_length=1)  # folder; rows go to <results>/<name>/
+    results: str = Field(
+        default="results", min_length=1
+    )  # folder or URI; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
+
+    @field_validator("results")
+    @classmethod
+    def _results_location(cls, v: str) -> str:
+        return check_results(v)
 
     @field_validator("name")
     @classmethod
@@ -288,8 +310,17 @@ class Study(_Strict):
             return self.objective.attack, self.objective.eps
         return self.objective.attack, max(e for a in self.attacks for e in a.eps)
 
-    def results_dir(self, override: str | None = None) -> Path:
-        return (Path(override or self.results) / self.name).resolve()
+    def results_dir(self, override: str | None = None) -> Location:
+        """Where this study's results go: ``<results>/<name>``, a local folder or a URI."""
+        if override:
+            try:
+                check_results(override)
+            except ValueError as err:
+                raise StudyError(f"--results: {err}") from None
+        try:
+            return Location(override or self.results).child(self.name)
+        except ValueError as err:
+            raise StudyError(str(err)) from None
 
     def _common(self) -> dict[str, Any]:
         t, d = self.train, self.dataset

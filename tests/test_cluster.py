@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from analysis.query import connect
 from grid.spec import load_study
-from tests.conftest import GRID
+from grid.store import Location
+from tests.conftest import GRID, grid_cli
+from tests.test_datasets import _cifar_batches, _write_cifar_bin
 
 STUDY = Path(__file__).parent / "studies" / "resume.yaml"
 
@@ -60,3 +63,56 @@ def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) 
     assert {k for k, _, _ in per_key} == {t.key for t in study.trials()}
     assert all(n == 2 and ok for _, n, ok in per_key)  # exactly one complete row set per trial
     assert len(list((folder / "rows").glob("*.parquet"))) == study.grid_size
+
+
+def test_dataset_reaches_each_node_once_and_workers_write_results_to_s3(s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """CIFAR-10 files on S3, results on S3, two worker nodes with their own disks (caches)."""
+    import pyarrow.fs as pafs
+    from ray.cluster_utils import Cluster
+
+    data = tmp_path / "data"
+    _write_cifar_bin(data, _cifar_batches(n=12))
+    bucket, _ = pafs.FileSystem.from_uri(s3.uri)
+    pafs.copy_files(str(data), "robustgrid-test/data/cifar10", destination_filesystem=bucket)
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s3-nodes",
+                "dataset": {"name": "cifar10", "path": f"{s3.uri}/data/cifar10"},
+                "model": "digits_cnn",
+                "train": {"epochs": 1, "fine_tune_epochs": 0, "batch_size": 32},
+                "axes": {"bits": ["float", "ternary"], "sparsity": [0.0, 0.5], "clusters": [0, 4]},
+                "attacks": [{"name": "fgsm", "eps": [0.03], "samples": 8}],
+                "results": f"{s3.uri}/results",
+            }
+        )
+    )
+    study = load_study(study_file)
+    caches = [tmp_path / f"node{i}-cache" for i in range(2)]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for cache in caches:  # each node has a disk of its own
+            c.add_node(num_cpus=1, env_vars={"ROBUSTGRID_CACHE": str(cache)})
+        c.wait_for_nodes()
+        proc = grid_cli("run", str(study_file), "--address", c.address)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        again = grid_cli("run", str(study_file), "--address", c.address)
+        assert again.returncode == 0 and "0 to run" in again.stdout, again.stdout[-2000:]
+    finally:
+        c.shutdown()
+    where = f"{s3.uri}/results/{study.name}"
+    con = connect(where)
+    per_key = con.execute(
+        "SELECT key, bool_and(status = 'complete') FROM rows GROUP BY key"
+    ).fetchall()
+    assert sorted(k for k, ok in per_key if ok) == sorted(t.key for t in study.trials())
+    assert len(Location(where).folders("artifacts")) == 8  # written by the workers too
+    used = [cache for cache in caches if (cache / "remote").is_dir()]
+    assert used, "no node fetched the dataset"
+    # 8 trials, one fetch and one decode per node that ran any
+    assert s3.requests("GET", "data/cifar10/cifar-10-batches-bin/data_batch_1.bin") == len(used)
+    for cache in used:
+        assert len(list((cache / "decoded").glob("cifar10-*.npz"))) == 1
+    proc = grid_cli("pareto", where)
+    assert proc.returncode == 0 and "front" in proc.stdout.lower(), proc.stdout + proc.stderr

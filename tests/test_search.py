@@ -233,11 +233,11 @@ def test_resume_and_status_need_results(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
     study = parse_study(BASE)
     folder = study.results_dir(str(tmp_path))
-    folder.mkdir(parents=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "grid"])
     try:
         write_json(
-            folder / "status.json",
+            folder,
+            "status.json",
             {"pid": other.pid, "host": socket.gethostname(), "running_driver": True},
         )
         with pytest.raises(StudyError, match=f"in use by a running driver \\(pid {other.pid}\\)"):

@@ -29,7 +29,7 @@ def test_write_read_and_replace(tmp_path: Path) -> None:
 
 def test_truncated_file_is_not_complete_and_is_overwritten(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "s", "r")
-    path = sink("k2", rows_for("k2", {("pgd", 0.1): 0.4}, 0.9, 100))
+    path = Path(sink("k2", rows_for("k2", {("pgd", 0.1): 0.4}, 0.9, 100)))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # a crash mid-copy by some other tool
     assert completed_keys(tmp_path) == set()

@@ -1,8 +1,10 @@
 """Datasets by name, split into train/test by a stratified holdout or k folds.
 
-A dataset is read once per worker process (an LRU cache), so a reused Ray
-worker does not reload it for every trial; object-storage paths are copied
-to a local cache first.
+A dataset reaches each node once: object-storage paths are copied to the
+node's cache (``$ROBUSTGRID_CACHE``, default ``~/.cache/robustgrid``) by the
+first worker that needs them, under a file lock, and decoded arrays are cached
+there too; each worker process then keeps the arrays in memory (an LRU
+cache), so a reused Ray worker does not reload them for every trial.
 """
 
 from __future__ import annotations
@@ -58,15 +60,20 @@ def localize(path: str) -> Path:
     if "://" not in path or path.startswith("file://"):
         return Path(path.removeprefix("file://")).expanduser()
     import pyarrow.fs as pafs
+    from filelock import FileLock
 
     dest = cache_root() / "remote" / hashlib.sha256(path.encode()).hexdigest()[:16]
-    if not (dest / ".complete").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            pafs.copy_files(path, str(dest), destination_filesystem=pafs.LocalFileSystem())
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"{path}: cannot copy from object storage: {err}") from None
-        (dest / ".complete").touch()
+    if (dest / ".complete").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):  # the workers of a node copy it once between them
+        if not (dest / ".complete").is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            try:
+                pafs.copy_files(path, str(dest), destination_filesystem=pafs.LocalFileSystem())
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"{path}: cannot copy from object storage: {err}") from None
+            (dest / ".complete").touch()
     return dest
 
 
@@ -86,7 +93,15 @@ def _cached(dataset: str, root: Path, read: Callable[[], Pool]) -> Pool:
     Decoding (CIFAR batches, SVHN .mat, and above all the MFCCs of every
     Speech Commands clip) then happens once per node, not once per worker.
     """
+    from filelock import FileLock
+
     cache = cache_root() / "decoded" / f"{dataset}-{_fingerprint(root)}.npz"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + ".lock"):  # one decode per node, however many workers wait
+        return _decode_once(cache, read)
+
+
+def _decode_once(cache: Path, read: Callable[[], Pool]) -> Pool:
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
