@@ -344,6 +344,30 @@ def init_ray(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, **kwargs)
 
 
+def concurrency(
+    study: Study,
+    units: list[dict[str, Any]],
+    todo: int,
+    cluster: bool,
+    max_concurrent: int | None = None,
+) -> int:
+    """Trials in flight at once: the study's (or --max-concurrent's) cap, else what fits.
+
+    On a local Ray, what fits is the CPUs free now.  On a cluster it is every
+    trial there is: an autoscaling cluster may start with no workers at all,
+    and only trials waiting for resources make it add nodes.
+    """
+    import ray
+
+    res = study.resources
+    want = len(units) if study.search.strategy != Strategy.optuna else todo // study.folds
+    cap = max_concurrent or res.max_concurrent
+    if cap is None:
+        cpus = int(ray.available_resources().get("CPU", 0))
+        cap = want if cluster else max(1, cpus // res.cpus_per_trial)
+    return max(1, min(cap, want))
+
+
 def unit(study: Study, point: space.Point, trials: list[TrialConfig]) -> dict[str, Any]:
     return {
         "point": point,
@@ -416,18 +440,16 @@ def run_study(
 
     from trainables.ray_adapter import trainable
 
-    init_ray(address or os.environ.get("RAY_ADDRESS"))
+    ray_address = address or os.environ.get("RAY_ADDRESS")
+    init_ray(ray_address)
     write_status(
         results_dir, pid=os.getpid(), host=socket.gethostname(), running_driver=True,
         started_at=time.time(), strategy=strategy.value, total=total, skipped=skipped, running=[],
     )  # fmt: skip
     try:
-        cpus = int(ray.available_resources().get("CPU", 1))
         res = study.resources
-        slots = max(1, cpus // res.cpus_per_trial)
-        want = len(units) if strategy != Strategy.optuna else todo // study.folds
-        summary.concurrency = max(
-            1, min(slots, want, max_concurrent or res.max_concurrent or slots)
+        summary.concurrency = concurrency(
+            study, units, todo, cluster=bool(ray_address), max_concurrent=max_concurrent
         )
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         fn: Callable[..., Any] = tune.with_parameters(
