@@ -35,6 +35,7 @@ from grid.store import (
     Location,
     ParquetSink,
     as_location,
+    is_remote,
     key_status,
     read_json,
     read_rows,
@@ -328,6 +329,39 @@ def check_writable(results_dir: Location) -> None:
         ) from None
 
 
+def check_dataset(study: Study, local: bool) -> None:
+    """The study's dataset is there and readable, before any trial starts.
+
+    A local run reads it here once (the decoded arrays land in this node's
+    cache, where the workers find them); on a cluster a local path names the
+    workers' disks, not this one, so only an object-storage path is checked.
+    """
+    d = study.dataset
+    path = study._common()["data_path"]  # resolved as the trials get it
+    if d.name.value == "digits" or d.download:
+        return  # ships with scikit-learn / fetched (with its checksum) by the workers
+    from trainables.datasets import DatasetError
+
+    try:
+        if path and is_remote(path):
+            import pyarrow.fs as pafs
+
+            try:
+                fs, inner = pafs.FileSystem.from_uri(path)
+                missing = fs.get_file_info(inner).type == pafs.FileType.NotFound
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"{path}: {str(err).splitlines()[0]}") from None
+            if missing:
+                raise DatasetError(f"{path}: not found")
+        elif local:
+            from trainables.data import load_pool
+
+            load_pool(d.name.value, path, False, d.md5)
+            load_pool.cache_clear()  # the driver keeps no copy
+    except DatasetError as err:
+        raise StudyError(f"dataset.path: {err}") from None
+
+
 def init_ray(address: str | None) -> None:
     import ray
 
@@ -420,6 +454,8 @@ def run_study(
     state = StudyState(study, results_dir)
     strategy = study.search.strategy
     units, total, skipped = plan(study, state)
+    if total > skipped:
+        check_dataset(study, local=not (address or os.environ.get("RAY_ADDRESS")))
     summary = RunSummary(total=total, skipped=skipped, strategy=strategy.value)
     todo = total - skipped
     what = f": {study.budget} of {study.points} points" if strategy != Strategy.grid else ""
@@ -441,6 +477,7 @@ def run_study(
     from trainables.ray_adapter import trainable
 
     ray_address = address or os.environ.get("RAY_ADDRESS")
+    auth_mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init sets it, and leaves it set
     init_ray(ray_address)
     write_status(
         results_dir, pid=os.getpid(), host=socket.gethostname(), running_driver=True,
@@ -489,6 +526,8 @@ def run_study(
         summary.wall_s = time.perf_counter() - t0
     finally:
         ray.shutdown()
+        if auth_mode is None:  # so that a later Ray in this process starts as the user asked
+            os.environ.pop("RAY_AUTH_MODE", None)
         write_status(results_dir, running_driver=False, running=[], finished_at=time.time())
     # The store is the truth: a trial that wrote its rows just before an
     # interruption counts, one that did not is still to do.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -80,8 +81,14 @@ def _ray() -> str:
 
 
 @pytest.fixture
-def autoscaling_cluster(tmp_path: Path) -> Iterator[str]:
+def autoscaling_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import ray._private.services as services
+
+    # Token authentication, with a token of its own: a `ray start` enforces it as soon
+    # as ~/.ray/auth_token exists (any earlier local Ray writes one), so the cluster,
+    # its nodes, the watcher and the driver all get the same token from here.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
     address = f"{services.get_node_ip_address()}:{_free_port()}"
     config = tmp_path / "autoscale.yaml"
@@ -106,11 +113,46 @@ def autoscaling_cluster(tmp_path: Path) -> Iterator[str]:
         subprocess.run([_ray(), "stop", "--force"], capture_output=True, timeout=120)
 
 
-def _alive_workers(address: str) -> int:
-    from ray._raylet import GcsClient
+WATCH = r"""
+import sys, time
+from ray._raylet import GcsClient
+gcs = GcsClient(address=sys.argv[1])
+while True:
+    alive = sum(1 for n in gcs.get_all_node_info().values() if n.state == 0) - 1  # less the head
+    print(f"{time.monotonic()} {alive}", flush=True)
+    time.sleep(0.5)
+"""
 
-    nodes = GcsClient(address=address).get_all_node_info().values()
-    return sum(1 for n in nodes if n.state == 0) - 1  # ALIVE, less the head
+
+class Watcher:
+    """Alive worker nodes over time, read from the GCS by a process of its own
+    (a GCS client in this process would carry the state of earlier in-process Ray runs)."""
+
+    def __init__(self, address: str) -> None:
+        self.seen: list[tuple[float, int]] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WATCH, address], stdout=subprocess.PIPE, text=True
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            t, n = line.split()
+            self.seen.append((float(t), int(n)))
+
+    def now(self, timeout: float = 60.0) -> int:
+        """The count of a reading taken after this call."""
+        t0 = time.monotonic()
+        while not self.seen or self.seen[-1][0] < t0:
+            assert time.monotonic() < t0 + timeout, "the GCS watcher gives no readings"
+            time.sleep(0.1)
+        return self.seen[-1][1]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def test_cluster_scales_from_zero_up_while_trials_pend_and_back_down(
@@ -118,33 +160,20 @@ def test_cluster_scales_from_zero_up_while_trials_pend_and_back_down(
     tmp_path: Path,
 ) -> None:
     address = autoscaling_cluster
-    assert _alive_workers(address) == 0  # no workers until there is work
-    seen: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append((time.monotonic(), _alive_workers(address)))
-            time.sleep(0.5)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watcher = Watcher(address)
     try:
+        assert watcher.now() == 0  # no workers until there is work
         proc = grid_cli("run", str(STUDY), "--results", str(tmp_path), "--address", address)
         ended = time.monotonic()
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         deadline = ended + 120
-        while _alive_workers(address) > 0:  # idle nodes are terminated
-            assert time.monotonic() < deadline, (
-                f"still {_alive_workers(address)} workers: {seen[-5:]}"
-            )
+        while watcher.now() > 0:  # idle nodes are terminated
+            assert time.monotonic() < deadline, f"workers still up: {watcher.seen[-5:]}"
             time.sleep(1.0)
     finally:
-        stop.set()
-        watcher.join()
-    during = [n for t, n in seen if t <= ended]
+        watcher.stop()
+    during = [n for t, n in watcher.seen if t <= ended]
     assert max(during) == 2, during  # scaled out to the worker type's max while trials pended
-    assert _alive_workers(address) == 0
     study = load_study(STUDY)
     con = connect(tmp_path / study.name)
     per_key = con.execute(

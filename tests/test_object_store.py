@@ -189,3 +189,23 @@ def test_status_of_a_study_on_s3(s3: S3, capsys: pytest.CaptureFixture[str]) -> 
     )
     out = capsys.readouterr().out
     assert f"1 done, 0 running, 0 failed, {study.grid_size - 1} to do" in out
+
+
+def test_a_missing_dataset_is_refused_before_any_trial(s3: S3, tmp_path: Path) -> None:
+    study = parse_study({**BASE, "dataset": {"name": "cifar10", "path": str(tmp_path / "empty")}})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match=r"dataset.path: .*empty: no CIFAR-10 here"):
+        run_study(study, results=str(tmp_path / "r"))  # a local run reads it first
+    assert not list((tmp_path / "r").rglob("*.parquet"))  # nothing ran
+    remote = parse_study(
+        {**BASE, "dataset": {"name": "cifar10", "path": f"{s3.uri}/datasets/none"}}
+    )
+    with pytest.raises(
+        StudyError, match=r"dataset.path: s3://robustgrid-test/datasets/none: not found"
+    ):
+        run_study(remote, results=str(tmp_path / "r"), address="127.0.0.1:1")  # before connecting
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(
+        json.dumps({**BASE, "dataset": {"name": "svhn", "path": str(tmp_path / "no")}})
+    )
+    assert main(["run", str(study_file), "--results", str(tmp_path / "r")]) == 2

@@ -151,14 +151,18 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
 def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Path) -> None:
     study_file = tmp_path / "broken.yaml"
     study_file.write_text(
-        "name: broken\ndataset: {name: cifar10, path: " + str(tmp_path / "no-such-data") + "}\n"
-        "model: resnet8\ntrain: {epochs: 1}\nresources: {retries: 1}\nartifacts: false\n"
+        "name: broken\ndataset: digits\nmodel: digits_cnn\ntrain: {epochs: 1}\n"
+        "resources: {retries: 1}\nartifacts: false\n"
     )
-    proc = _grid("run", str(study_file), "--results", str(tmp_path))
+    faults = {"ROBUSTGRID_FAULT_RATE": "1", "ROBUSTGRID_FAULTS": str(tmp_path / "faults")}
+    proc = _grid(
+        "run", str(study_file), "--results", str(tmp_path), env=faults
+    )  # every attempt raises
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("[retry]") == 1 and "[failed]" in proc.stdout
+    assert len(list((tmp_path / "faults").iterdir())) == 2  # the first attempt and its one retry
     con = connect(tmp_path / "broken")
     status, reason = con.execute("SELECT status, reason FROM rows").fetchone()
-    assert status == "failed" and "no-such-data" in reason
+    assert status == "failed" and "injected fault" in reason
     out = _grid("status", str(study_file), "--results", str(tmp_path)).stdout
-    assert "0 done, 0 running, 1 failed, 0 to do" in out and "no-such-data" in out
+    assert "0 done, 0 running, 1 failed, 0 to do" in out and "injected fault" in out

@@ -14,6 +14,8 @@ imports ``grid``: Tune passes it with ``tune.with_parameters``.
 from __future__ import annotations
 
 import os
+import random
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +32,11 @@ Row = dict[str, Any]
 # Fault injection for the reliability tests and benchmarks: when set to a
 # folder, each trial key raises on its first attempt (a marker file records it).
 FAIL_FIRST_ATTEMPT = "ROBUSTGRID_FAIL_FIRST_ATTEMPT"
+# Random faults (benchmarks/faults.py): each attempt of a fold raises with
+# probability ROBUSTGRID_FAULT_RATE, before it trains or after its rows are
+# stored (the retry must then read them back, not add a second set); each
+# fault leaves a marker file in the folder ROBUSTGRID_FAULTS.
+FAULT_RATE, FAULTS = "ROBUSTGRID_FAULT_RATE", "ROBUSTGRID_FAULTS"
 
 
 class RowSink(Protocol):
@@ -55,6 +62,19 @@ def _injected_fault(key: str) -> None:
     raise RuntimeError(f"injected fault: first attempt of trial {key}")
 
 
+_FAULT_RNG = random.SystemRandom()  # trials seed the global generator: it would repeat itself
+
+
+def _random_fault(key: str, moment: str) -> None:
+    rate = float(os.environ.get(FAULT_RATE) or 0.0)
+    if rate <= 0.0 or _FAULT_RNG.random() >= rate:
+        return
+    folder = Path(os.environ.get(FAULTS) or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.{moment}.{uuid.uuid4().hex[:8]}").touch()
+    raise RuntimeError(f"injected fault: trial {key}, {moment}")
+
+
 def run_point(
     config: dict[str, Any],
     sink: RowSink,
@@ -70,8 +90,10 @@ def run_point(
         rows = sink.read(cfg.key)
         if not rows or any(r["status"] != STATUS_COMPLETE for r in rows):
             _injected_fault(cfg.key)
+            _random_fault(cfg.key, "before training")
             rows = run_trial(cfg, artifacts=artifacts)
             sink(cfg.key, rows)
+            _random_fault(cfg.key, "after its rows were stored")
             ran += 1
             compute += float(rows[0]["meta_total_s"] or 0.0)
         fold = summarize(rows, objective)
