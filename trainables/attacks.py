@@ -38,6 +38,7 @@ from art.attacks.evasion import (
 from art.estimators.classification import TensorFlowV2Classifier
 from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork
 
+from trainables.compiled import CompiledClassifier
 from trainables.config import MINIMAL, AdvTraining, AttackName, AttackSpec
 
 logging.getLogger("art").setLevel(logging.WARNING)
@@ -70,8 +71,11 @@ class AttackResult:
 def classifier(
     model: tf_keras.Model, num_classes: int, input_shape: tuple[int, ...]
 ) -> TensorFlowV2Classifier:
-    """White-box ART wrapper on the logits model; inputs live in [0, 1]."""
-    return TensorFlowV2Classifier(
+    """White-box ART wrapper on the logits model; inputs live in [0, 1].
+
+    ART's TensorFlowV2Classifier with its gradients traced into ``tf.function``
+    (``trainables.compiled``): the same gradients, at graph speed."""
+    return CompiledClassifier(
         model=model,
         nb_classes=num_classes,
         input_shape=input_shape,
