@@ -205,10 +205,6 @@ def as_location(where: str | Path | Location) -> Location:
     return where if isinstance(where, Location) else Location(where)
 
 
-def rows_dir(results_dir: str | Path | Location) -> str:
-    return as_location(results_dir).display("rows")
-
-
 def _encode(table: pa.Table) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
