@@ -40,6 +40,82 @@ def _training_phase() -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def _unfused_batch_norm(model: tf_keras.Model, unfuse: bool) -> Iterator[None]:
+    # JR differentiates the batch norms' gradients once more, and TensorFlow
+    # gets that wrong for its fused kernel: the gradient of FusedBatchNormGradV3
+    # treats the batch mean and variance as constants (tensorflow/tensorflow
+    # #20407), off by 3-30% on ResNet-8's weights against a float64 reference
+    # (tests/test_defences.py).  The same normalisation in plain ops
+    # differentiates twice exactly, and faster: a JR step on ResNet-8 took
+    # 2.19x a plain step with fused batch norms, 1.63x unfused
+    # (benchmarks/jr_cost.py).  Unfused only while a JR step traces.
+    layers = [
+        m
+        for m in model.submodules
+        if unfuse and isinstance(m, tf_keras.layers.BatchNormalization) and m.fused
+    ]
+    for layer in layers:
+        layer.fused = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.fused = True
+
+
+def training_step(
+    model: tf_keras.Model,
+    learning_rate: float,
+    jr_weight: float = 0.0,
+    jr_projections: int = 1,
+    jr_layers: dict[str, float] | None = None,
+    hold_zeros: list[tuple[tf.Variable, np.ndarray]] | None = None,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """One optimiser step on a batch (x, y) in a ``tf.function``; returns the loss.
+
+    Cross-entropy, + ``jr_weight`` x input-output JR, + per-layer JR on the
+    outputs of ``jr_layers`` (layer name -> weight).  With per-layer JR the
+    logits' and every layer's penalties share one backward pass per
+    projection (``jacobian.outputs_and_jr``); JR steps trace batch norms
+    unfused (``_unfused_batch_norm``).  ``hold_zeros`` (variable,
+    keep mask) pairs stay zero where the mask is False after every step.
+    """
+    optimizer = tf_keras.optimizers.Adam(learning_rate)
+    ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+    layered = {k: v for k, v in (jr_layers or {}).items() if v > 0.0}
+    probe = probe_model(model, list(layered)) if layered else None
+    weights = [jr_weight, *layered.values()]
+    held = [(var, tf.constant(keep, dtype=var.dtype)) for var, keep in hold_zeros or []]
+
+    @tf.function
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        jr = probe is not None or jr_weight > 0.0
+        with tf.GradientTape() as tape, _training_phase(), _unfused_batch_norm(model, jr):
+            if probe is not None:
+                logits, penalty = outputs_and_jr(
+                    lambda t: probe(t, training=True), x, weights, jr_projections
+                )
+                loss = ce(y, logits) + penalty
+            elif jr_weight > 0.0:
+                logits, penalty = logits_and_jr(
+                    lambda t: model(t, training=True), x, jr_projections
+                )
+                loss = ce(y, logits) + jr_weight * penalty
+            else:
+                loss = ce(y, model(x, training=True))
+            if model.losses:  # weight decay the model declares (MLPerf Tiny references: l2 1e-4)
+                loss += tf.add_n(model.losses)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        for var, keep in held:
+            var.assign(var * keep)
+        return loss
+
+    return step
+
+
 def fit(
     model: tf_keras.Model,
     data: tf.data.Dataset,
@@ -54,42 +130,11 @@ def fit(
 ) -> None:
     """Train ``model`` (logits output) in place; handles tfmot pruning wrappers.
 
-    ``hold_zeros`` (variable, keep mask) pairs stay zero where the mask is
-    False after every step: pruned kernels that no wrapper guards.
-
-    ``jr_layers`` adds per-layer JR (layer name -> weight) on those layers'
-    outputs; ``adversary`` (an ART attack's generate) replaces the first
+    The step is ``training_step``'s (JR and ``hold_zeros`` as documented
+    there); ``adversary`` (an ART attack's generate) replaces the first
     ``adv_ratio`` share of each batch with adversarial examples.
     """
-    optimizer = tf_keras.optimizers.Adam(learning_rate)
-    ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    variables = model.trainable_variables
-    layered = {k: v for k, v in (jr_layers or {}).items() if v > 0.0}
-    probe = probe_model(model, list(layered)) if layered else None
-    weights = [jr_weight, *layered.values()]
-    held = [(var, tf.constant(keep, dtype=var.dtype)) for var, keep in hold_zeros or []]
-
-    @tf.function
-    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape, _training_phase():
-            if probe is not None:
-                logits, jr = outputs_and_jr(
-                    lambda t: probe(t, training=True), x, weights, jr_projections
-                )
-                loss = ce(y, logits) + jr
-            elif jr_weight > 0.0:
-                logits, jr = logits_and_jr(lambda t: model(t, training=True), x, jr_projections)
-                loss = ce(y, logits) + jr_weight * jr
-            else:
-                loss = ce(y, model(x, training=True))
-            if model.losses:  # weight decay the model declares (MLPerf Tiny references: l2 1e-4)
-                loss += tf.add_n(model.losses)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        for var, keep in held:
-            var.assign(var * keep)
-        return loss
-
+    step = training_step(model, learning_rate, jr_weight, jr_projections, jr_layers, hold_zeros)
     # Pruning wrappers count steps in their own call; the callback only
     # resets the counter and applies the final masks at each epoch end.
     pruning = tfmot.sparsity.keras.UpdatePruningStep()
