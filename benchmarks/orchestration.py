@@ -9,6 +9,7 @@ time (efficiency = compute / (wall x slots)), the overhead per trial, and
 the ratio of the grid's wall time to the sequential loop's.
 
     python benchmarks/orchestration.py [STUDY]        # default: the embedded default study
+    python benchmarks/orchestration.py --grid-only    # efficiency alone, without the loop
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("study", nargs="?", default=None)
+    ap.add_argument("--grid-only", action="store_true", help="skip the sequential loop (the peer)")
     args = ap.parse_args()
     study = load_study(args.study)
 
@@ -45,6 +47,11 @@ def main() -> None:
         summary = run_study(study, results=tmp, out=_Tee())
         grid_wall = time.perf_counter() - t0  # includes Ray start and shutdown
 
+    if args.grid_only:
+        print(f"study {study.name}: {summary.total} trials, {summary.concurrency} slots, "
+              f"grid wall {grid_wall:.1f}s (Tune {summary.wall_s:.1f}s), compute {summary.trial_s:.1f}s")  # fmt: skip
+        print(f"efficiency (compute / (Tune wall x slots))      : {summary.efficiency:.3f}")
+        return
     from grid.store import ParquetSink
     from trainables.trial import run_trial
 

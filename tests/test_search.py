@@ -221,6 +221,31 @@ def test_random_strategy_plans_a_seeded_sample_of_points_with_all_folds(tmp_path
     }
 
 
+def test_grid_plans_the_longest_trials_first_and_every_trial_once(tmp_path: Path) -> None:
+    axes = {
+        "bits": [4, "ternary"],
+        "clusters": [0, 4],
+        "jr_weight": [0.0, 0.1],
+        "adversarial": ["none", {"method": "pgd", "eps": 0.1, "steps": 5, "ratio": 0.5}],
+    }
+    study = parse_study({**BASE, "train": {"epochs": 4, "fine_tune_epochs": 2}, "axes": axes})
+    units, total, skipped = plan(study, StudyState(study, tmp_path))
+    assert (total, skipped, len(units)) == (16, 0, 16)
+    assert {u["keys"][0] for u in units} == {t.key for t in study.trials()}
+
+    def cost(u: dict[str, Any]) -> tuple[bool, bool, bool]:
+        p = u["point"]  # adversarial PGD > JR > fine-tuning after clustering
+        return (int(p["adversarial"]) > 0, float(p["jr_weight"]) > 0, int(p["clusters"]) > 0)
+
+    costs = [cost(u) for u in units]
+    assert costs[0] == (True, True, True) and costs[-1] == (False, False, False)
+    for i, a in enumerate(costs):  # more work in every respect starts earlier
+        for b in costs[i + 1 :]:
+            assert not (a != b and all(x <= y for x, y in zip(a, b, strict=True)))
+    # ties keep the file's order: 4-bit before ternary
+    assert [str(u["point"]["bits"]) for u in units[:2]] == ["4", "ternary"]
+
+
 def test_resume_and_status_need_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump(BASE))
