@@ -1,0 +1,224 @@
+"""Paper-scale studies on paper: their cost from measured per-trial costs, and the driver's limit.
+
+Measures, in this one run, on this machine:
+  * ResNet-8 training steps at the CIFAR-10 studies' batch size (32) with the
+    trials' own ``training_step``: plain, input-output JR, per-layer JR on
+    every activation (stochastic ternary weights, 8-bit activations);
+  * the cost of one attack gradient per sample: ART's PGD through the
+    compiled classifier (what trials use) on 256 samples;
+  * the trials per second Tune's driver sustains with trivial trials (the
+    peer of the studies' trial rate).
+
+Then, for the embedded paper studies (5 folds, full axes), each trial's
+training (epochs x steps x its step's cost, + fine-tuning, + adversarial
+training's PGD on its share of each batch) and white-box attacks (FGSM, PGD,
+transfer PGD with its float surrogate) are summed into CPU-hours, and the
+wall time on N trial slots is tabulated (whole waves; the longest trial
+bounds it).  The driver is the bottleneck once N exceeds (trials/s it
+sustains) x (seconds a trial takes).  Query-based attacks (Square,
+HopSkipJump, Boundary) and CW / DeepFool stop when they succeed, so their
+cost depends on the trained model's robustness: they are listed, not
+extrapolated.  Measured with ``--threads`` (default: the machine's cores, at
+most the studies' 4 CPUs per trial).
+
+    python benchmarks/scaling.py [--threads 2] [--trivial-trials 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdout
+
+import numpy as np
+
+STUDIES = ("compounded_cifar10", "stq_jr_cifar10")
+CIFAR_TRAIN = 50_000  # CIFAR-10's training set; 5 folds train on 4/5 of it
+SLOTS = (1, 8, 32, 128, 512)
+MEASURED_ATTACKS = {"fgsm", "pgd", "transfer_pgd"}
+
+
+def step_costs(threads: int, batch: int = 32, steps: int = 12) -> dict[str, float]:
+    import tensorflow as tf
+    import tf_keras
+
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+    from trainables.train import jr_layer_names, training_step
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((batch, 32, 32, 3), dtype=np.float32))
+    y = tf.constant(rng.integers(0, 10, batch))
+    out = {}
+    for kind in ("plain", "io JR", "layer JR"):
+        tf_keras.utils.set_random_seed(0)
+        model = build_model(
+            TrialConfig(model="resnet8", bits="stochastic_ternary", activation_bits=8),
+            (32, 32, 3),
+            10,
+        )
+        kw: dict[str, object] = {}
+        if kind == "io JR":
+            kw = {"jr_weight": 0.05}
+        elif kind == "layer JR":
+            kw = {"jr_weight": 0.05, "jr_layers": jr_layer_names(model, {"all": 0.01})}
+        step = training_step(model, 1e-3, **kw)  # type: ignore[arg-type]
+        for _ in range(2):
+            float(step(x, y))
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                loss = step(x, y)
+            float(loss)
+            best = min(best, (time.perf_counter() - t0) / steps)
+        out[kind] = best
+    return out
+
+
+def gradient_cost(samples: int = 256, steps: int = 20) -> float:
+    """Seconds per sample per PGD step (ART PGD on the compiled classifier, ResNet-8)."""
+    import tf_keras
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    from trainables.attacks import classifier
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+
+    tf_keras.utils.set_random_seed(0)
+    model = build_model(TrialConfig(model="resnet8", bits="4"), (32, 32, 3), 10)
+    rng = np.random.default_rng(0)
+    x = rng.random((samples, 32, 32, 3), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, samples)]
+    pgd = ProjectedGradientDescent(
+        classifier(model, 10, (32, 32, 3)), norm=np.inf, eps=0.03, eps_step=0.0075,
+        max_iter=steps, num_random_init=0, batch_size=samples, verbose=False,
+    )  # fmt: skip
+    pgd.generate(x, y)  # traces
+    t0 = time.perf_counter()
+    pgd.generate(x, y)
+    return (time.perf_counter() - t0) / (samples * steps)
+
+
+def driver_rate(trials: int) -> float:
+    """Trivial trials per second through Tune, as robustgrid runs them (reuse_actors)."""
+    import logging
+
+    import ray
+    from ray import tune
+
+    def trivial(config: dict[str, int]) -> None:
+        tune.report({"value": config["i"]})
+
+    ray.init(
+        address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+    )
+    cpus = int(ray.available_resources().get("CPU", 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = tune.Tuner(
+            tune.with_resources(trivial, {"cpu": 1}),
+            param_space={"i": tune.grid_search(list(range(trials)))},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=cpus),
+            run_config=tune.RunConfig(name="driver", storage_path=tmp, verbose=0),
+        )
+        t0 = time.perf_counter()
+        tuner.fit()
+        seconds = time.perf_counter() - t0
+    ray.shutdown()
+    return trials / seconds
+
+
+def trial_seconds(cfg: object, steps: dict[str, float], grad: float, folds: int) -> float:
+    """A paper trial's training + white-box attack seconds from the measured costs."""
+    batch = cfg.batch_size  # type: ignore[attr-defined]
+    per_epoch = math.ceil(CIFAR_TRAIN * (folds - 1) / folds / batch)
+    kind = "layer JR" if cfg.jr_layers else "io JR" if cfg.jr_weight > 0 else "plain"  # type: ignore[attr-defined]
+    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clusters else 0)  # type: ignore[attr-defined]
+    step = steps[kind] * batch / 32  # measured at batch 32
+    adv = cfg.adversarial  # type: ignore[attr-defined]
+    if adv.method.value != "none":
+        step += round(adv.ratio * batch) * (adv.steps if adv.method.value == "pgd" else 1) * grad
+    seconds = epochs * per_epoch * step
+    for spec in cfg.attacks:  # type: ignore[attr-defined]
+        name = spec.name.value
+        if name not in MEASURED_ATTACKS:
+            continue
+        n_steps = 1 if name == "fgsm" else spec.steps
+        seconds += (spec.samples or 10_000) * n_steps * len(spec.eps) * grad
+        if name == "transfer_pgd":  # its float surrogate is trained first
+            seconds += cfg.epochs * per_epoch * steps["plain"] * batch / 32  # type: ignore[attr-defined]
+    return seconds
+
+
+def fmt(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--trivial-trials", type=int, default=200)
+    args = ap.parse_args()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, args.threads))
+
+    from grid.spec import load_study
+
+    steps = step_costs(args.threads)
+    grad = gradient_cost()
+    rate = driver_rate(args.trivial_trials)
+    print(
+        f"measured with {args.threads} thread(s): ResNet-8 step (batch 32) plain "
+        f"{steps['plain'] * 1e3:.0f} ms, io JR {steps['io JR'] * 1e3:.0f} ms, per-layer JR "
+        f"{steps['layer JR'] * 1e3:.0f} ms; attack gradient {grad * 1e3:.2f} ms per sample-step; "
+        f"Tune driver {rate:.1f} trivial trials/s"
+    )
+    head = "".join(f"{f'N={n}':>10}" for n in SLOTS)
+    print(
+        "trial times as measured here; CPU-h = trial time x the study's CPUs per trial "
+        "(an upper bound when --threads is fewer than those CPUs); wall time on N trial slots"
+    )
+    print(
+        f"\n{'study':<22}{'trials':>7}{'trial (mean/max)':>19}{'CPU-h':>9}{head}{'driver-bound N':>16}"
+    )
+    needs = []
+    for name in STUDIES:
+        study = load_study(name)
+        costs = [trial_seconds(cfg, steps, grad, study.folds) for cfg in study.trials()]
+        needs.append(max(SLOTS) * len(costs) / sum(costs))  # trials/s finishing at N slots
+        cpus = study.resources.cpus_per_trial
+        total, longest = sum(costs), max(costs)
+        walls = "".join(f"{fmt(max(total / n, longest)):>10}" for n in SLOTS)
+        bound = rate * min(costs)  # slots the driver keeps busy at its measured trial rate
+        left_out = sorted(
+            {s.name.value for c in study.trials() for s in c.attacks} - MEASURED_ATTACKS
+        )
+        print(
+            f"{study.name:<22}{len(costs):>7}{fmt(total / len(costs)):>10} / {fmt(longest):<7}"
+            f"{total * cpus / 3600:>9,.0f}{walls}{bound:>16,.0f}"
+        )
+        if left_out:
+            print(f"{'':<22}  + not extrapolated: {', '.join(left_out)}")
+    need = max(needs)
+    print(
+        f"\nratio: at N={max(SLOTS)} slots the studies finish at most {need:.3f} trials/s; "
+        f"the driver sustains {rate:.1f} trivial trials/s ({rate / need:,.0f}x that)"
+    )
+
+
+if __name__ == "__main__":
+    main()
