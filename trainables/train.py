@@ -45,10 +45,10 @@ def _unfused_batch_norm(model: tf_keras.Model, unfuse: bool) -> Iterator[None]:
     # JR differentiates the batch norms' gradients once more, and TensorFlow
     # gets that wrong for its fused kernel: the gradient of FusedBatchNormGradV3
     # treats the batch mean and variance as constants (tensorflow/tensorflow
-    # #20407), off by 3-30% on ResNet-8's weights against a float64 reference
+    # #20407), off by 1-30% on ResNet-8's weights against a float64 reference
     # (tests/test_defences.py).  The same normalisation in plain ops
-    # differentiates twice exactly, and faster: a JR step on ResNet-8 took
-    # 2.19x a plain step with fused batch norms, 1.63x unfused
+    # differentiates twice exactly, and faster: an input-output JR step on
+    # ResNet-8 took 2.06x a plain step with fused batch norms, 1.84x unfused
     # (benchmarks/jr_cost.py).  Unfused only while a JR step traces.
     layers = [
         m
