@@ -31,12 +31,16 @@ import math
 import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdout
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 STUDIES = ("compounded_cifar10", "stq_jr_cifar10")
 CIFAR_TRAIN = 50_000  # CIFAR-10's training set; 5 folds train on 4/5 of it
@@ -134,25 +138,25 @@ def driver_rate(trials: int) -> float:
     return trials / seconds
 
 
-def trial_seconds(cfg: object, steps: dict[str, float], grad: float, folds: int) -> float:
+def trial_seconds(cfg: TrialConfig, steps: dict[str, float], grad: float, folds: int) -> float:
     """A paper trial's training + white-box attack seconds from the measured costs."""
-    batch = cfg.batch_size  # type: ignore[attr-defined]
+    batch = cfg.batch_size
     per_epoch = math.ceil(CIFAR_TRAIN * (folds - 1) / folds / batch)
-    kind = "layer JR" if cfg.jr_layers else "io JR" if cfg.jr_weight > 0 else "plain"  # type: ignore[attr-defined]
-    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clusters else 0)  # type: ignore[attr-defined]
+    kind = "layer JR" if cfg.jr_layers else "io JR" if cfg.jr_weight > 0 else "plain"
+    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clusters else 0)
     step = steps[kind] * batch / 32  # measured at batch 32
-    adv = cfg.adversarial  # type: ignore[attr-defined]
+    adv = cfg.adversarial
     if adv.method.value != "none":
         step += round(adv.ratio * batch) * (adv.steps if adv.method.value == "pgd" else 1) * grad
     seconds = epochs * per_epoch * step
-    for spec in cfg.attacks:  # type: ignore[attr-defined]
+    for spec in cfg.attacks:
         name = spec.name.value
         if name not in MEASURED_ATTACKS:
             continue
         n_steps = 1 if name == "fgsm" else spec.steps
         seconds += (spec.samples or 10_000) * n_steps * len(spec.eps) * grad
         if name == "transfer_pgd":  # its float surrogate is trained first
-            seconds += cfg.epochs * per_epoch * steps["plain"] * batch / 32  # type: ignore[attr-defined]
+            seconds += cfg.epochs * per_epoch * steps["plain"] * batch / 32
     return seconds
 
 
