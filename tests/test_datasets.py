@@ -162,7 +162,7 @@ def test_speech_commands_as_12_class_mfcc(tmp_path: Path) -> None:
     pool = load_pool("speech_commands", str(tmp_path))
     assert pool.classes == KWS_CLASSES and len(KWS_CLASSES) == 12
     assert pool.x.shape[1:] == (49, 10, 1) and pool.x.dtype == np.float32
-    assert pool.x.min() >= 0.0 and pool.x.max() <= 1.0
+    assert pool.needs_scaling and pool.x.min() < 0.0  # raw MFCCs: scaled per split, not here
     assert (pool.y >= 2).sum() == 30  # 10 words x 3 clips
     assert (pool.y == 1).sum() == 3  # unknown: 10% of 30 keyword clips, from 'bed' and 'cat'
     assert (pool.y == 0).sum() == 3  # silence: 10%, cut from _background_noise_
@@ -262,3 +262,161 @@ def test_decoded_arrays_are_cached_on_disk_and_invalidated(
     )
     assert len(list((tmp_path / "cache" / "decoded").glob("svhn-*.npz"))) == 2
     assert cached.exists()
+
+
+# ---------------------------------------------------------------------------
+# Speech Commands: speakers never cross a split; scaling comes from training data only.
+
+SPEAKERS = tuple(f"{0xA0B1C2D0 + i:08x}" for i in range(6))  # the dataset's hex speaker hashes
+
+
+def _write_kws_speakers(root: Path) -> None:
+    """6 speakers, each with one clip of every keyword and of 'bed' and 'cat' (real file
+    layout and names); a 12 s background recording; the last speaker is the official test."""
+    for j, spk in enumerate(SPEAKERS):
+        for i, word in enumerate([*KWS_CLASSES[2:], "bed", "cat"]):
+            _wav(root / word / f"{spk}_nohash_0.wav", seconds=0.9, freq=200 + 60 * i + 7 * j)
+    _wav(root / "_background_noise_" / "pink.wav", seconds=12.0, freq=50)
+    test = [f"{w}/{SPEAKERS[-1]}_nohash_0.wav" for w in [*KWS_CLASSES[2:], "bed", "cat"]]
+    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    (root / "validation_list.txt").write_text(f"yes/{SPEAKERS[-2]}_nohash_0.wav\n")
+
+
+def _loud_noise(path: Path) -> None:
+    from scipy.io import wavfile
+
+    noise = np.random.default_rng(1).uniform(-1, 1, 16_000)
+    wavfile.write(path, 16_000, (noise * 32767).astype(np.int16))
+
+
+def test_speech_commands_pool_groups_are_speakers(tmp_path: Path) -> None:
+    _write_kws_speakers(tmp_path)
+    pool = load_pool("speech_commands", str(tmp_path))
+    assert pool.groups is not None and len(pool.groups) == len(pool.y)
+    words = pool.y >= 2
+    assert sorted(pool.groups[words]) == sorted(SPEAKERS * 10)  # the prefix before _nohash_
+    assert set(pool.groups[pool.y == 1]) <= set(SPEAKERS)  # unknown clips: their speakers too
+    silence = pool.groups[pool.y == 0]
+    assert len(silence) == 7 and all(g.startswith("_background_noise_/pink.wav#") for g in silence)
+    assert len(set(silence)) > 1  # 12 s cut into 3 s segments: several groups
+    assert not pool.x.flags.writeable and not pool.groups.flags.writeable
+
+
+@pytest.mark.parametrize(("seed", "k"), [(0, 2), (0, 3), (7, 3)])
+def test_speech_commands_folds_keep_speakers_apart(tmp_path: Path, seed: int, k: int) -> None:
+    _write_kws_speakers(tmp_path)
+    pool = load_pool("speech_commands", str(tmp_path))
+    assert pool.groups is not None
+    splits = [load_split("speech_commands", seed, 0.2, k, f, str(tmp_path)) for f in range(k)]
+    tested = np.concatenate([s.test_index for s in splits])
+    assert sorted(tested) == list(range(len(pool.y)))  # the test folds partition the pool
+    shares = np.bincount(pool.y, minlength=12) / len(pool.y)
+    for s in splits:
+        train, test = set(pool.groups[s.train_index]), set(pool.groups[s.test_index])
+        assert not train & test, f"groups in train and test: {train & test}"
+        assert len(test & set(SPEAKERS)) >= 1
+        counts = np.bincount(s.y_test, minlength=12)
+        assert np.all(counts[2:] >= 1)  # every keyword is tested in every fold
+        assert np.all(np.bincount(s.y_train, minlength=12) >= 1)  # and every class trained
+        assert np.all(np.abs(counts / counts.sum() - shares) <= 0.1)  # stratified as groups allow
+
+
+@pytest.mark.parametrize("folds", [1, 2])
+def test_speech_commands_scaling_uses_training_data_only(tmp_path: Path, folds: int) -> None:
+    _write_kws_speakers(tmp_path)
+    pool = load_pool("speech_commands", str(tmp_path))
+    s = load_split("speech_commands", 0, 0.2, folds, 0, str(tmp_path))
+    assert pool.groups is not None
+    if folds == 1:  # the official split: testing_list.txt, speaker-disjoint by construction
+        assert set(pool.groups[s.test_index]) == {SPEAKERS[-1]}
+    raw = pool.x[s.train_index]
+    lo, hi = raw.min(), raw.max()
+    assert s.feature_range == (float(lo), float(hi))
+    assert s.x_train.min() == 0.0 and s.x_train.max() == 1.0  # exactly, by the training range
+    np.testing.assert_allclose(s.x_train, (raw - lo) / (hi - lo), atol=1e-6)
+    assert s.x_test.min() >= 0.0 and s.x_test.max() <= 1.0
+    assert not s.x_train.flags.writeable and not s.x_test.flags.writeable
+
+    # A test clip becomes loud noise, far outside the training range: the training
+    # inputs of this split do not move, and the test input is clipped into [0, 1].
+    speaker = next(g for g in pool.groups[s.test_index] if g in SPEAKERS)
+    _loud_noise(tmp_path / "yes" / f"{speaker}_nohash_0.wav")
+    load_pool.cache_clear()
+    load_split.cache_clear()
+    pool2 = load_pool("speech_commands", str(tmp_path))
+    s2 = load_split("speech_commands", 0, 0.2, folds, 0, str(tmp_path))
+    np.testing.assert_array_equal(s2.test_index, s.test_index)
+    assert pool2.x[s2.test_index].max() > hi  # the new clip is out of the training range
+    np.testing.assert_array_equal(s2.x_train, s.x_train)
+    assert s2.feature_range == s.feature_range
+    assert not np.array_equal(s2.x_test, s.x_test) and s2.x_test.max() <= 1.0
+
+
+def test_speech_commands_official_split_must_not_share_speakers(tmp_path: Path) -> None:
+    _write_kws(tmp_path)  # its testing_list.txt holds only some of spk0's clips
+    with pytest.raises(DatasetError, match=r"official test split shares 1 group.*'spk0'"):
+        load_split("speech_commands", 0, 0.2, 1, 0, str(tmp_path))
+    s = load_split("speech_commands", 0, 0.2, 2, 0, str(tmp_path))  # grouped folds still work
+    assert s.x_train.max() == 1.0
+
+
+def test_grouped_holdout_without_official_test() -> None:
+    from trainables.data import _split_indices
+    from trainables.datasets import Pool
+
+    y = np.tile(np.arange(4), 30)  # 120 examples, 4 classes
+    groups = np.repeat([f"g{i}" for i in range(20)], 6)  # 20 groups of 6, every class in each
+    pool = Pool(np.zeros((120, 1, 1, 1), np.float32), y, ("a", "b", "c", "d"), None, groups)
+    train, test = _split_indices(pool, 0, 0.2, 1, 0)
+    assert not set(groups[train]) & set(groups[test])
+    assert len(test) == 24 and sorted(np.bincount(y[test])) == [6, 6, 6, 6]
+
+
+def test_independent_datasets_keep_their_splits() -> None:
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    pool = load_pool("digits")
+    assert pool.groups is None and not pool.needs_scaling
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=3).split(pool.x, pool.y))
+    for f, (_, test) in enumerate(folds):
+        s = load_split("digits", 3, 0.2, 5, f)
+        np.testing.assert_array_equal(s.test_index, test)
+        np.testing.assert_array_equal(s.x_test, pool.x[test])  # no rescaling
+        assert s.feature_range is None
+    _, test = train_test_split(np.arange(1797), test_size=0.2, random_state=0, stratify=pool.y)
+    np.testing.assert_array_equal(load_split("digits", 0, 0.2).test_index, test)
+
+
+def test_decoded_cache_round_trips_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainables import data
+    from trainables.datasets import load_speech_commands
+
+    monkeypatch.setenv("ROBUSTGRID_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "kws"
+    _write_kws_speakers(root)
+    reads = []
+
+    def read() -> object:
+        reads.append(1)
+        return load_speech_commands(root, False, None)
+
+    first = data._cached("speech_commands", root, read)  # type: ignore[arg-type]
+    (cached,) = (tmp_path / "cache" / "decoded").glob("speech_commands-*.npz")
+    assert f"-v{data.CACHE_FORMAT}-" in cached.name  # a layout change makes a new file name
+    again = data._cached("speech_commands", root, read)  # type: ignore[arg-type]
+    assert len(reads) == 1 and again.groups is not None and first.groups is not None
+    np.testing.assert_array_equal(again.groups, first.groups)
+    np.testing.assert_array_equal(again.x, first.x)
+    assert again.needs_scaling and again.official_test is not None
+
+    # A cache of the old layout (no groups, no format) under the current name is decoded again.
+    assert first.official_test is not None
+    np.savez(cached, x=first.x, y=first.y, classes=np.array(first.classes),
+             official_test=first.official_test, has_official_test=True)  # fmt: skip
+    third = data._cached("speech_commands", root, read)  # type: ignore[arg-type]
+    assert len(reads) == 2 and third.groups is not None
+    svhn = tmp_path / "svhn"
+    _write_svhn(svhn)
+    pool = data._cached("svhn", svhn, lambda: data.load_svhn(svhn, False, None))
+    again_svhn = data._cached("svhn", svhn, lambda: data.load_svhn(svhn, False, None))
+    assert pool.groups is None and again_svhn.groups is None and not again_svhn.needs_scaling

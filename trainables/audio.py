@@ -4,6 +4,11 @@
 windows (480 samples) every 20 ms (320 samples) -> 49 frames; 512-point
 FFT magnitude; 40 mel bands from 20 Hz to 4 kHz; log; the first 10 DCT-II
 coefficients -> a (49, 10) MFCC matrix per clip.
+
+No scaling here: the MFCCs stay raw in the dataset's pool, and
+``trainables.data.load_split`` min-max scales each split to [0, 1] with its
+training clips' range (test clips are clipped into it), so no constant is
+computed from test audio.
 """
 
 from __future__ import annotations

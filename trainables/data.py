@@ -1,5 +1,10 @@
 """Datasets by name, split into train/test by a stratified holdout or k folds.
 
+Where a pool has groups (Speech Commands: the speaker of each clip), folds and
+holdouts are grouped: no group has examples on both sides of a split.  Where a
+pool holds raw features (Speech Commands' MFCCs), each split is min-max scaled
+to [0, 1] with its training examples' range; test inputs are clipped into it.
+
 A dataset reaches each node once: object-storage paths are copied to the
 node's cache (``$ROBUSTGRID_CACHE``, default ``~/.cache/robustgrid``) by the
 first worker that needs them, under a file lock, and decoded arrays are cached
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from trainables.datasets import (
     DatasetError,
@@ -30,6 +35,10 @@ from trainables.datasets import (
 )
 
 DATASETS = ("digits", "cifar10", "svhn", "speech_commands")
+# Version of the decoded-arrays cache layout, part of the file name: a cache of
+# another layout (v1 had no groups and held Speech Commands pre-scaled over all
+# clips, test clips included) is never read.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class Split:
     y_test: np.ndarray  # (N_test,) int64
     num_classes: int
     test_index: np.ndarray  # (N_test,) positions of the test examples in the dataset's pool
+    train_index: np.ndarray  # (N_train,) positions of the training examples in the pool
+    # (lo, hi) raw-feature range of the training examples that maps to [0, 1]
+    # (x = clip((raw - lo) / (hi - lo), 0, 1)); None where the pool is already 0-1.
+    feature_range: tuple[float, float] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -95,7 +108,7 @@ def _cached(dataset: str, root: Path, read: Callable[[], Pool]) -> Pool:
     """
     from filelock import FileLock
 
-    cache = cache_root() / "decoded" / f"{dataset}-{_fingerprint(root)}.npz"
+    cache = cache_root() / "decoded" / f"{dataset}-v{CACHE_FORMAT}-{_fingerprint(root)}.npz"
     cache.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache) + ".lock"):  # one decode per node, however many workers wait
         return _decode_once(cache, read)
@@ -105,17 +118,23 @@ def _decode_once(cache: Path, read: Callable[[], Pool]) -> Pool:
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
+                if int(z["format"]) != CACHE_FORMAT:
+                    raise ValueError("another cache format")
                 test = z["official_test"] if z["has_official_test"] else None
-                return Pool(z["x"], z["y"], tuple(str(c) for c in z["classes"]), test)
+                groups = z["groups"] if z["has_groups"] else None
+                return Pool(z["x"], z["y"], tuple(str(c) for c in z["classes"]), test,
+                            groups, bool(z["needs_scaling"]))  # fmt: skip
         except (OSError, ValueError, KeyError):
-            cache.unlink(missing_ok=True)  # damaged: decode again
+            cache.unlink(missing_ok=True)  # damaged or of another layout: decode again
     pool = read()
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
-        np.savez(f, x=pool.x, y=pool.y, classes=np.array(pool.classes),
+        np.savez(f, format=CACHE_FORMAT, x=pool.x, y=pool.y, classes=np.array(pool.classes),
                  official_test=pool.official_test if pool.official_test is not None else np.zeros(0, bool),
-                 has_official_test=pool.official_test is not None)  # fmt: skip
+                 has_official_test=pool.official_test is not None,
+                 groups=pool.groups if pool.groups is not None else np.zeros(0, str),
+                 has_groups=pool.groups is not None, needs_scaling=pool.needs_scaling)  # fmt: skip
     os.replace(tmp, cache)
     return pool
 
@@ -138,9 +157,81 @@ def load_pool(
             )
         root.mkdir(parents=True, exist_ok=True)
     pool = _cached(dataset, root, lambda: readers[dataset](root, download, md5))
-    for a in (pool.x, pool.y):
-        a.setflags(write=False)  # shared by every trial in this worker
+    for a in (pool.x, pool.y, pool.official_test, pool.groups):
+        if a is not None:
+            a.setflags(write=False)  # shared by every trial in this worker
     return pool
+
+
+def _grouped_folds(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """StratifiedGroupKFold (shuffled, seeded): class shares as even as whole groups allow."""
+    try:
+        return list(
+            StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+                np.zeros(len(y)), y, groups
+            )
+        )
+    except ValueError as err:
+        raise DatasetError(f"folds: {folds} grouped folds impossible here: {err}") from None
+
+
+def _split_indices(
+    pool: Pool, seed: int, test_fraction: float, folds: int, fold: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions in the pool."""
+    n = len(pool.y)
+    if folds >= 2:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold: {fold} is not in 0..{folds - 1}")
+        if pool.groups is not None:
+            train_idx, test_idx = _grouped_folds(pool.y, pool.groups, folds, seed)[fold]
+        else:  # unchanged for independent examples: the same folds for the same seed
+            splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+                np.zeros(n), pool.y
+            )
+            train_idx, test_idx = list(splits)[fold]
+    elif pool.official_test is not None:
+        test_idx = np.flatnonzero(pool.official_test)
+        train_idx = np.flatnonzero(~pool.official_test)
+        if pool.groups is not None:
+            shared = np.intersect1d(pool.groups[test_idx], pool.groups[train_idx])
+            if len(shared):
+                raise DatasetError(
+                    f"the official test split shares {len(shared)} group(s) (speakers) with the "
+                    f"training examples, e.g. {shared[0]!r}; use folds >= 2 for grouped folds"
+                )
+    elif pool.groups is not None:
+        # Grouped holdout: the first of round(1 / test_fraction) grouped stratified folds,
+        # so the test share is about test_fraction and no group crosses.
+        k = max(2, round(1 / test_fraction))
+        train_idx, test_idx = _grouped_folds(pool.y, pool.groups, k, seed)[0]
+    else:
+        train_idx, test_idx = train_test_split(
+            np.arange(n), test_size=test_fraction, random_state=seed, stratify=pool.y
+        )
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        side = "training" if len(train_idx) == 0 else "test"
+        raise DatasetError(
+            f"folds: fold {fold} of {folds} has no {side} examples ({n} examples"
+            + (f" in {len(np.unique(pool.groups))} groups)" if pool.groups is not None else ")")
+        )
+    return np.asarray(train_idx), np.asarray(test_idx)
+
+
+def _minmax(
+    train: np.ndarray, test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Both scaled by the training examples' global min and max (float32 throughout, so the
+    training extremes land exactly on 0 and 1); test values outside that range are clipped."""
+    lo, hi = train.min(), train.max()
+    span = np.maximum(hi - lo, np.float32(1e-6))
+
+    def scale(a: np.ndarray) -> np.ndarray:
+        return np.clip((a - lo) / span, 0.0, 1.0).astype(np.float32)
+
+    return scale(train), scale(test), (float(lo), float(hi))
 
 
 @functools.lru_cache(maxsize=16)
@@ -157,30 +248,31 @@ def load_split(
     """Train/test split of ``dataset``.
 
     folds >= 2: fold ``fold`` of a stratified, shuffled k-fold (seeded) over
-    every example, so the k test folds partition the dataset.  folds == 1:
-    the official test split where the dataset has one, else a stratified
-    holdout of ``test_fraction``.
+    every example, so the k test folds partition the dataset; grouped
+    (StratifiedGroupKFold on the pool's groups, e.g. Speech Commands
+    speakers) where the pool has groups.  folds == 1: the official test split
+    where the dataset has one (checked group-disjoint), else a stratified
+    holdout of ``test_fraction`` (grouped where the pool has groups).
+
+    Raw features (Speech Commands' MFCCs) are min-max scaled with the
+    training examples' range only; test inputs are clipped into [0, 1].
     """
     pool = load_pool(dataset, path, download, md5)
-    n = len(pool.y)
-    if folds >= 2:
-        if not 0 <= fold < folds:
-            raise ValueError(f"fold: {fold} is not in 0..{folds - 1}")
-        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(
-            np.zeros(n), pool.y
-        )
-        train_idx, test_idx = list(splits)[fold]
-    elif pool.official_test is not None:
-        test_idx = np.flatnonzero(pool.official_test)
-        train_idx = np.flatnonzero(~pool.official_test)
-    else:
-        train_idx, test_idx = train_test_split(
-            np.arange(n), test_size=test_fraction, random_state=seed, stratify=pool.y
-        )
-    classes = len(pool.classes)
+    train_idx, test_idx = _split_indices(pool, seed, test_fraction, folds, fold)
+    x_train, x_test = pool.x[train_idx], pool.x[test_idx]
+    feature_range = None
+    if pool.needs_scaling:
+        x_train, x_test, feature_range = _minmax(x_train, x_test)
     out = Split(
-        pool.x[train_idx], pool.y[train_idx], pool.x[test_idx], pool.y[test_idx], classes, test_idx
+        x_train,
+        pool.y[train_idx],
+        x_test,
+        pool.y[test_idx],
+        len(pool.classes),
+        test_idx,
+        train_idx,
+        feature_range,
     )
-    for a in (out.x_train, out.y_train, out.x_test, out.y_test):
+    for a in (out.x_train, out.y_train, out.x_test, out.y_test, out.test_index, out.train_index):
         a.setflags(write=False)
     return out

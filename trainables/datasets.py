@@ -1,9 +1,12 @@
 """Readers for each dataset's standard on-disk format.
 
-Every reader returns a :class:`Pool`: all examples as float32 in [0, 1]
-(NHWC), int64 labels, the class names, and which examples the official
-test split holds (None where a dataset has none).  A missing, corrupt or
-truncated file raises :class:`DatasetError` naming the file.
+Every reader returns a :class:`Pool`: all examples as float32 (NHWC; images
+in [0, 1], Speech Commands as raw MFCCs that ``load_split`` scales with the
+training split's range), int64 labels, the class names, which examples the
+official test split holds (None where a dataset has none) and, where examples
+share a source that must not cross a split (Speech Commands: the speaker),
+a group id per example.  A missing, corrupt or truncated file raises
+:class:`DatasetError` naming the file.
 
 Nothing is unpickled unverified: CIFAR-10's python batches are read with
 an unpickler that only builds numpy arrays, and an archive is checked
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import pickle
 import shutil
@@ -32,10 +36,16 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Pool:
-    x: np.ndarray  # (N, H, W, C) float32, 0-1 scale
+    x: np.ndarray  # (N, H, W, C) float32: 0-1 scale, or raw features where needs_scaling
     y: np.ndarray  # (N,) int64
     classes: tuple[str, ...]
     official_test: np.ndarray | None  # (N,) bool, or None
+    # (N,) str: examples with the same id never sit on both sides of a split
+    # (Speech Commands: the speaker); None where examples are independent.
+    groups: np.ndarray | None = None
+    # x holds unscaled features (MFCCs): load_split min-max scales each split
+    # to [0, 1] with its training examples' min and max, never the test's.
+    needs_scaling: bool = False
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -250,7 +260,10 @@ def load_svhn(root: Path, download: bool, md5: str | None) -> Pool:
 # ---------------------------------------------------------------------------
 # Google Speech Commands v2 as 12-class keyword spotting (MLPerf Tiny):
 # 10 words + silence (1 s crops of _background_noise_) + unknown (other words),
-# through the MFCC front end (49 x 10), min-max scaled to [0, 1].
+# through the MFCC front end (49 x 10).  The pool keeps the raw MFCCs and a
+# group per clip (its speaker); trainables.data.load_split keeps speakers on
+# one side of every split and min-max scales to [0, 1] with the training
+# examples' range only.
 
 KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 KWS_CLASSES = ("_silence_", "_unknown_", *KWS_WORDS)
@@ -260,6 +273,38 @@ KWS_ARCHIVE = (
 )
 SILENCE_SHARE = UNKNOWN_SHARE = 0.10  # of the keyword clips, as in MLPerf Tiny
 BACKGROUND_VOLUME = 0.1
+# Silence crops come from the background recordings (v2: six of ~1-1.5 min).  Each
+# recording is cut into contiguous 3 s segments and every crop lies inside one
+# segment, which is its group: a crop of one fold never shares a sample with a
+# crop of another (random 1 s crops of a whole file would overlap across
+# folds), while the many segments (~130 in v2) keep silence in every fold.  Grouping
+# by whole file would instead test on unseen noise types and, with 6 files,
+# leave folds beyond the sixth without silence; the official test split also
+# draws its silence from the same recordings.
+SILENCE_SEGMENT = 3 * 16_000  # samples
+SILENCE_TEST_EVERY = 10  # every 10th segment is in the official test split (~10%)
+NOHASH = "_nohash_"
+
+
+def speaker_of(name: str) -> str:
+    """A clip's speaker id: its file name's prefix before ``_nohash_`` (the dataset's convention).
+
+    A name without ``_nohash_`` is taken as a speaker of its own (its stem).
+    """
+    stem = name.removesuffix(".wav")
+    speaker, sep, _ = stem.partition(NOHASH)
+    return speaker if sep else stem
+
+
+def noise_segments(path: Path, audio: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``audio`` cut into contiguous, non-overlapping segments of at least SILENCE_SEGMENT
+    samples (one segment if it is shorter), each named ``_background_noise_/<file>#<k>``."""
+    parts = max(1, len(audio) // SILENCE_SEGMENT)
+    cuts = np.linspace(0, len(audio), parts + 1).astype(np.int64)
+    return [
+        (f"_background_noise_/{path.name}#{k}", audio[a:b])
+        for k, (a, b) in enumerate(itertools.pairwise(cuts))
+    ]
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -312,19 +357,33 @@ def load_speech_commands(root: Path, download: bool, md5: str | None, seed: int 
         files.append(str(rel))
         labels.append(1)
     clips = [fit_clip(read_wav(root / rel)) for rel in files]
+    # The official split (testing_list.txt) assigns clips by a hash of the
+    # speaker id, so it is speaker-disjoint by construction; load_split checks it.
     is_test = [rel in testing for rel in files]
-    noise = [read_wav(p) for p in sorted((root / "_background_noise_").glob("*.wav"))]
-    noise = [n for n in noise if len(n) >= CLIP_SAMPLES]
-    if noise:
-        for i in range(max(1, round(SILENCE_SHARE * len(files)))):
-            n = noise[rng.integers(len(noise))]
-            start = rng.integers(0, len(n) - CLIP_SAMPLES + 1)
-            clips.append(n[start : start + CLIP_SAMPLES] * rng.uniform(0, BACKGROUND_VOLUME))
+    groups = [speaker_of(rel.rpartition("/")[2]) for rel in files]
+    segments = [
+        seg
+        for path in sorted((root / "_background_noise_").glob("*.wav"))
+        if len(audio := read_wav(path)) >= CLIP_SAMPLES
+        for seg in noise_segments(path, audio)
+    ]
+    if segments:
+        for _ in range(max(1, round(SILENCE_SHARE * len(files)))):
+            k = int(rng.integers(len(segments)))
+            name, seg = segments[k]
+            start = rng.integers(0, len(seg) - CLIP_SAMPLES + 1)
+            clips.append(seg[start : start + CLIP_SAMPLES] * rng.uniform(0, BACKGROUND_VOLUME))
             labels.append(0)
-            is_test.append(i % 10 == 0)  # a tenth of the silence goes to the official test split
-    feats = mfcc(np.stack(clips))  # (N, 49, 10)
-    lo, hi = float(feats.min()), float(feats.max())
-    x = ((feats - lo) / max(hi - lo, 1e-6)).astype(np.float32)[
-        ..., None
-    ]  # (N, 49, 10, 1), 0-1 scale
-    return Pool(x, np.asarray(labels, np.int64), KWS_CLASSES, np.asarray(is_test))
+            groups.append(name)
+            # Whole segments go to the official test split, so its silence shares
+            # no audio with the training silence.
+            is_test.append(k % SILENCE_TEST_EVERY == SILENCE_TEST_EVERY - 1)
+    x = mfcc(np.stack(clips))[..., None]  # (N, 49, 10, 1) raw MFCCs, scaled per split
+    return Pool(
+        x.astype(np.float32),
+        np.asarray(labels, np.int64),
+        KWS_CLASSES,
+        np.asarray(is_test),
+        groups=np.asarray(groups, dtype=str),
+        needs_scaling=True,
+    )
