@@ -97,7 +97,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    attack, eps = study.headline
+    attack, eps, _norm, _size = study.headline
     if summary.completed or summary.skipped:
         _print_front(str(results_dir), attack, eps)
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
@@ -107,7 +107,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from grid.launch import StudyState, live_driver
+    from grid.launch import StudyState, live_driver, stale_note
     from grid.space import describe_values, objectives, point_label, random_points
     from grid.spec import Strategy
     from grid.store import read_json, read_rows
@@ -138,12 +138,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{failed} failed, {todo} to do; {live.get('skipped', 0)} skipped as complete at the last start; "
         f"{driver}"
     )
+    if state.stale:
+        print(stale_note(state.stale))
     front = state.front()
     obj = objectives(study)
     print(front.describe(obj))
     values = state.point_values()
     for label in front.labels:
         print(f"  {describe_values(obj, values[label])}  {label}")
+    flagged = {k: state.flags[k] for k in keys if state.flags.get(k)}
+    if flagged:
+        counts: dict[str, int] = {}
+        for names in flagged.values():
+            for name in names.split(","):
+                counts[name] = counts.get(name, 0) + 1
+        print(
+            f"gradient masking suspected in {len(flagged)} trial(s): "
+            + ", ".join(f"{n} x{c}" for n, c in sorted(counts.items()))
+            + " (see the README's masking diagnostics; these robust accuracies may be overstated)"
+        )
+        for key, names in flagged.items():
+            print(f"  masking {key}: {names}")
     for key in keys:
         if state.status.get(key) == "failed":
             reason = (read_rows(folder, key) or [{}])[0].get("reason") or ""

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from grid import space
 from grid.spec import Strategy, Study, StudyError
 from grid.store import (
+    STATUS_STALE,
     Location,
     ParquetSink,
     as_location,
@@ -39,10 +40,11 @@ from grid.store import (
     key_status,
     read_json,
     read_rows,
+    stale_revisions,
     write_json,
 )
-from trainables.config import TrialConfig
-from trainables.rows import STATUS_COMPLETE, failed_row, summarize
+from trainables.config import RESULTS_REVISION, TrialConfig
+from trainables.rows import STATUS_COMPLETE, STATUS_FAILED, failed_row, summarize
 
 # Every Ray worker needs Keras 2 before its first TensorFlow import.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -97,6 +99,16 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f}s" if s < 90 else f"{s // 60:.0f}m{s % 60:02.0f}s"
 
 
+def stale_note(stale: dict[str, int]) -> str:
+    """One line on rows of another results revision (see trainables.config.RESULTS_REVISION)."""
+    revs = ", ".join(str(r) for r in sorted(set(stale.values())))
+    return (
+        f"stale: {len(stale)} stored trial(s) were computed under results revision {revs}, "
+        f"now {RESULTS_REVISION}: not counted, their configs run again under new keys; "
+        "analysis leaves them out (analysis.connect(..., stale=True) shows them)"
+    )
+
+
 class StudyState:
     """What the store says about a study's points, kept current as trials finish."""
 
@@ -104,7 +116,11 @@ class StudyState:
         self.study, self.results_dir = study, as_location(results_dir)
         self.obj = space.objectives(study)
         self.status = key_status(self.results_dir)
+        self.stale = (
+            stale_revisions(self.results_dir) if STATUS_STALE in self.status.values() else {}
+        )
         self.values: dict[str, list[float]] = {}  # complete key -> objective values
+        self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
         self.params: int | None = None
         self.points = space.points(study)
         self.trials = {space.point_label(p): study.point_trials(p) for p in self.points}
@@ -128,6 +144,7 @@ class StudyState:
             self.values.pop(key, None)
             return False
         self.values[key] = [float(s[n]) for n in self.obj.names]
+        self.flags[key] = s["masking_flags"]
         self.params = max(self.params or 0, int(s["params"] or 0)) or None
         return True
 
@@ -156,7 +173,9 @@ class StudyState:
             "sampler": s.sampler.value if strategy == "optuna" else None,
             "objectives": list(self.obj.names),
             "maximize": list(self.obj.maximize),
-            "headline": {"attack": self.study.headline[0], "eps": self.study.headline[1]},
+            "headline": dict(
+                zip(("attack", "eps", "norm", "size"), self.study.headline, strict=True)
+            ),
             "reference": list(f.reference),
             "hypervolume": f.hypervolume,
             "hypervolume_normalized": f.normalized,
@@ -251,6 +270,9 @@ def progress_callback(summary: RunSummary, state: StudyState, out: TextIO, t0: f
             p = unit["point"]
             adv = state.study.axes.adversarial[int(p["adversarial"])]
             extra = f" adv={adv.method.value}@{adv.eps:g}" if adv.method.value != "none" else ""
+            layered = state.study.axes.jr_layers[int(p.get("jr_layers", 0))]
+            if layered:
+                extra += " jr_layers=" + ",".join(f"{k}:{v:g}" for k, v in layered.items())
             if len(unit["keys"]) == 1 and state.study.folds > 1:
                 fold = unit["trials"][0]["fold"]
                 extra += f" fold={fold + 1}/{state.study.folds}"
@@ -265,7 +287,9 @@ def progress_callback(summary: RunSummary, state: StudyState, out: TextIO, t0: f
                 f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
                 f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
                 f"HV {front.normalized:.4f} front {len(front.labels)} "
-                f"(running {len(running(trials)) - len(unit['keys'])}, ETA {_fmt_s(eta)})\n"
+                f"(running {len(running(trials)) - len(unit['keys'])}, ETA {_fmt_s(eta)})"
+                + (f" | MASKING? {result['masking_flags']}" if result.get("masking_flags") else "")
+                + "\n"
             )
             out.flush()
             write_status(state.results_dir, running=running(trials))
@@ -481,6 +505,8 @@ def run_study(
         check_dataset(study, local=not (address or os.environ.get("RAY_ADDRESS")))
     summary = RunSummary(total=total, skipped=skipped, strategy=strategy.value)
     todo = total - skipped
+    if state.stale:
+        out.write(stale_note(state.stale) + "\n")
     what = f": {study.budget} of {study.points} points" if strategy != Strategy.grid else ""
     out.write(
         f"study {study.name} ({strategy.value}{what}): {total} trials, {skipped} already complete, "
@@ -557,7 +583,7 @@ def run_study(
     final = StudyState(study, results_dir)
     summary.front = final.save(strategy.value)
     units_after, total_after, skipped_after = plan(study, final)
-    failed_now = sum(1 for v in final.status.values() if v != STATUS_COMPLETE)
+    failed_now = sum(1 for v in final.status.values() if v == STATUS_FAILED)
     if strategy == Strategy.optuna:
         exhausted = len(final.point_values()) >= study.points
         summary.missing = 0 if exhausted else max(0, total_after - skipped_after - failed_now)

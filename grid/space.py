@@ -1,7 +1,7 @@
 """A study's axes as a search space: grid points, Optuna distributions, samplers.
 
 A *point* is one combination of axis values (``bits``, ``sparsity``,
-``clusters``, ``jr_weight``, ``adversarial``); with k folds it stands for k
+``clusters``, ``jr_weight``, ``adversarial``, ``jr_layers``); with k folds it stands for k
 trials, one per fold.  Every strategy draws points from the same axis
 values, so a searched point is always a grid point and its trial keys are
 the grid's keys: results of a grid, a random and an Optuna search over the
@@ -25,9 +25,11 @@ if TYPE_CHECKING:  # Optuna is imported only where a search needs it
 
     from grid.spec import Search, Study
 
-AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial")
+AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers")
+# Axes whose values are mappings: a point holds their index in the study's list.
+INDEXED = ("adversarial", "jr_layers")
 
-# A point: axis name -> value (adversarial training by its index in the study's list).
+# A point: axis name -> value (adversarial training and per-layer JR by their index in the study's list).
 Point = dict[str, Any]
 
 
@@ -73,21 +75,22 @@ def objectives(study: Study) -> Objectives:
 
 
 def points(study: Study) -> list[Point]:
-    """Every grid point, in file order (bits outermost, adversarial innermost)."""
+    """Every grid point, in file order (bits outermost, per-layer JR innermost)."""
     a = study.axes
     return [
-        {"bits": b, "sparsity": s, "clusters": c, "jr_weight": j, "adversarial": i}
+        {"bits": b, "sparsity": s, "clusters": c, "jr_weight": j, "adversarial": i, "jr_layers": k}
         for b in a.bits
         for s in a.sparsity
         for c in a.clusters
         for j in a.jr_weight
         for i in range(len(a.adversarial))
+        for k in range(len(a.jr_layers))
     ]
 
 
 def point_label(point: Mapping[str, Any]) -> str:
     """A stable, readable identity for a point (the folds' keys are its real identity)."""
-    return "|".join(f"{k}={point[k]}" for k in AXES)
+    return "|".join(f"{k}={point.get(k, 0)}" for k in AXES)
 
 
 def random_points(study: Study, n: int, seed: int) -> list[Point]:
@@ -119,7 +122,8 @@ def distributions(study: Study) -> dict[str, optuna.distributions.BaseDistributi
     dists: dict[str, optuna.distributions.BaseDistribution] = {
         name: IntDistribution(0, len(values) - 1) for name, values in ordered_values(study).items()
     }
-    dists["adversarial"] = CategoricalDistribution(list(range(len(study.axes.adversarial))))
+    for name in INDEXED:
+        dists[name] = CategoricalDistribution(list(range(len(getattr(study.axes, name)))))
     return dists
 
 
@@ -127,7 +131,8 @@ def to_point(study: Study, params: Mapping[str, Any]) -> Point:
     """The grid point an Optuna trial's parameters (ranks) stand for."""
     ordered = ordered_values(study)
     point = {name: ordered[name][int(params[name])] for name in ordered}
-    point["adversarial"] = int(params["adversarial"])
+    for name in INDEXED:
+        point[name] = int(params.get(name, 0))
     return {k: point[k] for k in AXES}
 
 
@@ -135,7 +140,8 @@ def to_params(study: Study, point: Mapping[str, Any]) -> dict[str, int]:
     """The Optuna parameters (ranks) of a grid point."""
     ordered = ordered_values(study)
     params = {name: ordered[name].index(point[name]) for name in ordered}
-    params["adversarial"] = int(point["adversarial"])
+    for name in INDEXED:
+        params[name] = int(point.get(name, 0))
     return params
 
 

@@ -15,10 +15,18 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from grid.store import Location
 from trainables.config import (
@@ -61,6 +69,15 @@ class Train(_Strict):
     )  # per-layer overrides, e.g. {conv1: 8, logits: 8}
 
 
+def _jr_layers_choice(v: Any) -> Any:
+    """``none`` (no per-layer JR) or a mapping {layer or "all": weight}."""
+    return {} if v == "none" else v
+
+
+# One value of the per-layer JR axis: ``none`` or ``{layer: weight}`` / ``{all: weight}``.
+JRLayersChoice = Annotated[JRLayers, BeforeValidator(_jr_layers_choice)]
+
+
 def _unique(values: list[Any], what: str) -> list[Any]:
     seen: list[Any] = []
     for v in values:
@@ -80,8 +97,13 @@ class Axes(_Strict):
     adversarial: list[Adversarial] = Field(
         default_factory=lambda: [AdvTraining()], min_length=1, max_length=16
     )
+    # Per-layer JR with and without: `[none, {all: 0.01}]`.  (train.jr_layers applies one
+    # setting to every trial instead; give it in one place only.)
+    jr_layers: list[JRLayersChoice] = Field(
+        default_factory=lambda: [dict[str, float]()], min_length=1, max_length=16
+    )
 
-    @field_validator("bits", "sparsity", "clusters", "jr_weight", "adversarial")
+    @field_validator("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers")
     @classmethod
     def _no_duplicates(cls, v: list[Any], info: Any) -> list[Any]:
         return _unique(v, info.field_name)
@@ -120,13 +142,27 @@ class Reference(_Strict):
     bytes: int | None = Field(default=None, ge=1)  # default: 1.1 x the float32 model (4 B/param)
 
 
+class SizeMeasure(enum.StrEnum):
+    encoded = "encoded"  # metric_bytes: the smallest encoding of the weights (a lower bound)
+    tflite = "tflite"  # metric_tflite_bytes: the deployable full-int8 TFLite flatbuffer
+
+
 class Objective(_Strict):
     """What the Pareto front (and a search) optimises: robust accuracy up, bytes down."""
 
-    attack: str = "worst"  # 'worst' (min over attacks) or an attack name
-    eps: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the largest eps
+    attack: str = "worst"  # 'worst' (min over the attacks of ``norm``) or an attack name
+    eps: float | None = Field(default=None, gt=0.0, le=1000.0)  # default: the largest eps
+    norm: str | None = None  # 'inf' | '2': worst never mixes norms; default: inf, or the attack's
     clean: bool = False  # also maximise clean accuracy (a third objective)
+    size: SizeMeasure = SizeMeasure.encoded
     reference: Reference = Reference()
+
+    @field_validator("norm")
+    @classmethod
+    def _known_norm(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("inf", "2"):
+            raise ValueError(f"norm must be 'inf' or '2'; got {v!r}")
+        return v
 
 
 class Strategy(enum.StrEnum):
@@ -254,26 +290,38 @@ class Study(_Strict):
         names = [a.name.value for a in self.attacks]
         if len(set(names)) != len(names):
             raise ValueError(f"attacks: each attack may appear once; got {names}")
-        if self.objective.attack != "worst" and self.objective.attack not in names:
+        o = self.objective
+        if o.attack != "worst" and o.attack not in names:
             raise ValueError(
-                f"objective.attack: {self.objective.attack!r} is not among the study's attacks "
+                f"objective.attack: {o.attack!r} is not among the study's attacks "
                 f"({', '.join(['worst', *names])})"
             )
-        if self.objective.eps is not None:
-            pool = [
-                e
-                for a in self.attacks
-                if self.objective.attack in ("worst", a.name.value)
-                for e in a.eps
-            ]
-            if not any(math.isclose(self.objective.eps, e) for e in pool):
+        if o.attack != "worst" and o.norm is not None:
+            own = next(a.norm_value for a in self.attacks if a.name.value == o.attack)
+            if own != o.norm:
                 raise ValueError(
-                    f"objective.eps: {self.objective.eps} is not an eps of the objective's attacks {sorted(set(pool))}"
+                    f"objective.norm: {o.norm!r} is not the norm of attack {o.attack!r} ({own!r})"
                 )
+        pool = [e for a in self.objective_attacks for e in a.eps]
+        if self.attacks and not pool:
+            norms = sorted({a.norm_value for a in self.attacks})
+            raise ValueError(
+                f"objective.norm: no attack of the study has norm {self.headline_norm!r} "
+                f"(they have {norms}); set objective.norm"
+            )
+        if o.eps is not None and not any(math.isclose(o.eps, e) for e in pool):
+            raise ValueError(
+                f"objective.eps: {o.eps} is not an eps of the objective's attacks {sorted(set(pool))}"
+            )
         if self.search.trials is not None and self.search.trials > self.points:
             raise ValueError(
                 f"search.trials: {self.search.trials} is more than the {self.points} distinct points "
                 "of the axes' cross product"
+            )
+        if self.train.jr_layers and self.axes.jr_layers != [{}]:
+            raise ValueError(
+                "train.jr_layers and axes.jr_layers: give per-layer JR in one place "
+                "(axes.jr_layers to vary it, e.g. [none, {all: 0.01}])"
             )
         if self.grid_size > MAX_TRIALS:
             raise ValueError(
@@ -286,7 +334,12 @@ class Study(_Strict):
         """Distinct points: the axes' cross product."""
         a = self.axes
         return (
-            len(a.bits) * len(a.sparsity) * len(a.clusters) * len(a.jr_weight) * len(a.adversarial)
+            len(a.bits)
+            * len(a.sparsity)
+            * len(a.clusters)
+            * len(a.jr_weight)
+            * len(a.adversarial)
+            * len(a.jr_layers)
         )
 
     @property
@@ -304,11 +357,35 @@ class Study(_Strict):
         return self.seed if self.search.seed is None else self.search.seed
 
     @property
-    def headline(self) -> tuple[str, float | None]:
-        """(attack or 'worst', eps) of the robust-accuracy objective."""
-        if self.objective.eps is not None or not self.attacks:
-            return self.objective.attack, self.objective.eps
-        return self.objective.attack, max(e for a in self.attacks for e in a.eps)
+    def headline_norm(self) -> str:
+        """The norm of the objective's attacks: 'worst' never mixes L-inf and L2 radii."""
+        o = self.objective
+        if o.attack != "worst":
+            return next((a.norm_value for a in self.attacks if a.name.value == o.attack), "inf")
+        if o.norm is not None:
+            return o.norm
+        norms = {a.norm_value for a in self.attacks}
+        return "inf" if "inf" in norms or not norms else "2"  # L-inf, unless every attack is L2
+
+    @property
+    def objective_attacks(self) -> list[Attack]:
+        """The attacks the robust-accuracy objective is taken over (one norm)."""
+        o = self.objective
+        return [
+            a
+            for a in self.attacks
+            if (o.attack == "worst" and a.norm_value == self.headline_norm)
+            or a.name.value == o.attack
+        ]
+
+    @property
+    def headline(self) -> tuple[str, float | None, str, str]:
+        """(attack or 'worst', eps, norm, size measure) of the objectives."""
+        o = self.objective
+        eps = o.eps
+        if eps is None and self.objective_attacks:
+            eps = max(e for a in self.objective_attacks for e in a.eps)
+        return o.attack, eps, self.headline_norm, o.size.value
 
     def results_dir(self, override: str | None = None) -> Location:
         """Where this study's results go: ``<results>/<name>``, a local folder or a URI."""
@@ -336,7 +413,7 @@ class Study(_Strict):
             "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
             "learning_rate": t.learning_rate, "test_fraction": t.test_fraction,
             "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
-            "jr_layers": t.jr_layers, "layer_bits": t.layer_bits,
+            "jr_layers": t.jr_layers,
             "attacks": tuple(x.model_dump() for x in self.attacks),
             "threads": self.resources.cpus_per_trial,
         }  # fmt: skip
@@ -345,6 +422,10 @@ class Study(_Strict):
         """The trials (one per fold) of one point of the axes (see ``grid.space``)."""
         common = self._common()
         adv = self.axes.adversarial[int(point["adversarial"])]
+        jr_layers = self.axes.jr_layers[int(point.get("jr_layers", 0))] or self.train.jr_layers
+        # Per-layer bit-widths override a quantized model's layers; a float point is float
+        # throughout (so the float baseline really is one).
+        layer_bits = self.train.layer_bits if point["bits"] != "float" else {}
         return [
             TrialConfig.model_validate(
                 {
@@ -354,6 +435,8 @@ class Study(_Strict):
                     "clusters": point["clusters"],
                     "jr_weight": point["jr_weight"],
                     "adversarial": adv,
+                    "jr_layers": jr_layers,
+                    "layer_bits": layer_bits,
                     "fold": fold,
                 }
             )

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainables.config import RESULTS_REVISION
 from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED
 
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
@@ -293,19 +294,48 @@ def read_rows(results_dir: str | Path | Location, key: str) -> list[dict[str, An
     return rows or None
 
 
+STATUS_STALE = "stale"
+
+
 def key_status(results_dir: str | Path | Location) -> dict[str, str]:
-    """Each stored key's status: 'complete' when every row is, else 'failed'.
+    """Each stored key's status: 'complete' when every row is, 'stale' when its rows were
+    computed under another results revision (``trainables.config.RESULTS_REVISION``; files
+    without the column predate it), else 'failed'.
 
     Unreadable files (a truncated copy, say) are left out: their trials run again.
     """
     loc = as_location(results_dir)
     out: dict[str, str] = {}
     for name in loc.files("rows", suffix=".parquet"):
-        t = loc.read_table("rows", name, columns=["key", "status"])
+        t = loc.read_table("rows", name, columns=["key", "status", "revision"])
+        if t is None:  # a file from before results revisions (or unreadable: left out)
+            t = loc.read_table("rows", name, columns=["key", "status"])
         if t is not None and t.num_rows:
             statuses = set(t.column("status").to_pylist())
+            revisions = (
+                set(t.column("revision").to_pylist()) if "revision" in t.column_names else {None}
+            )
             key = name.removesuffix(".parquet")
-            out[key] = STATUS_COMPLETE if statuses == {STATUS_COMPLETE} else STATUS_FAILED
+            if revisions != {RESULTS_REVISION}:
+                out[key] = STATUS_STALE
+            else:
+                out[key] = STATUS_COMPLETE if statuses == {STATUS_COMPLETE} else STATUS_FAILED
+    return out
+
+
+def stale_revisions(results_dir: str | Path | Location) -> dict[str, int]:
+    """Stale keys -> the revision their rows were computed under (0: before revisions)."""
+    loc = as_location(results_dir)
+    out: dict[str, int] = {}
+    for key, st in key_status(loc).items():
+        if st == STATUS_STALE:
+            t = loc.read_table("rows", f"{key}.parquet", columns=["revision"])
+            rev = (
+                t.column("revision")[0].as_py()
+                if t is not None and "revision" in t.column_names
+                else 0
+            )
+            out[key] = int(rev or 0)
     return out
 
 

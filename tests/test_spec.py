@@ -51,6 +51,18 @@ BAD = [
     (["objective"], {"attack": "cw"}, "objective.attack: 'cw'"),
     (["objective"], {"eps": 0.3}, "objective.eps: 0.3"),
     (["axes", "sparsity"], [i / 1000 for i in range(64)], "more than"),
+    (["axes", "jr_layers"], ["all"], "axes.jr_layers[0] = 'all'"),
+    (["axes", "jr_layers"], [{"act1": -1.0}], "axes.jr_layers[0].act1 = -1.0"),
+    (["axes", "jr_layers"], ["none", "none"], "duplicate value {}"),
+    (["attacks", 1, "restarts"], -1, "attacks[1].restarts = -1"),
+    (["objective"], {"norm": "1"}, "objective.norm = '1'"),
+    (["objective"], {"norm": "2"}, "objective.norm: no attack of the study has norm '2'"),
+    (
+        ["objective"],
+        {"attack": "pgd", "norm": "2"},
+        "objective.norm: '2' is not the norm of attack 'pgd'",
+    ),
+    (["objective"], {"size": "flash"}, "objective.size = 'flash'"),
 ]
 
 
@@ -146,3 +158,48 @@ def test_attack_options_are_checked_against_art(tmp_path: Path) -> None:
         ["attacks"], [{"name": "cw_l2", "eps": [0.5], "options": {"binary_search_steps": 3}}]
     )
     assert parse_study(ok, "s.yaml").trials()[0].attacks[0].options == {"binary_search_steps": 3}
+
+
+def test_per_layer_jr_is_an_axis_with_an_undefended_value() -> None:
+    data = _with(["axes", "jr_layers"], ["none", {"all": 0.01}])
+    study = parse_study(data)
+    assert study.points == 2 * load_study(SMOKE).points
+    layered = [t.jr_layers for t in study.trials()]
+    assert layered.count({}) == layered.count({"all": 0.01}) == study.grid_size // 2
+    # keys differ between the two values, labels name the axis
+    assert len({t.key for t in study.trials()}) == study.grid_size
+    both = _with(["axes", "jr_layers"], ["none", {"all": 0.01}])
+    both["train"]["jr_layers"] = {"act1": 0.1}
+    with pytest.raises(StudyError, match=r"train\.jr_layers and axes\.jr_layers"):
+        parse_study(both)
+
+
+def test_layer_bits_apply_to_quantized_points_only() -> None:
+    data = _with(["train", "layer_bits"], {"conv1": 8})
+    for t in parse_study(data).trials():
+        assert t.layer_bits == ({} if t.bits == "float" else {"conv1": "8"}), t.bits
+    from trainables.config import TrialConfig
+
+    with pytest.raises(ValueError, match=r"layer_bits: .* bits .float. is float in every layer"):
+        TrialConfig(bits="float", layer_bits={"conv1": 8})
+
+
+def test_worst_objective_takes_one_norm() -> None:
+    data = _with(["attacks"], [
+        {"name": "pgd", "eps": [0.1]},
+        {"name": "deepfool", "eps": [0.5, 1.0]},
+    ])  # fmt: skip
+    study = parse_study(data)
+    assert study.headline == ("worst", 0.1, "inf", "encoded")  # not 1.0, DeepFool's L2 radius
+    data["objective"] = {"norm": "2", "size": "tflite"}
+    assert parse_study(data).headline == ("worst", 1.0, "2", "tflite")
+    from trainables.rows import headline
+
+    rows = [
+        {"status": "complete", "attack": "pgd", "attack_norm": "inf", "eps": 0.1, "metric_robust_acc": 0.4},
+        {"status": "complete", "attack": "deepfool", "attack_norm": "2", "eps": 0.1, "metric_robust_acc": 0.2},
+    ]  # fmt: skip
+    assert (
+        headline(rows, "worst", 0.1, "inf") == 0.4
+    )  # the L2 row at the same number is not mixed in
+    assert headline(rows, "worst", 0.1, "2") == 0.2

@@ -80,6 +80,8 @@ class AttackName(enum.StrEnum):
     # transfer: crafted on a float surrogate trained on the same fold
     transfer_fgsm = "transfer_fgsm"
     transfer_pgd = "transfer_pgd"
+    # white-box ensemble: ART's AutoAttack (APGD-CE, APGD-DLR, Square on logits)
+    autoattack = "autoattack"
 
 
 WHITE_BOX = {
@@ -88,6 +90,7 @@ WHITE_BOX = {
     AttackName.cw_l2,
     AttackName.cw_linf,
     AttackName.deepfool,
+    AttackName.autoattack,
 }
 BLACK_BOX = {AttackName.square, AttackName.hopskipjump, AttackName.boundary}
 TRANSFER = {AttackName.transfer_fgsm, AttackName.transfer_pgd}
@@ -124,6 +127,9 @@ class AttackSpec(BaseModel):
     eps: tuple[Eps, ...] = Field(min_length=1, max_length=64)
     norm: str | None = None  # 'inf' or '2'; default: the attack's own (see DEFAULT_NORM)
     steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (FGSM: ignored)
+    # PGD random restarts (ART's num_random_init): 0 starts at the clean example;
+    # r >= 1 runs r random starts and an example is robust only if it survives all.
+    restarts: int = Field(default=0, ge=0, le=1000)
     step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)  # PGD step = step_ratio * eps
     max_iter: int | None = Field(default=None, ge=1, le=100_000)  # other iterative attacks
     samples: int | None = Field(default=None, ge=1, le=10_000_000)  # None: the whole test split
@@ -192,6 +198,17 @@ class ModelName(enum.StrEnum):
 
 NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
 
+# The results revision: the version of what a trial computes.  Bump it with
+# any change that alters a trial's rows for the same config (training, JR,
+# attacks, sampling, metrics).  It is part of every trial's identity, so the
+# key changes with it: rows of another revision are stale (``grid status``
+# reports them, ``grid run`` reruns their trials, analysis leaves them out
+# unless asked).  History: 1 up to 7fa72bb's JR and first-N attack samples;
+# 2 exact JR gradients through batch norm, stratified seeded attack
+# subsets, grouped Speech Commands folds, logits for score-based attacks,
+# masking diagnostics.
+RESULTS_REVISION = 2
+
 
 class TrialConfig(BaseModel):
     """Everything one trial needs; the hash of it (less NOT_IN_KEY) is the trial key."""
@@ -228,6 +245,11 @@ class TrialConfig(BaseModel):
     def _fold_in_range(self) -> TrialConfig:
         if self.fold >= self.folds:
             raise ValueError(f"fold: {self.fold} must be below folds ({self.folds})")
+        if self.bits == "float" and self.layer_bits:
+            raise ValueError(
+                f"layer_bits: {self.layer_bits} overrides layers of a quantized model; "
+                "bits 'float' is float in every layer"
+            )
         return self
 
     @property
@@ -244,8 +266,8 @@ class TrialConfig(BaseModel):
         return int(self.bits) if self.bits.isdigit() else 8
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the trial's result (all but NOT_IN_KEY)."""
-        return self.model_dump(mode="json", exclude=NOT_IN_KEY)
+        """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision."""
+        return {**self.model_dump(mode="json", exclude=NOT_IN_KEY), "revision": RESULTS_REVISION}
 
     @property
     def key(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ray import tune
 
-from trainables.config import TrialConfig
+from trainables.config import RESULTS_REVISION, TrialConfig
 from trainables.rows import STATUS_COMPLETE, summarize
 
 # The driver imports this module only to hand ``trainable`` to Tune: keep
@@ -78,17 +78,25 @@ def _random_fault(key: str, moment: str) -> None:
 def run_point(
     config: dict[str, Any],
     sink: RowSink,
-    objective: tuple[str, float | None] = ("worst", None),
+    objective: tuple[Any, ...] = ("worst", None),
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or read back) every fold of a point; the mean over folds of each objective."""
     from trainables.trial import run_trial
 
     folds, ran, compute = [], 0, 0.0
-    for item in config["trials"]:
+    for i, item in enumerate(config["trials"]):
         cfg = TrialConfig.from_dict(item)
+        expected = config.get("keys", [cfg.key] * (i + 1))[i]
+        if cfg.key != expected:  # the key hashes the results revision (trainables.config)
+            raise TrialFailed(
+                f"trial {expected}: this worker computes key {cfg.key} for it; the driver and the "
+                f"worker run different robustgrid code (results revision {RESULTS_REVISION} here): "
+                "install the same version on every node"
+            )
         rows = sink.read(cfg.key)
-        if not rows or any(r["status"] != STATUS_COMPLETE for r in rows):
+        stale = rows is not None and (rows[0].get("revision") or 0) != RESULTS_REVISION
+        if not rows or stale or any(r["status"] != STATUS_COMPLETE for r in rows):
             _injected_fault(cfg.key)
             _random_fault(cfg.key, "before training")
             rows = run_trial(cfg, artifacts=artifacts)
@@ -110,6 +118,9 @@ def run_point(
         "robust_acc": sum(f["robust_acc"] for f in folds) / n,
         "bytes": sum(f["bytes"] for f in folds) / n,
         "params": max(f["params"] for f in folds),
+        "masking_flags": ",".join(
+            sorted({n for f in folds for n in f["masking_flags"].split(",") if n})
+        ),
         "folds_run": ran,
         "total_s": compute,  # this attempt's own compute (folds read back cost nothing)
     }
@@ -118,7 +129,7 @@ def run_point(
 def trainable(
     config: dict[str, Any],
     sink: RowSink,
-    objective: tuple[str, float | None] = ("worst", None),
+    objective: tuple[Any, ...] = ("worst", None),
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> None:
     tune.report(run_point(config["unit"], sink, objective, artifacts))

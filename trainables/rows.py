@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import math
 import socket
 from typing import Any
 
-from trainables.config import AdvMethod, TrialConfig
+from trainables.config import RESULTS_REVISION, AdvMethod, TrialConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
@@ -26,6 +27,7 @@ STATUS_FAILED = "failed"
 # name -> logical type: string | int64 | float64 | bool
 COLUMNS: dict[str, str] = {
     "schema_version": "int64",
+    "revision": "int64",  # results revision (trainables.config.RESULTS_REVISION) the row was computed under
     "key": "string",  # 16 hex digits: hash of the trial's config (less threads)
     "fold": "int64",  # 0..cfg_folds-1
     "attack": "string",  # trainables.config.AttackName, or 'none' (clean only); null on failed rows
@@ -56,10 +58,24 @@ COLUMNS: dict[str, str] = {
     "cfg_seed": "int64",
     "cfg_folds": "int64",  # 1: holdout; k: k-fold cross-validation
     "cfg_attack_steps": "int64",  # PGD iterations; null for FGSM / none
+    "cfg_attack_restarts": "int64",  # PGD random restarts (0: from the clean example); null otherwise
     "metric_clean_acc": "float64",  # whole test split
+    "metric_clean_acc_lo": "float64",  # 95% Wilson interval of metric_clean_acc (n = metric_test_samples)
+    "metric_clean_acc_hi": "float64",
+    "metric_test_samples": "int64",  # examples in the test split
     "metric_attack_clean_acc": "float64",  # the attacked examples, before the attack
+    "metric_attack_clean_acc_lo": "float64",  # 95% Wilson interval (n = metric_samples)
+    "metric_attack_clean_acc_hi": "float64",
     "metric_robust_acc": "float64",  # correct before and after the attack
+    "metric_robust_acc_lo": "float64",  # 95% Wilson interval (n = metric_samples)
+    "metric_robust_acc_hi": "float64",
     "metric_samples": "int64",  # examples attacked
+    "metric_robust_mask": "string",  # hex of np.packbits(robust per attacked example, subset order)
+    "meta_attack_subset": "string",  # 16 hex digits: SHA-256 of the attacked examples' pool positions
+    "metric_zero_grad_share": "float64",  # attacked examples whose input gradient is exactly zero
+    "metric_masking_pgd_eps": "float64",  # L-inf radius of the masking check's PGD
+    "metric_masking_pgd_acc": "float64",  # robust accuracy under it (must be ~0)
+    "metric_masking_flags": "string",  # comma-separated masking diagnostics that fired; '' none
     "metric_adv_norm_median": "float64",  # median perturbation (attack_norm) of the successful attacks
     "metric_params": "int64",
     "metric_nonzero": "int64",  # non-zero deployed weights and biases
@@ -70,6 +86,8 @@ COLUMNS: dict[str, str] = {
     "metric_bytes_sparse": "int64",
     "metric_bytes_clustered": "int64",
     "metric_jacobian_fro2": "float64",  # mean ||d logits / d x||_F^2 on test examples
+    "metric_tflite_bytes": "int64",  # size of the deployable full-int8 TFLite flatbuffer
+    "metric_tflite_acc": "float64",  # that flatbuffer's accuracy on the test split
     "meta_study": "string",
     "meta_git_rev": "string",
     "meta_config_json": "string",
@@ -114,6 +132,7 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
     row = empty_row()
     row.update(
         schema_version=SCHEMA_VERSION,
+        revision=RESULTS_REVISION,
         key=cfg.key,
         fold=cfg.fold,
         cfg_folds=cfg.folds,
@@ -147,6 +166,20 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
     return row
 
 
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (``z`` for other levels).
+
+    (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n); (nan, nan) for n = 0.
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def failed_row(
     cfg: TrialConfig, reason: str, started: str, total_s: float | None = None, tb: str = ""
 ) -> dict[str, Any]:
@@ -157,31 +190,53 @@ def failed_row(
     return row
 
 
-def headline(rows: list[dict[str, Any]], attack: str, eps: float | None) -> float | None:
-    """Robust accuracy under ``attack`` ('worst': min over attacks) at ``eps`` (None: the largest)."""
-    ok = [r for r in rows if r["status"] == STATUS_COMPLETE and r["attack"] not in (None, "none")]
+def headline(
+    rows: list[dict[str, Any]], attack: str, eps: float | None, norm: str | None = None
+) -> float | None:
+    """Robust accuracy under ``attack`` at ``eps`` (None: the largest); 'worst' is the min over
+    the attacks of one norm (``norm``, default 'inf': L-inf and L2 radii are never mixed)."""
+    ok = [
+        r
+        for r in rows
+        if r["status"] == STATUS_COMPLETE
+        and r["attack"] not in (None, "none")
+        and (
+            attack == r["attack"]
+            or (attack == "worst" and (r.get("attack_norm") or "inf") == (norm or "inf"))
+        )
+    ]
     if eps is None and ok:
         eps = max(r["eps"] for r in ok)
-    hits = [
-        r["metric_robust_acc"]
-        for r in ok
-        if abs(r["eps"] - (eps or 0.0)) < 1e-9 and (attack == "worst" or r["attack"] == attack)
-    ]
+    hits = [r["metric_robust_acc"] for r in ok if abs(r["eps"] - (eps or 0.0)) < 1e-9]
     return min(hits) if hits else None
 
 
-def summarize(rows: list[dict[str, Any]], objective: tuple[str, float | None]) -> dict[str, Any]:
+# (attack or 'worst', eps or None, norm, size measure 'encoded' | 'tflite'); the first two suffice.
+Objective = tuple[Any, ...]
+
+
+def summarize(rows: list[dict[str, Any]], objective: Objective) -> dict[str, Any]:
     """One trial's result as the driver and the search see it (from its rows, fresh or stored)."""
+    attack, eps = objective[0], objective[1]
+    norm = objective[2] if len(objective) > 2 else None
+    size = objective[3] if len(objective) > 3 else "encoded"
     first = rows[0]
     complete = all(r["status"] == STATUS_COMPLETE for r in rows)
-    robust = headline(rows, *objective) if complete else None
-    if complete and robust is None and any(r["attack"] not in (None, "none") for r in rows):
+    stale = (first.get("revision") or 0) != RESULTS_REVISION
+    robust = headline(rows, attack, eps, norm) if complete else None
+    if complete and stale:
         complete, reason = (
             False,
-            f"no rows for the objective's attack {objective[0]} at eps {objective[1]}",
+            f"stale: computed under results revision {first.get('revision') or 0}, now {RESULTS_REVISION}",
+        )
+    elif complete and robust is None and any(r["attack"] not in (None, "none") for r in rows):
+        complete, reason = (
+            False,
+            f"no rows for the objective's attack {attack} at eps {eps}",
         )
     else:
         reason = first["reason"] or ""
+    nbytes = first.get("metric_tflite_bytes") if size == "tflite" else first["metric_bytes"]
     return {
         "key": first["key"],
         "status": STATUS_COMPLETE if complete else STATUS_FAILED,
@@ -189,8 +244,9 @@ def summarize(rows: list[dict[str, Any]], objective: tuple[str, float | None]) -
         "clean_acc": first["metric_clean_acc"],
         # A study without attacks: clean accuracy is the robust accuracy at eps 0.
         "robust_acc": robust if robust is not None or not complete else first["metric_clean_acc"],
-        "bytes": first["metric_bytes"],
+        "bytes": nbytes,
         "params": first["metric_params"],
+        "masking_flags": first.get("metric_masking_flags") or "",
         "train_s": first["meta_train_s"],
         "total_s": first["meta_total_s"],
     }
