@@ -1,23 +1,37 @@
 """Analysis of robustgrid results: DuckDB over the Parquet store (schema: analysis/SCHEMA.md).
 
 Reads Parquet only; imports neither TensorFlow nor Ray.  Plots live in
-``analysis.plots`` (matplotlib), the HTML report in ``analysis.report``.
+``analysis.plots`` (matplotlib), the HTML report in ``analysis.report``, the
+statistics (Wilson, McNemar, corrected t, Holm) in ``analysis.inference``.
 """
 
 from analysis import pareto
-from analysis.effects import compare_to_baseline, reduction_effects, robustness_curve
-from analysis.pareto import hypervolume, nondominated, pareto_front, trial_points
-from analysis.query import connect, parquet_glob
+from analysis.effects import (
+    compare_to_baseline,
+    mcnemar,
+    reduction_effects,
+    robustness_curve,
+)
+from analysis.inference import corrected_t, holm, mcnemar_exact, wilson
+from analysis.pareto import hypervolume, nondominated, pareto_front, resolve, trial_points
+from analysis.query import connect, parquet_glob, stale_keys
 
 __all__ = [
     "compare_to_baseline",
     "connect",
+    "corrected_t",
+    "holm",
     "hypervolume",
+    "mcnemar",
+    "mcnemar_exact",
     "nondominated",
     "pareto",
     "pareto_front",
     "parquet_glob",
     "reduction_effects",
+    "resolve",
     "robustness_curve",
+    "stale_keys",
     "trial_points",
+    "wilson",
 ]

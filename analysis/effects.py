@@ -13,22 +13,41 @@ from collections.abc import Sequence
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from analysis.pareto import headline_eps, trial_points
-from analysis.query import AXIS_COLUMNS, CONFIG_ID, check_columns, where_clause
+from analysis.inference import McNemar, corrected_t, holm, mcnemar_exact, unpack_mask, wilson_arrays
+from analysis.pareto import describe, resolve, trial_points
+from analysis.query import AXIS_COLUMNS, CONFIG_ID, NORMS, check_columns, where_clause
 
 # A trial's identity less its reductions and fold: trials that differ only in
 # bits / sparsity / clusters (and fold) share it, so each can be paired with
-# the uncompressed baseline of the same fold.
+# the uncompressed baseline of the same fold.  Everything else stays in it:
+# JR (input-output and per layer), per-layer bits, adversarial training, seed,
+# training settings, folds and the results revision.
 PAIR_ID = (
     "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(meta_config_json, "
     """'"bits": "[^"]*"(, )?', ''), '"clusters": [0-9]+(, )?', ''), """
     """'"fold": [0-9]+(, )?', ''), '"sparsity": [0-9.e+-]+(, )?', ''), """
-    "concat_ws('|', cfg_dataset, cfg_model, cfg_jr_weight, cfg_adv_training, cfg_adv_eps))"
+    "concat_ws('|', cfg_dataset, cfg_model, cfg_jr_weight, cfg_jr_layers, cfg_layer_bits, "
+    "cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, "
+    "cfg_batch_size, cfg_learning_rate, cfg_test_fraction, cfg_seed, cfg_folds, revision))"
 )
 
 BASELINE = "cfg_bits = 'float' AND cfg_sparsity = 0 AND cfg_clusters = 0"
+
+# The reference model of compare_to_baseline, condition by condition: truly
+# float (no per-layer bits either), unpruned, unclustered, without JR of any
+# kind and without adversarial training.  NULL fails a condition (unknown is
+# not "without").
+REFERENCE = {
+    "float (cfg_bits 'float')": "cfg_bits = 'float'",
+    "default layer bits (cfg_layer_bits '{}')": "cfg_layer_bits = '{}'",
+    "unpruned (cfg_sparsity 0)": "cfg_sparsity = 0",
+    "unclustered (cfg_clusters 0)": "cfg_clusters = 0",
+    "without input-output JR (cfg_jr_weight 0)": "cfg_jr_weight = 0",
+    "without per-layer JR (cfg_jr_layers '{}')": "cfg_jr_layers = '{}'",
+    "without adversarial training (cfg_adv_training 'none')": "cfg_adv_training = 'none'",
+}
+REFERENCE_SQL = " AND ".join(f"({c})" for c in REFERENCE.values())
 
 
 def robustness_curve(
@@ -36,33 +55,65 @@ def robustness_curve(
     attack: str | None = None,
     where: str | None = None,
     by: Sequence[str] = AXIS_COLUMNS,
+    *,
+    norm: str | None = None,
 ) -> pd.DataFrame:
-    """Accuracy against eps for each attack, per group of ``by`` columns (default: each config).
+    """Accuracy against eps for each attack and norm, per group of ``by`` columns (default: each config).
 
-    The mean, sample standard deviation, min and max are over the group's
-    trials (its folds); eps 0 is the clean accuracy of the same trials.
+    ``norm`` keeps one norm ('inf' | '2'); without it every norm is kept, each
+    its own curve (the ``norm`` column): never mixed.  The mean, sample
+    standard deviation, min and max are over the group's trials (its folds);
+    eps 0 is the clean accuracy of the same trials.  ``lo``/``hi``: the 95%
+    Wilson interval of the group's pooled count (successes / examples summed
+    over its trials), given only where the trials' test sets are disjoint
+    (one trial per study and fold: the folds of one config); NaN where they
+    overlap (several configs in a group: the same examples counted twice) or
+    counts are missing.
     """
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm: {norm!r} must be 'inf' or '2'")
     by = list(by)
     check_columns(con, by, "by")
     cols = ", ".join(by)
     sel = f"{cols}, " if by else ""
-    flt = "AND attack = $attack" if attack else ""
+    flt = ("AND attack = $attack " if attack else "") + ("AND attack_norm = $norm" if norm else "")
     sql = f"""
         WITH r AS (
-            SELECT {sel}key, attack, eps, metric_robust_acc AS acc FROM rows
+            SELECT {sel}key, concat_ws(':', meta_study, fold) AS split, attack,
+                   attack_norm AS norm, eps, metric_robust_acc AS acc,
+                   round(metric_robust_acc * metric_samples) AS k, metric_samples AS n FROM rows
             WHERE status = 'complete' AND attack <> 'none' {flt} {where_clause(where)}
             UNION ALL
-            SELECT DISTINCT {sel}key, attack, 0.0 AS eps, metric_clean_acc AS acc FROM rows
+            SELECT DISTINCT {sel}key, concat_ws(':', meta_study, fold) AS split, attack,
+                   attack_norm AS norm, 0.0 AS eps, metric_clean_acc AS acc,
+                   round(metric_clean_acc * metric_test_samples) AS k, metric_test_samples AS n
+            FROM rows
             WHERE status = 'complete' AND attack <> 'none' {flt} {where_clause(where)}
         )
-        SELECT {sel}attack, eps, avg(acc) AS mean, coalesce(stddev_samp(acc), 0) AS std,
-               min(acc) AS min, max(acc) AS max, count(DISTINCT key) AS trials
-        FROM r GROUP BY ALL ORDER BY {sel}attack, eps
+        SELECT {sel}attack, norm, eps, avg(acc) AS mean, coalesce(stddev_samp(acc), 0) AS std,
+               min(acc) AS min, max(acc) AS max, count(DISTINCT key) AS trials,
+               CASE WHEN count(n) = count(*) AND count(DISTINCT split) = count(*)
+                    THEN sum(k) END AS _k,
+               CASE WHEN count(n) = count(*) AND count(DISTINCT split) = count(*)
+                    THEN sum(n) END AS _n
+        FROM r GROUP BY ALL ORDER BY {sel}attack, norm, eps
     """
-    df = con.execute(sql, {"attack": attack} if attack else {}).df()
+    params: dict[str, object] = {}
+    if attack:
+        params["attack"] = attack
+    if norm:
+        params["norm"] = norm
+    df = con.execute(sql, params).df()
     if attack and df.empty:
-        raise ValueError(f"attack: no complete rows for attack {attack!r}")
-    return df
+        raise ValueError(
+            f"attack: no complete rows for attack {attack!r}"
+            + (f" under norm {norm!r}" if norm else "")
+        )
+    df["lo"], df["hi"] = wilson_arrays(
+        df["_k"].to_numpy(dtype=float, na_value=np.nan),
+        df["_n"].to_numpy(dtype=float, na_value=np.nan),
+    )
+    return df.drop(columns=["_k", "_n"])
 
 
 def reductions_of(bits: str, sparsity: float, clusters: int) -> str:
@@ -79,26 +130,110 @@ def reductions_of(bits: str, sparsity: float, clusters: int) -> str:
     return "+".join(parts) or "none"
 
 
+def _masks(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[str], attack: str, eps: float, norm: str
+) -> dict[str, tuple[str, np.ndarray] | str]:
+    """Per trial: (attack subset hash, per-example robust booleans), or why there are none.
+
+    'worst': an example counts as robust when it is robust under every attack
+    of the norm at eps (the masks ANDed; the attacks must share one subset).
+    """
+    want = pd.DataFrame({"key": list(dict.fromkeys(keys))})
+    con.register("_mask_keys", want)
+    try:
+        df = con.execute(
+            """
+            SELECT key, attack, meta_attack_subset AS subset, metric_robust_mask AS mask,
+                   metric_samples AS n
+            FROM rows JOIN _mask_keys USING (key)
+            WHERE status = 'complete' AND attack <> 'none' AND abs(eps - $eps) < 1e-9
+                  AND attack_norm = $norm AND ($attack = 'worst' OR attack = $attack)
+            ORDER BY key, attack
+            """,
+            {"eps": eps, "norm": norm, "attack": attack},
+        ).df()
+    finally:
+        con.unregister("_mask_keys")
+    out: dict[str, tuple[str, np.ndarray] | str] = {
+        k: "no complete rows at this attack, eps and norm" for k in want.key
+    }
+    for key, g in df.groupby("key", sort=False):
+        if g["mask"].isna().any() or g["subset"].isna().any() or g["n"].isna().any():
+            out[str(key)] = "no metric_robust_mask / meta_attack_subset"
+            continue
+        subsets = set(g["subset"])
+        if len(subsets) > 1:
+            out[str(key)] = f"its attacks used different subsets {sorted(subsets)}"
+            continue
+        masks = [unpack_mask(m, int(n)) for m, n in zip(g["mask"], g["n"], strict=True)]
+        if len({len(m) for m in masks}) > 1:
+            out[str(key)] = "its attacks' masks differ in length"
+            continue
+        out[str(key)] = (subsets.pop(), np.logical_and.reduce(masks))
+    return out
+
+
+def _discordant(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    return int(np.sum(a & ~b)), int(np.sum(~a & b))
+
+
+def mcnemar(
+    con: duckdb.DuckDBPyConnection,
+    key_a: str,
+    key_b: str,
+    attack: str = "worst",
+    eps: float | None = None,
+    *,
+    norm: str | None = None,
+) -> McNemar:
+    """Exact McNemar test of two trials' per-example robustness on the same attacked examples.
+
+    ``b``: examples robust under ``key_a`` but not ``key_b``; ``c`` the
+    reverse; p-value two-sided, exact binomial (:func:`analysis.inference.mcnemar_exact`).
+    It conditions on the two trained models (the examples vary, the training
+    does not).  The two trials must have attacked the same examples
+    (``meta_attack_subset``): a ValueError names both otherwise.  'worst':
+    robust under every attack of the norm at eps.
+    """
+    eps, norm = resolve(con, attack, eps, norm)
+    masks = _masks(con, [key_a, key_b], attack, eps, norm)
+    got = []
+    for key in (key_a, key_b):
+        m = masks[key]
+        if isinstance(m, str):
+            raise ValueError(f"mcnemar: trial {key!r} at {describe(attack, eps, norm)}: {m}")
+        got.append(m)
+    (sa, ma), (sb, mb) = got
+    if sa != sb or len(ma) != len(mb):
+        raise ValueError(
+            f"mcnemar: trials {key_a!r} and {key_b!r} attacked different examples "
+            f"(subsets {sa} and {sb}, {len(ma)} and {len(mb)} examples): no pairing"
+        )
+    b, c = _discordant(ma, mb)
+    return McNemar(b, c, mcnemar_exact(b, c))
+
+
 def _paired_points(
-    con: duckdb.DuckDBPyConnection, attack: str, eps: float | None, where: str | None
+    con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str, where: str | None
 ) -> pd.DataFrame:
-    eps = headline_eps(con, attack) if eps is None else eps
-    pts = trial_points(con, attack, eps, where)
-    ids = con.execute(f"SELECT key, any_value({PAIR_ID}) AS pair_id FROM rows GROUP BY key").df()
+    pts = trial_points(con, attack, eps, where, norm=norm)
+    ids = con.execute(
+        f"""SELECT key, any_value({PAIR_ID}) AS pair_id, any_value(cfg_jr_layers) AS jr_layers,
+                   any_value(cfg_layer_bits) AS layer_bits, any_value(cfg_seed) AS seed
+            FROM rows GROUP BY key"""
+    ).df()
     pts = pts.merge(ids, on="key")
+    pts["cfg_folds"] = pts["cfg_folds"].fillna(1).astype(int)
     pts["reductions"] = [
         reductions_of(b, s, c) for b, s, c in zip(pts.bits, pts.sparsity, pts.clusters, strict=True)
     ]
     return pts
 
 
-def _p_values(delta: np.ndarray) -> tuple[float, float]:
-    """Two-sided paired t-test and Wilcoxon signed-rank p-values of the differences (NaN when undefined)."""
-    if len(delta) < 2 or np.allclose(delta, delta[0]):
-        return math.nan, math.nan
-    t = float(stats.ttest_1samp(delta, 0.0).pvalue)
-    w = float(stats.wilcoxon(delta).pvalue) if np.any(delta != 0) else math.nan
-    return t, w
+_CONFIG_COLUMNS = [
+    "reductions", "dataset", "model", "bits", "sparsity", "clusters", "jr_weight", "jr_layers",
+    "layer_bits", "adv_training", "seed",
+]  # fmt: skip
 
 
 def reduction_effects(
@@ -107,83 +242,161 @@ def reduction_effects(
     eps: float | None = None,
     where: str | None = None,
     summary: bool = False,
+    *,
+    norm: str | None = None,
 ) -> pd.DataFrame:
-    """Each reduction alone and combined against the uncompressed baseline, paired over folds.
+    """Each reduction alone and combined against its own uncompressed baseline, fold by fold.
 
     Every trial is paired with the baseline trial (float, no pruning, no
-    clustering) of the same fold and otherwise equal config (same JR,
-    adversarial training, seed, training).  Per config (or per reduction
-    combination with ``summary=True``): the mean robust accuracy, the
-    baseline's, the mean paired difference, its 95% interval and the p-values
-    of a paired t-test and a Wilcoxon signed-rank test (NaN below two pairs).
+    clustering) of the same fold and an otherwise identical config (JR and
+    per-layer JR, per-layer bits, adversarial training, seed, training
+    settings, folds): nothing is pooled across baselines.  Per config: the
+    mean robust accuracy, the baseline's, the mean paired difference
+    ``delta``, and the test of delta = 0 over folds: Nadeau and Bengio's
+    corrected resampled t-test for k-fold CV (``t``, ``p_value``,
+    ``delta_ci95`` its half-width; NaN below two pairs, as for a holdout);
+    ``mcnemar_b``/``mcnemar_c``/``p_mcnemar``: the exact McNemar test on the
+    per-example robust masks, discordant counts summed over the folds (each
+    fold's pair on the same attacked subset; NaN without masks).
+
+    ``summary=True``: per reduction combination (and k), the deltas are first
+    averaged per fold over the combination's configs, then the fold means are
+    tested (the corrected t over k folds): a config-fold pair is never an
+    independent observation.  No McNemar there (the configs share examples).
+
+    ``p_adjusted``: Holm's step-down correction over the p-values of this call
+    (``p_mcnemar_adjusted`` likewise); Holm controls the family-wise error
+    under any dependence, which these tests have (they share baselines).
     """
-    pts = _paired_points(con, attack, eps, where)
-    base = pts[pts.reductions == "none"][["pair_id", "fold", "robust_acc", "bytes"]]
+    eps, norm = resolve(con, attack, eps, norm)
+    pts = _paired_points(con, attack, eps, norm, where)
+    base = pts[pts.reductions == "none"][["pair_id", "fold", "key", "robust_acc", "bytes"]]
     if base.empty:
         raise ValueError(
             "baseline: no uncompressed trials (bits float, sparsity 0, clusters 0) to compare against"
         )
+    dup = base.duplicated(["pair_id", "fold"])
+    if dup.any():
+        raise ValueError(
+            f"baseline: {int(dup.sum())} config-fold(s) have two baseline trials "
+            f"(e.g. {base[dup].key.iloc[0]!r}): cannot pair"
+        )
     paired = pts[pts.reductions != "none"].merge(
         base, on=["pair_id", "fold"], suffixes=("", "_baseline")
     )
-    groups = (
-        ["reductions"]
-        if summary
-        else ["reductions", "bits", "sparsity", "clusters", "jr_weight", "adv_training"]
-    )
+    paired["delta"] = paired.robust_acc - paired.robust_acc_baseline
+    if summary:
+        df = _summary(paired)
+    else:
+        masks = _masks(con, [*paired.key, *paired.key_baseline], attack, eps, norm)
+        df = _per_config(paired, masks)
+    if df.empty:
+        return df
+    df["p_adjusted"] = holm(df["p_value"].to_numpy(dtype=float))
+    if "p_mcnemar" in df:
+        df["p_mcnemar_adjusted"] = holm(df["p_mcnemar"].to_numpy(dtype=float))
+    order = {"quantization": 0, "pruning": 1, "clustering": 2}
+    df["_n"] = df.reductions.str.count("[+]")
+    df["_o"] = df.reductions.map(lambda r: "".join(str(order[p]) for p in r.split("+")))
+    keys = [c for c in _CONFIG_COLUMNS[1:] if c in df]
+    df = df.sort_values(["_n", "_o", *keys]).drop(columns=["_n", "_o"]).reset_index(drop=True)
+    df.attrs.update(attack=attack, eps=eps, norm=norm)
+    return df
+
+
+def _per_config(
+    paired: pd.DataFrame, masks: dict[str, tuple[str, np.ndarray] | str]
+) -> pd.DataFrame:
     out = []
-    for keys, g in paired.groupby(groups, sort=True, dropna=False):
-        delta = (g.robust_acc - g.robust_acc_baseline).to_numpy()
-        t_p, w_p = _p_values(delta)
-        half = (
-            float(stats.t.ppf(0.975, len(delta) - 1) * delta.std(ddof=1) / math.sqrt(len(delta)))
-            if len(delta) >= 2
-            else math.nan
-        )
-        row = dict(zip(groups, keys if isinstance(keys, tuple) else (keys,), strict=True))
+    for _, g in paired.groupby("config_id", sort=False):
+        first = g.iloc[0]
+        k = int(first.cfg_folds)
+        test = corrected_t(g.delta.to_numpy(), k)
+        b = c = 0
+        usable = True
+        for key, key_base in zip(g.key, g.key_baseline, strict=True):
+            ma, mb = masks.get(key), masks.get(key_base)
+            if not isinstance(ma, tuple) or not isinstance(mb, tuple) or ma[0] != mb[0]:
+                usable = False
+                break
+            db, dc = _discordant(ma[1], mb[1])
+            b, c = b + db, c + dc
+        row = {col: first[col] for col in _CONFIG_COLUMNS}
         row.update(
-            pairs=len(delta),
+            folds=k,
+            pairs=len(g),
             robust_acc=float(g.robust_acc.mean()),
             baseline_robust_acc=float(g.robust_acc_baseline.mean()),
-            delta=float(delta.mean()),
-            delta_ci95=half,
-            p_ttest=t_p,
-            p_wilcoxon=w_p,
+            delta=float(g.delta.mean()),
+            delta_ci95=test.half_ci95,
+            t=test.t,
+            p_value=test.p_value,
+            test=test.test,
+            mcnemar_b=b if usable else pd.NA,
+            mcnemar_c=c if usable else pd.NA,
+            p_mcnemar=mcnemar_exact(b, c) if usable else math.nan,
             bytes_ratio=float((g.bytes / g.bytes_baseline).mean()),
         )
         out.append(row)
-    order = {"quantization": 0, "pruning": 1, "clustering": 2}
     df = pd.DataFrame(out)
     if not df.empty:
-        df["_n"] = df.reductions.str.count("[+]")
-        df["_o"] = df.reductions.map(lambda r: "".join(str(order[p]) for p in r.split("+")))
-        df = (
-            df.sort_values(["_n", "_o", *groups[1:]])
-            .drop(columns=["_n", "_o"])
-            .reset_index(drop=True)
-        )
+        df["mcnemar_b"] = df["mcnemar_b"].astype("Int64")
+        df["mcnemar_c"] = df["mcnemar_c"].astype("Int64")
     return df
+
+
+def _summary(paired: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (reductions, k), g in paired.groupby(["reductions", "cfg_folds"], sort=True):
+        per_fold = g.groupby("fold").delta.mean()  # one number per fold: the unit of the test
+        test = corrected_t(per_fold.to_numpy(), int(k))
+        out.append(
+            {
+                "reductions": reductions,
+                "folds": int(k),
+                "configs": g.config_id.nunique(),
+                "pairs": len(g),
+                "robust_acc": float(g.robust_acc.mean()),
+                "baseline_robust_acc": float(g.robust_acc_baseline.mean()),
+                "delta": float(per_fold.mean()),
+                "delta_ci95": test.half_ci95,
+                "t": test.t,
+                "p_value": test.p_value,
+                "test": test.test,
+                "bytes_ratio": float((g.bytes / g.bytes_baseline).mean()),
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def compare_to_baseline(
     con: duckdb.DuckDBPyConnection,
     attack: str = "worst",
     eps: float | None = None,
-    baseline: str = BASELINE + " AND cfg_jr_weight = 0 AND cfg_adv_training = 'none'",
+    baseline: str | None = None,
     where: str | None = None,
+    *,
+    norm: str | None = None,
+    size: str = "encoded",
 ) -> pd.DataFrame:
-    """The reference model (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published: float, uncompressed,
-    undefended) against the most robust point at equal or smaller bytes, per dataset and model.
+    """The reference model (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published) against the most
+    robust point at equal or smaller bytes, per dataset and model.
 
-    ``baseline`` is a predicate over the rows that picks the reference; points
-    are configs (the mean over folds).  Two rows per model: ``reference`` and
-    ``best``, the latter with the gain in robust accuracy and the bytes ratio.
+    The reference is truly float (``cfg_bits`` 'float' and ``cfg_layer_bits``
+    '{}'), unpruned, unclustered, without JR (``cfg_jr_weight`` 0 and
+    ``cfg_jr_layers`` '{}') and without adversarial training (``REFERENCE``);
+    ``baseline`` replaces that with any predicate over the rows.  When none
+    exists, a ValueError says which conditions the closest configs miss.
+    Points are configs (the mean over folds, Wilson intervals of the pooled
+    counts); two rows per model: ``reference`` and ``best``, the latter with
+    the gain in robust accuracy and the bytes ratio (``size``: which bytes).
     """
-    eps = headline_eps(con, attack) if eps is None else eps
-    pts = trial_points(con, attack, eps, where, per="config")
+    eps, norm = resolve(con, attack, eps, norm)
+    pts = trial_points(con, attack, eps, where, per="config", norm=norm, size=size)
+    predicate = REFERENCE_SQL if baseline is None else baseline
     ref_ids = set(
         con.execute(
-            f"SELECT DISTINCT {CONFIG_ID} FROM rows WHERE status = 'complete' AND ({baseline})"
+            f"SELECT DISTINCT {CONFIG_ID} FROM rows WHERE status = 'complete' AND ({predicate})"
         )
         .df()
         .iloc[:, 0]
@@ -212,6 +425,8 @@ def compare_to_baseline(
                     "adv_training": r.adv_training,
                     "folds": r.folds,
                     "robust_acc": r.robust_acc,
+                    "robust_lo": r.robust_lo,
+                    "robust_hi": r.robust_hi,
                     "clean_acc": r.clean_acc,
                     "bytes": r.bytes,
                     "robust_gain": r.robust_acc - ref.robust_acc,
@@ -219,5 +434,28 @@ def compare_to_baseline(
                 }
             )
     if not out:
-        raise ValueError(f"baseline: no complete trials match {baseline!r}")
-    return pd.DataFrame(out)
+        if baseline is not None:
+            raise ValueError(f"baseline: no complete trials match {baseline!r}")
+        raise ValueError(_no_reference(con, where))
+    df = pd.DataFrame(out)
+    df.attrs.update(attack=attack, eps=eps, norm=norm, size=size)
+    return df
+
+
+def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
+    """Why there is no reference model: the conditions, and what the closest configs miss."""
+    misses = []
+    for name in REFERENCE:
+        others = " AND ".join(f"({c})" for n, c in REFERENCE.items() if n != name) or "true"
+        row = con.execute(
+            f"SELECT count(DISTINCT {CONFIG_ID}) FROM rows WHERE status = 'complete' "
+            f"AND ({others}) {where_clause(where)}"
+        ).fetchone()
+        if row and row[0]:
+            misses.append(f"{row[0]} config(s) miss only: {name}")
+    return (
+        "baseline: no reference model in the results: no complete config is "
+        + ", ".join(REFERENCE)
+        + (f" ({'; '.join(misses)})" if misses else "")
+        + "; run one, or pass baseline= a predicate of your own"
+    )

@@ -38,19 +38,35 @@ def pareto_scatter(
     colour_by: str = "bits",
     path: str | Path | None = None,
 ) -> Figure:
-    """Every point (robust accuracy against bytes, log scale), coloured by ``colour_by``; the front drawn."""
+    """Every point (robust accuracy against bytes, log scale), coloured by ``colour_by``; the front drawn.
+
+    Error bars: the 95% Wilson interval of each point (``robust_lo``/``robust_hi``,
+    where the counts are known).  The size axis says which bytes (``points.attrs['size']``).
+    """
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (value, g) in enumerate(points.groupby(colour_by, sort=True)):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        if {"robust_lo", "robust_hi"} <= set(g.columns) and g["robust_lo"].notna().any():
+            ok = g[g["robust_lo"].notna()]
+            yerr = np.vstack(
+                [ok["robust_acc"] - ok["robust_lo"], ok["robust_hi"] - ok["robust_acc"]]
+            ).clip(min=0)
+            ax.errorbar(
+                ok["bytes"], ok["robust_acc"], yerr=yerr, fmt="none", ecolor=colour,
+                alpha=0.45, lw=0.9, capsize=2,
+            )  # fmt: skip
         ax.scatter(
             g["bytes"], g["robust_acc"], s=28, alpha=0.8, label=f"{colour_by} {value}",
-            color=OKABE_ITO[i % len(OKABE_ITO)], marker=MARKERS[i % len(MARKERS)],
+            color=colour, marker=MARKERS[i % len(MARKERS)],
         )  # fmt: skip
     f = front.sort_values("bytes")
     ax.step(f["bytes"], f["robust_acc"], where="post", color="black", lw=1.2, label="Pareto front")
     ax.scatter(f["bytes"], f["robust_acc"], s=70, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
-    ax.set_xlabel("model size (bytes, log scale)")
-    ax.set_ylabel("robust accuracy (fraction)")
+    size = points.attrs.get("size", "encoded")
+    what = "TFLite int8 flatbuffer" if size == "tflite" else "smallest encoding"
+    ax.set_xlabel(f"model size (bytes: {what}; log scale)")
+    ax.set_ylabel("robust accuracy (fraction; bars: 95% Wilson)")
     ax.set_title(title or "Pareto front: robust accuracy up, bytes down")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -63,18 +79,26 @@ def robustness_curves(
     title: str = "",
     path: str | Path | None = None,
 ) -> Figure:
-    """Accuracy against eps, one panel per attack, a line per group with its spread over folds."""
-    attacks = sorted(curve["attack"].unique())
+    """Accuracy against eps, one panel per attack and norm, a line per group.
+
+    The band is the 95% Wilson interval of the group's pooled count (``lo``/``hi``)
+    where it is defined, else the min-max spread over the group's trials.
+    """
+    curve = curve.copy()
+    if "norm" not in curve.columns:
+        curve["norm"] = "inf"
+    curve["norm"] = curve["norm"].fillna("inf")
+    panels = sorted({(str(a), str(n)) for a, n in zip(curve["attack"], curve["norm"], strict=True)})
     label_by = label_by or [
         c
         for c in curve.columns
-        if c not in {"attack", "eps", "mean", "std", "min", "max", "trials"}
+        if c not in {"attack", "norm", "eps", "mean", "std", "min", "max", "trials", "lo", "hi"}
     ]
     fig, axes = plt.subplots(
-        1, len(attacks), figsize=(4.2 * len(attacks), 3.8), squeeze=False, sharey=True
+        1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True
     )
-    for ax, attack in zip(axes[0], attacks, strict=True):
-        sub = curve[curve["attack"] == attack]
+    for ax, (attack, norm) in zip(axes[0], panels, strict=True):
+        sub = curve[(curve["attack"] == attack) & (curve["norm"] == norm)]
         groups = sub.groupby(label_by, sort=True) if label_by else [((), sub)]
         for i, (key, g) in enumerate(groups):
             key = key if isinstance(key, tuple) else (key,)
@@ -87,11 +111,13 @@ def robustness_curves(
                 MARKERS[(i // len(OKABE_ITO)) % len(MARKERS)],
             )
             ax.plot(g["eps"], g["mean"], marker=marker, ms=4, color=colour, label=name or attack)
-            ax.fill_between(g["eps"], g["min"], g["max"], color=colour, alpha=0.15, lw=0)
-        ax.set_title(attack)
-        ax.set_xlabel("eps (input scale 0-1)")
+            wilson = "lo" in g.columns and bool(g["lo"].notna().all())
+            low, high = (g["lo"], g["hi"]) if wilson else (g["min"], g["max"])
+            ax.fill_between(g["eps"], low, high, color=colour, alpha=0.15, lw=0)
+        ax.set_title(f"{attack} ({'L-inf' if norm == 'inf' else 'L' + norm})")
+        ax.set_xlabel(f"eps ({'L-inf' if norm == 'inf' else 'L' + norm}, input scale 0-1)")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("accuracy under attack (fraction)")
+    axes[0][0].set_ylabel("accuracy under attack (fraction; band: 95% Wilson, else min-max)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title)

@@ -1,8 +1,13 @@
 """Open a results location as DuckDB views (schema: analysis/SCHEMA.md).
 
-``rows``    every row as written (long: one per trial x fold x attack x eps);
-``trials``  one row per complete trial (wide): its config, footprint, clean
-            accuracy and one ``robust_<attack>@<eps>`` column per attack and eps.
+``all_rows`` every row as written (long: one per trial x fold x attack x eps),
+             columns a file lacks filled with NULL, ``revision`` 0 where absent;
+``rows``     the rows of the current results revision (``RESULTS_REVISION``):
+             rows of any other revision are stale and left out unless
+             ``connect(..., stale=True)`` (:func:`stale_keys` lists them);
+``trials``   one row per complete trial of ``rows`` (wide): its config,
+             footprint, clean accuracy and one ``robust_<attack>@<eps>`` column
+             per attack and eps.
 
 A location is a study's results folder (holding ``rows/``), a parent of
 several studies, a Parquet glob or file, or a URI that pyarrow's filesystems
@@ -15,14 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
+
+# TF-free (pydantic only): the results revision, and the columns of the schema.
+from trainables.config import RESULTS_REVISION
+from trainables.rows import COLUMNS
 
 # A config's identity over its folds: the trial's config JSON without the fold
 # (rows without it, written by other tools, fall back to the axes' columns).
 CONFIG_ID = (
     """coalesce(regexp_replace(meta_config_json, '"fold": [0-9]+(, )?', ''), """
     "concat_ws('|', meta_study, cfg_dataset, cfg_model, cfg_bits, cfg_sparsity, cfg_clusters, "
-    "cfg_jr_weight, cfg_adv_training, cfg_adv_eps))"
+    "cfg_jr_weight, cfg_jr_layers, cfg_layer_bits, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, "
+    "cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, "
+    "cfg_test_fraction, cfg_seed, cfg_folds, revision))"
 )
+
+NORMS = ("inf", "2")
+# The norm of eps for rows that lack ``attack_norm`` (written before it existed):
+# the attack's own, as trainables.config.DEFAULT_NORM gives it.
+_L2_BY_DEFAULT = ("cw_l2", "deepfool", "hopskipjump", "boundary")
+_SQL_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
 
 # The axes an analyst groups by, as the rows name them.
 AXIS_COLUMNS = ("cfg_bits", "cfg_sparsity", "cfg_clusters", "cfg_jr_weight", "cfg_adv_training")
@@ -101,14 +119,18 @@ def _readable_files(glob: str) -> str:
 
 
 def connect(
-    results: str | Path, con: duckdb.DuckDBPyConnection | None = None
+    results: str | Path, con: duckdb.DuckDBPyConnection | None = None, *, stale: bool = False
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views ``rows`` and ``trials`` over ``results``."""
+    """A DuckDB connection with the views ``all_rows``, ``rows`` and ``trials`` over ``results``.
+
+    ``rows`` holds the current revision's rows only (``stale=True``: every
+    revision); a warning says how many stale trials were left out.
+    """
     con = con or duckdb.connect()
     s = str(results)
     if "://" in s:
         con.register("rows_arrow", _remote_dataset(s))
-        con.execute("CREATE OR REPLACE VIEW rows AS SELECT * FROM rows_arrow")
+        con.execute("CREATE OR REPLACE VIEW raw_rows AS SELECT * FROM rows_arrow")
     else:
         glob = parquet_glob(results)
         source = "'" + glob.replace("'", "''") + "'"
@@ -117,17 +139,28 @@ def connect(
         except duckdb.Error:
             source = _readable_files(glob)  # a truncated or foreign file: leave it out, say which
         con.execute(
-            f"CREATE OR REPLACE VIEW rows AS SELECT * FROM read_parquet({source}, union_by_name = true)"
+            "CREATE OR REPLACE VIEW raw_rows AS "
+            f"SELECT * FROM read_parquet({source}, union_by_name = true)"
         )
+    _rows_views(con, stale)
     pairs = con.execute(
-        "SELECT DISTINCT attack, eps FROM rows WHERE status = 'complete' AND attack <> 'none' "
-        "ORDER BY attack, eps"
+        "SELECT DISTINCT attack, attack_norm, eps FROM rows WHERE status = 'complete' "
+        "AND attack <> 'none' ORDER BY attack, attack_norm, eps"
     ).fetchall()
+    norms_of: dict[str, set[str]] = {}
+    for a, n, _ in pairs:
+        norms_of.setdefault(a, set()).add(n)
+
+    def _name(a: str, n: str, e: float) -> str:
+        # An attack run under two norms gets the norm in its column name: never mixed.
+        tag = f"-L{n}" if len(norms_of[a]) > 1 else ""
+        return f"robust_{a}{tag}@{e:g}"
+
     robust = "".join(
         f""",
-               max(metric_robust_acc) FILTER (WHERE attack = '{a.replace("'", "''")}' AND eps = {e!r})
-                   AS "robust_{a}@{e:g}\""""
-        for a, e in pairs
+               max(metric_robust_acc) FILTER (WHERE attack = '{a.replace("'", "''")}'
+                   AND attack_norm = '{n}' AND eps = {e!r}) AS "{_name(a, n, e)}\""""
+        for a, n, e in pairs
     )
     con.execute(
         f"""
@@ -139,7 +172,9 @@ def connect(
                any_value(cfg_sparsity) AS sparsity, any_value(cfg_clusters) AS clusters,
                any_value(cfg_jr_weight) AS jr_weight, any_value(cfg_adv_training) AS adv_training,
                any_value(cfg_adv_eps) AS adv_eps, any_value(cfg_seed) AS seed,
+               any_value(revision) AS revision,
                any_value(metric_clean_acc) AS clean_acc, any_value(metric_bytes) AS bytes,
+               any_value(metric_tflite_bytes) AS tflite_bytes,
                any_value(metric_params) AS params, any_value(metric_nonzero) AS nonzero,
                any_value(metric_jacobian_fro2) AS jacobian_fro2,
                any_value(meta_total_s) AS total_s, count(*) AS n_rows{robust}
@@ -147,6 +182,62 @@ def connect(
         """
     )
     return con
+
+
+def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:
+    """``all_rows`` (every schema column, NULL where a file lacks it) and ``rows`` (current revision)."""
+    have = set(columns(con, "raw_rows"))
+    missing = [
+        f"CAST(NULL AS {_SQL_TYPES[kind]}) AS {name}"
+        for name, kind in COLUMNS.items()
+        if name not in have
+    ]
+    l2 = ", ".join(f"'{a}'" for a in _L2_BY_DEFAULT)
+    replace = [
+        "coalesce(revision, 0) AS revision",  # rows without a revision predate it: revision 0
+        "CASE WHEN attack_norm IS NOT NULL OR attack IS NULL OR attack = 'none' THEN attack_norm "
+        f"WHEN attack IN ({l2}) THEN '2' ELSE 'inf' END AS attack_norm",
+    ]
+    # The missing columns go in first so that REPLACE finds revision and attack_norm.
+    con.execute(
+        "CREATE OR REPLACE VIEW filled_rows AS SELECT * "
+        + "".join(", " + m for m in missing)
+        + " FROM raw_rows"
+    )
+    con.execute(
+        f"CREATE OR REPLACE VIEW all_rows AS SELECT * REPLACE ({', '.join(replace)}) FROM filled_rows"
+    )
+    current = "" if stale else f" WHERE revision = {int(RESULTS_REVISION)}"
+    con.execute(f"CREATE OR REPLACE VIEW rows AS SELECT * FROM all_rows{current}")
+    if not stale:
+        left = con.execute(
+            f"SELECT count(DISTINCT key), list(DISTINCT revision ORDER BY revision) FROM all_rows "
+            f"WHERE revision <> {int(RESULTS_REVISION)}"
+        ).fetchone()
+        if left is not None and left[0]:
+            import warnings
+
+            warnings.warn(
+                f"results: left out {left[0]} stale trial(s) of revision(s) {left[1]} "
+                f"(current revision {RESULTS_REVISION}): rerun them, or "
+                "analysis.connect(..., stale=True) to read them; analysis.stale_keys(con) lists them",
+                stacklevel=3,
+            )
+
+
+def stale_keys(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The trials whose rows are of a revision other than the current one (0: no revision).
+
+    One row per trial: study, key, revision, status (of its first row) and rows.
+    """
+    return con.execute(
+        f"""
+        SELECT any_value(meta_study) AS study, key, any_value(revision) AS revision,
+               min(status) AS status, count(*) AS rows
+        FROM all_rows WHERE revision <> {int(RESULTS_REVISION)}
+        GROUP BY key ORDER BY study, key
+        """
+    ).df()
 
 
 def columns(con: duckdb.DuckDBPyConnection, view: str = "rows") -> list[str]:

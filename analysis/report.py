@@ -2,6 +2,10 @@
 
     grid report RESULTS [--out report.html] [--attack NAME] [--eps E]
 
+``build_report``/``write_report`` also take ``norm`` ('inf' | '2': the
+attacks' norm, default L-inf for the worst attack) and ``size`` ('encoded' |
+'tflite': which bytes the points carry).
+
 Figures are embedded as PNG (base64), so the file can be mailed or archived.
 """
 
@@ -20,8 +24,8 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.effects import compare_to_baseline, reduction_effects, robustness_curve
-from analysis.pareto import headline_eps, pareto_front, trial_points
-from analysis.query import connect
+from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
+from analysis.query import CONFIG_ID, connect
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -56,11 +60,33 @@ def _varying(points: pd.DataFrame) -> list[str]:
     ]
 
 
+def _ci(df: pd.DataFrame) -> pd.DataFrame:
+    """Tables show a point's robust accuracy with its interval: 'robust 95% CI' = '[lo, hi]'."""
+    df = df.copy()
+    if {"robust_lo", "robust_hi"} <= set(df.columns):
+        pos = list(df.columns).index("robust_lo")
+        text = [
+            f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "n/a"
+            for lo, hi in zip(df.robust_lo, df.robust_hi, strict=True)
+        ]
+        df = df.drop(columns=["robust_lo", "robust_hi"])
+        df.insert(pos, "robust 95% CI", text)
+    drop = ["config_id", "robust_k", "samples", "clean_k", "test_samples", "clean_lo", "clean_hi"]
+    return df.drop(columns=[c for c in drop if c in df.columns])
+
+
 def build_report(
-    con: duckdb.DuckDBPyConnection, title: str, attack: str = "worst", eps: float | None = None
+    con: duckdb.DuckDBPyConnection,
+    title: str,
+    attack: str = "worst",
+    eps: float | None = None,
+    *,
+    norm: str | None = None,
+    size: str = "encoded",
 ) -> str:
     """The report's HTML for the results behind ``con``."""
-    eps = headline_eps(con, attack) if eps is None else eps
+    eps, norm = resolve(con, attack, eps, norm)
+    what = describe(attack, eps, norm)
     counts = con.execute(
         "SELECT count(DISTINCT key) FILTER (WHERE status = 'complete'), "
         "count(DISTINCT key) FILTER (WHERE status <> 'complete'), string_agg(DISTINCT meta_study, ', ') "
@@ -68,28 +94,50 @@ def build_report(
     ).fetchone()
     assert counts is not None
     complete, failed, studies = counts
-    points = trial_points(con, attack, eps, per="config")
-    front = pareto_front(con, attack, eps, per="config")
+    stale = con.execute(
+        "SELECT count(DISTINCT key) FROM all_rows WHERE key NOT IN (SELECT key FROM rows)"
+    ).fetchone()
+    points = trial_points(con, attack, eps, per="config", norm=norm, size=size)
+    front = pareto_front(con, attack, eps, per="config", norm=norm, size=size)
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">studies: {html.escape(str(studies))}; {complete} complete trials, {failed} failed; '
-        f"robust accuracy under {html.escape(attack)} at eps {eps:g} (input scale 0-1); "
-        f"points are configs, the mean over their folds; generated "
+        f'<p class="note">studies: {html.escape(str(studies))}; {complete} complete trials, {failed} failed'
+        + (
+            f"; {stale[0]} stale trial(s) of other results revisions left out"
+            if stale and stale[0]
+            else ""
+        )
+        + f"; robust accuracy under the {html.escape(what)} (input scale 0-1); "
+        f"size: {html.escape(SIZE_LABELS[size])}; "
+        "points are configs, the mean over their folds, with the 95% Wilson interval of the "
+        "count pooled over the folds' disjoint test sets; generated "
         f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}</p>",
         "<h2>Pareto front</h2>",
         _img(
             plots.pareto_scatter(
-                points, front, title=f"robust accuracy ({attack} @ {eps:g}) against bytes"
+                points, front, title=f"robust accuracy ({what}) against {size} bytes"
             ),
             "Pareto scatter",
         ),
-        _table(front.drop(columns=["config_id"])),
+        _table(_ci(front)),
         "<h2>Robustness against eps</h2>",
     ]
     axes = _varying(points)
     # One line per value of the first axis that varies (the mean over the others): readable.
-    curve = robustness_curve(con, by=[f"cfg_{axes[0]}"] if axes else [])
+    curve = robustness_curve(con, by=[f"cfg_{axes[0]}"] if axes else [], norm=norm)
+    parts.append(
+        '<p class="note">Lines: the mean over the group\'s trials; band: the min-max spread '
+        "(groups span several configs, whose examples overlap).</p>"
+    )
     parts.append(_img(plots.robustness_curves(curve), "robustness curves"))
+    ids = ", ".join("'" + str(c).replace("'", "''") + "'" for c in front.config_id)
+    if ids:
+        front_curve = robustness_curve(con, where=f"{CONFIG_ID} IN ({ids})", norm=norm)
+        parts += [
+            '<p class="note">The Pareto front\'s configs; band: the 95% Wilson interval of the '
+            "count pooled over each config's folds.</p>",
+            _img(plots.robustness_curves(front_curve), "robustness curves of the front"),
+        ]
     if len(axes) >= 2:
         x, y = ("bits", "sparsity") if {"bits", "sparsity"} <= set(axes) else (axes[0], axes[1])
         parts += [
@@ -97,22 +145,32 @@ def build_report(
             _img(plots.heatmap(points, x, y, "robust_acc"), "heatmap of robust accuracy"),
             _img(plots.heatmap(points, x, y, "bytes"), "heatmap of bytes"),
         ]
-    parts.append("<h2>Each reduction alone and combined, against the uncompressed baseline</h2>")
+    parts.append(
+        "<h2>Each reduction alone and combined, against its own uncompressed baseline</h2>"
+    )
     try:
-        eff = reduction_effects(con, attack, eps, summary=True)
+        eff = reduction_effects(con, attack, eps, summary=True, norm=norm)
         parts.append(
-            '<p class="note">Paired over folds with the float, unpruned, unclustered trial of the same '
-            "config otherwise; delta = robust accuracy minus the baseline's; p-values of a paired "
-            "t-test and a Wilcoxon signed-rank test (n/a below two pairs).</p>"
+            '<p class="note">Each config is paired fold by fold with the float, unpruned, '
+            "unclustered trial of an otherwise identical config (JR, per-layer JR and bits, "
+            "adversarial training, seed, training); delta = robust accuracy minus the "
+            "baseline's, averaged per fold over the combination's configs; the fold means are "
+            "tested with Nadeau and Bengio's corrected resampled t-test (k-fold CV; n/a for a "
+            "single holdout); p_adjusted: Holm's correction over the table's tests.</p>"
         )
         parts.append(_table(eff))
-        ref = compare_to_baseline(con, attack, eps)
-        parts += [
-            "<h2>Reference model against the best robust point at equal or smaller size</h2>",
-            _table(ref),
-        ]
     except ValueError as err:
         parts.append(f'<p class="note">{html.escape(str(err))}</p>')
+    parts.append("<h2>Reference model against the best robust point at equal or smaller size</h2>")
+    try:
+        ref = compare_to_baseline(con, attack, eps, norm=norm, size=size)
+        parts.append(_table(_ci(ref)))
+    except ValueError as err:
+        parts.append(
+            '<p class="note">No reference model to compare with: the results hold no config '
+            "that is float, unpruned, unclustered, without JR and without adversarial "
+            f"training. ({html.escape(str(err))})</p>"
+        )
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -121,11 +179,20 @@ def build_report(
 
 
 def write_report(
-    results: str | Path, out: str | Path, attack: str = "worst", eps: float | None = None
+    results: str | Path,
+    out: str | Path,
+    attack: str = "worst",
+    eps: float | None = None,
+    *,
+    norm: str | None = None,
+    size: str = "encoded",
+    stale: bool = False,
 ) -> Path:
-    con = connect(results)
+    con = connect(results, stale=stale)
     out = Path(out)
-    text = build_report(con, f"robustgrid report: {Path(str(results)).name}", attack, eps)
+    text = build_report(
+        con, f"robustgrid report: {Path(str(results)).name}", attack, eps, norm=norm, size=size
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text)

@@ -21,7 +21,7 @@ from analysis.pareto import pareto_front, trial_points
 from grid.store import SCHEMA, ParquetSink
 from tests.conftest import grid_cli
 from tests.helpers import rows_for
-from trainables.rows import COLUMNS
+from trainables.rows import COLUMNS, SCHEMA_VERSION
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "analysis" / "notebooks").glob("*.ipynb"))
@@ -46,7 +46,7 @@ def test_schema_document_matches_the_code_and_the_files(
         assert {f.name: arrow[str(f.type)] for f in schema} == doc
         assert schema.equals(SCHEMA, check_metadata=False)
     con = analysis.connect(folder)
-    assert con.execute("SELECT DISTINCT schema_version FROM rows").fetchall() == [(1,)]
+    assert con.execute("SELECT DISTINCT schema_version FROM rows").fetchall() == [(SCHEMA_VERSION,)]
     wide = analysis.query.columns(con, "trials")
     assert {
         "config_id",
@@ -73,7 +73,8 @@ def _table(tmp_path: Path) -> analysis.query.duckdb.DuckDBPyConnection:
             key = f"{bits}-{sp}-{cl}-{fold}"
             rows = rows_for(
                 key, {("pgd", 0.05): p5, ("pgd", 0.1): p10, ("fgsm", 0.1): f10}, clean, nbytes,
-                fold=fold, bits=bits, sparsity=sp, clusters=cl,
+                fold=fold, bits=bits, sparsity=sp, clusters=cl, folds=2, samples=100,
+                test_samples=200,
             )  # fmt: skip
             sink(key, rows)
     return analysis.connect(tmp_path)
@@ -144,14 +145,16 @@ def test_reduction_effects_pair_folds_with_the_baseline(tmp_path: Path) -> None:
     assert list(eff.index) == ["quantization", "clustering", "quantization+pruning+clustering"]
     base, quant = np.array([0.50, 0.40]), np.array([0.45, 0.38])
     row = eff.loc["quantization"]
-    assert row.pairs == 2
+    assert row.pairs == 2 and row.folds == 2
     assert row.delta == pytest.approx(np.mean(quant - base))
-    assert row.p_ttest == pytest.approx(stats.ttest_rel(quant, base).pvalue)
-    assert row.p_wilcoxon == pytest.approx(stats.wilcoxon(quant - base).pvalue)
+    # Hand: deltas -0.05, -0.02: mean -0.035, s^2 = 0.00045; 2-fold CV, so the
+    # variance is s^2 (1/2 + 1/(2-1)) = 0.000675; t = -0.035 / 0.025981 = -1.3472, 1 df.
+    assert row.t == pytest.approx(-0.035 / math.sqrt(0.000675), rel=1e-9)
+    assert row.p_value == pytest.approx(2 * stats.t.sf(0.035 / math.sqrt(0.000675), 1))
     assert row.bytes_ratio == pytest.approx(900 / 4000)
     summary = analysis.reduction_effects(con, "pgd", 0.1, summary=True)
     assert list(summary.reductions) == list(eff.index)
-    assert math.isnan(analysis.reduction_effects(con, "pgd", 0.1, where="fold = 0").p_ttest[0])
+    assert math.isnan(analysis.reduction_effects(con, "pgd", 0.1, where="fold = 0").p_value[0])
 
 
 def test_compare_to_baseline_best_point_at_equal_or_smaller_size(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""Small, self-contained statistics: Wilson intervals, exact McNemar, the corrected
+resampled t-test of Nadeau and Bengio, and Holm's step-down correction.
+
+Kept apart from the queries so each can be checked against a hand computation
+(tests/test_statistics.py).  Independent of ``trainables.rows.wilson`` on purpose:
+the analysis recomputes the intervals it shows from the counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The 95% Wilson score interval of ``k`` successes in ``n`` trials (``z`` for other levels).
+
+    centre = (k + z^2/2) / (n + z^2), half = z sqrt(n) / (n + z^2) * sqrt(p(1-p) + z^2/4n);
+    (nan, nan) for n = 0 or missing counts.  50/100 -> (0.4038, 0.5962).
+    """
+    lo, hi = wilson_arrays(np.array([k], dtype=float), np.array([n], dtype=float), z)
+    return float(lo[0]), float(hi[0])
+
+
+def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise :func:`wilson` (NaN where n <= 0 or a count is missing)."""
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    ok = np.isfinite(k) & np.isfinite(n) & (n > 0)
+    safe_n = np.where(ok, n, 1.0)
+    p = np.where(ok, k, 0.0) / safe_n
+    z2 = z * z
+    centre = (p + z2 / (2 * safe_n)) / (1 + z2 / safe_n)
+    half = z / (1 + z2 / safe_n) * np.sqrt(p * (1 - p) / safe_n + z2 / (4 * safe_n * safe_n))
+    lo = np.where(ok, np.clip(centre - half, 0.0, 1.0), np.nan)
+    hi = np.where(ok, np.clip(centre + half, 0.0, 1.0), np.nan)
+    return lo, hi
+
+
+class McNemar(NamedTuple):
+    """Discordant pairs of two classifiers on the same examples, and the exact two-sided p-value.
+
+    ``b``: examples robust under A but not B; ``c``: robust under B but not A.
+    """
+
+    b: int
+    c: int
+    p_value: float
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), capped at 1.
+
+    Exact at every count (the chi-square approximation is never needed); 1.0
+    when there is no discordant pair.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * stats.binom.cdf(min(b, c), n, 0.5)))
+
+
+def unpack_mask(hex_mask: str, n: int) -> np.ndarray:
+    """The per-example booleans of ``metric_robust_mask`` (hex of np.packbits), ``n`` of them."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hex_mask), dtype=np.uint8))
+    if len(bits) < n or len(bits) - n >= 8:
+        raise ValueError(f"metric_robust_mask: {len(bits)} bits cannot hold {n} examples")
+    return bits[:n].astype(bool)
+
+
+class CorrectedT(NamedTuple):
+    t: float
+    p_value: float
+    half_ci95: float  # half-width of the 95% interval of the mean difference
+    test: str
+
+
+def corrected_t(deltas: Sequence[float] | np.ndarray, folds: int) -> CorrectedT:
+    """Paired differences over folds, tested against 0.
+
+    k-fold cross-validation (``folds`` = k >= 2): Nadeau and Bengio's corrected
+    resampled t-test, t = mean / sqrt((1/J + n_test/n_train) s^2) with J the
+    pairs present, s^2 their sample variance and n_test/n_train = 1/(k-1)
+    (the folds' training sets overlap, so the plain 1/J underestimates the
+    variance); J - 1 degrees of freedom.  Fewer than two pairs (a single
+    holdout, ``folds`` = 1) or no spread: NaN.  Several pairs from a holdout
+    (independent repeats): the plain paired t (test_train term 0).
+    """
+    d = np.asarray(deltas, dtype=float)
+    j = len(d)
+    if j < 2:
+        return CorrectedT(math.nan, math.nan, math.nan, f"none ({j} pair)")
+    s2 = float(np.var(d, ddof=1))
+    ratio = 1.0 / (folds - 1) if folds >= 2 else 0.0
+    test = f"corrected t (Nadeau-Bengio, {folds}-fold)" if folds >= 2 else "paired t"
+    se = math.sqrt((1.0 / j + ratio) * s2)
+    half = float(stats.t.ppf(0.975, j - 1) * se)
+    mean = float(d.mean())
+    if se == 0.0:
+        return CorrectedT(math.nan, math.nan, half, test)
+    t = mean / se
+    return CorrectedT(t, float(2.0 * stats.t.sf(abs(t), j - 1)), half, test)
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error, any dependence); NaNs stay NaN.
+
+    Sorted p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
+    m the number of non-NaN p-values.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out

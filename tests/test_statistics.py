@@ -1,0 +1,428 @@
+"""Honest statistics in the analysis: every figure checked against a hand computation.
+
+Tables are hand-made Parquet rows in the real schema (tests/helpers.rows_for);
+the oracles are numbers worked out by hand (in the comments) or closed forms
+written here independently of analysis.inference.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+import analysis
+from analysis import plots
+from analysis.pareto import format_front
+from analysis.report import build_report
+from grid.store import ParquetSink
+from tests.helpers import mask_hex, rows_for
+from trainables.config import RESULTS_REVISION
+from trainables.rows import COLUMNS
+
+ROOT = Path(__file__).parent.parent
+Z = 1.959963984540054
+
+
+def _wilson_hand(k: int, n: int) -> tuple[float, float]:
+    """The Wilson interval in its count form: (k + z^2/2 -+ z sqrt(k(n-k)/n + z^2/4)) / (n + z^2)."""
+    root = Z * math.sqrt(k * (n - k) / n + Z * Z / 4)
+    return (k + Z * Z / 2 - root) / (n + Z * Z), (k + Z * Z / 2 + root) / (n + Z * Z)
+
+
+# ---- Wilson -----------------------------------------------------------------------------
+
+
+def test_wilson_against_hand_values() -> None:
+    assert analysis.wilson(50, 100) == pytest.approx((0.4038, 0.5962), abs=5e-5)
+    # 0/10: lo 0, hi z^2 / (n + z^2) = 3.8415 / 13.8415 = 0.27753
+    assert analysis.wilson(0, 10) == pytest.approx((0.0, 3.841459 / 13.841459), abs=1e-6)
+    assert analysis.wilson(10, 10) == pytest.approx((10 / 13.841459, 1.0), abs=1e-6)
+    assert all(math.isnan(v) for v in analysis.wilson(0, 0))
+    for k, n in [(1, 7), (30, 100), (123, 400), (999, 1000)]:
+        assert analysis.wilson(k, n) == pytest.approx(_wilson_hand(k, n), abs=1e-12)
+
+
+def _cv_table(tmp_path: Path) -> None:
+    """Two folds; fold 0 attacks 100 examples, fold 1 attacks 200 (unequal on purpose)."""
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    # key, bits, fold, robust, samples, clean, test samples
+    for key, bits, fold, robust, n, clean, nt in [
+        ("a0", "4", 0, 0.30, 100, 0.90, 300),
+        ("a1", "4", 1, 0.20, 200, 0.80, 300),
+        ("f0", "float", 0, 0.50, 100, 0.95, 300),
+        ("f1", "float", 1, 0.40, 200, 0.90, 300),
+    ]:
+        sink(
+            key,
+            rows_for(
+                key, {("pgd", 0.1): robust}, clean, 1000 if bits == "float" else 300,
+                fold=fold, bits=bits, folds=2, samples=n, test_samples=nt,
+            ),
+        )  # fmt: skip
+
+
+def test_points_carry_wilson_intervals_of_pooled_counts(tmp_path: Path) -> None:
+    _cv_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    trial = analysis.trial_points(con, "pgd", 0.1).set_index("key")
+    assert (trial.loc["a0", "robust_lo"], trial.loc["a0", "robust_hi"]) == pytest.approx(
+        _wilson_hand(30, 100)
+    )
+    assert (trial.loc["a1", "clean_lo"], trial.loc["a1", "clean_hi"]) == pytest.approx(
+        _wilson_hand(240, 300)
+    )
+    cfg = analysis.trial_points(con, "pgd", 0.1, per="config").set_index("bits")
+    q = cfg.loc["4"]
+    assert q.robust_acc == pytest.approx(0.25)  # the mean of the folds' accuracies
+    # The interval of the pooled count: (30 + 40) / (100 + 200), not of 0.25 or of n = 100.
+    assert (q.robust_k, q.samples) == (70, 300)
+    assert (q.robust_lo, q.robust_hi) == pytest.approx(_wilson_hand(70, 300))
+    assert (q.clean_lo, q.clean_hi) == pytest.approx(_wilson_hand(270 + 240, 600))
+    front = analysis.pareto_front(con, "pgd", 0.1, per="config")
+    assert {"robust_lo", "robust_hi"} <= set(front.columns)
+    curve = analysis.robustness_curve(con, attack="pgd", by=["cfg_bits"])
+    c = curve[(curve.cfg_bits == "4") & (curve.eps == 0.1)].iloc[0]
+    assert (c.lo, c.hi) == pytest.approx(_wilson_hand(70, 300))
+    # Two configs in one group share examples: no interval.
+    pooled = analysis.robustness_curve(con, attack="pgd", by=[])
+    assert pooled.lo.isna().all()
+
+
+def test_plots_draw_the_intervals(tmp_path: Path) -> None:
+    _cv_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    pts = analysis.trial_points(con, "pgd", 0.1, per="config")
+    fig = plots.pareto_scatter(pts, analysis.pareto_front(con, "pgd", 0.1, per="config"))
+    bars = [c for c in fig.axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    assert bars  # error bars drawn
+    segs = np.concatenate([np.asarray(s) for b in bars for s in b.lines[2][0].get_segments()])
+    lo, hi = _wilson_hand(70, 300)
+    assert np.isclose(segs[:, 1], lo).any() and np.isclose(segs[:, 1], hi).any()
+    assert "smallest encoding" in fig.axes[0].get_xlabel()
+    curve = analysis.robustness_curve(con, attack="pgd", by=["cfg_bits"])
+    fig = plots.robustness_curves(curve)
+    assert fig.axes[0].get_title() == "pgd (L-inf)"
+    bands = fig.axes[0].collections
+    ys = np.concatenate([p.vertices[:, 1] for b in bands for p in b.get_paths()])
+    assert np.isclose(ys, lo).any() and np.isclose(ys, hi).any()
+
+
+# ---- McNemar ----------------------------------------------------------------------------
+
+
+def _mask_table(tmp_path: Path) -> None:
+    """20 attacked examples; A robust on 0..9, B on 0..8, C on 0..2 and 10..15, D on 0 and 11..15."""
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    a = [i < 10 for i in range(20)]
+    b = [i < 9 for i in range(20)]
+    c = [i < 3 or 10 <= i < 16 for i in range(20)]
+    d = [i == 0 or 11 <= i < 16 for i in range(20)]
+    for key, m, subset in [("A", a, "s1"), ("B", b, "s1"), ("C", c, "s1"), ("D", d, "s1"),
+                           ("E", a, "s2")]:  # fmt: skip
+        sink(
+            key,
+            rows_for(
+                key, {("pgd", 0.1): float(np.mean(m)), ("fgsm", 0.1): float(np.mean(m))}, 0.9,
+                100, masks={("pgd", 0.1): m, ("fgsm", 0.1): m}, subset=subset,
+            ),
+        )  # fmt: skip
+
+
+def test_mcnemar_exact_against_hand_binomials(tmp_path: Path) -> None:
+    _mask_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    # A vs B: b = 1 (example 9), c = 0: p = 2 P(X <= 0), X ~ Bin(1, 1/2) = 2 * 1/2 = 1.
+    assert analysis.mcnemar(con, "A", "B", "pgd", 0.1) == (1, 0, 1.0)
+    # A vs C: b = 7 (3..9), c = 6 (10..15): n = 13, min 6: P(X <= 6) = 1/2 exactly: p = 1.
+    assert analysis.mcnemar(con, "A", "C", "pgd", 0.1) == (7, 6, 1.0)
+    # A vs D: A only 1..9 (9), D only 11..15 (5): n = 14,
+    # P(X <= 5) = (1 + 14 + 91 + 364 + 1001 + 2002) / 2^14 = 3473 / 16384; p = 6946 / 16384.
+    r = analysis.mcnemar(con, "A", "D", "pgd", 0.1)
+    assert (r.b, r.c) == (9, 5)
+    assert r.p_value == pytest.approx(6946 / 16384, abs=1e-12)
+    # b = 1, c = 6 by hand: 2 (1 + 7) / 128 = 0.125
+    assert analysis.mcnemar_exact(1, 6) == pytest.approx(0.125)
+    assert analysis.mcnemar_exact(0, 0) == 1.0
+    # 'worst': robust under every attack (both attacks' masks are the same here).
+    assert analysis.mcnemar(con, "A", "D", "worst", 0.1) == r
+    with pytest.raises(ValueError, match=r"trials 'A' and 'E' attacked different examples.*s1.*s2"):
+        analysis.mcnemar(con, "A", "E", "pgd", 0.1)
+
+
+def test_mask_encoding_is_packbits_hex() -> None:
+    from analysis.inference import unpack_mask
+
+    m = [True, False, True, True, False, False, False, False, True, True]
+    assert mask_hex(m) == "b0c0"  # 1011 0000 | 1100 0000, by hand
+    assert list(unpack_mask("b0c0", 10)) == m
+    with pytest.raises(ValueError, match="cannot hold"):
+        unpack_mask("b0", 10)
+
+
+# ---- corrected t, Holm, pairing ---------------------------------------------------------
+
+
+def test_corrected_t_against_hand_computation() -> None:
+    d = [0.02, 0.05, -0.01, 0.04, 0.03]
+    # mean 0.026; squared deviations 36+576+1296+196+16 = 2120 (x 1e-8): s^2 = 0.00053;
+    # 5-fold CV: variance (1/5 + 1/4) s^2 = 0.0002385; t = 0.026 / 0.015443 = 1.68357.
+    r = analysis.corrected_t(d, 5)
+    assert r.t == pytest.approx(0.026 / math.sqrt(0.0002385), rel=1e-9)
+    assert r.t == pytest.approx(1.68357, abs=1e-5)
+    assert r.p_value == pytest.approx(2 * stats.t.sf(0.026 / math.sqrt(0.0002385), 4))
+    assert r.half_ci95 == pytest.approx(stats.t.ppf(0.975, 4) * math.sqrt(0.0002385))
+    # The uncorrected t would be 0.026 / sqrt(0.00053 / 5) = 2.525: smaller p, overconfident.
+    assert r.t < 0.026 / math.sqrt(0.00053 / 5)
+    assert math.isnan(analysis.corrected_t([0.1], 1).p_value)  # one holdout pair
+
+
+def test_holm_against_hand_computation() -> None:
+    # sorted 0.01, 0.03, 0.04 (m = 3): 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, 1 x 0.04 -> max 0.06
+    got = analysis.holm([0.01, 0.04, 0.03, math.nan])
+    assert got[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(got[3])
+    assert analysis.holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+    assert analysis.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+
+
+FOLDS = 5
+BASE = [0.50, 0.40, 0.45, 0.55, 0.50]
+Q4 = [0.52, 0.45, 0.44, 0.59, 0.53]  # deltas 0.02, 0.05, -0.01, 0.04, 0.03
+Q2 = [0.40, 0.35, 0.40, 0.45, 0.44]  # deltas -0.10, -0.05, -0.05, -0.10, -0.06
+JR_BASE = [0.70, 0.60, 0.65, 0.75, 0.70]  # the JR baseline: much better; Q4 is not paired with it
+P5 = [0.50, 0.41, 0.45, 0.55, 0.49]  # pruning: deltas 0, 0.01, 0, 0, -0.01
+
+
+def _effects_table(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    configs = [
+        ("float", 0.0, "{}", BASE),
+        ("4", 0.0, "{}", Q4),
+        ("2", 0.0, "{}", Q2),
+        ("float", 0.5, "{}", P5),
+        ("float", 0.0, '{"conv1": 0.1}', JR_BASE),  # another baseline: per-layer JR
+        ("4", 0.0, '{"conv1": 0.1}', [v + 0.01 for v in JR_BASE]),
+    ]
+    for bits, sp, jr_layers, accs in configs:
+        for fold, acc in enumerate(accs):
+            key = f"{bits}-{sp}-{len(jr_layers)}-{fold}"
+            sink(key, rows_for(
+                key, {("pgd", 0.1): acc}, 0.9, 100 if bits == "float" else 30, fold=fold,
+                bits=bits, sparsity=sp, jr_layers=jr_layers, folds=FOLDS, samples=100,
+            ))  # fmt: skip
+
+
+def test_reduction_effects_corrected_t_holm_and_own_baselines(tmp_path: Path) -> None:
+    _effects_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    eff = analysis.reduction_effects(con, "pgd", 0.1)
+    assert len(eff) == 4  # 4 bits, 2 bits, pruning, 4 bits with per-layer JR
+    q4 = eff[(eff.bits == "4") & (eff.jr_layers == "{}")].iloc[0]
+    assert q4.delta == pytest.approx(0.026)
+    assert q4.t == pytest.approx(0.026 / math.sqrt(0.0002385), rel=1e-9)  # as the hand case
+    assert q4.test.startswith("corrected t") and q4.folds == 5 and q4.pairs == 5
+    # The per-layer-JR config pairs only with the per-layer-JR baseline: delta +0.01 every
+    # fold (no spread: t undefined), never with the plain baseline (delta ~ +0.2).
+    jr = eff[eff.jr_layers == '{"conv1": 0.1}'].iloc[0]
+    assert jr.delta == pytest.approx(0.01) and jr.baseline_robust_acc == pytest.approx(0.68)
+    # Q2 by hand: deltas -0.10, -0.05, -0.05, -0.10, -0.06: mean -0.072,
+    # squared deviations 784+484+484+784+144 = 2680 (1e-8): s^2 = 0.00067.
+    q2 = eff[eff.bits == "2"].iloc[0]
+    t2 = -0.072 / math.sqrt(0.45 * 0.00067)
+    assert q2.t == pytest.approx(t2, rel=1e-9)
+    # Pruning: deltas 0, 0.01, 0, 0, -0.01: mean 0, s^2 = 0.0002/4 = 0.00005: t = 0, p = 1.
+    pr = eff[eff.reductions == "pruning"].iloc[0]
+    assert pr.t == pytest.approx(0.0, abs=1e-12) and pr.p_value == pytest.approx(1.0)
+    # Holm over the three finite p-values of this call, by hand.
+    p = {"q4": q4.p_value, "q2": q2.p_value, "pr": pr.p_value}
+    assert math.isnan(jr.p_value) and math.isnan(jr.p_adjusted)
+    order = sorted(p, key=p.__getitem__)
+    want = {}
+    running = 0.0
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * p[name]))
+        want[name] = running
+    assert q4.p_adjusted == pytest.approx(want["q4"])
+    assert q2.p_adjusted == pytest.approx(want["q2"])
+    assert pr.p_adjusted == pytest.approx(want["pr"])
+
+
+def test_summary_averages_per_fold_before_testing(tmp_path: Path) -> None:
+    _effects_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    s = analysis.reduction_effects(con, "pgd", 0.1, summary=True).set_index("reductions")
+    q = s.loc["quantization"]
+    # Three quantized configs per fold (4, 2, 4 + per-layer JR): per-fold means of the
+    # deltas (0.02 - 0.10 + 0.01) / 3, (0.05 - 0.05 + 0.01) / 3, ...: five numbers, not 15.
+    per_fold = np.array(
+        [(a - b + c) / 3 for a, b, c in zip(
+            [0.02, 0.05, -0.01, 0.04, 0.03], [0.10, 0.05, 0.05, 0.10, 0.06], [0.01] * 5,
+            strict=True,
+        )]
+    )  # fmt: skip
+    assert q.configs == 3 and q.pairs == 15
+    assert q.delta == pytest.approx(per_fold.mean())
+    mean, s2 = per_fold.mean(), per_fold.var(ddof=1)
+    assert q.t == pytest.approx(mean / math.sqrt((1 / 5 + 1 / 4) * s2), rel=1e-9)
+    assert q.p_value == pytest.approx(2 * stats.t.sf(abs(q.t), 4))
+
+
+def test_reduction_effects_mcnemar_sums_discordant_pairs_over_folds(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    # 2 folds x 10 examples.  fold 0: baseline robust on 0..5, quantized on 0..3 and 8
+    # (b = quantized only = {8} = 1, c = baseline only = {4, 5} = 2); fold 1: baseline on
+    # 0..4, quantized on 0..4 (b = c = 0).  Summed: b = 1, c = 2: p = 2 (1 + 3) / 8 = 1.
+    masks = {
+        ("float", 0): [i < 6 for i in range(10)],
+        ("4", 0): [i < 4 or i == 8 for i in range(10)],
+        ("float", 1): [i < 5 for i in range(10)],
+        ("4", 1): [i < 5 for i in range(10)],
+    }
+    for (bits, fold), m in masks.items():
+        key = f"{bits}-{fold}"
+        sink(key, rows_for(
+            key, {("pgd", 0.1): float(np.mean(m))}, 0.9, 10, fold=fold, bits=bits,
+            sparsity=0.0, folds=2, masks={("pgd", 0.1): m}, subset=f"fold{fold}",
+        ))  # fmt: skip
+    con = analysis.connect(tmp_path)
+    row = analysis.reduction_effects(con, "pgd", 0.1).iloc[0]
+    assert (row.mcnemar_b, row.mcnemar_c) == (1, 2)
+    assert row.p_mcnemar == pytest.approx(1.0)
+
+
+# ---- norms, size, stale rows, reference ------------------------------------------------
+
+
+def _norm_table(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    # pgd (L-inf) at 0.1; cw_l2 (L2) at 0.1 and 0.5.  Worst L-inf at 0.1 must not see cw_l2.
+    for key, pgd, cw1, cw5, nbytes, tfl in [
+        ("a", 0.60, 0.10, 0.05, 100, 400),
+        ("b", 0.50, 0.30, 0.20, 200, 300),
+    ]:
+        sink(key, rows_for(
+            key, {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5}, 0.9, nbytes,
+            tflite_bytes=tfl, samples=100,
+        ))  # fmt: skip
+
+
+def test_worst_never_mixes_norms(tmp_path: Path) -> None:
+    _norm_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    pts = analysis.trial_points(con, "worst", 0.1).set_index("key")
+    assert pts.robust_acc.to_dict() == {"a": 0.60, "b": 0.50}  # pgd only, not min with cw_l2
+    assert pts.attrs["norm"] == "inf"
+    l2 = analysis.trial_points(con, "worst", 0.1, norm="2").set_index("key")
+    assert l2.robust_acc.to_dict() == {"a": 0.10, "b": 0.30}
+    with pytest.raises(ValueError, match=r"eps: 0.5 exists only under L2.*pass norm='2'"):
+        analysis.trial_points(con, "worst", 0.5)
+    assert analysis.pareto.headline_eps(con) == 0.1  # largest L-inf eps
+    assert analysis.pareto.headline_eps(con, norm="2") == 0.5
+    assert analysis.pareto.headline_eps(con, "cw_l2") == 0.5  # the attack's own norm
+    front = analysis.pareto_front(con, "worst", 0.5, norm="2")
+    assert "worst attack (L2) at eps 0.5" in format_front(front, "worst", 0.5)
+    curve = analysis.robustness_curve(con, by=[])
+    assert set(zip(curve.attack, curve.norm, strict=True)) == {("pgd", "inf"), ("cw_l2", "2")}
+    with pytest.raises(ValueError, match="norm: '1' must be"):
+        analysis.trial_points(con, norm="1")
+
+
+def test_size_objective_picks_the_bytes(tmp_path: Path) -> None:
+    _norm_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    enc = analysis.pareto_front(con, "pgd", 0.1)
+    assert list(enc.key) == ["a"]  # a: smaller (100 < 200) and more robust
+    tfl = analysis.pareto_front(con, "pgd", 0.1, size="tflite")
+    assert list(tfl.key) == ["b", "a"]  # b: 300 B < a's 400 B as flatbuffers
+    assert list(tfl.bytes) == [300, 400] and tfl.attrs["size"] == "tflite"
+    assert "tflite bytes down" in format_front(tfl, "pgd", 0.1)
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    sink("c", rows_for("c", {("pgd", 0.1): 0.4}, 0.9, 50))  # no TFLite size
+    con = analysis.connect(tmp_path)
+    with pytest.raises(ValueError, match=r"size: 'tflite': 1 of 3 point\(s\) have no"):
+        analysis.pareto_front(con, "pgd", 0.1, size="tflite")
+    with pytest.raises(ValueError, match="size: 'zip' must be"):
+        analysis.trial_points(con, "pgd", 0.1, size="zip")
+
+
+def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    sink("new", rows_for("new", {("pgd", 0.1): 0.5}, 0.9, 100))
+    sink("old", rows_for("old", {("pgd", 0.1): 0.9}, 0.9, 50, revision=RESULTS_REVISION - 1))
+    # A file from before the revision column existed: revision 0.
+    legacy = rows_for("legacy", {("pgd", 0.1): 0.95}, 0.9, 40)
+    cols = ["key", "fold", "attack", "eps", "status", "metric_robust_acc", "metric_clean_acc",
+            "metric_bytes", "cfg_bits", "cfg_sparsity", "cfg_clusters"]  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist([{c: r[c] for c in cols} for r in legacy]),
+        tmp_path / "rows" / "legacy.parquet",
+    )
+    with pytest.warns(UserWarning, match=r"left out 2 stale trial\(s\) of revision\(s\) \[0, 1\]"):
+        con = analysis.connect(tmp_path)
+    assert list(analysis.trial_points(con, "pgd", 0.1).key) == ["new"]
+    assert con.execute("SELECT list(key) FROM trials").fetchone() == (["new"],)
+    stale = analysis.stale_keys(con)
+    assert dict(zip(stale.key, stale.revision, strict=True)) == {
+        "legacy": 0, "old": RESULTS_REVISION - 1,
+    }  # fmt: skip
+    every = analysis.connect(tmp_path, stale=True)
+    assert set(analysis.trial_points(every, "pgd", 0.1).key) == {"new", "old", "legacy"}
+
+
+def test_reference_model_must_be_truly_float(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    # Float, uncompressed, but with per-layer JR: not a reference.
+    sink("jr", rows_for("jr", {("pgd", 0.1): 0.6}, 0.9, 4000, bits="float",
+                        jr_layers='{"conv1": 0.1}'))  # fmt: skip
+    sink("q", rows_for("q", {("pgd", 0.1): 0.5}, 0.9, 1000, bits="4"))
+    con = analysis.connect(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"no reference model.*1 config\(s\) miss only: without per-layer JR",
+    ):
+        analysis.compare_to_baseline(con, "pgd", 0.1)
+    html = build_report(con, "t", "pgd", 0.1)
+    assert "No reference model to compare with" in html
+    # Adversarial training or per-layer bits disqualify as well.
+    sink("adv", rows_for("adv", {("pgd", 0.1): 0.7}, 0.9, 4000, bits="float",
+                         adv_training="pgd"))  # fmt: skip
+    sink("lb", rows_for("lb", {("pgd", 0.1): 0.7}, 0.9, 4000, bits="float",
+                        layer_bits='{"conv1": "4"}'))  # fmt: skip
+    con = analysis.connect(tmp_path)
+    with pytest.raises(ValueError, match="no reference model"):
+        analysis.compare_to_baseline(con, "pgd", 0.1)
+    sink("ref", rows_for("ref", {("pgd", 0.1): 0.4}, 0.9, 4000, bits="float", samples=100))
+    con = analysis.connect(tmp_path)
+    cmp = analysis.compare_to_baseline(con, "pgd", 0.1).set_index("role")
+    assert cmp.loc["reference", "key"] == "ref"
+    assert cmp.loc["best", "robust_acc"] == pytest.approx(0.7)  # adv / lb at the same size
+    assert (cmp.loc["reference", "robust_lo"], cmp.loc["reference", "robust_hi"]) == (
+        pytest.approx(_wilson_hand(40, 100))
+    )
+
+
+def test_report_shows_intervals_and_the_selection(tmp_path: Path) -> None:
+    _cv_table(tmp_path)
+    con = analysis.connect(tmp_path)
+    html = build_report(con, "t", "pgd", 0.1)
+    lo, hi = _wilson_hand(70, 300)
+    assert f"[{lo:.3f}, {hi:.3f}]" in html and "robust 95% CI" in html
+    assert "pgd (L-inf) at eps 0.1" in html and "smallest encoding" in html
+    assert "Nadeau and Bengio" in html and "Holm" in html
+
+
+def test_schema_document_lists_every_column_of_the_code() -> None:
+    text = (ROOT / "analysis" / "SCHEMA.md").read_text()
+    long = text[text.index("## `rows` (long)") : text.index("## `trials`")]
+    doc = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", long, flags=re.M))
+    assert doc == COLUMNS and list(doc) == list(COLUMNS)
+    meaning = dict(re.findall(r"^\| `(\w+)` \| \w+ \|[^|]*\| (.*) \|$", long, flags=re.M))
+    assert all(
+        meaning[c].strip() for c in COLUMNS if c.startswith(("metric_", "meta_attack", "rev"))
+    )
