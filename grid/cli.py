@@ -21,14 +21,21 @@ from grid.spec import Study, StudyError, load_study
 EXIT_BAD_INPUT = 2
 
 
-def _print_front(results: str, attack: str, eps: float | None) -> int:
-    from analysis.pareto import format_front, headline_eps, pareto_front
+def _print_front(
+    results: str,
+    attack: str,
+    eps: float | None,
+    norm: str | None = None,
+    size: str = "encoded",
+    stale: bool = False,
+) -> int:
+    from analysis.pareto import format_front, pareto_front, resolve
     from analysis.query import connect
 
-    con = connect(results)
-    eps = headline_eps(con, attack) if eps is None else eps
-    front = pareto_front(con, attack, eps)
-    print(format_front(front, attack, eps))
+    con = connect(results, stale=stale)
+    eps, norm = resolve(con, attack, eps, norm)
+    front = pareto_front(con, attack, eps, norm=norm, size=size)
+    print(format_front(front, attack, eps, norm, size))
     return 0
 
 
@@ -97,9 +104,9 @@ def _run(study: Study, args: argparse.Namespace) -> int:
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    attack, eps, _norm, _size = study.headline
+    attack, eps, norm, size = study.headline
     if summary.completed or summary.skipped:
-        _print_front(str(results_dir), attack, eps)
+        _print_front(str(results_dir), attack, eps, norm, size)
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130
@@ -172,13 +179,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    return _print_front(args.results, args.attack, args.eps)
+    return _print_front(args.results, args.attack, args.eps, args.norm, args.size, args.stale)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
-    out = write_report(args.results, args.out, args.attack, args.eps)
+    out = write_report(
+        args.results,
+        args.out,
+        args.attack,
+        args.eps,
+        norm=args.norm,
+        size=args.size,
+        stale=args.stale,
+    )
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 
@@ -223,6 +238,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def selection_options(cmd: argparse.ArgumentParser) -> None:
+    """--norm, --size and --stale of the commands that read results."""
+    cmd.add_argument(
+        "--norm",
+        choices=["inf", "2"],
+        help="norm of the attacks ('worst' never mixes norms; default: inf, or the named attack's)",
+    )
+    cmd.add_argument(
+        "--size",
+        choices=["encoded", "tflite"],
+        default="encoded",
+        help="bytes objective: the smallest encoding of the weights (default) or the int8 TFLite file",
+    )
+    cmd.add_argument(
+        "--stale",
+        action="store_true",
+        help="include rows of another results revision (left out by default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument(
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
     )
+    selection_options(par)
     par.set_defaults(func=cmd_pareto)
 
     rep = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
@@ -285,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--attack", default="worst", help="attack name, or 'worst' (default)")
     rep.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest)")
+    selection_options(rep)
     rep.set_defaults(func=cmd_report)
 
     exp = sub.add_parser(
