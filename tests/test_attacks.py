@@ -18,7 +18,8 @@ SUITE = [
     ("hopskipjump", (1.0, 2.0), {"max_iter": 2}),
     ("boundary", (2.0,), {"max_iter": 10}),
     ("transfer_fgsm", (0.1,), {}),
-    ("transfer_pgd", (0.05, 0.1), {"steps": 3}),
+    ("transfer_pgd", (0.05, 0.1), {"steps": 3, "restarts": 2}),
+    ("autoattack", (0.1,), {"max_iter": 2}),
 ]
 
 
@@ -31,6 +32,10 @@ def test_every_attack_gives_a_row_per_eps() -> None:
     assert [(r["attack"], r["eps"]) for r in rows] == [(n, e) for n, eps, _ in SUITE for e in eps]
     assert {n.value for n in AttackName} == {n for n, _, _ in SUITE}  # the suite is the whole enum
     kinds = {r["attack"]: (r["attack_kind"], r["attack_norm"]) for r in rows}
+    assert kinds["autoattack"] == ("white", "inf")
+    restarts = {r["attack"]: r["cfg_attack_restarts"] for r in rows}
+    assert restarts["pgd"] == 0 and restarts["transfer_pgd"] == 2 and restarts["autoattack"] == 1
+    assert restarts["fgsm"] is None and restarts["square"] is None
     assert kinds["hopskipjump"] == ("black", "2") and kinds["square"] == ("black", "inf")
     assert kinds["transfer_pgd"] == ("transfer", "inf") and kinds["cw_l2"] == ("white", "2")
     for r in rows:
@@ -125,3 +130,96 @@ def test_transfer_attacks_need_and_use_the_surrogate(trained) -> None:  # type: 
 def test_bad_attack_specs(spec: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AttackSpec.model_validate(spec)
+
+
+@pytest.fixture(scope="module")
+def honest():  # type: ignore[no-untyped-def]
+    from trainables.trial import train_compressed, trial_split
+
+    cfg = TrialConfig(bits="4", epochs=2)
+    model, _ = train_compressed(cfg)
+    split = trial_split(cfg)
+    return model, split.x_test, split.y_test
+
+
+def test_pgd_restarts_keep_every_success(honest) -> None:  # type: ignore[no-untyped-def]
+    """ART's TF2 PGD keeps a later random start's example where it succeeds, so r starts leave
+    robust only what survives all r: with one batch and the same seed the first start is the
+    same draw, and 3 starts leave robust a subset of what 1 start does."""
+    from trainables.attacks import evaluate_attacks
+
+    model, x, y = honest
+    specs = tuple(
+        AttackSpec(name="pgd", eps=(0.15,), steps=5, restarts=r, samples=120) for r in (1, 3)
+    )
+    one, three = evaluate_attacks(model, x, y, 10, specs)
+    assert (one.restarts, three.restarts) == (1, 3)
+    assert np.all(one.robust | ~three.robust)  # robust under 3 starts => robust under the first
+    assert three.robust_acc <= one.robust_acc
+
+
+def test_autoattack_runs_the_standard_parts_on_logits(honest) -> None:  # type: ignore[no-untyped-def]
+    from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+
+    from trainables.attacks import classifier, evaluate_attacks, make_attack
+
+    model, x, y = honest
+    spec = AttackSpec(name="autoattack", eps=(0.1,), max_iter=3, samples=40)
+    clf = classifier(model, 10, x.shape[1:])
+    attack = make_attack(spec, clf, 0.1)
+    parts = attack.attacks
+    assert [type(p) for p in parts] == [AutoProjectedGradientDescent] * 2 + [SquareAttack]
+    assert [getattr(p, "loss_type", None) for p in parts] == [
+        "cross_entropy",
+        "difference_logits_ratio",
+        None,
+    ]
+    assert all(p.norm == np.inf and p.eps == 0.1 for p in parts)
+    assert parts[0].max_iter == 3 and parts[2].max_iter == 150  # 50 Square queries per APGD step
+    assert attack.norm == np.inf and attack.eps == 0.1 and not attack.targeted
+    # The estimator predicts logits (APGD-DLR and Square's margin need them)
+    scores = clf.predict(x[:5])
+    np.testing.assert_allclose(scores, model(x[:5], training=False).numpy(), rtol=1e-6)
+    (aa,) = evaluate_attacks(model, x, y, 10, (spec,))
+    (pgd,) = evaluate_attacks(model, x, y, 10, (AttackSpec(name="pgd", eps=(0.1,), samples=40),))
+    assert aa.robust_acc <= pgd.robust_acc <= aa.clean_acc
+
+
+def test_score_based_attacks_see_logits_not_saturated_probabilities(honest) -> None:  # type: ignore[no-untyped-def]
+    """A very confident model (logits x 100): its softmax is exactly 1.0 / 0.0 in float32 for most
+    examples, where Square's margin is flat and the attack stalls; on logits the attack does not
+    care about the scale (it compares margins), so it breaks what it breaks on the plain model."""
+    import tf_keras
+    from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork
+
+    from trainables.attacks import make_attack, predictions_only
+
+    model, x, y = honest
+    inp = tf_keras.Input(x.shape[1:])
+    confident = tf_keras.Model(inp, model(inp) * 100.0)
+    xs, ys = x[:40], y[:40]
+    logits = confident(xs, training=False).numpy()
+    est = predictions_only(confident, 10, x.shape[1:])
+    np.testing.assert_array_equal(est.predict(xs), logits)  # raw logits, no softmax
+
+    def softmax(t: np.ndarray) -> np.ndarray:
+        z = confident(t.astype(np.float32), training=False).numpy()
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    assert np.mean(softmax(xs).max(axis=1) == 1.0) > 0.5  # saturated
+    probs = BlackBoxClassifierNeuralNetwork(
+        softmax, x.shape[1:], 10, channels_first=False, clip_values=(0.0, 1.0)
+    )
+    spec = AttackSpec(name="square", eps=(0.2,), max_iter=100)
+    eye = np.eye(10, dtype=np.float32)
+
+    def broken(estimator) -> int:  # type: ignore[no-untyped-def]
+        np.random.seed(0)
+        adv = make_attack(spec, estimator, 0.2).generate(x=xs, y=eye[ys])
+        after = np.argmax(confident(adv, training=False).numpy(), axis=1)
+        return int(np.sum((np.argmax(logits, axis=1) == ys) & (after != ys)))
+
+    on_logits = broken(est)
+    assert on_logits == broken(predictions_only(model, 10, x.shape[1:]))  # scale-free
+    assert on_logits > broken(probs)

@@ -83,3 +83,35 @@ def test_preprocessing_falls_back_to_arts_code(pair) -> None:  # type: ignore[no
     np.testing.assert_allclose(
         fast.loss_gradient(x, onehot), art.loss_gradient(x, onehot), atol=1e-6
     )
+
+
+def test_a_disconnected_input_gradient_is_zero_not_an_error(pair) -> None:  # type: ignore[no-untyped-def]
+    """TensorFlow has no gradient for Round: the tape gives None, which ART cannot use.
+    The compiled classifier gives zeros (what gradient masking looks like to an attack)."""
+    import tensorflow as tf
+    import tf_keras
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    from trainables.compiled import CompiledClassifier
+
+    art, *_ = pair
+    inp = tf_keras.Input((8, 8, 1))
+    rounding = tf_keras.Model(
+        inp, art.model(tf_keras.layers.Lambda(lambda t: tf.round(t * 4) / 4)(inp))
+    )
+    with tf.GradientTape() as tape:
+        x = tf.constant(_data(2)[0])
+        tape.watch(x)
+        out = tf.reduce_sum(rounding(x, training=False))
+    assert tape.gradient(out, x) is None  # the fact this guards against
+    fast = CompiledClassifier(
+        model=rounding, nb_classes=10, input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+        loss_object=tf_keras.losses.CategoricalCrossentropy(from_logits=True),
+    )  # fmt: skip
+    x, labels = _data()
+    onehot = np.eye(10, dtype=np.float32)[labels]
+    assert np.array_equal(fast.loss_gradient(x, onehot), np.zeros_like(x))
+    assert np.array_equal(fast.class_gradient(x, label=3), np.zeros((16, 1, 8, 8, 1), np.float32))
+    assert np.array_equal(fast.class_gradient(x), np.zeros((16, 10, 8, 8, 1), np.float32))
+    adv = ProjectedGradientDescent(fast, eps=0.1, eps_step=0.02, max_iter=3, verbose=False)
+    np.testing.assert_array_equal(adv.generate(x, onehot), x)  # no step without a gradient

@@ -102,9 +102,118 @@ def test_rows_cover_every_attack_and_eps_and_respect_clean() -> None:
         assert r["metric_max_distinct"] <= 4
         assert r["meta_train_s"] > 0 and r["meta_total_s"] >= r["meta_train_s"]
         assert json.loads(r["meta_config_json"])["sparsity"] == 0.5
-    # Same config, same rows: training and attacks are seeded.
+        _check_honest_numbers(r, n_test=360)
+    assert [r["cfg_attack_restarts"] for r in rows] == [None, None, 0]
+    assert [r["cfg_attack_steps"] for r in rows] == [None, None, 3]
+    assert len({r["meta_attack_subset"] for r in rows}) == 1  # same seed and samples
+    # Same config, same rows: training, attacks, sampling and the masking check are seeded.
     again = run_trial(cfg)
-    assert [r["metric_robust_acc"] for r in again] == [r["metric_robust_acc"] for r in rows]
+    for col in ("metric_robust_acc", "metric_robust_mask", "meta_attack_subset",
+                "metric_masking_pgd_acc", "metric_tflite_acc"):  # fmt: skip
+        assert [r[col] for r in again] == [r[col] for r in rows], col
+
+
+def _mask(row: dict) -> np.ndarray:
+    """The row's robust bit per attacked example (subset order)."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(row["metric_robust_mask"]), np.uint8))
+    assert len(bits) == 8 * -(-row["metric_samples"] // 8)
+    assert not bits[row["metric_samples"] :].any()  # packbits pads with zeros
+    return bits[: row["metric_samples"]].astype(bool)
+
+
+def _check_honest_numbers(r: dict, n_test: int) -> None:
+    """Sample counts, Wilson intervals, per-example masks, masking and deployable columns."""
+    from trainables.rows import wilson
+
+    n = r["metric_samples"]
+    assert r["metric_test_samples"] == n_test
+    for col, count in (("metric_clean_acc", n_test), ("metric_attack_clean_acc", n),
+                       ("metric_robust_acc", n)):  # fmt: skip
+        lo, hi = r[f"{col}_lo"], r[f"{col}_hi"]
+        assert (lo, hi) == wilson(round(r[col] * count), count)
+        assert lo <= r[col] <= hi
+    assert 0.01 < r["metric_robust_acc_hi"] - r["metric_robust_acc_lo"] < 0.25
+    assert _mask(r).sum() == round(r["metric_robust_acc"] * n)
+    assert len(r["meta_attack_subset"]) == 16 and int(r["meta_attack_subset"], 16) >= 0
+    assert r["metric_masking_pgd_eps"] == 0.5
+    assert 0.0 <= r["metric_masking_pgd_acc"] <= 0.05  # an honest model: ~0
+    assert r["metric_zero_grad_share"] == 0.0
+    assert r["metric_masking_flags"] == ""
+    assert r["metric_tflite_bytes"] > 1000  # the int8 flatbuffer: weights and graph
+    assert abs(r["metric_tflite_acc"] - r["metric_clean_acc"]) < 0.15
+
+
+def test_clean_only_trial_has_honest_numbers_too() -> None:
+    from trainables.rows import wilson
+    from trainables.trial import run_trial
+
+    (row,) = run_trial(TrialConfig(bits="4", epochs=1))
+    assert row["status"] == "complete", row["reason"]
+    assert row["attack"] == "none" and row["metric_samples"] == row["metric_test_samples"] == 360
+    interval = wilson(round(row["metric_clean_acc"] * 360), 360)
+    for col in ("metric_clean_acc", "metric_attack_clean_acc", "metric_robust_acc"):
+        assert (row[f"{col}_lo"], row[f"{col}_hi"]) == interval
+    assert row["metric_tflite_bytes"] > 1000 and 0.0 <= row["metric_tflite_acc"] <= 1.0
+    # no attacks, no attacked examples: no masks and no masking check
+    assert row["metric_robust_mask"] is None and row["meta_attack_subset"] is None
+    assert row["metric_masking_flags"] is None and row["metric_masking_pgd_acc"] is None
+
+
+def test_an_independent_pgd_reproduces_the_stored_robust_examples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Our own L-inf PGD (no random start, sign steps, clip to [0, 1], project on the eps ball,
+    as ART's TF2 PGD does), on the model reloaded from the trial's artifact, leaves robust
+    exactly the examples the row's mask says, on the examples the row's subset digest names."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from trainables.artifacts import MODEL_FILE, load_model
+    from trainables.attacks import stratified_order
+    from trainables.trial import run_trial, trial_split
+
+    steps, ratio, samples, seed = 7, 0.25, 150, 11
+    cfg = TrialConfig(
+        bits="4",
+        epochs=2,
+        attacks=({"name": "pgd", "eps": (0.05, 0.1), "steps": steps, "step_ratio": ratio,
+                  "samples": samples, "seed": seed},),
+    )  # fmt: skip
+    files: dict[str, bytes] = {}
+    rows = run_trial(cfg, artifacts=lambda key, f: files.update(f))  # a sink that keeps the bytes
+    assert rows[0]["status"] == "complete", rows[0]["reason"]
+    (tmp_path / MODEL_FILE).write_bytes(files[MODEL_FILE])
+    model = load_model(tmp_path)
+
+    split = trial_split(cfg)
+    subset = stratified_order(split.y_test, seed)[:samples]
+    pool = split.test_index[subset].astype("<i8").tobytes()
+    assert hashlib.sha256(pool).hexdigest()[:16] == rows[0]["meta_attack_subset"]
+    x, y = split.x_test[subset], split.y_test[subset]
+    onehot = np.eye(10, dtype=np.float32)[y]
+
+    def predict(t: np.ndarray) -> np.ndarray:
+        return np.argmax(model(t, training=False).numpy(), axis=1)
+
+    def gradient(t: np.ndarray) -> np.ndarray:
+        t = tf.constant(t)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(
+                tf.nn.softmax_cross_entropy_with_logits(onehot, model(t, training=False))
+            )
+        return tape.gradient(loss, t).numpy()
+
+    clean = predict(x) == y
+    for row, eps in zip(rows, (0.05, 0.1), strict=True):
+        e, step = np.float32(eps), np.float32(ratio * eps)
+        adv = x.copy()
+        for _ in range(steps):
+            adv = np.clip(adv + step * np.sign(gradient(adv)), 0.0, 1.0)
+            adv = x + np.clip(adv - x, -e, e)
+        robust = clean & (predict(adv) == y)
+        assert int(robust.sum()) == round(row["metric_robust_acc"] * samples)
+        assert np.array_equal(robust, _mask(row))
+        assert int(clean.sum()) == round(row["metric_attack_clean_acc"] * samples)
 
 
 def test_full_test_split_robust_not_above_clean() -> None:

@@ -2,30 +2,47 @@
 
 White-box attacks get the model's gradients through ART's
 TensorFlowV2Classifier; black-box attacks reach the model only through
-ART's BlackBoxClassifier (a predict function returning numpy scores);
-transfer attacks are crafted on a float surrogate and applied to the model.
+ART's BlackBoxClassifier (a predict function returning numpy logits: raw
+scores, so a score-based attack's margin does not saturate the way softmax
+probabilities do at 1.0); transfer attacks are crafted on a float surrogate
+and applied to the model.
 
 The model is attacked in inference mode (``training=False``): QKeras'
 stochastic quantizers are deterministic there, so gradients are not random.
 Robust accuracy counts an example only if it is classified correctly both
 clean and under attack (RobustBench's convention), so it never exceeds the
 clean accuracy of the attacked examples.  Budget attacks (FGSM, PGD,
-Square, transfer) run once per eps; minimal-perturbation attacks (C&W,
-DeepFool, HopSkipJump, Boundary) run once, and an example is robust at eps
-when the attack fails or needs a perturbation larger than eps.
+AutoAttack, Square, transfer) run once per eps; minimal-perturbation attacks
+(C&W, DeepFool, HopSkipJump, Boundary) run once, and an example is robust at
+eps when the attack fails or needs a perturbation larger than eps.
+
+Attacked examples: a seeded, stratified ordering of the test split
+(:func:`stratified_order`) whose every prefix keeps the split's class shares;
+an attack of ``samples`` n with seed s attacks that ordering's first n.  So
+every trial of a study (same data seed and fold, hence the same test split)
+attacks the same examples, and attacks with the same seed attack nested
+subsets: per-example outcomes pair across configs and across attacks.
+
+Gradient masking (:func:`masking_diagnostics`): PGD at a large eps, the
+share of exactly-zero input gradients, and white-box attacks that leave
+examples robust which a black-box or transfer attack broke.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 from art.attacks.evasion import (
+    AutoAttack,
+    AutoProjectedGradientDescent,
     BoundaryAttack,
     CarliniL2Method,
     CarliniLInfMethod,
@@ -39,7 +56,8 @@ from art.estimators.classification import TensorFlowV2Classifier
 from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork
 
 from trainables.compiled import CompiledClassifier
-from trainables.config import MINIMAL, AdvTraining, AttackName, AttackSpec
+from trainables.config import MINIMAL, WHITE_BOX, AdvTraining, AttackName, AttackSpec
+from trainables.rows import wilson
 
 logging.getLogger("art").setLevel(logging.WARNING)
 
@@ -48,14 +66,56 @@ _CLASSES: dict[AttackName, type] = {
     A.fgsm: FastGradientMethod, A.pgd: ProjectedGradientDescent, A.cw_l2: CarliniL2Method,
     A.cw_linf: CarliniLInfMethod, A.deepfool: DeepFool, A.square: SquareAttack, A.hopskipjump: HopSkipJump,
     A.boundary: BoundaryAttack, A.transfer_fgsm: FastGradientMethod, A.transfer_pgd: ProjectedGradientDescent,
+    A.autoattack: AutoAttack,
 }  # fmt: skip
+
+# AutoAttack (Croce & Hein 2020) as ART ships its parts.  ART's AutoAttack
+# with no ``attacks`` runs APGD-CE and APGD-DLR (5 restarts each), DeepFool
+# and Square (5 restarts): not the standard list.  We give it the standard
+# untargeted parts ART has: APGD-CE, APGD-DLR and Square (p_init 0.8, one
+# restart), on logits; the standard budget is 100 APGD iterations and 5,000
+# Square queries, so Square gets 50 queries per APGD iteration.  (Standard
+# AutoAttack's APGD-T and FAB-T are targeted: ART's ``targeted=True`` would
+# run every part against all 9 other classes, too slow for a grid.)
+AUTOATTACK_APGD_ITER = 100
+AUTOATTACK_SQUARE_QUERIES_PER_ITER = 50
+AUTOATTACK_STEP = 2.0  # APGD's first step, x eps (the paper's eta_0 = 2 eps)
+
+# Gradient-masking diagnostics (Athalye et al. 2018; Carlini et al. 2019's checklist).
+# PGD at an L-inf radius of 0.5 on the 0-1 scale can move every input to
+# mid-grey: an honest model's accuracy there is ~0, and much more means the
+# gradients lead PGD nowhere.  20 steps of 0.1 (step_ratio 0.2) and one
+# random start: enough to cross the whole ball twice, cheap (<= 200 examples).
+MASKING_PGD_EPS = 0.5
+MASKING_PGD_STEPS = 20
+MASKING_PGD_STEP_RATIO = 0.2
+MASKING_PGD_RESTARTS = 1
+MASKING_SAMPLES = 200  # examples of the masking checks (a prefix of the first white-box subset)
+# `pgd_large_eps` fires when the 95% Wilson lower bound of that accuracy is
+# above 2%: we are confident it is not ~0, whatever the sample size (at n=200
+# that is 9 or more robust examples; at n=50, 4 or more).
+MASKING_PGD_ACC_FLOOR = 0.02
+# `zero_gradients` fires when more than 5% of the examples have an input
+# gradient of the loss that is exactly zero everywhere: an honest float or
+# quantized-aware model has none (a ReLU net needs every path dead), so 5%
+# leaves room for a few saturated examples while a rounding input layer
+# (zero gradient almost everywhere) trips it.
+ZERO_GRAD_MAX_SHARE = 0.05
+# `white_above_black` / `white_above_transfer` fire when, at the same eps and
+# norm, on the examples both attacked, the white-box attacks together (an
+# example counts if every white-box attack there left it robust) leave robust
+# more than max(2, 2% of them) examples that a black-box (resp. transfer)
+# attack broke: a gradient attack that knows everything should not lose to one
+# that knows less; a couple of examples is attack noise (different local optima).
+WHITE_ABOVE_MIN_EXAMPLES = 2
+WHITE_ABOVE_SHARE = 0.02
 
 
 def art_class(name: AttackName) -> Any:
     return _CLASSES[name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttackResult:
     attack: str
     kind: str  # white | black | transfer
@@ -66,6 +126,77 @@ class AttackResult:
     robust_acc: float  # correct before *and* after the attack, over ``samples``
     median_norm: float | None  # median perturbation of the successful adversarial examples
     seconds: float
+    # Per attacked example, in subset order (the stratified ordering's first ``samples``):
+    positions: np.ndarray  # (samples,) int64: positions in the test split
+    clean: np.ndarray  # (samples,) bool: correct before the attack
+    robust: np.ndarray  # (samples,) bool: correct before and after
+    subset_hash: str  # subset_digest of the attacked examples' positions in the dataset pool
+    steps: int | None = None  # PGD / APGD iterations as run
+    restarts: int | None = None  # PGD / APGD random starts as run
+
+    @property
+    def clean_correct(self) -> int:
+        return int(self.clean.sum())
+
+    @property
+    def robust_correct(self) -> int:
+        return int(self.robust.sum())
+
+    @property
+    def robust_mask(self) -> str:
+        """Hex of ``np.packbits(robust)``: bit i (MSB first) is attacked example i."""
+        return robust_mask_hex(self.robust)
+
+
+@dataclass(frozen=True)
+class MaskingReport:
+    """A trial's gradient-masking diagnostics (the same on each of its rows)."""
+
+    pgd_eps: float  # L-inf radius of the large-eps PGD
+    pgd_acc: float  # robust accuracy under it (~0 for an honest model)
+    samples: int  # examples of the checks
+    zero_grad_share: float  # examples whose loss gradient w.r.t. the input is exactly zero
+    flags: tuple[str, ...]  # names of the checks that fired
+
+    @property
+    def flags_text(self) -> str:
+        return ",".join(self.flags)
+
+
+def robust_mask_hex(robust: np.ndarray) -> str:
+    return np.packbits(np.asarray(robust, bool)).tobytes().hex()
+
+
+def subset_digest(pool_positions: np.ndarray) -> str:
+    """16 hex digits of SHA-256 over the positions (int64 little-endian) in subset order."""
+    return hashlib.sha256(np.asarray(pool_positions, dtype="<i8").tobytes()).hexdigest()[:16]
+
+
+def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded ordering of ``range(len(y))`` whose every prefix is stratified.
+
+    For every prefix length n and class c, the prefix holds within one (strictly)
+    of n * share_c examples of c, share_c being c's share of ``y``.  Each class's
+    members come in a seeded random order; the classes interleave by earliest
+    deadline first (the (k+1)-th example of c is due by prefix (k+1)/share_c, and
+    may be placed once k < n * share_c): Pfair scheduling on one processor,
+    which keeps every class's lag in (-1, 1).  Same ``y`` and ``seed``, same order.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    members = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    priority = rng.permutation(len(classes))  # seeded tie-break between equal deadlines
+    total = len(y)
+    taken = np.zeros(len(classes), np.int64)
+    order = np.empty(total, np.int64)
+    for n in range(1, total + 1):
+        eligible = taken * total < n * counts  # one more keeps count_c - n * share_c < 1
+        deadline = np.where(eligible, (taken + 1) / counts, np.inf)
+        c = int(np.lexsort((priority, deadline))[0])
+        order[n - 1] = members[c][taken[c]]
+        taken[c] += 1
+    return order
 
 
 def classifier(
@@ -87,19 +218,27 @@ def classifier(
 def predictions_only(
     model: tf_keras.Model, num_classes: int, input_shape: tuple[int, ...], batch: int = 512
 ) -> BlackBoxClassifierNeuralNetwork:
-    """Black-box ART wrapper: the attack sees softmax scores as numpy, never a tensor or a gradient.
+    """Black-box ART wrapper: the attack sees the logits as numpy, never a tensor or a gradient.
 
-    (ART's neural-network flavour of the black-box wrapper, which Square requires; it has no
-    gradient methods either.)"""
+    Logits, not softmax probabilities: Square's loss is the margin between the
+    true class's score and the best other one, and a confident model's softmax
+    rounds to exactly 1.0 and 0.0 in float32, where that margin stops moving.
+    (ART's neural-network flavour of the black-box wrapper, which Square requires;
+    it has no gradient methods either.)"""
+
+    # One graph for the forward pass: score-based attacks query it once per iteration, and
+    # an eager call of a small QKeras model costs 5-8x the traced one (same outputs).
+    forward = tf.function(
+        lambda t: model(t, training=False),
+        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
+    )
 
     def predict(x: np.ndarray) -> np.ndarray:
         out = [
-            model(x[i : i + batch].astype(np.float32), training=False).numpy()
+            forward(tf.constant(x[i : i + batch], tf.float32)).numpy()
             for i in range(0, len(x), batch)
         ]
-        logits = np.concatenate(out) if out else np.zeros((0, num_classes), np.float32)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return np.concatenate(out) if out else np.zeros((0, num_classes), np.float32)
 
     return BlackBoxClassifierNeuralNetwork(
         predict, input_shape, num_classes, channels_first=False, clip_values=(0.0, 1.0)
@@ -110,6 +249,10 @@ def _norm_arg(norm: str) -> float | int:
     return np.inf if norm == "inf" else 2
 
 
+def autoattack_iterations(spec: AttackSpec) -> int:
+    return spec.max_iter or AUTOATTACK_APGD_ITER
+
+
 def make_attack(spec: AttackSpec, estimator: Any, eps: float | None, batch_size: int = 256) -> Any:
     """The ART attack for ``spec`` (at ``eps`` for budget attacks)."""
     n, it, norm = spec.name, spec.max_iter, spec.norm_value
@@ -117,14 +260,42 @@ def make_attack(spec: AttackSpec, estimator: Any, eps: float | None, batch_size:
     if n in (A.fgsm, A.transfer_fgsm):
         kw = {"norm": np.inf, "eps": eps, "batch_size": batch_size}
     elif n in (A.pgd, A.transfer_pgd):
+        # ART's TF2 PGD with num_random_init r >= 1 starts every run at a random
+        # point and keeps, per example, a later run's result when it succeeds
+        # (prediction changed): an example survives only if it survives all r.
         kw = {
             "norm": np.inf,
             "eps": eps,
             "eps_step": spec.step_ratio * float(eps or 0),
             "max_iter": spec.steps,
-            "num_random_init": 0,
+            "num_random_init": spec.restarts,
             "batch_size": batch_size,
             "verbose": False,
+        }
+    elif n is A.autoattack:
+        e, p = float(eps or 0), _norm_arg(norm)
+        apgd_iter = autoattack_iterations(spec)
+        parts: list[Any] = [
+            AutoProjectedGradientDescent(
+                estimator, norm=p, eps=e, eps_step=AUTOATTACK_STEP * e, max_iter=apgd_iter,
+                targeted=False, nb_random_init=max(1, spec.restarts), batch_size=batch_size,
+                loss_type=loss, verbose=False,
+            )
+            for loss in ("cross_entropy", "difference_logits_ratio")
+        ]  # fmt: skip
+        parts.append(
+            SquareAttack(
+                estimator, norm=p, eps=e, p_init=0.8, nb_restarts=1, batch_size=batch_size,
+                max_iter=AUTOATTACK_SQUARE_QUERIES_PER_ITER * apgd_iter, verbose=False,
+            )
+        )  # fmt: skip
+        kw = {
+            "norm": p,
+            "eps": e,
+            "eps_step": AUTOATTACK_STEP * e,
+            "attacks": parts,
+            "batch_size": batch_size,
+            "targeted": False,
         }
     elif n is A.cw_l2:
         kw = {
@@ -179,6 +350,14 @@ def adversarial_examples(
     return lambda x, y: attack.generate(x=x, y=eye[y]).astype(np.float32)
 
 
+def _steps_restarts(spec: AttackSpec) -> tuple[int | None, int | None]:
+    if spec.name in (A.pgd, A.transfer_pgd):
+        return spec.steps, spec.restarts
+    if spec.name is A.autoattack:
+        return autoattack_iterations(spec), max(1, spec.restarts)
+    return None, None
+
+
 def evaluate_attacks(
     model: tf_keras.Model,
     x: np.ndarray,
@@ -187,22 +366,34 @@ def evaluate_attacks(
     attacks: tuple[AttackSpec, ...],
     surrogate: tf_keras.Model | None = None,
     batch_size: int = 256,
+    test_index: np.ndarray | None = None,
 ) -> list[AttackResult]:
-    """One result per (attack, eps), on the first ``spec.samples`` test examples."""
+    """One result per (attack, eps), on the first ``spec.samples`` of ``stratified_order(y, spec.seed)``.
+
+    ``test_index``: the examples' positions in the dataset pool (``Split.test_index``), for
+    each result's ``subset_hash``; default: their positions in ``x``.
+    """
     shape = tuple(x.shape[1:])
+    pool_index = np.arange(len(x)) if test_index is None else np.asarray(test_index)
     white = classifier(model, num_classes, shape)
     black = predictions_only(model, num_classes, shape)
     source = classifier(surrogate, num_classes, shape) if surrogate is not None else None
     eye = np.eye(num_classes, dtype=np.float32)
+    orders: dict[int, np.ndarray] = {}
     results = []
     for spec in attacks:
         n = len(x) if spec.samples is None else min(spec.samples, len(x))
-        xs, ys = x[:n], y[:n]
+        if spec.seed not in orders:
+            orders[spec.seed] = stratified_order(y, spec.seed)
+        positions = orders[spec.seed][:n]
+        xs, ys = x[positions], y[positions]
+        digest = subset_digest(pool_index[positions])
         estimator = {"white": white, "black": black, "transfer": source}[spec.kind]
         if estimator is None:
             raise ValueError(f"attacks.name: {spec.name.value} needs a surrogate model")
         clean_ok = np.argmax(black.predict(xs), axis=1) == ys
         norm = spec.norm_value
+        steps, restarts = _steps_restarts(spec)
         runs: list[tuple[float | None, list[float]]] = (
             [(None, list(spec.eps))] if spec.name in MINIMAL else [(e, [e]) for e in spec.eps]
         )
@@ -222,9 +413,117 @@ def evaluate_attacks(
             median = float(np.median(size[fooled])) if fooled.any() else None
             for eps in radii:
                 broken = fooled & (size <= eps * (1 + 1e-6)) if budget is None else fooled
+                robust = clean_ok & ~broken
                 results.append(AttackResult(
                     attack=spec.name.value, kind=spec.kind, norm=norm, eps=float(eps), samples=n,
-                    clean_acc=float(clean_ok.mean()), robust_acc=float((clean_ok & ~broken).mean()),
-                    median_norm=median, seconds=seconds,
+                    clean_acc=float(clean_ok.mean()), robust_acc=float(robust.mean()),
+                    median_norm=median, seconds=seconds, positions=positions, clean=clean_ok,
+                    robust=robust, subset_hash=digest, steps=steps, restarts=restarts,
                 ))  # fmt: skip
     return results
+
+
+def masking_subset(y: np.ndarray, attacks: Sequence[AttackSpec]) -> tuple[np.ndarray, int]:
+    """Positions the masking checks run on, and their seed: a prefix (<= MASKING_SAMPLES) of
+    the first white-box attack's subset, else of the first attack's ordering (seed 0 without
+    attacks)."""
+    whites = [a for a in attacks if a.name in WHITE_BOX]
+    first = whites[0] if whites else (attacks[0] if attacks else None)
+    seed = first.seed if first is not None else 0
+    n = len(y) if first is None or first.samples is None else min(first.samples, len(y))
+    return stratified_order(y, seed)[: min(n, MASKING_SAMPLES)], seed
+
+
+def zero_gradient_share(clf: TensorFlowV2Classifier, x: np.ndarray, labels: np.ndarray) -> float:
+    """Share of examples whose loss gradient w.r.t. the input is exactly zero everywhere."""
+    if len(x) == 0:
+        return float("nan")
+    onehot = np.eye(clf.nb_classes, dtype=np.float32)[labels]
+    grad = np.asarray(clf.loss_gradient(x.astype(np.float32), onehot))
+    return float(np.mean(np.all(grad.reshape(len(x), -1) == 0.0, axis=1)))
+
+
+def _white_above(results: Sequence[AttackResult], other_kind: str) -> bool:
+    """True when, at some (norm, eps), the white-box attacks together leave robust more than
+    max(WHITE_ABOVE_MIN_EXAMPLES, WHITE_ABOVE_SHARE x common) examples an ``other_kind`` attack broke."""
+    for other in (r for r in results if r.kind == other_kind):
+        whites = [
+            r
+            for r in results
+            if r.kind == "white" and r.norm == other.norm and abs(r.eps - other.eps) <= 1e-9
+        ]
+        if not whites:
+            continue
+        # per test-split position: robust under every white-box attack that attacked it
+        common = set(other.positions.tolist())
+        for w in whites:
+            common &= set(w.positions.tolist())
+        if not common:
+            continue
+        white_robust = dict.fromkeys(common, True)
+        for w in whites:
+            for p, ok in zip(w.positions.tolist(), w.robust.tolist(), strict=True):
+                if p in white_robust:
+                    white_robust[p] = white_robust[p] and ok
+        broke = {
+            p
+            for p, c, r in zip(other.positions.tolist(), other.clean.tolist(), other.robust.tolist(), strict=True)
+            if p in common and c and not r
+        }  # fmt: skip
+        count = sum(1 for p in broke if white_robust[p])
+        if count > max(WHITE_ABOVE_MIN_EXAMPLES, WHITE_ABOVE_SHARE * len(common)):
+            return True
+    return False
+
+
+def masking_diagnostics(
+    model: tf_keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    attacks: Sequence[AttackSpec],
+    results: Sequence[AttackResult],
+    batch_size: int = 256,
+) -> MaskingReport:
+    """Gradient-masking checks of one trial (thresholds: the module's MASKING_* / *_SHARE constants).
+
+    Flags: ``pgd_large_eps`` (ART PGD at MASKING_PGD_EPS leaves the Wilson lower bound of the
+    accuracy above MASKING_PGD_ACC_FLOOR), ``zero_gradients`` (more than ZERO_GRAD_MAX_SHARE of
+    the examples have an all-zero input gradient), ``white_above_black`` /
+    ``white_above_transfer`` (see :func:`_white_above`).
+    """
+    shape = tuple(x.shape[1:])
+    white = classifier(model, num_classes, shape)
+    black = predictions_only(model, num_classes, shape)
+    positions, seed = masking_subset(y, attacks)
+    xs, ys = x[positions], y[positions]
+    clean_ok = np.argmax(black.predict(xs), axis=1) == ys
+    spec = AttackSpec(
+        name=A.pgd,
+        eps=(MASKING_PGD_EPS,),
+        steps=MASKING_PGD_STEPS,
+        step_ratio=MASKING_PGD_STEP_RATIO,
+        restarts=MASKING_PGD_RESTARTS,
+    )
+    np.random.seed(seed)  # ART's random start draws from numpy's global generator
+    onehot = np.eye(num_classes, dtype=np.float32)[ys]
+    x_adv = make_attack(spec, white, MASKING_PGD_EPS, batch_size).generate(x=xs, y=onehot)
+    robust = clean_ok & (np.argmax(black.predict(x_adv.astype(np.float32)), axis=1) == ys)
+    n = len(positions)
+    zero_share = zero_gradient_share(white, xs, ys)
+    flags = []
+    if n and wilson(int(robust.sum()), n)[0] > MASKING_PGD_ACC_FLOOR:
+        flags.append("pgd_large_eps")
+    if n and zero_share > ZERO_GRAD_MAX_SHARE:
+        flags.append("zero_gradients")
+    if _white_above(results, "black"):
+        flags.append("white_above_black")
+    if _white_above(results, "transfer"):
+        flags.append("white_above_transfer")
+    return MaskingReport(
+        pgd_eps=MASKING_PGD_EPS,
+        pgd_acc=float(robust.mean()) if n else float("nan"),
+        samples=n,
+        zero_grad_share=zero_share,
+        flags=tuple(flags),
+    )

@@ -5,7 +5,8 @@ ART's white-box attacks spend most of their time in the estimator's
 dispatch per layer and per op, every step).  This subclass traces each
 gradient once per model into a graph and calls it with the whole batch, so an
 attack's steps run at graph speed.  The attacks themselves are ART's,
-untouched.  Anything this fast path does not cover (training-mode gradients,
+untouched.  A disconnected input gradient (None in TensorFlow) comes back
+as zeros.  Anything this fast path does not cover (training-mode gradients,
 ART preprocessing or defences) falls back to ART's own code, so results are
 the same either way (tests compare the two).
 """
@@ -18,6 +19,12 @@ import numpy as np
 import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 from art.utils import check_and_transform_label_format
+
+# A model whose output does not depend differentiably on its input (an input
+# layer that rounds: TF registers no gradient for Round, Floor, Cast, argmax)
+# has a gradient of None; ART's attacks would fail on it.  It is a zero
+# gradient, which is what gradient masking looks like: give ART zeros.
+ZERO = tf.UnconnectedGradients.ZERO
 
 
 class CompiledClassifier(TensorFlowV2Classifier):
@@ -33,7 +40,7 @@ class CompiledClassifier(TensorFlowV2Classifier):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 value = loss(y, model(x, training=False))
-            return tape.gradient(value, x)
+            return tape.gradient(value, x, unconnected_gradients=ZERO)
 
         @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32)])
         def picked_gradient(x: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
@@ -42,14 +49,15 @@ class CompiledClassifier(TensorFlowV2Classifier):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 picked = tf.gather(model(x, training=False), label, axis=1, batch_dims=1)
-            return tape.gradient(picked, x)
+            return tape.gradient(picked, x, unconnected_gradients=ZERO)
 
         @tf.function(input_signature=[x_spec])
         def all_gradients(x: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 logits = model(x, training=False)
-            return tape.batch_jacobian(logits, x)  # (batch, classes, *input)
+            # (batch, classes, *input)
+            return tape.batch_jacobian(logits, x, unconnected_gradients=ZERO)
 
         self._compiled_loss_gradient = loss_gradient
         self._picked_gradient = picked_gradient

@@ -109,7 +109,11 @@ DEFAULT_NORM = {
     AttackName.hopskipjump: "2",
     AttackName.boundary: "2",
 }
-NORM_CHOICES = {AttackName.square: {"inf", "2"}, AttackName.hopskipjump: {"inf", "2"}}
+NORM_CHOICES = {
+    AttackName.square: {"inf", "2"},
+    AttackName.hopskipjump: {"inf", "2"},
+    AttackName.autoattack: {"inf", "2"},
+}
 
 OptionValue = int | float | bool | str
 
@@ -129,6 +133,7 @@ class AttackSpec(BaseModel):
     steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (FGSM: ignored)
     # PGD random restarts (ART's num_random_init): 0 starts at the clean example;
     # r >= 1 runs r random starts and an example is robust only if it survives all.
+    # autoattack: APGD's random starts, max(1, restarts); its iterations are max_iter (100).
     restarts: int = Field(default=0, ge=0, le=1000)
     step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)  # PGD step = step_ratio * eps
     max_iter: int | None = Field(default=None, ge=1, le=100_000)  # other iterative attacks

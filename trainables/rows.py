@@ -57,8 +57,8 @@ COLUMNS: dict[str, str] = {
     "cfg_test_fraction": "float64",
     "cfg_seed": "int64",
     "cfg_folds": "int64",  # 1: holdout; k: k-fold cross-validation
-    "cfg_attack_steps": "int64",  # PGD iterations; null for FGSM / none
-    "cfg_attack_restarts": "int64",  # PGD random restarts (0: from the clean example); null otherwise
+    "cfg_attack_steps": "int64",  # PGD (autoattack: APGD) iterations; null for FGSM / none
+    "cfg_attack_restarts": "int64",  # PGD random restarts (0: from the clean example; autoattack: APGD's); null otherwise
     "metric_clean_acc": "float64",  # whole test split
     "metric_clean_acc_lo": "float64",  # 95% Wilson interval of metric_clean_acc (n = metric_test_samples)
     "metric_clean_acc_hi": "float64",
@@ -75,7 +75,7 @@ COLUMNS: dict[str, str] = {
     "metric_zero_grad_share": "float64",  # attacked examples whose input gradient is exactly zero
     "metric_masking_pgd_eps": "float64",  # L-inf radius of the masking check's PGD
     "metric_masking_pgd_acc": "float64",  # robust accuracy under it (must be ~0)
-    "metric_masking_flags": "string",  # comma-separated masking diagnostics that fired; '' none
+    "metric_masking_flags": "string",  # comma-separated masking diagnostics that fired; '' none; null without attacks
     "metric_adv_norm_median": "float64",  # median perturbation (attack_norm) of the successful attacks
     "metric_params": "int64",
     "metric_nonzero": "int64",  # non-zero deployed weights and biases

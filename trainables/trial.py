@@ -16,13 +16,20 @@ import tensorflow as tf
 import tf_keras
 
 from trainables import compress
-from trainables.attacks import AttackResult, adversarial_examples, evaluate_attacks
+from trainables.artifacts import MANIFEST_FILE, TFLITE_FILE
+from trainables.attacks import (
+    AttackResult,
+    MaskingReport,
+    adversarial_examples,
+    evaluate_attacks,
+    masking_diagnostics,
+)
 from trainables.config import AdvMethod, TrialConfig
 from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
-from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions
+from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 
 Row = dict[str, Any]
@@ -153,24 +160,42 @@ def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -
     return float(est)
 
 
+def _interval(prefix: str, successes: int, n: int) -> Row:
+    lo, hi = wilson(successes, n)
+    return {f"{prefix}_lo": lo, f"{prefix}_hi": hi}
+
+
+def deployable(files: Mapping[str, bytes]) -> tuple[int | None, float | None]:
+    """Size in bytes and test accuracy of the full-int8 TFLite flatbuffer (None: TFLite failed)."""
+    if TFLITE_FILE not in files:
+        return None, None
+    acc = json.loads(files[MANIFEST_FILE]).get("tflite_test_acc")
+    return len(files[TFLITE_FILE]), None if acc is None else float(acc)
+
+
 def _complete_rows(
     cfg: TrialConfig,
     started: str,
-    clean_acc: float,
+    clean_correct: int,
     fp: ModelFootprint,
     jac: float,
     results: list[AttackResult],
     train_s: float,
     total_s: float,
     n_test: int,
+    masking: MaskingReport | None = None,
+    tflite: tuple[int | None, float | None] = (None, None),
 ) -> list[Row]:
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
+    clean_acc = clean_correct / n_test
     common = base_row(cfg, started)
     common.update(
         status=STATUS_COMPLETE,
         reason="",
         metric_clean_acc=clean_acc,
+        **_interval("metric_clean_acc", clean_correct, n_test),
+        metric_test_samples=n_test,
         metric_params=fp.params,
         metric_nonzero=fp.nonzero,
         metric_sparsity=zeros / max(1, sum(lf.kernel_params for lf in pruned)),
@@ -180,10 +205,19 @@ def _complete_rows(
         metric_bytes_sparse=fp.bytes_sparse,
         metric_bytes_clustered=fp.bytes_clustered,
         metric_jacobian_fro2=jac,
+        metric_tflite_bytes=tflite[0],
+        metric_tflite_acc=tflite[1],
         meta_layers_json=json.dumps(fp.layer_dicts()),
         meta_train_s=train_s,
         meta_total_s=total_s,
     )
+    if masking is not None:
+        common.update(
+            metric_masking_pgd_eps=masking.pgd_eps,
+            metric_masking_pgd_acc=masking.pgd_acc,
+            metric_zero_grad_share=masking.zero_grad_share,
+            metric_masking_flags=masking.flags_text,
+        )
     if not results:  # no attacks in the study: one clean-only row
         return [
             {
@@ -192,12 +226,13 @@ def _complete_rows(
                 "attack_kind": "none",
                 "eps": 0.0,
                 "metric_attack_clean_acc": clean_acc,
+                **_interval("metric_attack_clean_acc", clean_correct, n_test),
                 "metric_robust_acc": clean_acc,
+                **_interval("metric_robust_acc", clean_correct, n_test),
                 "metric_samples": n_test,
                 "meta_attack_s": 0.0,
             }
         ]
-    steps = {a.name.value: a.steps for a in cfg.attacks}
     return [
         {
             **common,
@@ -205,11 +240,16 @@ def _complete_rows(
             "attack_kind": r.kind,
             "attack_norm": r.norm,
             "eps": r.eps,
-            "cfg_attack_steps": steps[r.attack] if r.attack in ("pgd", "transfer_pgd") else None,
+            "cfg_attack_steps": r.steps,
+            "cfg_attack_restarts": r.restarts,
             "metric_adv_norm_median": r.median_norm,
             "metric_attack_clean_acc": r.clean_acc,
+            **_interval("metric_attack_clean_acc", r.clean_correct, r.samples),
             "metric_robust_acc": r.robust_acc,
+            **_interval("metric_robust_acc", r.robust_correct, r.samples),
             "metric_samples": r.samples,
+            "metric_robust_mask": r.robust_mask,
+            "meta_attack_subset": r.subset_hash,
             "meta_attack_s": r.seconds,
         }
         for r in results
@@ -235,27 +275,54 @@ def run_trial(
         model, train_s = train_compressed(cfg)
         split = trial_split(cfg)
         logits = predict_logits(model, split.x_test)
-        clean_acc = float(np.mean(np.argmax(logits, axis=1) == split.y_test))
+        clean_correct = int(np.sum(np.argmax(logits, axis=1) == split.y_test))
+        clean_acc = clean_correct / len(split.y_test)
         if not math.isfinite(clean_acc):
             raise FloatingPointError("clean accuracy is not finite")
         fp = model_footprint(model, BIAS_BITS)
         jac = jacobian_fro2(model, split.x_test)
         surrogate = float_surrogate(cfg) if any(a.kind == "transfer" for a in cfg.attacks) else None
         results = evaluate_attacks(
-            model, split.x_test, split.y_test, split.num_classes, cfg.attacks, surrogate=surrogate
+            model,
+            split.x_test,
+            split.y_test,
+            split.num_classes,
+            cfg.attacks,
+            surrogate=surrogate,
+            test_index=split.test_index,
         )
-        if artifacts is not None:
-            artifacts(cfg.key, export_artifacts(cfg, model, split, clean_acc, fp))
+        masking = (
+            masking_diagnostics(
+                model, split.x_test, split.y_test, split.num_classes, cfg.attacks, results
+            )
+            if cfg.attacks
+            else None
+        )
+        # Built for every trial (the deployable size and accuracy are row metrics);
+        # the sink only decides whether the files are kept.  Without a sink an
+        # export that fails leaves those two columns empty, as a TFLite failure does.
+        tflite: tuple[int | None, float | None] = (None, None)
+        try:
+            files = export_artifacts(cfg, model, split, clean_acc, fp)
+            tflite = deployable(files)
+        except Exception:
+            if artifacts is not None:
+                raise
+        else:
+            if artifacts is not None:
+                artifacts(cfg.key, files)
         return _complete_rows(
             cfg,
             started,
-            clean_acc,
+            clean_correct,
             fp,
             jac,
             results,
             train_s,
             time.perf_counter() - t0,
             len(split.x_test),
+            masking,
+            tflite,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,116 @@
+"""Gradient-masking diagnostics: they fire on a model built to mask gradients, not on an honest one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import trainables  # noqa: F401
+from trainables.config import AttackSpec, TrialConfig
+
+N = 100
+
+
+@pytest.fixture(scope="module")
+def honest():  # type: ignore[no-untyped-def]
+    from trainables.trial import train_compressed, trial_split
+
+    cfg = TrialConfig(bits="4", epochs=3)
+    model, _ = train_compressed(cfg)
+    split = trial_split(cfg)
+    return model, split.x_test, split.y_test
+
+
+def _rounding(model):  # type: ignore[no-untyped-def]
+    """``model`` behind an input layer that rounds to quarters: TensorFlow has no gradient for
+    Round (None), so the input gradient is zero everywhere while predictions barely change."""
+    import tensorflow as tf
+    import tf_keras
+
+    inp = tf_keras.Input(model.input_shape[1:])
+    return tf_keras.Model(inp, model(tf_keras.layers.Lambda(lambda t: tf.round(t * 4) / 4)(inp)))
+
+
+# PGD with restarts: a single PGD-20 from the clean example on this 4-bit model leaves 3 of 100
+# examples robust that Square breaks, and the check rightly calls that white-box weaker than
+# black-box (more than max(2, 2%) examples); three random starts leave 1.
+ATTACKS = (
+    AttackSpec(name="pgd", eps=(0.15,), steps=20, restarts=3, samples=N),
+    AttackSpec(name="square", eps=(0.15,), max_iter=200, samples=N),
+    AttackSpec(name="transfer_pgd", eps=(0.15,), steps=20, samples=N),
+)
+
+
+def _diagnose(model, surrogate, x, y):  # type: ignore[no-untyped-def]
+    from trainables.attacks import evaluate_attacks, masking_diagnostics
+
+    results = evaluate_attacks(model, x, y, 10, ATTACKS, surrogate=surrogate)
+    return results, masking_diagnostics(model, x, y, 10, ATTACKS, results)
+
+
+def test_no_flag_on_an_honest_model(honest) -> None:  # type: ignore[no-untyped-def]
+    model, x, y = honest
+    results, report = _diagnose(model, model, x, y)
+    assert report.flags == () and report.flags_text == ""
+    assert report.pgd_eps == 0.5 and report.samples == N
+    assert report.pgd_acc <= 0.02  # PGD at eps 0.5 leaves (almost) nothing
+    assert report.zero_grad_share == 0.0
+    pgd = next(r for r in results if r.attack == "pgd")
+    assert pgd.robust_acc < pgd.clean_acc  # the attack works at all
+
+
+def test_every_flag_fires_on_a_masked_model(honest) -> None:  # type: ignore[no-untyped-def]
+    from trainables.attacks import MASKING_PGD_ACC_FLOOR
+    from trainables.rows import wilson
+
+    model, x, y = honest
+    masked = _rounding(model)
+    # The transfer source is the honest model: its gradients lead somewhere.
+    results, report = _diagnose(masked, model, x, y)
+    assert report.flags == (
+        "pgd_large_eps",
+        "zero_gradients",
+        "white_above_black",
+        "white_above_transfer",
+    )
+    assert (
+        report.flags_text == "pgd_large_eps,zero_gradients,white_above_black,white_above_transfer"
+    )
+    assert report.zero_grad_share == 1.0
+    assert wilson(round(report.pgd_acc * N), N)[0] > MASKING_PGD_ACC_FLOOR
+    pgd = next(r for r in results if r.attack == "pgd")
+    # sign(0) = 0: PGD only moves by its random starts, which rounding mostly undoes
+    assert pgd.robust_acc > 0.5 * pgd.clean_acc
+
+
+def test_white_above_black_counts_examples_not_rates() -> None:
+    """The rule on hand-made outcomes: white-box robust where black-box broke, on common examples."""
+    from trainables.attacks import AttackResult, _white_above
+
+    def result(kind: str, positions: list[int], robust: list[bool], eps: float = 0.1):  # type: ignore[no-untyped-def]
+        p = np.array(positions)
+        return AttackResult(
+            attack=kind, kind=kind, norm="inf", eps=eps, samples=len(p), clean_acc=1.0,
+            robust_acc=float(np.mean(robust)), median_norm=None, seconds=0.0, positions=p,
+            clean=np.ones(len(p), bool), robust=np.array(robust), subset_hash="",
+        )  # fmt: skip
+
+    white = result("white", list(range(100)), [True] * 100)
+    # 3 of 100 broken by black-box only: above max(2, 2% of 100) -> fires
+    assert _white_above(
+        [white, result("black", list(range(100)), [False] * 3 + [True] * 97)], "black"
+    )
+    # 2 of 100: within the tolerance
+    assert not _white_above(
+        [white, result("black", list(range(100)), [False] * 2 + [True] * 98)], "black"
+    )
+    # only the common examples count: the black-box attack's 50 are a prefix of the white's 100
+    black = result("black", list(range(50)), [False] * 3 + [True] * 47)
+    assert _white_above([white, black], "black")
+    # another eps: nothing to compare
+    assert not _white_above(
+        [white, result("black", list(range(100)), [False] * 10 + [True] * 90, eps=0.2)], "black"
+    )
+    # a second white-box attack that breaks those examples makes the white side stronger
+    other = result("white", list(range(100)), [False] * 3 + [True] * 97)
+    assert not _white_above([white, other, black], "black")
