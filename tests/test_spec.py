@@ -203,3 +203,20 @@ def test_worst_objective_takes_one_norm() -> None:
         headline(rows, "worst", 0.1, "inf") == 0.4
     )  # the L2 row at the same number is not mixed in
     assert headline(rows, "worst", 0.1, "2") == 0.2
+    square = [
+        {
+            "status": "complete",
+            "attack": "square",
+            "attack_norm": n,
+            "eps": e,
+            "metric_robust_acc": a,
+        }
+        for n, e, a in (("inf", 0.1, 0.6), ("2", 0.1, 0.2), ("2", 0.5, 0.3))
+    ]
+    assert headline(square, "square", None, "inf") == 0.6  # a named attack keeps to the norm too
+    assert headline(square, "square", 0.1, "inf") == 0.6
+    legacy = [  # rows from before attack_norm: cw_l2 is L2 by default, never in an L-inf worst
+        {"status": "complete", "attack": "cw_l2", "eps": 0.1, "metric_robust_acc": 0.05},
+        {"status": "complete", "attack": "pgd", "eps": 0.1, "metric_robust_acc": 0.6},
+    ]
+    assert headline(legacy, "worst", 0.1, "inf") == 0.6

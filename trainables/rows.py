@@ -17,7 +17,7 @@ import math
 import socket
 from typing import Any
 
-from trainables.config import RESULTS_REVISION, AdvMethod, TrialConfig
+from trainables.config import DEFAULT_NORM, RESULTS_REVISION, AdvMethod, AttackName, TrialConfig
 
 SCHEMA_VERSION = 2
 
@@ -190,20 +190,33 @@ def failed_row(
     return row
 
 
+def row_norm(row: dict[str, Any]) -> str:
+    """A row's norm; rows written before the column existed get the attack's default norm."""
+    if row.get("attack_norm"):
+        return str(row["attack_norm"])
+    try:
+        return DEFAULT_NORM.get(AttackName(row["attack"]), "inf")
+    except ValueError:
+        return "inf"
+
+
 def headline(
     rows: list[dict[str, Any]], attack: str, eps: float | None, norm: str | None = None
 ) -> float | None:
-    """Robust accuracy under ``attack`` at ``eps`` (None: the largest); 'worst' is the min over
-    the attacks of one norm (``norm``, default 'inf': L-inf and L2 radii are never mixed)."""
+    """Robust accuracy under ``attack`` at ``eps`` (None: the largest) under one norm.
+
+    'worst' is the min over the attacks of ``norm`` (default 'inf'); a named
+    attack is taken under ``norm`` when given (Square, HopSkipJump and
+    AutoAttack run under either), else under its own.  L-inf and L2 radii
+    are never mixed.
+    """
     ok = [
         r
         for r in rows
         if r["status"] == STATUS_COMPLETE
         and r["attack"] not in (None, "none")
-        and (
-            attack == r["attack"]
-            or (attack == "worst" and (r.get("attack_norm") or "inf") == (norm or "inf"))
-        )
+        and (attack == "worst" or r["attack"] == attack)
+        and (row_norm(r) == norm if norm is not None else attack != "worst" or row_norm(r) == "inf")
     ]
     if eps is None and ok:
         eps = max(r["eps"] for r in ok)
