@@ -3,17 +3,21 @@
 For each model (the paper studies' setting: stochastic ternary weights,
 8-bit activations; each model at its study's batch size; 1 thread) one run
 times ``trainables.train.training_step`` -- the step every trial trains
-with -- on the same batches, five ways:
+with -- on the same batches, six ways:
 
   plain          cross-entropy only (the peer);
   io JR          + input-output JR (``jr_weight``): one extra backward pass,
-                 batch norms traced unfused;
-  io JR before   the same with TensorFlow's fused batch norm (whose second
-                 derivative is slow), as robustgrid trained before;
+                 batch norms as JR steps trace them (``train.UNFUSE_IN_JR``);
+  io JR alt      the same with the other exact batch norm: unfused with
+                 exact moments if JR steps keep TensorFlow's fused kernel,
+                 else fused (both differentiate twice exactly; the faster
+                 one is what JR steps use);
   layer JR       + per-layer JR on every activation (``jr_layers: {all: w}``)
                  and on the logits: all outputs share one backward pass;
+  layer alt      the same with the other exact batch norm;
   layer before   the same penalty with one backward pass per regularized
-                 output, normal draws and fused batch norms (the former code).
+                 output, normal draws and fused batch norms (the code
+                 before per-layer JR shared one pass).
 
 Each step is traced first, then ``--steps`` steps are timed per repeat, the
 kinds interleaved; best of ``--repeat``.  Goals: io JR <= 1.8x, per-layer
@@ -45,7 +49,7 @@ SHAPES = {"digits_cnn": (8, 8, 1), "resnet8": (32, 32, 3), "ds_cnn": (49, 10, 1)
 CLASSES = {"digits_cnn": 10, "resnet8": 10, "ds_cnn": 12}
 BATCH = {"digits_cnn": 64, "resnet8": 32, "ds_cnn": 100}  # default, stq_jr_cifar10, stq_jr_kws
 JR_WEIGHT, LAYER_WEIGHT = 0.05, 0.01
-KINDS = ("plain", "io JR", "io JR before", "layer JR", "layer before")
+KINDS = ("plain", "io JR", "io JR alt", "layer JR", "layer alt", "layer before")
 
 
 def separate_passes_jr(
@@ -74,22 +78,18 @@ def separate_passes_jr(
 
 
 @contextlib.contextmanager
-def fused_batch_norm(model: tf_keras.Model, unfuse: bool) -> Iterator[None]:
-    yield  # leaves the batch norms as the model built them
-
-
-@contextlib.contextmanager
-def former(kind: str) -> Iterator[None]:
-    """Trace ``training_step`` as robustgrid did before, for the "before" kinds."""
-    saved = train.outputs_and_jr, train._unfused_batch_norm
-    if kind.endswith("before"):
-        train._unfused_batch_norm = fused_batch_norm
+def variant(kind: str) -> Iterator[None]:
+    """Trace ``training_step`` with the other batch norm ("alt") or as before ("before")."""
+    saved = train.outputs_and_jr, train.UNFUSE_IN_JR
+    if kind.endswith("alt"):
+        train.UNFUSE_IN_JR = not saved[1]
     if kind == "layer before":
-        train.outputs_and_jr = separate_passes_jr  # type: ignore[assignment]
+        train.UNFUSE_IN_JR = False
+        train.outputs_and_jr = separate_passes_jr
     try:
         yield
     finally:
-        train.outputs_and_jr, train._unfused_batch_norm = saved  # type: ignore[assignment]
+        train.outputs_and_jr, train.UNFUSE_IN_JR = saved
 
 
 def build_step(
@@ -107,7 +107,7 @@ def build_step(
     else:
         step = train.training_step(model, 1e-3, jr_weight=JR_WEIGHT, jr_layers=layers)
         outputs = len(layers) + 1
-    with former(kind):
+    with variant(kind):
         for x, y in batches[:2]:  # trace, and the optimiser's first (slot-creating) step
             float(step(x, y))
     return step, outputs
@@ -140,9 +140,11 @@ def main() -> None:
         f"stochastic ternary weights, 8-bit activations, 1 thread; {args.steps} steps per "
         f"repeat, best of {args.repeat}; ratios against the plain step"
     )
+    alt = "fused" if train.UNFUSE_IN_JR else "unfused"
+    print(f"JR steps' batch norms: {'unfused' if train.UNFUSE_IN_JR else 'fused'}; alt: {alt}")
     print(
-        f"{'model':<11}{'batch':>6}{'plain ms':>9}{'io JR':>7}{'before':>7}"
-        f"{'outputs':>8}{'layer JR':>9}{'before':>7}   (ratios to plain)"
+        f"{'model':<11}{'batch':>6}{'plain ms':>9}{'io JR':>7}{'alt':>7}"
+        f"{'outputs':>8}{'layer JR':>9}{'alt':>7}{'before':>7}   (ratios to plain)"
     )
     for name in args.models:
         batch = BATCH[name]
@@ -161,8 +163,8 @@ def main() -> None:
         ratio = {kind: best[kind] / best["plain"] for kind in KINDS}
         print(
             f"{name:<11}{batch:>6}{best['plain'] * 1e3:>9.1f}{ratio['io JR']:>7.2f}"
-            f"{ratio['io JR before']:>7.2f}{steps['layer JR'][1]:>8}"
-            f"{ratio['layer JR']:>9.2f}{ratio['layer before']:>7.2f}"
+            f"{ratio['io JR alt']:>7.2f}{steps['layer JR'][1]:>8}"
+            f"{ratio['layer JR']:>9.2f}{ratio['layer alt']:>7.2f}{ratio['layer before']:>7.2f}"
         )
 
 

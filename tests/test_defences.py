@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -101,58 +104,277 @@ def test_per_layer_estimator_sums_every_weighted_output_in_one_pass() -> None:
     assert float(outputs_and_jr(lambda t: probe(t), x, [0.0, 0.0, 0.0])[1]) == 0.0
 
 
-def test_jr_gradients_through_batch_norms_match_float64() -> None:
-    """JR's double backprop through training-mode batch norms: unfused is right, fused is not.
+_TINY_PICKS = {
+    "conv/kernel": [0, 7, 19, 40],
+    "conv/bias": [0, 1, 2],  # feeds the batch norm: true gradient 0
+    "bn/gamma": [0, 1, 2],
+    "bn/beta": [0, 1, 2],
+    "dense/kernel": [3, 50],
+}
 
-    TensorFlow differentiates FusedBatchNormGradV3 as if the batch mean and
-    variance were constants (tensorflow/tensorflow#20407), so the weights'
-    gradients of a Jacobian penalty come out wrong; JR steps trace the batch
-    norms unfused.  Reference: the same model in float64, where Keras never fuses.
+
+def _bn_model(dtype: str, activation: str) -> Any:
+    """conv (with a bias) -> training-mode batch norm -> activation -> dense, in ``dtype``."""
+    import tf_keras
+
+    tf_keras.backend.set_floatx(dtype)
+    try:
+        inp = tf_keras.Input((4, 4, 2))
+        h = tf_keras.layers.Conv2D(3, 3, padding="same", name="conv")(inp)
+        h = tf_keras.layers.BatchNormalization(name="bn")(h)
+        h = tf_keras.layers.Activation(activation)(h)
+        out = tf_keras.layers.Dense(5, name="dense")(tf_keras.layers.Flatten()(h))
+        return tf_keras.Model(inp, out)
+    finally:
+        tf_keras.backend.set_floatx("float32")
+
+
+def _entries(model: Any, picks: dict[str, list[int]]) -> list[tuple[Any, int]]:
+    """(variable, flat index) for each variable whose name starts with a key of ``picks``."""
+    out = []
+    for prefix, indices in picks.items():
+        (var,) = [v for v in model.trainable_variables if v.name.startswith(prefix + ":")]
+        out += [(var, i) for i in indices]
+    return out
+
+
+def _finite_differences(
+    loss: Callable[[], float], entries: list[tuple[Any, int]], h: float = 1e-6
+) -> np.ndarray:
+    """Central differences of the loss *value* (float64) along each (variable, flat index)."""
+    fd = []
+    for var, i in entries:
+        base = var.numpy()
+        step = np.zeros(base.size)
+        step[i] = h
+        var.assign(base + step.reshape(base.shape))
+        up = loss()
+        var.assign(base - step.reshape(base.shape))
+        down = loss()
+        var.assign(base)
+        fd.append((up - down) / (2 * h))
+    return np.array(fd)
+
+
+def _at(grads: dict[str, np.ndarray], entries: list[tuple[Any, int]]) -> np.ndarray:
+    """The entries of gradients keyed by variable name (a missing gradient is zero)."""
+    return np.array(
+        [grads[var.name].ravel()[i] if var.name in grads else 0.0 for var, i in entries]
+    )
+
+
+def _jr_grads(model: Any, x: np.ndarray, unfuse: bool | None) -> dict[str, np.ndarray]:
+    """Gradient of the exact squared Jacobian norm (training mode) w.r.t. the weights.
+
+    ``unfuse``: None leaves the batch norms as built (Keras unfused in
+    float64, TensorFlow's fused kernel in float32); True/False: inside the
+    JR steps' ``_exact_batch_norm`` scope, unfusing / keeping fused ones.
+    """
+    import contextlib
+
+    import tensorflow as tf
+
+    from trainables.jacobian import exact_jacobian_sq_norm
+    from trainables.train import _exact_batch_norm
+
+    scope = (
+        contextlib.nullcontext()
+        if unfuse is None
+        else _exact_batch_norm(model, True, unfuse=unfuse)
+    )
+    with scope, tf.GradientTape() as tape:
+        jr = exact_jacobian_sq_norm(lambda t: model(t, training=True), tf.constant(x))
+    grads = tape.gradient(jr, model.trainable_variables)
+    pairs = zip(model.trainable_variables, grads, strict=True)
+    return {v.name: g.numpy() for v, g in pairs if g is not None}
+
+
+def _errors(got: np.ndarray, fd: np.ndarray, entries: list[tuple[Any, int]]) -> dict[str, float]:
+    """Per variable: largest |got - fd| over its entries, relative to its largest |fd|
+    (to the largest |fd| of all entries where the true gradient is 0)."""
+    names = [var.name for var, _ in entries]
+    out = {}
+    for name in dict.fromkeys(names):
+        mine = np.array([n == name for n in names])
+        scale = np.abs(fd[mine]).max()
+        if scale < 1e-6 * np.abs(fd).max():  # a true gradient of 0 (differences: rounding)
+            scale = np.abs(fd).max()
+        out[name] = float(np.abs(got[mine] - fd[mine]).max() / scale)
+    return out
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_jr_gradients_through_batch_norm_match_finite_differences(activation: str) -> None:
+    """The oracle: float64 central differences of the squared Jacobian norm's value.
+
+    conv -> BN -> activation -> dense, 4 images of 4x4x2, training-mode batch
+    norm.  The loss value needs first derivatives only, where every path is
+    exact (checked: the Jacobian against differences of the logits).  Judged:
+    TensorFlow's fused batch norm (float32: FusedBatchNormV3 has no float64),
+    Keras' unfused one (tf.nn.moments stops the mean's gradient in the
+    variance: wrong second derivatives), and the JR steps' exact batch norms.
     """
     import tensorflow as tf
     import tf_keras
 
     from trainables.jacobian import exact_jacobian_sq_norm
-    from trainables.models import build_model
-    from trainables.train import _unfused_batch_norm, training_step
 
     tf_keras.utils.set_random_seed(0)
-    model = build_model(TrialConfig(model="resnet8", bits="float"), (8, 8, 3), 10)
-    norms = [m for m in model.submodules if isinstance(m, tf_keras.layers.BatchNormalization)]
-    assert norms and all(bn.fused for bn in norms)
+    m64, m32 = _bn_model("float64", activation), _bn_model("float32", activation)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=w.shape) for w in m64.get_weights()]  # a non-zero conv bias too
+    m64.set_weights(weights)
+    m32.set_weights([w.astype(np.float32) for w in weights])
+    assert not m64.get_layer("bn").fused and m32.get_layer("bn").fused
+    x = rng.random((4, 4, 4, 2))
+
+    jr = tf.function(
+        lambda: exact_jacobian_sq_norm(lambda t: m64(t, training=True), tf.constant(x))
+    )
+
+    def loss() -> float:
+        return float(jr())
+
+    # The loss value from differences of the logits alone.  batch_jacobian's
+    # row b is d(sum_b' logits_b') / d x_b: training-mode batch norm couples
+    # the examples (see jacobian.exact_jacobian_sq_norm).
+    forward = tf.function(lambda t: tf.reduce_sum(m64(t, training=True), axis=0))
+
+    def summed_logits(xx: np.ndarray) -> np.ndarray:
+        return forward(tf.constant(xx)).numpy()
+
+    jac = np.zeros((4, 5, 32))
+    for k in range(x.size):
+        dx = np.zeros(x.size)
+        dx[k] = 1e-6
+        up, down = summed_logits(x + dx.reshape(x.shape)), summed_logits(x - dx.reshape(x.shape))
+        jac[k // 32, :, k % 32] = (up - down) / 2e-6
+    assert abs(np.mean(np.sum(jac**2, axis=(1, 2))) / loss() - 1) < 1e-6
+
+    entries = _entries(m64, _TINY_PICKS)
+    fd = _finite_differences(loss, entries)
+    bias = np.array([var.name == "conv/bias:0" for var, _ in entries])
+    assert np.abs(fd[bias]).max() < 1e-6 * np.abs(fd).max()  # a bias feeding a batch norm: 0
+    if activation == "tanh":  # beta's gradient: non-zero through a curved activation only
+        assert np.abs(fd[[var.name == "bn/beta:0" for var, _ in entries]]).min() > 1e-3
+
+    keras_unfused = _errors(_at(_jr_grads(m64, x, None), entries), fd, entries)
+    fused = _errors(_at(_jr_grads(m32, x.astype(np.float32), None), entries), fd, entries)
+    exact64 = _errors(_at(_jr_grads(m64, x, False), entries), fd, entries)
+    unfused32 = _errors(_at(_jr_grads(m32, x.astype(np.float32), True), entries), fd, entries)
+    assert max(exact64.values()) < 1e-6, exact64
+    assert max(fused.values()) < 1e-4, fused
+    assert max(unfused32.values()) < 1e-4, unfused32
+    assert m32.get_layer("bn").fused  # put back after tracing
+    # Keras' unfused batch norm is what the oracle catches
+    assert keras_unfused["conv/kernel:0"] > 1e-2 and keras_unfused["conv/bias:0"] > 1e-2
+
+
+def test_jr_training_step_follows_finite_differences_through_batch_norm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``training_step``'s JR path, as trials run it (float32) and in float64.
+
+    The step's own optimiser becomes SGD with learning rate 1 and its JR
+    estimator the exact squared Jacobian norm (the estimator's randomness is
+    tested above), so one step moves every weight by minus its gradient of
+    cross-entropy + jr_weight x JR; that is judged against differences of
+    that loss's value in float64.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    import trainables.train as train
+    from trainables.jacobian import exact_jacobian_sq_norm
+
+    def exact_jr(forward: Any, x: Any, n_proj: int = 1) -> tuple[Any, Any]:
+        return forward(x), exact_jacobian_sq_norm(forward, x)
+
+    monkeypatch.setattr(train, "logits_and_jr", exact_jr)
+    monkeypatch.setattr(train.tf_keras.optimizers, "Adam", tf_keras.optimizers.SGD)
+    tf_keras.utils.set_random_seed(1)
+    m64 = _bn_model("float64", "relu")
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(size=w.shape) for w in m64.get_weights()]
+    m64.set_weights(weights)
+    x, y, jr_weight = rng.random((4, 4, 4, 2)), np.array([0, 3, 1, 4]), 0.5
+    ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss() -> float:
+        forward = lambda t: m64(t, training=True)  # noqa: E731
+        jr = exact_jacobian_sq_norm(forward, tf.constant(x))
+        return float(ce(y, forward(tf.constant(x))) + jr_weight * jr)
+
+    entries = _entries(m64, _TINY_PICKS)
+    fd = _finite_differences(loss, entries)
+
+    def step_grads(model: Any, dtype: Any) -> np.ndarray:
+        before = {v.name: v.numpy() for v in model.trainable_variables}
+        step = train.training_step(model, 1.0, jr_weight=jr_weight)
+        step(tf.constant(x, dtype), tf.constant(y))
+        return np.array(
+            [
+                before[v.name].ravel()[i] - v.numpy().ravel()[i]
+                for v, i in _entries(model, _TINY_PICKS)
+            ]
+        )
+
+    m32 = _bn_model("float32", "relu")
+    m32.set_weights([w.astype(np.float32) for w in weights])
+    as_trained = _errors(step_grads(m32, tf.float32), fd, entries)  # float32: JR unfuses
+    in_float64 = _errors(step_grads(m64, tf.float64), fd, entries)  # never fused in float64
+    assert max(as_trained.values()) < 1e-4, as_trained
+    assert max(in_float64.values()) < 1e-6, in_float64
+    assert m32.get_layer("bn").fused and "_calculate_mean_and_var" not in vars(m64.get_layer("bn"))
+
+
+def test_jr_gradients_through_resnet8_batch_norms_match_finite_differences() -> None:
+    """The same oracle on the real ResNet-8 (8x8x3 inputs, 4 images): a handful of entries.
+
+    Judged: TensorFlow's fused batch norms, the JR steps' (float32, as
+    trials train) and in float64, and Keras' unfused ones (off)."""
+    import tensorflow as tf
+    import tf_keras
+
+    import trainables.train as train
+    from trainables.jacobian import exact_jacobian_sq_norm
+    from trainables.models import build_model
+
+    cfg = TrialConfig(model="resnet8", bits="float")
+    tf_keras.utils.set_random_seed(0)
+    model = build_model(cfg, (8, 8, 3), 10)
     tf_keras.backend.set_floatx("float64")
     try:
-        reference = build_model(TrialConfig(model="resnet8", bits="float"), (8, 8, 3), 10)
+        reference = build_model(cfg, (8, 8, 3), 10)
     finally:
         tf_keras.backend.set_floatx("float32")
     reference.set_weights([w.astype(np.float64) for w in model.get_weights()])
     x = np.random.default_rng(0).random((4, 8, 8, 3))
-
-    def grads(net: tf_keras.Model, x: np.ndarray, unfuse: bool) -> list[np.ndarray]:
-        with _unfused_batch_norm(net, unfuse), tf.GradientTape() as tape:
-            jr = exact_jacobian_sq_norm(lambda t: net(t, training=True), tf.constant(x))
-        return [g.numpy() for g in tape.gradient(jr, net.trainable_variables) if g is not None]
-
-    exact = grads(reference, x, False)
-    fused = grads(model, x.astype(np.float32), False)
-    unfused = grads(model, x.astype(np.float32), True)
-    assert all(bn.fused for bn in norms)  # put back after tracing
-
-    def error(got: list[np.ndarray]) -> float:
-        """Largest error relative to each variable's largest exact gradient."""
-        pairs = list(zip(got, exact, strict=True))
-        for g, e in pairs:  # an exactly zero gradient (a bias before a batch norm) stays ~zero
-            if not np.abs(e).max():
-                assert np.abs(g).max() < 1e-6
-        return max(
-            float(np.abs(g - e).max() / np.abs(e).max()) for g, e in pairs if np.abs(e).max()
-        )
-
-    assert error(unfused) < 1e-3
-    assert error(fused) > 1e-2  # TensorFlow's fused second derivative (why JR unfuses)
-    step = training_step(model, 1e-3, jr_weight=0.1)
-    assert np.isfinite(float(step(tf.constant(x, tf.float32), tf.zeros(4, tf.int64))))
-    assert all(bn.fused for bn in norms)  # the step traced unfused and put them back
+    jr = tf.function(
+        lambda: exact_jacobian_sq_norm(lambda t: reference(t, training=True), tf.constant(x))
+    )
+    entries = _entries(
+        reference,
+        {
+            "conv1/kernel": [0, 200],
+            "conv1/bias": [0, 5],  # feeds bn1: true gradient 0
+            "bn1/gamma": [3],
+            "bn1/beta": [3],
+            "s2_conv2/kernel": [1000],
+            "s3_bn2/gamma": [10],
+            "logits/kernel": [7],
+        },
+    )
+    fd = _finite_differences(lambda: float(jr()), entries)
+    x32 = x.astype(np.float32)
+    fused = _errors(_at(_jr_grads(model, x32, None), entries), fd, entries)
+    jr_step = _errors(_at(_jr_grads(model, x32, train.UNFUSE_IN_JR), entries), fd, entries)
+    exact64 = _errors(_at(_jr_grads(reference, x, False), entries), fd, entries)
+    keras_unfused = _errors(_at(_jr_grads(reference, x, None), entries), fd, entries)
+    assert max(fused.values()) < 1e-3, fused
+    assert max(jr_step.values()) < 1e-3, jr_step
+    assert max(exact64.values()) < 1e-6, exact64
+    assert max(keras_unfused.values()) > 1e-2, keras_unfused
 
 
 def test_unknown_jr_layer_is_named() -> None:

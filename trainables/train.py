@@ -40,28 +40,66 @@ def _training_phase() -> Iterator[None]:
             yield
 
 
+def _exact_moments(
+    inputs: tf.Tensor, reduction_axes: list[int], keep_dims: bool, mask: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    # Batch mean and (biased) variance as plain ops, the mean differentiable
+    # inside the variance.  ``tf.nn.moments`` (what unfused Keras batch norm
+    # calls) stops the mean's gradient there: exact for first derivatives,
+    # wrong for the second ones double backprop takes.
+    if mask is not None:
+        raise ValueError("masked batch norm in a JR step is not supported")
+    mean = tf.reduce_mean(inputs, reduction_axes, keepdims=True)
+    variance = tf.reduce_mean(
+        tf.math.squared_difference(inputs, mean), reduction_axes, keepdims=True
+    )
+    if not keep_dims:
+        mean, variance = tf.squeeze(mean, reduction_axes), tf.squeeze(variance, reduction_axes)
+    return mean, variance
+
+
+# JR steps trace the batch norms unfused with ``_exact_moments`` rather than
+# through TensorFlow's fused kernel: both differentiate twice exactly
+# (float64 finite differences, tests/test_defences.py), and unfused is the
+# faster double backprop: io JR 2.27x / 2.22x a plain step on ResNet-8 /
+# DS-CNN, fused 2.40x / 2.70x; per-layer JR 2.68x / 2.91x, fused 2.83x /
+# 3.26x (benchmarks/jr_cost.py, one run on a loaded CPU; another run gave
+# the same order).
+UNFUSE_IN_JR = True
+
+
 @contextlib.contextmanager
-def _unfused_batch_norm(model: tf_keras.Model, unfuse: bool) -> Iterator[None]:
-    # JR differentiates the batch norms' gradients once more, and TensorFlow
-    # gets that wrong for its fused kernel: the gradient of FusedBatchNormGradV3
-    # treats the batch mean and variance as constants (tensorflow/tensorflow
-    # #20407), off by 1-30% on ResNet-8's weights against a float64 reference
-    # (tests/test_defences.py).  The same normalisation in plain ops
-    # differentiates twice exactly, and faster: an input-output JR step on
-    # ResNet-8 took 2.06x a plain step with fused batch norms, 1.84x unfused
-    # (benchmarks/jr_cost.py).  Unfused only while a JR step traces.
-    layers = [
-        m
-        for m in model.submodules
-        if unfuse and isinstance(m, tf_keras.layers.BatchNormalization) and m.fused
+def _exact_batch_norm(
+    model: tf_keras.Model, active: bool, unfuse: bool | None = None
+) -> Iterator[None]:
+    """Batch norms that double backprop differentiates exactly, while a JR step traces.
+
+    TensorFlow's fused batch norm (float32, 4-D inputs: every batch norm
+    robustgrid builds) has exact second derivatives; Keras' unfused path
+    (float64, or ``fused=False``) does not: ``tf.nn.moments`` holds the mean
+    constant inside the variance (a JR gradient 2.7% off on a conv kernel,
+    and non-zero on a conv bias feeding a batch norm, whose true gradient is
+    0).  This scope unfuses the fused ones if ``unfuse`` (default
+    ``UNFUSE_IN_JR``) and gives every unfused batch norm ``_exact_moments``;
+    all is put back on exit (it matters only while a step traces).
+    """
+    unfuse = UNFUSE_IN_JR if unfuse is None else unfuse
+    norms = [
+        m for m in model.submodules if active and isinstance(m, tf_keras.layers.BatchNormalization)
     ]
-    for layer in layers:
-        layer.fused = False
+    unfused = [bn for bn in norms if unfuse and bn.fused]
+    for bn in unfused:
+        bn.fused = False
+    patched = [bn for bn in norms if not bn.fused]
+    for bn in patched:
+        bn._calculate_mean_and_var = _exact_moments
     try:
         yield
     finally:
-        for layer in layers:
-            layer.fused = True
+        for bn in patched:
+            del bn._calculate_mean_and_var
+        for bn in unfused:
+            bn.fused = True
 
 
 def training_step(
@@ -77,9 +115,11 @@ def training_step(
     Cross-entropy, + ``jr_weight`` x input-output JR, + per-layer JR on the
     outputs of ``jr_layers`` (layer name -> weight).  With per-layer JR the
     logits' and every layer's penalties share one backward pass per
-    projection (``jacobian.outputs_and_jr``); JR steps trace batch norms
-    unfused (``_unfused_batch_norm``).  ``hold_zeros`` (variable,
-    keep mask) pairs stay zero where the mask is False after every step.
+    projection (``jacobian.outputs_and_jr``).  JR steps differentiate the
+    batch norms twice, exactly (``_exact_batch_norm``: never Keras'
+    unfused ``tf.nn.moments``, whose second derivatives are wrong).
+    ``hold_zeros`` (variable, keep mask) pairs stay zero where the mask is
+    False after every step.
     """
     optimizer = tf_keras.optimizers.Adam(learning_rate)
     ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -92,7 +132,7 @@ def training_step(
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         jr = probe is not None or jr_weight > 0.0
-        with tf.GradientTape() as tape, _training_phase(), _unfused_batch_norm(model, jr):
+        with tf.GradientTape() as tape, _training_phase(), _exact_batch_norm(model, jr):
             if probe is not None:
                 logits, penalty = outputs_and_jr(
                     lambda t: probe(t, training=True), x, weights, jr_projections
