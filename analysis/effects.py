@@ -8,6 +8,7 @@ return pandas DataFrames.  Accuracies are fractions, eps is on the input's
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import duckdb
@@ -19,15 +20,20 @@ from analysis.pareto import describe, resolve, trial_points
 from analysis.query import AXIS_COLUMNS, CONFIG_ID, NORMS, check_columns, where_clause
 
 # A trial's identity less its reductions and fold: trials that differ only in
-# bits / sparsity / clusters (and fold) share it, so each can be paired with
-# the uncompressed baseline of the same fold.  Everything else stays in it:
-# JR (input-output and per layer), per-layer bits, adversarial training, seed,
+# bits / sparsity / clusters and the quantization settings (per-layer bits,
+# activation width), and fold, share it, so each can be paired with the
+# uncompressed baseline of the same fold.  A float baseline always has
+# activation_bits null and layer_bits {} (trainables.config.TrialConfig forbids
+# layer_bits with bits float), so they are stripped like bits.  Everything else
+# stays in it: JR (input-output and per layer), adversarial training, seed,
 # training settings, folds and the results revision.
 PAIR_ID = (
-    "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(meta_config_json, "
+    "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace("
+    "regexp_replace(meta_config_json, "
+    """'"layer_bits": [{][^}]*[}](, )?', ''), '"activation_bits": (null|[0-9]+)(, )?', ''), """
     """'"bits": "[^"]*"(, )?', ''), '"clusters": [0-9]+(, )?', ''), """
     """'"fold": [0-9]+(, )?', ''), '"sparsity": [0-9.e+-]+(, )?', ''), """
-    "concat_ws('|', cfg_dataset, cfg_model, cfg_jr_weight, cfg_jr_layers, cfg_layer_bits, "
+    "concat_ws('|', cfg_dataset, cfg_model, cfg_jr_weight, cfg_jr_layers, "
     "cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, "
     "cfg_batch_size, cfg_learning_rate, cfg_test_fraction, cfg_seed, cfg_folds, revision))"
 )
@@ -219,7 +225,8 @@ def _paired_points(
     pts = trial_points(con, attack, eps, where, norm=norm)
     ids = con.execute(
         f"""SELECT key, any_value({PAIR_ID}) AS pair_id, any_value(cfg_jr_layers) AS jr_layers,
-                   any_value(cfg_layer_bits) AS layer_bits, any_value(cfg_seed) AS seed
+                   any_value(cfg_layer_bits) AS layer_bits,
+                   any_value(cfg_activation_bits) AS activation_bits, any_value(cfg_seed) AS seed
             FROM rows GROUP BY key"""
     ).df()
     pts = pts.merge(ids, on="key")
@@ -232,7 +239,7 @@ def _paired_points(
 
 _CONFIG_COLUMNS = [
     "reductions", "dataset", "model", "bits", "sparsity", "clusters", "jr_weight", "jr_layers",
-    "layer_bits", "adv_training", "seed",
+    "layer_bits", "activation_bits", "adv_training", "seed",
 ]  # fmt: skip
 
 
@@ -249,20 +256,29 @@ def reduction_effects(
 
     Every trial is paired with the baseline trial (float, no pruning, no
     clustering) of the same fold and an otherwise identical config (JR and
-    per-layer JR, per-layer bits, adversarial training, seed, training
-    settings, folds): nothing is pooled across baselines.  Per config: the
-    mean robust accuracy, the baseline's, the mean paired difference
-    ``delta``, and the test of delta = 0 over folds: Nadeau and Bengio's
+    per-layer JR, adversarial training, seed, training settings, folds; per-layer
+    bits and the activation width are quantization settings, like bits, so a
+    quantized config's baseline is the float one): nothing is pooled across
+    baselines.  Per config: the mean robust accuracy, the baseline's, the mean
+    paired difference ``delta``, and the test of delta = 0 over folds: Nadeau and Bengio's
     corrected resampled t-test for k-fold CV (``t``, ``p_value``,
     ``delta_ci95`` its half-width; NaN below two pairs, as for a holdout);
     ``mcnemar_b``/``mcnemar_c``/``p_mcnemar``: the exact McNemar test on the
     per-example robust masks, discordant counts summed over the folds (each
     fold's pair on the same attacked subset; NaN without masks).
 
-    ``summary=True``: per reduction combination (and k), the deltas are first
-    averaged per fold over the combination's configs, then the fold means are
-    tested (the corrected t over k folds): a config-fold pair is never an
-    independent observation.  No McNemar there (the configs share examples).
+    ``summary=True``: per reduction combination, dataset, model (and k), the
+    deltas are first averaged per (seed, fold) over the combination's configs
+    (each seed is its own partition: fold i of two seeds are different units),
+    then the k r unit means (r seeds) are tested with the corrected repeated
+    k-fold t (Bouckaert and Frank: variance (1/(k r) + 1/(k-1)) s^2, k r - 1
+    df): a config-fold pair is never an independent observation.  Columns
+    ``seeds`` (r) and ``units`` (the (seed, fold) means tested).  No McNemar
+    there (the configs share examples).
+
+    Compressed trials without a baseline of the same fold and otherwise
+    identical config cannot be paired: they are left out with a warning naming
+    how many configs and an example.
 
     ``p_adjusted``: Holm's step-down correction over the p-values of this call
     (``p_mcnemar_adjusted`` likewise); Holm controls the family-wise error
@@ -281,9 +297,18 @@ def reduction_effects(
             f"baseline: {int(dup.sum())} config-fold(s) have two baseline trials "
             f"(e.g. {base[dup].key.iloc[0]!r}): cannot pair"
         )
-    paired = pts[pts.reductions != "none"].merge(
-        base, on=["pair_id", "fold"], suffixes=("", "_baseline")
-    )
+    compressed = pts[pts.reductions != "none"]
+    paired = compressed.merge(base, on=["pair_id", "fold"], suffixes=("", "_baseline"))
+    orphans = compressed[~compressed.key.isin(paired.key)]
+    if not orphans.empty:
+        warnings.warn(
+            f"reduction_effects: {orphans.config_id.nunique()} compressed config(s) have no "
+            f"baseline trial (float, sparsity 0, clusters 0, same fold, otherwise identical) "
+            f"for {len(orphans)} trial(s), left out: e.g. trial {orphans.key.iloc[0]!r} of "
+            f"config {orphans.config_id.iloc[0]}",
+            UserWarning,
+            stacklevel=2,
+        )
     paired["delta"] = paired.robust_acc - paired.robust_acc_baseline
     if summary:
         df = _summary(paired)
@@ -347,18 +372,29 @@ def _per_config(
 
 def _summary(paired: pd.DataFrame) -> pd.DataFrame:
     out = []
-    for (reductions, k), g in paired.groupby(["reductions", "cfg_folds"], sort=True):
-        per_fold = g.groupby("fold").delta.mean()  # one number per fold: the unit of the test
-        test = corrected_t(per_fold.to_numpy(), int(k))
+    paired = paired.assign(_seed=paired.seed.fillna(-1))
+    groups = paired.groupby(
+        ["reductions", "dataset", "model", "cfg_folds"], sort=True, dropna=False
+    )
+    for (reductions, dataset, model, k), g in groups:
+        # One number per (seed, fold): the unit of the test.  Each seed is its own
+        # partition, so fold i of one seed and fold i of another are different units.
+        per_unit = g.groupby(["_seed", "fold"]).delta.mean()
+        seeds = g._seed.nunique()
+        test = corrected_t(per_unit.to_numpy(), int(k), repetitions=seeds)
         out.append(
             {
                 "reductions": reductions,
+                "dataset": dataset,
+                "model": model,
                 "folds": int(k),
+                "seeds": seeds,
+                "units": len(per_unit),
                 "configs": g.config_id.nunique(),
                 "pairs": len(g),
                 "robust_acc": float(g.robust_acc.mean()),
                 "baseline_robust_acc": float(g.robust_acc_baseline.mean()),
-                "delta": float(per_fold.mean()),
+                "delta": float(per_unit.mean()),
                 "delta_ci95": test.half_ci95,
                 "t": test.t,
                 "p_value": test.p_value,

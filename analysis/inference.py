@@ -81,29 +81,61 @@ class CorrectedT(NamedTuple):
     test: str
 
 
-def corrected_t(deltas: Sequence[float] | np.ndarray, folds: int) -> CorrectedT:
-    """Paired differences over folds, tested against 0.
+# Zero spread: s^2 at most (ZERO_SPREAD * max(1, |mean|))^2.  Deltas of accuracies
+# (counts / n) that are equal up to rounding (k1/300 - k0/300 in every fold) have
+# s^2 ~ 1e-33, not 0: exact equality would give t ~ 1e14.
+ZERO_SPREAD = 1e-9
 
-    k-fold cross-validation (``folds`` = k >= 2): Nadeau and Bengio's corrected
-    resampled t-test, t = mean / sqrt((1/J + n_test/n_train) s^2) with J the
-    pairs present, s^2 their sample variance and n_test/n_train = 1/(k-1)
-    (the folds' training sets overlap, so the plain 1/J underestimates the
-    variance); J - 1 degrees of freedom.  Fewer than two pairs (a single
-    holdout, ``folds`` = 1) or no spread: NaN.  Several pairs from a holdout
-    (independent repeats): the plain paired t (test_train term 0).
+
+def corrected_t(
+    deltas: Sequence[float] | np.ndarray, folds: int, repetitions: int = 1
+) -> CorrectedT:
+    """Paired differences over folds (and repetitions of the k-fold split), tested against 0.
+
+    k-fold cross-validation (``folds`` = k >= 2), repeated ``repetitions`` = r
+    times (each repetition a different partition, e.g. another seed): the
+    corrected repeated k-fold t-test (Nadeau and Bengio 2003; Bouckaert and
+    Frank 2004 for r > 1), t = mean / sqrt((1/J + n_test/n_train) s^2) over the
+    J (repetition, fold) deltas present (J = k r when none is missing), s^2
+    their sample variance, n_test/n_train = 1/(k-1) (the training sets overlap,
+    so the plain 1/J underestimates the variance); J - 1 degrees of freedom.
+    More than k r deltas: a ValueError (they cannot all be (repetition, fold)
+    units).  Fewer than two pairs (a single holdout, ``folds`` = 1): NaN.
+    Several pairs from a holdout (independent repeats): the plain paired t
+    (test_train term 0).
+
+    No spread (s^2 <= (1e-9 max(1, |mean|))^2, rounding included): p = 1.0 and
+    t = 0 when the mean is 0 too (|mean| <= 1e-9: the reduction changed nothing;
+    it stays in Holm's family), else t and p NaN (a constant nonzero difference:
+    the test is undefined).
     """
+    if repetitions < 1:
+        raise ValueError(f"repetitions: {repetitions} must be at least 1")
     d = np.asarray(deltas, dtype=float)
     j = len(d)
+    units = max(folds, 1) * repetitions
+    if j > units:
+        raise ValueError(
+            f"corrected_t: {j} deltas, more than {repetitions} repetition(s) of a "
+            f"{folds}-fold split hold ({units}): average them per (repetition, fold) first"
+        )
     if j < 2:
         return CorrectedT(math.nan, math.nan, math.nan, f"none ({j} pair)")
     s2 = float(np.var(d, ddof=1))
     ratio = 1.0 / (folds - 1) if folds >= 2 else 0.0
-    test = f"corrected t (Nadeau-Bengio, {folds}-fold)" if folds >= 2 else "paired t"
+    if folds < 2:
+        test = "paired t"
+    elif repetitions > 1:
+        test = f"corrected repeated t (Bouckaert-Frank, {repetitions} x {folds}-fold)"
+    else:
+        test = f"corrected t (Nadeau-Bengio, {folds}-fold)"
+    mean = float(d.mean())
+    if s2 <= (ZERO_SPREAD * max(1.0, abs(mean))) ** 2:
+        if abs(mean) <= ZERO_SPREAD:
+            return CorrectedT(0.0, 1.0, 0.0, test)
+        return CorrectedT(math.nan, math.nan, 0.0, test)
     se = math.sqrt((1.0 / j + ratio) * s2)
     half = float(stats.t.ppf(0.975, j - 1) * se)
-    mean = float(d.mean())
-    if se == 0.0:
-        return CorrectedT(math.nan, math.nan, half, test)
     t = mean / se
     return CorrectedT(t, float(2.0 * stats.t.sf(abs(t), j - 1)), half, test)
 

@@ -152,11 +152,12 @@ def build_report(
         eff = reduction_effects(con, attack, eps, summary=True, norm=norm)
         parts.append(
             '<p class="note">Each config is paired fold by fold with the float, unpruned, '
-            "unclustered trial of an otherwise identical config (JR, per-layer JR and bits, "
+            "unclustered trial of an otherwise identical config (JR, per-layer JR, "
             "adversarial training, seed, training); delta = robust accuracy minus the "
-            "baseline's, averaged per fold over the combination's configs; the fold means are "
-            "tested with Nadeau and Bengio's corrected resampled t-test (k-fold CV; n/a for a "
-            "single holdout); p_adjusted: Holm's correction over the table's tests.</p>"
+            "baseline's, averaged per (seed, fold) over the combination's configs; those means "
+            "are tested with the corrected resampled t-test for repeated k-fold CV (Nadeau and "
+            "Bengio; Bouckaert and Frank; n/a for a single holdout); p_adjusted: Holm's "
+            "correction over the table's tests.</p>"
         )
         parts.append(_table(eff))
     except ValueError as err:

@@ -100,3 +100,32 @@ def brute_force_front(points: list[tuple[str, float, int]]) -> set[str]:
         if not dominated.any():
             front.add(keys[i])
     return front
+
+
+def config_rows(
+    cfg: Any, robust: float, nbytes: int, *, study: str = "t", samples: int = 300
+) -> list[dict[str, Any]]:
+    """One complete pgd (L-inf, eps 0.1) row of a real ``TrialConfig``, as the trainable writes it.
+
+    The config columns and ``meta_config_json`` come from ``trainables.rows.base_row``
+    (TF-free), so the analysis sees the production JSON; the metrics are filled in here.
+    """
+    from trainables.rows import base_row
+
+    r = base_row(cfg, "t")
+    r.update(
+        attack="pgd",
+        attack_norm="inf",
+        eps=0.1,
+        status="complete",
+        reason="",
+        metric_clean_acc=0.9,
+        metric_robust_acc=robust,
+        metric_attack_clean_acc=0.9,
+        metric_samples=samples,
+        metric_test_samples=samples,
+        metric_bytes=nbytes,
+        metric_params=1000,
+        meta_study=study,
+    )
+    return [r]

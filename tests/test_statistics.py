@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,8 +23,8 @@ from analysis import plots
 from analysis.pareto import format_front
 from analysis.report import build_report
 from grid.store import ParquetSink
-from tests.helpers import mask_hex, rows_for
-from trainables.config import RESULTS_REVISION
+from tests.helpers import config_rows, mask_hex, rows_for
+from trainables.config import RESULTS_REVISION, TrialConfig
 from trainables.rows import COLUMNS
 
 ROOT = Path(__file__).parent.parent
@@ -183,6 +184,39 @@ def test_corrected_t_against_hand_computation() -> None:
     assert math.isnan(analysis.corrected_t([0.1], 1).p_value)  # one holdout pair
 
 
+def test_corrected_t_repeated_cv_bouckaert_frank() -> None:
+    # 2 seeds x 3 folds: r = 2, k = 3, k r = 6 units.  mean 0.06 / 6 = 0.01; squared
+    # deviations 0 + 4 + 4 + 1 + 1 + 0 = 10 (x 1e-4): s^2 = 0.001 / 5 = 0.0002;
+    # variance (1/6 + 1/2) s^2 = 0.0002 * 2/3; t = 0.01 / 0.0115470 = sqrt(3)/2, 5 df.
+    d = [0.01, 0.03, -0.01, 0.02, 0.00, 0.01]
+    r = analysis.corrected_t(d, 3, repetitions=2)
+    assert r.t == pytest.approx(math.sqrt(3) / 2, rel=1e-9)
+    assert r.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(3) / 2, 5), rel=1e-9)
+    assert r.half_ci95 == pytest.approx(stats.t.ppf(0.975, 5) * math.sqrt(0.0002 * 2 / 3))
+    assert "2 x 3-fold" in r.test
+    # r = 1 (the default) is Nadeau and Bengio's: same formula with k r = k.
+    assert analysis.corrected_t(d[:3], 3) == analysis.corrected_t(d[:3], 3, repetitions=1)
+    with pytest.raises(ValueError, match=r"6 deltas.*3-fold"):  # more deltas than units
+        analysis.corrected_t(d, 3)
+
+
+def test_corrected_t_zero_spread_up_to_rounding() -> None:
+    # Accuracies are counts / 300: k1/300 - k0/300 is 1/300 in every fold up to rounding
+    # (s^2 ~ 1e-33, not 0): no spread, so t is undefined, not ~1e14.
+    d = [a / 300 - b / 300 for a, b in [(91, 90), (121, 120), (31, 30), (250, 249)]]
+    assert np.var(d, ddof=1) > 0  # the float spread the old exact test missed
+    r = analysis.corrected_t(d, 4)
+    assert math.isnan(r.t) and math.isnan(r.p_value)
+    # Compression changed nothing in any fold: mean 0, no spread: t = 0, p = 1 (stays in
+    # Holm's family), not NaN.
+    same = [a / 300 - a / 300 for a in (90, 120, 30, 249)]
+    z = analysis.corrected_t(same, 4)
+    assert z.t == 0.0 and z.p_value == 1.0
+    # A real spread is untouched (the hand case above): 0.026, s^2 = 0.00053.
+    r5 = analysis.corrected_t([0.02, 0.05, -0.01, 0.04, 0.03], 5)
+    assert r5.t == pytest.approx(0.026 / math.sqrt(0.0002385), rel=1e-9)
+
+
 def test_holm_against_hand_computation() -> None:
     # sorted 0.01, 0.03, 0.04 (m = 3): 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, 1 x 0.04 -> max 0.06
     got = analysis.holm([0.01, 0.04, 0.03, math.nan])
@@ -271,6 +305,90 @@ def test_summary_averages_per_fold_before_testing(tmp_path: Path) -> None:
     mean, s2 = per_fold.mean(), per_fold.var(ddof=1)
     assert q.t == pytest.approx(mean / math.sqrt((1 / 5 + 1 / 4) * s2), rel=1e-9)
     assert q.p_value == pytest.approx(2 * stats.t.sf(abs(q.t), 4))
+
+
+def test_summary_unit_is_seed_and_fold_per_dataset_and_model(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    # digits_cnn, 2 seeds x 3 folds, two quantized configs (4 and 2 bits).  Deltas:
+    # seed 0: 4 bits 0.04, 0.06, 0.02; 2 bits -0.02, 0.00, -0.04 -> unit means 0.01, 0.03, -0.01
+    # seed 1: 4 bits 0.05, 0.03, 0.04; 2 bits -0.01, -0.03, -0.02 -> unit means 0.02, 0.00, 0.01
+    # Six (seed, fold) units: the hand case of test_corrected_t_repeated_cv_bouckaert_frank
+    # (t = sqrt(3)/2, 5 df).  Fold i of seed 0 and of seed 1 are different partitions: never
+    # averaged together (that would give fold means 0.015, 0.015, 0 over 3 units).
+    base = {0: [0.50, 0.40, 0.45], 1: [0.60, 0.50, 0.55]}
+    deltas = {
+        ("4", 0): [0.04, 0.06, 0.02], ("2", 0): [-0.02, 0.00, -0.04],
+        ("4", 1): [0.05, 0.03, 0.04], ("2", 1): [-0.01, -0.03, -0.02],
+    }  # fmt: skip
+    accs = {("float", s): b for s, b in base.items()}
+    accs.update({(bits, s): [b + d for b, d in zip(base[s], ds, strict=True)]
+                 for (bits, s), ds in deltas.items()})  # fmt: skip
+    for (bits, seed), acc in accs.items():
+        for fold, a in enumerate(acc):
+            key = f"cnn-{bits}-{seed}-{fold}"
+            sink(key, rows_for(key, {("pgd", 0.1): a}, 0.9, 100, fold=fold, bits=bits,
+                               seed=seed, folds=3, samples=100))  # fmt: skip
+    # Another model of the same dataset, one seed, 4 bits: deltas 0.10, 0.20, 0.30:
+    # mean 0.2, s^2 = 0.01, variance (1/3 + 1/2) 0.01 = 0.025/3: t = sqrt(4.8), 2 df.
+    for bits, acc in [("float", [0.3, 0.3, 0.3]), ("4", [0.4, 0.5, 0.6])]:
+        for fold, a in enumerate(acc):
+            key = f"mlp-{bits}-{fold}"
+            sink(key, rows_for(key, {("pgd", 0.1): a}, 0.9, 100, fold=fold, bits=bits,
+                               model="mlp", folds=3, samples=100))  # fmt: skip
+    con = analysis.connect(tmp_path)
+    s = analysis.reduction_effects(con, "pgd", 0.1, summary=True).set_index("model")
+    assert list(s.reductions) == ["quantization", "quantization"]
+    assert set(s.dataset) == {"digits"}
+    cnn, mlp = s.loc["digits_cnn"], s.loc["mlp"]
+    assert (cnn.configs, cnn.pairs, cnn.seeds, cnn.units, cnn.folds) == (
+        4,
+        12,
+        2,
+        6,
+        3,
+    )  # 2 x 2 seeds
+    assert cnn.delta == pytest.approx(0.01)
+    assert cnn.t == pytest.approx(math.sqrt(3) / 2, rel=1e-9)
+    assert cnn.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(3) / 2, 5), rel=1e-9)
+    assert (mlp.configs, mlp.pairs, mlp.seeds, mlp.units) == (1, 3, 1, 3)
+    assert mlp.delta == pytest.approx(0.2)
+    assert mlp.t == pytest.approx(math.sqrt(4.8), rel=1e-9)
+    assert mlp.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(4.8), 2), rel=1e-9)
+
+
+def test_reduction_effects_pairs_production_configs(tmp_path: Path) -> None:
+    """Rows written by trainables.rows.base_row (the production meta_config_json path)."""
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    base = [0.50, 0.40, 0.45]
+    configs = {  # name: (config fields, robust accuracy per fold); deltas by hand
+        "float": ({}, base),
+        "q4": ({"bits": "4"}, [0.48, 0.41, 0.40]),  # -0.02, +0.01, -0.05: mean -0.02
+        "q4_layer": ({"bits": "4", "layer_bits": {"conv1": 8}}, [0.52, 0.43, 0.47]),  # 0.07/3
+        "q4_act8": ({"bits": "4", "activation_bits": 8}, [0.47, 0.36, 0.44]),  # -0.08/3
+        "prune": ({"sparsity": 0.5}, [0.49, 0.40, 0.42]),  # -0.01, 0, -0.03: mean -0.04/3
+        # No seed-1 baseline: cannot be paired, and must be reported, not dropped silently.
+        "orphan": ({"bits": "4", "seed": 1}, [0.3, 0.3, 0.3]),
+    }
+    for name, (fields, accs) in configs.items():
+        for fold, acc in enumerate(accs):
+            cfg = TrialConfig(folds=3, fold=fold, **fields)
+            sink(cfg.key, config_rows(cfg, acc, 1000 if name == "float" else 300))
+    con = analysis.connect(tmp_path)
+    with pytest.warns(UserWarning, match=r"1 compressed config\(s\) have no baseline.*seed.: 1"):
+        eff = analysis.reduction_effects(con, "pgd", 0.1)
+    assert len(eff) == 4 and (eff.pairs == 3).all() and (eff.folds == 3).all()
+    act = [None if pd.isna(a) else int(a) for a in eff.activation_bits]  # 4 bits: 4 by default
+    got = {
+        (r.bits, r.layer_bits, a, r.sparsity): r.delta
+        for r, a in zip(eff.itertuples(), act, strict=True)
+    }
+    assert got == {
+        ("4", "{}", 4, 0.0): pytest.approx(-0.02),
+        ("4", '{"conv1": "8"}', 4, 0.0): pytest.approx(0.07 / 3),
+        ("4", "{}", 8, 0.0): pytest.approx(-0.08 / 3),
+        ("float", "{}", None, 0.5): pytest.approx(-0.04 / 3),
+    }
+    assert list(eff.baseline_robust_acc) == pytest.approx([0.45] * 4)
 
 
 def test_reduction_effects_mcnemar_sums_discordant_pairs_over_folds(tmp_path: Path) -> None:
