@@ -44,7 +44,9 @@ def test_layer_bits_override_first_and_last() -> None:
     assert widths["conv1"] == widths["logits"] == 8
     assert {w for n, w in widths.items() if n not in ("conv1", "logits")} == {2}
     with pytest.raises(ValueError, match=r"layer_bits: no layer named \['conv9'\]"):
-        build_model(TrialConfig(model="resnet8", bits="8", layer_bits={"conv9": 4}), (32, 32, 3), 10)
+        build_model(
+            TrialConfig(model="resnet8", bits="8", layer_bits={"conv9": 4}), (32, 32, 3), 10
+        )
 
 
 def test_ds_cnn_trains_prunes_and_clusters_on_kws_shaped_data() -> None:
