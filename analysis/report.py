@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from analysis import plots
 from analysis.effects import compare_to_baseline, reduction_effects, robustness_curve
 from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
-from analysis.query import CONFIG_ID, connect
+from analysis.query import CONFIG_ID, columns, connect
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -75,6 +75,29 @@ def _ci(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in drop if c in df.columns])
 
 
+def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """A warning section listing the trials whose gradient-masking diagnostics fired (none: nothing)."""
+    if "metric_masking_flags" not in columns(con):
+        return []
+    flagged = con.execute(
+        "SELECT key, any_value(cfg_bits) AS bits, any_value(cfg_sparsity) AS sparsity, "
+        "any_value(cfg_clusters) AS clusters, any_value(cfg_jr_weight) AS jr_weight, "
+        "any_value(metric_masking_flags) AS flags, any_value(metric_masking_pgd_acc) AS pgd_large_eps_acc, "
+        "any_value(metric_zero_grad_share) AS zero_grad_share FROM rows "
+        "WHERE status = 'complete' AND coalesce(metric_masking_flags, '') <> '' GROUP BY key ORDER BY key"
+    ).df()
+    if flagged.empty:
+        return []
+    return [
+        "<h2>Gradient masking suspected</h2>",
+        f'<p class="note">{len(flagged)} trial(s) failed a masking check (PGD at a large eps '
+        "leaves accuracy above ~0, zero input gradients, or white-box attacks weaker than "
+        "black-box / transfer at the same eps): their robust accuracies may be overstated "
+        "and are not robustness claims.</p>",
+        _table(flagged),
+    ]
+
+
 def build_report(
     con: duckdb.DuckDBPyConnection,
     title: str,
@@ -120,6 +143,7 @@ def build_report(
             "Pareto scatter",
         ),
         _table(_ci(front)),
+        *_masking(con),
         "<h2>Robustness against eps</h2>",
     ]
     axes = _varying(points)

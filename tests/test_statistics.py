@@ -544,3 +544,24 @@ def test_schema_document_lists_every_column_of_the_code() -> None:
     assert all(
         meaning[c].strip() for c in COLUMNS if c.startswith(("metric_", "meta_attack", "rev"))
     )
+
+
+def test_report_lists_trials_whose_masking_checks_fired(tmp_path: Path) -> None:
+    _cv_table(tmp_path)
+    assert "Gradient masking suspected" not in build_report(
+        analysis.connect(tmp_path), "t", "pgd", 0.1
+    )
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    sink(
+        "m0",
+        rows_for(
+            "m0", {("pgd", 0.1): 0.9}, 0.95, 200, fold=0, bits="ternary", folds=2, samples=100,
+            test_samples=300,
+            extra={"metric_masking_flags": "pgd_large_eps,zero_gradients", "metric_masking_pgd_acc": 0.8},
+        ),
+    )  # fmt: skip
+    html = build_report(analysis.connect(tmp_path), "t", "pgd", 0.1)
+    assert "Gradient masking suspected" in html
+    start = html.index("Gradient masking suspected")
+    section = html[start : html.index("<h2>", start)]
+    assert "m0" in section and "pgd_large_eps,zero_gradients" in section and "a0" not in section
