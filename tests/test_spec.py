@@ -220,3 +220,15 @@ def test_worst_objective_takes_one_norm() -> None:
         {"status": "complete", "attack": "pgd", "eps": 0.1, "metric_robust_acc": 0.6},
     ]
     assert headline(legacy, "worst", 0.1, "inf") == 0.6
+
+
+def test_a_stored_config_rebuilds_the_same_trial() -> None:
+    """meta_config_json (and a manifest's config) carry the revision; they rebuild the trial."""
+    import json
+
+    from trainables.config import RESULTS_REVISION, TrialConfig
+
+    cfg = TrialConfig(bits="4", sparsity=0.5, jr_layers={"all": 0.01})
+    stored = json.loads(json.dumps(cfg.identity()))
+    assert stored["revision"] == RESULTS_REVISION
+    assert TrialConfig.model_validate(stored).key == cfg.key

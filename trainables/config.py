@@ -246,6 +246,16 @@ class TrialConfig(BaseModel):
     data_md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     threads: int = Field(default=1, ge=1, le=1024)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_revision(cls, data: Any) -> Any:
+        # A stored identity (meta_config_json, a manifest's config) carries the results
+        # revision it was computed under; the revision belongs to the code, not the config:
+        # rebuilding the config computes under this code's revision (and key).
+        if isinstance(data, dict) and "revision" in data:
+            data = {k: v for k, v in data.items() if k != "revision"}
+        return data
+
     @model_validator(mode="after")
     def _fold_in_range(self) -> TrialConfig:
         if self.fold >= self.folds:
