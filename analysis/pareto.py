@@ -28,9 +28,10 @@ _PER_TRIAL = """
            arg_min(struct_pack(k := robust_k, n := samples), robust_acc) AS _w,
            any_value(clean_k) AS clean_k, any_value(test_samples) AS test_samples,
            any_value(bytes) AS bytes, any_value(params) AS params,
-           any_value(nonzero) AS nonzero, any_value(jacobian_fro2) AS jacobian_fro2
+           any_value(nonzero) AS nonzero, any_value(jacobian_fro2) AS jacobian_fro2,
+           string_agg(DISTINCT attack, ',' ORDER BY attack) AS attacks
     FROM (
-        SELECT key, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
+        SELECT key, attack, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
                cfg_model AS model, cfg_bits AS bits, cfg_sparsity AS sparsity,
                cfg_clusters AS clusters, cfg_jr_weight AS jr_weight,
                cfg_adv_training AS adv_training, metric_clean_acc AS clean_acc,
@@ -65,7 +66,8 @@ _PER_CONFIG = """
            CASE WHEN count(robust_k) = count(*) THEN sum(robust_k) END AS robust_k, CASE WHEN count(samples) = count(*) THEN sum(samples) END AS samples,
            CASE WHEN count(clean_k) = count(*) THEN sum(clean_k) END AS clean_k, CASE WHEN count(test_samples) = count(*) THEN sum(test_samples) END AS test_samples,
            avg(bytes) AS bytes, any_value(params) AS params, avg(nonzero) AS nonzero,
-           avg(jacobian_fro2) AS jacobian_fro2
+           avg(jacobian_fro2) AS jacobian_fro2, min(attacks) AS attacks,
+           count(DISTINCT attacks) AS _attack_sets
     FROM (TRIALS) GROUP BY config_id
 """
 
@@ -211,6 +213,21 @@ def _finish(df: pd.DataFrame, attack: str, eps: float, norm: str, size: str) -> 
         df["clean_k"].to_numpy(dtype=float, na_value=np.nan),
         df["test_samples"].to_numpy(dtype=float, na_value=np.nan),
     )
+    sets = set(df["attacks"].dropna())
+    if "_attack_sets" in df:
+        sets |= {"(differs between folds)"} if (df.pop("_attack_sets") > 1).any() else set()
+    if attack == "worst" and len(sets) > 1:
+        import warnings
+
+        counts = df["attacks"].value_counts()
+        warnings.warn(
+            f"worst at eps {eps:g} ({norm_label(norm)}) is taken over different attack sets: "
+            + "; ".join(f"[{a}] {n} point(s)" for a, n in counts.items())
+            + (" (and within configs, between folds)" if "(differs between folds)" in sets else "")
+            + ": a point attacked by fewer attacks looks more robust; compare like with like "
+            "(where=...) or name one attack",
+            stacklevel=3,
+        )
     df.attrs.update(attack=attack, eps=eps, norm=norm, size=size)
     return df
 

@@ -565,3 +565,21 @@ def test_report_lists_trials_whose_masking_checks_fired(tmp_path: Path) -> None:
     start = html.index("Gradient masking suspected")
     section = html[start : html.index("<h2>", start)]
     assert "m0" in section and "pgd_large_eps,zero_gradients" in section and "a0" not in section
+
+
+def test_worst_warns_when_points_had_different_attack_sets(tmp_path: Path) -> None:
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    sink("both", rows_for("both", {("pgd", 0.1): 0.3, ("fgsm", 0.1): 0.5}, 0.9, 300))
+    sink("fgsm", rows_for("fgsm", {("fgsm", 0.1): 0.6}, 0.9, 400))
+    con = analysis.connect(tmp_path)
+    with pytest.warns(
+        UserWarning, match=r"different attack sets: \[fgsm,pgd\] 1 point\(s\); \[fgsm\] 1"
+    ):
+        pts = analysis.trial_points(con, "worst", 0.1).set_index("key")
+    assert pts.loc["both", "attacks"] == "fgsm,pgd" and pts.loc["both", "robust_acc"] == 0.3
+    assert pts.loc["fgsm", "attacks"] == "fgsm"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analysis.trial_points(con, "fgsm", 0.1)  # one named attack: nothing to warn about
