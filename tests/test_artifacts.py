@@ -35,6 +35,7 @@ def test_reloaded_artifact_reproduces_the_trial(tmp_path: Path, cfg: TrialConfig
     folder = artifacts_dir(tmp_path, cfg.key)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["key"] == cfg.key and manifest["config"] == cfg.identity()
+    assert manifest["feature_range"] is None  # digits are used as loaded
     split = trial_split(cfg)
     model = load_model(folder)
     acc = float(

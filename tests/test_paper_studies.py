@@ -57,4 +57,11 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
     expected = {(a.name.value, e) for a in study.attacks for e in a.eps}
     for fold in (0, 1):
         assert {(r[2], r[3]) for r in rows if r[1] == fold} == expected
-    assert len(list((tmp_path / "r" / study.name / "artifacts").iterdir())) == 2
+    folders = list((tmp_path / "r" / study.name / "artifacts").iterdir())
+    assert len(folders) == 2
+    if study.dataset.name.value == "speech_commands":  # MFCC scaling a deployment must apply
+        import json
+
+        for folder in folders:
+            lo, hi = json.loads((folder / "manifest.json").read_text())["feature_range"]
+            assert lo < hi

@@ -132,6 +132,9 @@ def export_artifacts(
         "per_channel_scale": [lf.name for lf in weight_layers if lf.per_channel_scale],
         "batchnorm_bytes": sum(lf.bytes for lf in fp.layers if not lf.kernel_params),
         "layers": fp.layer_dicts(), "versions": json.loads(package_versions()),
+        # Features scaled from training data (Speech Commands' MFCCs): a deployment applies
+        # (x - lo) / (hi - lo), clipped to [0, 1], with these constants; null: inputs as loaded.
+        "feature_range": list(split.feature_range) if split.feature_range is not None else None,
     }  # fmt: skip
     return export(model, manifest, split.x_train, split.x_test, split.y_test)
 
