@@ -72,8 +72,9 @@ def robustness_curve(
     eps 0 is the clean accuracy of the same trials.  ``lo``/``hi``: the 95%
     Wilson interval of the group's pooled count (successes / examples summed
     over its trials), given only where the trials' test sets are disjoint
-    (one trial per study and fold: the folds of one config); NaN where they
-    overlap (several configs in a group: the same examples counted twice) or
+    (no two trials share dataset, seed, folds, fold and test fraction: the
+    folds of one config); NaN where they overlap (several configs in a group,
+    or the same config in two studies: the same examples counted twice) or
     counts are missing.
     """
     if norm is not None and norm not in NORMS:
@@ -85,12 +86,12 @@ def robustness_curve(
     flt = ("AND attack = $attack " if attack else "") + ("AND attack_norm = $norm" if norm else "")
     sql = f"""
         WITH r AS (
-            SELECT {sel}key, concat_ws(':', meta_study, fold) AS split, attack,
+            SELECT {sel}key, concat_ws(':', cfg_dataset, cfg_seed, cfg_folds, fold, cfg_test_fraction) AS split, attack,
                    attack_norm AS norm, eps, metric_robust_acc AS acc,
                    round(metric_robust_acc * metric_samples) AS k, metric_samples AS n FROM rows
             WHERE status = 'complete' AND attack <> 'none' {flt} {where_clause(where)}
             UNION ALL
-            SELECT DISTINCT {sel}key, concat_ws(':', meta_study, fold) AS split, attack,
+            SELECT DISTINCT {sel}key, concat_ws(':', cfg_dataset, cfg_seed, cfg_folds, fold, cfg_test_fraction) AS split, attack,
                    attack_norm AS norm, 0.0 AS eps, metric_clean_acc AS acc,
                    round(metric_clean_acc * metric_test_samples) AS k, metric_test_samples AS n
             FROM rows

@@ -94,6 +94,14 @@ def test_points_carry_wilson_intervals_of_pooled_counts(tmp_path: Path) -> None:
     # Two configs in one group share examples: no interval.
     pooled = analysis.robustness_curve(con, attack="pgd", by=[])
     assert pooled.lo.isna().all()
+    # The same config's folds in a second study attack the same examples again: no interval.
+    other = ParquetSink(str(tmp_path / "s2"), "s2", "r")
+    for key, fold, robust, n in [("b0", 0, 0.25, 100), ("b1", 1, 0.3, 200)]:
+        other(key, rows_for(key, {("pgd", 0.1): robust}, 0.9, 300, fold=fold, bits="4", folds=2,
+                            samples=n, test_samples=300, study="s2"))  # fmt: skip
+    both = analysis.connect(tmp_path / "**" / "*.parquet")
+    again = analysis.robustness_curve(both, attack="pgd", by=["cfg_bits"])
+    assert again[(again.cfg_bits == "4") & (again.eps == 0.1)].lo.isna().all()
 
 
 def test_plots_draw_the_intervals(tmp_path: Path) -> None:
