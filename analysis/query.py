@@ -197,6 +197,11 @@ def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:
         "coalesce(revision, 0) AS revision",  # rows without a revision predate it: revision 0
         "CASE WHEN attack_norm IS NOT NULL OR attack IS NULL OR attack = 'none' THEN attack_norm "
         f"WHEN attack IN ({l2}) THEN '2' ELSE 'inf' END AS attack_norm",
+        # One label for two model specs (two layer lists both named my_cnn, a builder whose
+        # source changed): each spec gets its own label, so grouping by model never mixes them.
+        "CASE WHEN cfg_model_spec IS NOT NULL AND cfg_model IN (SELECT cfg_model FROM filled_rows "
+        "WHERE cfg_model_spec IS NOT NULL GROUP BY cfg_model HAVING count(DISTINCT cfg_model_spec) > 1) "
+        "THEN cfg_model || '#' || left(md5(cfg_model_spec), 6) ELSE cfg_model END AS cfg_model",
     ]
     # The missing columns go in first so that REPLACE finds revision and attack_norm.
     con.execute(

@@ -52,7 +52,9 @@ def export(results: str, study: Study) -> None:
         w = csv.writer(f)
         w.writerow([*space.AXES, *state.obj.names, "params"])
         for p in space.points(study):
-            w.writerow([*(p[a] for a in space.AXES), *values[space.point_label(p)], state.params])
+            w.writerow(
+                [*(p.get(a, 0) for a in space.AXES), *values[space.point_label(p)], state.params]
+            )
     print(f"wrote {TABLE}: {len(values)} points")
 
 

@@ -46,10 +46,14 @@ def _describe(study: Study) -> str:
         x.method.value if x.method.value == "none" else f"{x.method.value}@{x.eps:g}"
         for x in a.adversarial
     ]
+    from trainables.modelspec import model_label
+
+    labels = [model_label(m) for m in study.models]
+    models = f"models {labels} x " if len(labels) > 1 else ""
     return (
-        f"study {study.name}: {study.grid_size} trials = bits {list(a.bits)} x sparsity {list(a.sparsity)} "
+        f"study {study.name}: {study.grid_size} trials = {models}bits {list(a.bits)} x sparsity {list(a.sparsity)} "
         f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)} x adversarial {adv} x {study.folds} fold(s) "
-        f"on {study.dataset.name.value}/{study.model.value}; attacks: {attacks}; results -> {study.results_dir()}"
+        f"on {study.dataset.name.value}/{'+'.join(labels)}; attacks: {attacks}; results -> {study.results_dir()}"
     )
 
 
@@ -174,7 +178,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    print("ok: " + _describe(load_study(args.study)))
+    study = load_study(args.study)
+    # Each model built for the dataset at each bit-width (TensorFlow, no Ray): shape errors
+    # fail here, and the layers, parameters and footprints are shown before anything runs.
+    reports = study.check_models(builtin=True)
+    print("ok: " + _describe(study))
+    for report in reports:
+        print()
+        print(report.table())
     return 0
 
 

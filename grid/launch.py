@@ -44,6 +44,7 @@ from grid.store import (
     write_json,
 )
 from trainables.config import RESULTS_REVISION, TrialConfig
+from trainables.modelspec import model_label
 from trainables.rows import STATUS_COMPLETE, STATUS_FAILED, failed_row, summarize
 
 # Every Ray worker needs Keras 2 before its first TensorFlow import.
@@ -270,6 +271,8 @@ def progress_callback(summary: RunSummary, state: StudyState, out: TextIO, t0: f
             p = unit["point"]
             adv = state.study.axes.adversarial[int(p["adversarial"])]
             extra = f" adv={adv.method.value}@{adv.eps:g}" if adv.method.value != "none" else ""
+            if "model" in p:
+                extra += f" model={model_label(state.study.models[int(p['model'])])}"
             layered = state.study.axes.jr_layers[int(p.get("jr_layers", 0))]
             if layered:
                 extra += " jr_layers=" + ",".join(f"{k}:{v:g}" for k, v in layered.items())
@@ -386,11 +389,46 @@ def check_dataset(study: Study, local: bool) -> None:
         raise StudyError(f"dataset.path: {err}") from None
 
 
-def init_ray(address: str | None) -> None:
+def shipped_modules(study: Study) -> list[str]:
+    """The local folders (or files) of the study's builder packages that Ray must ship.
+
+    A builder's top-level package reaches every worker through the Ray runtime
+    environment's ``py_modules``, unless it is installed in site-packages (then
+    each node is expected to have it installed, like robustgrid itself).
+    """
+    import site
+    import sysconfig
+
+    from trainables.modelspec import ImportedModel, source_files
+
+    installed = {
+        Path(p).resolve()
+        for p in [*site.getsitepackages(), site.getusersitepackages(),
+                  sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+        if p
+    }  # fmt: skip
+    out: list[str] = []
+    for m in study.models:
+        if not isinstance(m, ImportedModel):
+            continue
+        root, _ = source_files(m.builder)
+        resolved = root.resolve()
+        if any(resolved.is_relative_to(p) for p in installed) or str(resolved) in out:
+            continue
+        out.append(str(resolved))
+    return out
+
+
+def init_ray(address: str | None, py_modules: list[str] | None = None) -> None:
     import ray
 
+    runtime_env: dict[str, Any] = {"env_vars": WORKER_ENV}
+    if (
+        py_modules
+    ):  # the study's builder packages, uploaded to the cluster and put on the workers' path
+        runtime_env["py_modules"] = list(py_modules)
     kwargs: dict[str, Any] = {
-        "runtime_env": {"env_vars": WORKER_ENV},
+        "runtime_env": runtime_env,
         "logging_level": logging.ERROR,
         "log_to_driver": False,  # trial output goes to each trial's log, not over the progress lines
     }
@@ -503,6 +541,7 @@ def run_study(
     units, total, skipped = plan(study, state)
     if total > skipped:
         check_dataset(study, local=not (address or os.environ.get("RAY_ADDRESS")))
+        study.check_models()  # a custom model that cannot be built fails here, not in every trial
     summary = RunSummary(total=total, skipped=skipped, strategy=strategy.value)
     todo = total - skipped
     if state.stale:
@@ -527,7 +566,10 @@ def run_study(
 
     ray_address = address or os.environ.get("RAY_ADDRESS")
     auth_mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init sets it, and leaves it set
-    init_ray(ray_address)
+    shipped = shipped_modules(study)
+    for path in shipped:
+        out.write(f"shipping {path} to the workers (Ray runtime_env py_modules)\n")
+    init_ray(ray_address, shipped)
     write_status(
         results_dir, pid=os.getpid(), host=socket.gethostname(), running_driver=True,
         started_at=time.time(), strategy=strategy.value, total=total, skipped=skipped, running=[],

@@ -1,7 +1,9 @@
 """A study's axes as a search space: grid points, Optuna distributions, samplers.
 
 A *point* is one combination of axis values (``bits``, ``sparsity``,
-``clusters``, ``jr_weight``, ``adversarial``, ``jr_layers``); with k folds it stands for k
+``clusters``, ``jr_weight``, ``adversarial``, ``jr_layers``, and ``model``
+when the study has several models: a single-model study's points, labels and
+Optuna space are what they were before models became an axis); with k folds it stands for k
 trials, one per fold.  Every strategy draws points from the same axis
 values, so a searched point is always a grid point and its trial keys are
 the grid's keys: results of a grid, a random and an Optuna search over the
@@ -25,9 +27,9 @@ if TYPE_CHECKING:  # Optuna is imported only where a search needs it
 
     from grid.spec import Search, Study
 
-AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers")
+AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers", "model")
 # Axes whose values are mappings: a point holds their index in the study's list.
-INDEXED = ("adversarial", "jr_layers")
+INDEXED = ("adversarial", "jr_layers", "model")
 
 # A point: axis name -> value (adversarial training and per-layer JR by their index in the study's list).
 Point = dict[str, Any]
@@ -74,11 +76,19 @@ def objectives(study: Study) -> Objectives:
     return Objectives(names, maximize, ref)
 
 
+def _indexed(study: Study) -> tuple[str, ...]:
+    """The indexed axes a point of ``study`` holds (``model`` only when there are several)."""
+    return INDEXED if len(study.models) > 1 else INDEXED[:-1]
+
+
 def points(study: Study) -> list[Point]:
-    """Every grid point, in file order (bits outermost, per-layer JR innermost)."""
+    """Every grid point, in file order (model outermost, then bits; per-layer JR innermost)."""
     a = study.axes
+    several = len(study.models) > 1
     return [
         {"bits": b, "sparsity": s, "clusters": c, "jr_weight": j, "adversarial": i, "jr_layers": k}
+        | ({"model": m} if several else {})
+        for m in range(len(study.models))
         for b in a.bits
         for s in a.sparsity
         for c in a.clusters
@@ -89,8 +99,11 @@ def points(study: Study) -> list[Point]:
 
 
 def point_label(point: Mapping[str, Any]) -> str:
-    """A stable, readable identity for a point (the folds' keys are its real identity)."""
-    return "|".join(f"{k}={point.get(k, 0)}" for k in AXES)
+    """A stable, readable identity for a point (the folds' keys are its real identity).
+
+    ``model`` appears only in points of a study with several models.
+    """
+    return "|".join(f"{k}={point.get(k, 0)}" for k in AXES if k != "model" or k in point)
 
 
 def random_points(study: Study, n: int, seed: int) -> list[Point]:
@@ -122,8 +135,9 @@ def distributions(study: Study) -> dict[str, optuna.distributions.BaseDistributi
     dists: dict[str, optuna.distributions.BaseDistribution] = {
         name: IntDistribution(0, len(values) - 1) for name, values in ordered_values(study).items()
     }
-    for name in INDEXED:
-        dists[name] = CategoricalDistribution(list(range(len(getattr(study.axes, name)))))
+    for name in _indexed(study):
+        n = len(study.models) if name == "model" else len(getattr(study.axes, name))
+        dists[name] = CategoricalDistribution(list(range(n)))
     return dists
 
 
@@ -131,16 +145,16 @@ def to_point(study: Study, params: Mapping[str, Any]) -> Point:
     """The grid point an Optuna trial's parameters (ranks) stand for."""
     ordered = ordered_values(study)
     point = {name: ordered[name][int(params[name])] for name in ordered}
-    for name in INDEXED:
+    for name in _indexed(study):
         point[name] = int(params.get(name, 0))
-    return {k: point[k] for k in AXES}
+    return {k: point[k] for k in AXES if k in point}
 
 
 def to_params(study: Study, point: Mapping[str, Any]) -> dict[str, int]:
     """The Optuna parameters (ranks) of a grid point."""
     ordered = ordered_values(study)
     params = {name: ordered[name].index(point[name]) for name in ordered}
-    for name in INDEXED:
+    for name in _indexed(study):
         params[name] = int(point.get(name, 0))
     return params
 

@@ -38,9 +38,17 @@ from trainables.config import (
     Dataset,
     JRLayers,
     JRWeight,
+    Model,
     ModelName,
     Sparsity,
     TrialConfig,
+)
+from trainables.modelspec import (
+    LAYER_TYPES,
+    UNION_TAGS,
+    ImportedModel,
+    model_label,
+    source_digest,
 )
 
 MAX_TRIALS = 100_000
@@ -102,6 +110,9 @@ class Axes(_Strict):
     jr_layers: list[JRLayersChoice] = Field(
         default_factory=lambda: [dict[str, float]()], min_length=1, max_length=16
     )
+    # Several models crossed with the other axes (each a built-in name, a layer list or a
+    # builder); None: the study's single ``model``.
+    model: list[Model] | None = Field(default=None, min_length=1, max_length=16)
 
     @field_validator("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers")
     @classmethod
@@ -247,7 +258,7 @@ class Study(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
     dataset: DatasetSpec = DatasetSpec(name=Dataset.digits)
-    model: ModelName = ModelName.digits_cnn
+    model: Model = ModelName.digits_cnn  # one model; axes.model for several
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     folds: int = Field(default=1, ge=1, le=20)  # k >= 2: stratified k-fold, one trial per fold
     train: Train = Train()
@@ -279,11 +290,6 @@ class Study(_Strict):
     @classmethod
     def _dataset_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _known_model(cls, v: Any) -> Any:
-        return _known_value(ModelName, "model", v)
 
     @model_validator(mode="after")
     def _check_objective_and_size(self) -> Study:
@@ -323,6 +329,25 @@ class Study(_Strict):
                 "train.jr_layers and axes.jr_layers: give per-layer JR in one place "
                 "(axes.jr_layers to vary it, e.g. [none, {all: 0.01}])"
             )
+        if self.axes.model is not None and "model" in self.model_fields_set:
+            raise ValueError(
+                "model and axes.model: give the model in one place "
+                "(model: for one, axes.model: [...] for several)"
+            )
+        labels = [model_label(m) for m in self.models]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(
+                    f"axes.model[{i}]: a second model labelled {label!r} "
+                    f"(axes.model[{labels.index(label)}]); give each a distinct name"
+                )
+        for where, m in self.models_where():
+            if isinstance(m, ImportedModel):
+                try:
+                    source_digest(m.builder)
+                except ValueError as err:
+                    msg = str(err).removeprefix("builder: ")
+                    raise ValueError(f"{where} = {m.builder!r}: {msg}") from None
         if self.grid_size > MAX_TRIALS:
             raise ValueError(
                 f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}"
@@ -330,11 +355,23 @@ class Study(_Strict):
         return self
 
     @property
+    def models(self) -> list[Any]:
+        """The study's models: ``axes.model``, or the single ``model``."""
+        return list(self.axes.model) if self.axes.model is not None else [self.model]
+
+    def models_where(self) -> list[tuple[str, Any]]:
+        """(field path, model) of each model, as an error names it."""
+        if self.axes.model is None:
+            return [("model", self.model)]
+        return [(f"axes.model[{i}]", m) for i, m in enumerate(self.axes.model)]
+
+    @property
     def points(self) -> int:
         """Distinct points: the axes' cross product."""
         a = self.axes
         return (
-            len(a.bits)
+            len(self.models)
+            * len(a.bits)
             * len(a.sparsity)
             * len(a.clusters)
             * len(a.jr_weight)
@@ -409,7 +446,7 @@ class Study(_Strict):
         )
         return {
             "dataset": d.name, "data_path": path, "download": d.download, "data_md5": d.md5,
-            "model": self.model, "seed": self.seed, "folds": self.folds,
+            "seed": self.seed, "folds": self.folds,
             "epochs": t.epochs, "fine_tune_epochs": t.fine_tune_epochs, "batch_size": t.batch_size,
             "learning_rate": t.learning_rate, "test_fraction": t.test_fraction,
             "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
@@ -430,6 +467,7 @@ class Study(_Strict):
             TrialConfig.model_validate(
                 {
                     **common,
+                    "model": self.models[int(point.get("model", 0))],
                     "bits": point["bits"],
                     "sparsity": point["sparsity"],
                     "clusters": point["clusters"],
@@ -442,6 +480,52 @@ class Study(_Strict):
             )
             for fold in range(self.folds)
         ]
+
+    def check_models(self, builtin: bool = False) -> list[Any]:
+        """Build each model for the dataset's input shape at each bit-width of the axis (TF).
+
+        Before Ray starts: a layer list's shape errors, a builder that does not import or
+        returns the wrong output, a ``layer_bits`` or per-layer JR name the model lacks all
+        raise :class:`StudyError` naming the field.  Returns a
+        ``trainables.byom.ModelReport`` per model (``builtin``: the built-in models too,
+        which are known good and skipped otherwise).
+        """
+        from trainables.byom import ModelError, model_report
+        from trainables.data import dataset_shape
+
+        shape, classes = dataset_shape(self.dataset.name.value)
+        several = len(self.models) > 1
+        base = {"sparsity": self.axes.sparsity[0], "clusters": self.axes.clusters[0],
+                "jr_weight": self.axes.jr_weight[0], "adversarial": 0, "jr_layers": 0}  # fmt: skip
+        reports = []
+        for i, (where, m) in enumerate(self.models_where()):
+            if isinstance(m, ModelName) and not builtin:
+                continue
+            configs = [
+                self.point_trials({**base, "bits": b, **({"model": i} if several else {})})[0]
+                for b in self.axes.bits
+            ]
+            try:
+                report = model_report(configs, shape, classes)
+            except ModelError as err:
+                sep = "." if err.index is not None else ": "
+                raise StudyError(f"{where}{sep}{err}") from None
+            except ValueError as err:  # a layer_bits name the model lacks
+                raise StudyError(
+                    f"train.{err}" if str(err).startswith("layer_bits") else f"{where}: {err}"
+                ) from None
+            names = {info.name for info in report.layers}
+            for field, choice in [("train.jr_layers", self.train.jr_layers)] + [
+                (f"axes.jr_layers[{k}]", c) for k, c in enumerate(self.axes.jr_layers)
+            ]:
+                missing = sorted(set(choice) - names - {"all"})
+                if missing:
+                    raise StudyError(
+                        f"{field}: no layer named {missing} in model {report.label} "
+                        f"({where}; layers: {', '.join(sorted(names))})"
+                    )
+            reports.append(report)
+        return reports
 
     def trials(self) -> list[TrialConfig]:
         """The whole grid: every point's trials, in file order (bits outermost, fold innermost)."""
@@ -475,9 +559,20 @@ def _construct_mapping(
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _is_tag(loc: tuple[int | str, ...], i: int) -> bool:
+    """Whether ``loc[i]`` is the tag pydantic puts after a model or a layer of a union."""
+    part = loc[i]
+    return (
+        isinstance(part, str) and part in UNION_TAGS and i > 0
+        and (isinstance(loc[i - 1], int) or loc[i - 1] == "model")
+    )  # fmt: skip
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if _is_tag(loc, i):
+            continue  # model.layers[3], not model.layer_list.layers[3].conv
         if isinstance(part, int):
             out += f"[{part}]"
         elif "[" in part and "(" in part:
@@ -490,7 +585,10 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """Field names valid at ``loc`` (for 'did you mean')."""
     current: Any = model
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
+        if _is_tag(loc, i):
+            current = UNION_TAGS[str(part)]
+            continue
         if isinstance(part, int) or not (
             isinstance(current, type) and issubclass(current, BaseModel)
         ):
@@ -523,6 +621,15 @@ def format_errors(err: ValidationError, source: str) -> str:
                 else (f" (known: {', '.join(known)})" if known else "")
             )
             lines.append(f"{path}: unknown key{hint}")
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):  # a layer's type
+            ctx = e.get("ctx") or {}
+            disc = str(ctx.get("discriminator", "type")).strip("'")
+            tag = ctx.get("tag")
+            expected = str(ctx.get("expected_tags", "")).replace("'", "") or ", ".join(LAYER_TYPES)
+            close = difflib.get_close_matches(str(tag), expected.split(", "), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            what = f" = {tag!r}: unknown" if tag is not None else ": missing"
+            lines.append(f"{path}.{disc}{what} (known: {expected}){hint}")
         elif not loc:  # a whole-study rule: its message names the fields
             lines.append(msg)
         elif e["type"] == "missing":
@@ -530,7 +637,10 @@ def format_errors(err: ValidationError, source: str) -> str:
         elif isinstance(
             e.get("input"), dict
         ):  # a rule over a whole section: its message names the field
-            lines.append(f"{path}: {msg}")
+            sep = (
+                "." if msg.startswith(("layers[", "layers:")) else ": "
+            )  # model.layers[2] (add1): ...
+            lines.append(f"{path}{sep}{msg}")
         else:
             lines.append(f"{path} = {e.get('input')!r}: {msg}")
     n = len(lines)

@@ -12,7 +12,18 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
+
+from trainables.modelspec import ImportedModel, LayerList, model_kind, model_label, source_digest
 
 # ---------------------------------------------------------------------------
 # Quantization labels.  ``bits`` is categorical: an integer width 2..16 or a
@@ -201,6 +212,33 @@ class ModelName(enum.StrEnum):
     ds_cnn = "ds_cnn"  # MLPerf Tiny keyword spotting
 
 
+def known_model(v: Any) -> Any:
+    """A clearer message than pydantic's for an unknown built-in name: say what is known."""
+    if isinstance(v, str) and v not in {e.value for e in ModelName}:
+        raise ValueError(
+            f"unknown model {v!r} (known: {', '.join(e.value for e in ModelName)}; "
+            "or a layer list {layers: [...]}, or a builder 'package.module:function')"
+        )
+    return v
+
+
+# A model: a built-in name, a layer list, or a Python builder by import path
+# (trainables.modelspec).  A built-in name dumps to its name, as it always has.
+Model = Annotated[
+    Annotated[ModelName, BeforeValidator(known_model), Tag("builtin")]
+    | Annotated[LayerList, Tag("layer_list")]
+    | Annotated[ImportedModel, Tag("import")],
+    Discriminator(
+        model_kind,
+        custom_error_type="model_kind",
+        custom_error_message=(
+            "a model is a built-in name, a layer list {name: ..., layers: [...]}, "
+            "or a builder 'package.module:function' / {builder: ..., name: ...}"
+        ),
+    ),
+]
+
+
 NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
 
 # The results revision: the version of what a trial computes.  Bump it with
@@ -221,7 +259,7 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: Dataset = Dataset.digits
-    model: ModelName = ModelName.digits_cnn
+    model: Model = ModelName.digits_cnn
     bits: Bits = "float"
     activation_bits: int | None = Field(default=None, ge=2, le=16)  # None: follow int bits, else 8
     layer_bits: dict[str, Bits] = Field(default_factory=dict)  # per-layer overrides of ``bits``
@@ -245,6 +283,9 @@ class TrialConfig(BaseModel):
     download: bool = False
     data_md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     threads: int = Field(default=1, ge=1, le=1024)
+    # An imported builder's source digest (trainables.modelspec): in the key, so edited
+    # builder code gives new keys; None (and left out of the identity) for other models.
+    builder_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
 
     @model_validator(mode="before")
     @classmethod
@@ -256,8 +297,28 @@ class TrialConfig(BaseModel):
             data = {k: v for k, v in data.items() if k != "revision"}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _builder_digest(cls, data: Any) -> Any:
+        # An imported builder without a digest gets this machine's (the driver's): a worker
+        # rebuilds the config from the driver's dump, digest included, and compares.
+        if isinstance(data, dict) and data.get("builder_digest") is None:
+            model = data.get("model")
+            if model_kind(model) == "import":
+                try:
+                    spec = ImportedModel.model_validate(model)
+                except ValueError:
+                    return data  # the model field's own validation says what is wrong
+                data = {**data, "builder_digest": source_digest(spec.builder)}
+        return data
+
     @model_validator(mode="after")
     def _fold_in_range(self) -> TrialConfig:
+        if self.builder_digest is not None and not isinstance(self.model, ImportedModel):
+            raise ValueError(
+                f"builder_digest: {self.builder_digest!r} belongs to an imported builder; "
+                f"model {self.model_label!r} is not one"
+            )
         if self.fold >= self.folds:
             raise ValueError(f"fold: {self.fold} must be below folds ({self.folds})")
         if self.bits == "float" and self.layer_bits:
@@ -280,9 +341,19 @@ class TrialConfig(BaseModel):
             return self.activation_bits
         return int(self.bits) if self.bits.isdigit() else 8
 
+    @property
+    def model_label(self) -> str:
+        """The model's readable name (``cfg_model``): built-in name, list name or import path."""
+        return model_label(self.model)
+
     def identity(self) -> dict[str, Any]:
-        """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision."""
-        return {**self.model_dump(mode="json", exclude=NOT_IN_KEY), "revision": RESULTS_REVISION}
+        """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision.
+
+        ``builder_digest`` only when set (an imported builder), so every other config's
+        identity, and key, is what it was before the field existed.
+        """
+        exclude = NOT_IN_KEY | ({"builder_digest"} if self.builder_digest is None else set())
+        return {**self.model_dump(mode="json", exclude=exclude), "revision": RESULTS_REVISION}
 
     @property
     def key(self) -> str:

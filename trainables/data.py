@@ -35,6 +35,24 @@ from trainables.datasets import (
 )
 
 DATASETS = ("digits", "cifar10", "svhn", "speech_commands")
+# Each dataset's input shape (H, W, C) and number of classes, known without loading it
+# (a model is built for them before any trial starts): digits 8x8 grey; CIFAR-10 and SVHN
+# 32x32 RGB; Speech Commands 49 frames x 10 MFCCs, 12 classes (10 words, silence, unknown).
+SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((8, 8, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "svhn": ((32, 32, 3), 10),
+    "speech_commands": ((49, 10, 1), 12),
+}
+
+
+def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
+    """(input shape (H, W, C), classes) of a dataset, without loading it."""
+    if name not in SHAPES:
+        raise ValueError(f"dataset: unknown dataset {name!r} (known: {', '.join(SHAPES)})")
+    return SHAPES[name]
+
+
 # Version of the decoded-arrays cache layout, part of the file name: a cache of
 # another layout (v1 had no groups and held Speech Commands pre-scaled over all
 # clips, test clips included) is never read.

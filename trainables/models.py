@@ -31,7 +31,7 @@ from tensorflow_model_optimization.python.core.clustering.keras.clusterable_laye
     ClusterableLayer,
 )
 
-from trainables.config import TrialConfig
+from trainables.config import ModelName, TrialConfig
 
 
 class CQConv2D(QConv2D, ClusterableLayer):
@@ -138,11 +138,16 @@ def build_model(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int
         "digits_cnn": digits_cnn, "resnet8": resnet8, "ds_cnn": ds_cnn,
     }  # fmt: skip
     b = Builder(cfg)
-    model = builders[cfg.model.value](b, input_shape, num_classes)
+    if isinstance(cfg.model, ModelName):
+        model = builders[cfg.model.value](b, input_shape, num_classes)
+    else:  # a layer list or an imported builder (trainables.byom)
+        from trainables.byom import build_custom
+
+        model = build_custom(cfg, b, input_shape, num_classes)
     unknown = set(cfg.layer_bits) - b.used
     if unknown:
         raise ValueError(
-            f"layer_bits: no layer named {sorted(unknown)} in {cfg.model.value} (layers: {sorted(b.used)})"
+            f"layer_bits: no layer named {sorted(unknown)} in {cfg.model_label} (layers: {sorted(b.used)})"
         )
     return model
 

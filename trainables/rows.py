@@ -37,7 +37,8 @@ COLUMNS: dict[str, str] = {
     "status": "string",  # 'complete' | 'failed'
     "reason": "string",  # '' when complete, the error otherwise
     "cfg_dataset": "string",
-    "cfg_model": "string",
+    "cfg_model": "string",  # the model's label: built-in name, layer list's name, or builder import path
+    "cfg_model_spec": "string",  # JSON of the whole model spec ('"resnet8"' for a built-in; a builder's with its source digest)
     "cfg_bits": "string",  # '2'..'16', 'float', 'ternary', 'stochastic_ternary', 'binary'
     "cfg_weight_bits": "int64",  # storage bits per weight: 32 float, 2 ternary, 1 binary
     "cfg_activation_bits": "int64",  # null for float models
@@ -137,7 +138,8 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
         fold=cfg.fold,
         cfg_folds=cfg.folds,
         cfg_dataset=cfg.dataset.value,
-        cfg_model=cfg.model.value,
+        cfg_model=cfg.model_label,
+        cfg_model_spec=model_spec_json(cfg),
         cfg_bits=cfg.bits,
         cfg_weight_bits=cfg.weight_bits,
         cfg_activation_bits=cfg.act_bits,
@@ -164,6 +166,14 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
         meta_started_at=started,
     )
     return row
+
+
+def model_spec_json(cfg: TrialConfig) -> str:
+    """The trial's model spec as canonical JSON; an imported builder's carries its source digest."""
+    spec = cfg.model_dump(mode="json", include={"model"})["model"]
+    if cfg.builder_digest is not None:
+        spec = {**spec, "digest": cfg.builder_digest}
+    return json.dumps(spec, sort_keys=True)
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
