@@ -55,6 +55,8 @@ from trainables.modelspec import (
     source_digest,
 )
 
+INPUT_NAME = "image"  # the input layer (as the built-in image models name it)
+
 
 class ModelError(ValueError):
     """A model that cannot be built or is not usable; names the layer where there is one."""
@@ -80,7 +82,7 @@ def build_layer_list(
 ) -> tf_keras.Model:
     """The layer list as a functional model with logits (B, classes); see the module doc."""
     last_dense = max((i for i, s in enumerate(spec.layers) if isinstance(s, Dense)), default=-1)
-    inp = tf_keras.Input(input_shape, name="input")  # (B, H, W, C)
+    inp = tf_keras.Input(input_shape, name=INPUT_NAME)  # (B, H, W, C)
     x: Any = inp
     outputs: dict[str, Any] = {}
     for i, s in enumerate(spec.layers):

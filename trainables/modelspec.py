@@ -75,6 +75,7 @@ Padding = Literal["same", "valid"]
 LayerName = Annotated[
     str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64)
 ]  # a Keras layer name
+ModelLabel = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", max_length=100)]
 
 
 class _Layer(BaseModel):
@@ -185,7 +186,7 @@ class LayerList(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: LayerName | None = None  # default: layers-<8 hex of the list's SHA-256>
+    name: ModelLabel | None = None  # default: layers-<8 hex of the list's SHA-256>
     layers: tuple[LayerSpec, ...] = Field(max_length=MAX_LAYERS)
 
     @model_validator(mode="after")
@@ -250,7 +251,7 @@ class ImportedModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     builder: str
-    name: LayerName | None = None  # the label; default: the import path
+    name: ModelLabel | None = None  # the label; default: the import path
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -215,10 +216,23 @@ def find_layer(model: tf_keras.Model, name: str) -> tf_keras.layers.Layer:
     )
 
 
+def output_in(model: tf_keras.Model, layer: tf_keras.layers.Layer) -> Any:
+    """``layer``'s output in ``model``'s graph.
+
+    A layer shared by several models (compress.cluster clones a model around
+    the very same non-weight layers, to keep their weights) has one output
+    per model; ``layer.output`` is the first model's, disconnected from this one.
+    """
+    for i in range(len(layer._inbound_nodes)):
+        if f"{layer.name}_ib-{i}" in model._network_nodes:  # tf_keras' node key
+            return layer.get_output_at(i)
+    return layer.output
+
+
 def probe_model(model: tf_keras.Model, names: list[str]) -> tf_keras.Model:
     """Same layers, more outputs: [logits, output of each named layer]."""
     return tf_keras.Model(
-        model.inputs, [model.output, *(find_layer(model, n).output for n in names)]
+        model.inputs, [model.output, *(output_in(model, find_layer(model, n)) for n in names)]
     )
 
 
