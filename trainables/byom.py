@@ -174,7 +174,14 @@ def call_builder(
     num_classes: int,
 ) -> tf_keras.Model:
     """Import and call ``spec.builder``; refuse when this machine's source is not the driver's."""
-    here = source_digest(spec.builder)
+    try:
+        here = source_digest(spec.builder)
+    except ValueError as err:
+        raise ModelError(
+            f"{str(err).removeprefix('builder: ')} (on {socket.gethostname()}): every worker needs "
+            "the package; grid run ships it with Ray's py_modules unless it is installed in "
+            "site-packages, where each node must have it installed"
+        ) from None
     if digest is not None and here != digest:
         raise ModelError(
             f"the builder {spec.builder}'s source on {socket.gethostname()} has digest {here}, "
