@@ -50,9 +50,11 @@ def _describe(study: Study) -> str:
 
     labels = [model_label(m) for m in study.models]
     models = f"models {labels} x " if len(labels) > 1 else ""
+    jr = [", ".join(f"{k}:{v:g}" for k, v in m.items()) or "none" for m in a.jr_layers]
+    layers_jr = f"x jr_layers {jr} " if len(jr) > 1 else ""
     return (
         f"study {study.name}: {study.grid_size} trials = {models}bits {list(a.bits)} x sparsity {list(a.sparsity)} "
-        f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)} x adversarial {adv} x {study.folds} fold(s) "
+        f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)} x adversarial {adv} {layers_jr}x {study.folds} fold(s) "
         f"on {study.dataset.name.value}/{'+'.join(labels)}; attacks: {attacks}; results -> {study.results_dir()}"
     )
 
