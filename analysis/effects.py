@@ -260,7 +260,8 @@ def reduction_effects(
     per-layer JR, adversarial training, seed, training settings, folds; per-layer
     bits and the activation width are quantization settings, like bits, so a
     quantized config's baseline is the float one): nothing is pooled across
-    baselines.  Per config: the mean robust accuracy, the baseline's, the mean
+    baselines.  Per config (``config_id``): the mean robust accuracy and its sample
+    sd over the folds (``robust_std``, NaN for one fold), the baseline's, the mean
     paired difference ``delta``, and the test of delta = 0 over folds: Nadeau and Bengio's
     corrected resampled t-test for k-fold CV (``t``, ``p_value``,
     ``delta_ci95`` its half-width; NaN below two pairs, as for a holdout);
@@ -352,6 +353,8 @@ def _per_config(
             folds=k,
             pairs=len(g),
             robust_acc=float(g.robust_acc.mean()),
+            # the sample sd over the folds (NaN for one fold: no spread to measure)
+            robust_std=float(g.robust_acc.std(ddof=1)) if len(g) > 1 else math.nan,
             baseline_robust_acc=float(g.robust_acc_baseline.mean()),
             delta=float(g.delta.mean()),
             delta_ci95=test.half_ci95,
@@ -362,6 +365,7 @@ def _per_config(
             mcnemar_c=c if usable else pd.NA,
             p_mcnemar=mcnemar_exact(b, c) if usable else math.nan,
             bytes_ratio=float((g.bytes / g.bytes_baseline).mean()),
+            config_id=first.config_id,
         )
         out.append(row)
     df = pd.DataFrame(out)

@@ -6,6 +6,7 @@ with the common colour-vision deficiencies; every axis names its unit.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -168,3 +169,86 @@ def bits_order(v: object) -> float:
     named = {"float": -32.0, "stochastic_ternary": -1.6, "ternary": -1.5, "binary": -1.0}
     s = str(v)
     return named[s] if s in named else -float(s)
+
+
+def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None = None) -> Figure:
+    """The first paper's figure: robust accuracy per variant per attack kind, one panel per dataset.
+
+    ``kinds`` is ``analysis.compare.Paper1.kinds``: a bar is a variant's mean
+    over folds of each fold's mean over the kind's (attack, eps) cells; the
+    error bar is the sd over folds (none for one fold).  Each panel has its own
+    legend; B (the ``versus`` variant) is cross-hatched, A and B outlined in black.
+    """
+    datasets = sorted(kinds["dataset"].unique())
+    panels = [sorted(kinds.loc[kinds["dataset"] == ds, "variant"].unique()) for ds in datasets]
+    ncols = [2 if len(vs) > 4 else 1 for vs in panels]
+    rows_in = [math.ceil(len(vs) / c) for vs, c in zip(panels, ncols, strict=True)]
+    heights = [2.4 + 0.2 * r + 0.5 for r in rows_in]  # axes + legend under them, inches
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(8.5, sum(heights)), squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )  # fmt: skip
+    for ax, ds, here, ncol in zip(axes[:, 0], datasets, panels, ncols, strict=True):
+        sub = kinds[kinds["dataset"] == ds]
+        present = [k for k in ("white", "black", "transfer") if k in set(sub["kind"])]
+        width = 0.8 / max(1, len(here))
+        for j, v in enumerate(here):
+            g = sub[sub["variant"] == v].set_index("kind")
+            ks = [k for k in present if k in g.index]
+            xs = [present.index(k) + (j - (len(here) - 1) / 2) * width for k in ks]
+            role = str(g["role"].iloc[0]) if "role" in g else ""
+            ax.bar(
+                xs, g.loc[ks, "robust_mean"], width=width * 0.95,
+                color=OKABE_ITO[j % 7],  # not black: it would hide the error bar
+                yerr=g.loc[ks, "robust_sd"].fillna(0.0), capsize=2, ecolor="#333333",
+                hatch="xx" if role == "B" else ("//" if j >= 7 else ""),
+                edgecolor="black" if role in ("A", "B") else "none", linewidth=1.2,
+                label=v + (f" [{role}]" if role else ""),
+            )  # fmt: skip
+        names = {"white": "white-box", "black": "black-box", "transfer": "transfer"}
+        ax.set_xticks(range(len(present)), [names[k] for k in present])
+        ax.set_ylabel("robust accuracy\n(fraction; bars: fold sd)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{ds}: mean over each kind's (attack, eps) cells", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(
+            fontsize=7, ncol=ncol, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12)
+        )
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def combination_vs_worst(
+    table: pd.DataFrame, title: str = "", path: str | Path | None = None
+) -> Figure:
+    """The second paper's figure: each combination's robust accuracy against its worst single reduction's.
+
+    ``table`` is ``analysis.compare.paper2``'s; one point per combination
+    config and (attack, eps) cell, coloured by adversarial training; below the
+    diagonal the combination is less robust than its worst single reduction;
+    filled markers: a significant difference (Holm-adjusted, ``verdict``
+    'worse' or 'better'), hollow: none or untested.
+    """
+    rows = table[table["worst_single_robust"].notna()]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for i, (adv, g) in enumerate(rows.groupby("adv_training", sort=True)):
+        c = OKABE_ITO[i % len(OKABE_ITO)]
+        sig = g["verdict"].isin(["worse", "better"])
+        m = MARKERS[i % len(MARKERS)]
+        if sig.any():
+            ax.scatter(g.loc[sig, "worst_single_robust"], g.loc[sig, "robust_mean"], s=36,
+                       color=c, marker=m, label=f"adv. training {adv}: significant")  # fmt: skip
+        if (~sig).any():
+            ax.scatter(g.loc[~sig, "worst_single_robust"], g.loc[~sig, "robust_mean"], s=36,
+                       facecolors="none", edgecolors=c, marker=m,
+                       label=f"adv. training {adv}: not significant / untested")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="combination = worst single")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("worst single reduction's robust accuracy (fold mean, fraction)")
+    ax.set_ylabel("combination's robust accuracy (fold mean, fraction)")
+    ax.set_title(title or "Combined reductions against their worst single reduction")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)

@@ -98,6 +98,57 @@ def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
+def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The papers' comparisons (analysis.compare): the gain table and a figure each; why not, else."""
+    from analysis.compare import CompareError, paper1, paper2
+
+    parts = [
+        "<h2>Paper comparisons</h2>",
+        '<p class="note">As <code>grid compare</code> prints them (its CSVs hold every '
+        "figure). A variant: model, bits, per-layer JR, input-output JR and adversarial "
+        "training; gain of A over B per attack kind: the mean over the kind's (attack, eps) "
+        "cells both have of (acc_A - acc_B) / acc_B on fold means (cells with acc_B = 0 "
+        "skipped); abs_diff: the mean of acc_A - acc_B over those cells.</p>",
+    ]
+    try:
+        p1 = paper1(con)
+        parts.append(
+            _img(
+                plots.variant_bars(p1.kinds), "paper 1: robust accuracy per variant and attack kind"
+            )
+        )
+        if not p1.gain.empty:
+            gain = p1.gain.assign(
+                gain=[f"{100 * g:+.1f}%" if pd.notna(g) else "n/a" for g in p1.gain.gain]
+            )
+            parts.append(_table(gain))
+        parts += [f'<p class="note">{html.escape(n)}</p>' for n in p1.notes]
+    except CompareError as err:
+        parts.append(f'<p class="note">Paper 1: no table: {html.escape(str(err))}</p>')
+    try:
+        p2 = paper2(con)
+        combos = p2[p2.reductions.str.contains("+", regex=False)]
+        parts.append(
+            '<p class="note">Paper 2: each combination of reductions against its worst single '
+            "reduction (same training, same attack), fold by fold: corrected resampled t, Holm "
+            "over the cell's combinations; below the diagonal the combination is less robust.</p>"
+        )
+        parts.append(
+            _img(
+                plots.combination_vs_worst(p2),
+                "paper 2: combinations against their worst single reduction",
+            )
+        )
+        if not combos.empty:
+            cols = ["dataset", "model", "adv_training", "cell", "reductions", "bits", "sparsity",
+                    "clusters", "robust_mean", "robust_sd", "worst_single", "worst_single_robust",
+                    "delta_vs_worst", "p_vs_worst_adjusted", "verdict"]  # fmt: skip
+            parts.append(_table(combos[cols]))
+    except CompareError as err:
+        parts.append(f'<p class="note">Paper 2: no table: {html.escape(str(err))}</p>')
+    return parts
+
+
 def build_report(
     con: duckdb.DuckDBPyConnection,
     title: str,
@@ -196,6 +247,7 @@ def build_report(
             "that is float, unpruned, unclustered, without JR and without adversarial "
             f"training. ({html.escape(str(err))})</p>"
         )
+    parts += _paper_comparisons(con)
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

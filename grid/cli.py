@@ -7,6 +7,7 @@ grid validate STUDY     check a study file without running anything
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
 grid report RESULTS     write a self-contained HTML report (tables and figures)
 grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
+grid compare RESULTS    the two papers' comparisons (variants and gain; reductions combined)
 """
 
 from __future__ import annotations
@@ -211,6 +212,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import (
+        CompareError,
+        format_paper1,
+        format_paper2,
+        paper1,
+        paper2,
+        write_csvs,
+    )
+    from analysis.query import connect
+
+    con = connect(args.results, stale=args.stale)
+    wanted = ["1", "2"] if args.paper == "both" else [args.paper]
+    p1 = p2 = None
+    failed = []
+    if "1" in wanted:
+        try:
+            p1 = paper1(con, args.variant, args.versus, args.where)
+            print(format_paper1(p1))
+        except CompareError as err:
+            if args.variant or args.versus or args.paper == "1":
+                raise  # the user asked for this table, or named a variant: an error
+            failed.append(str(err))
+            print(f"Paper 1: no table: {err}")
+    if "2" in wanted:
+        if p1 is not None:
+            print()
+        try:
+            p2 = paper2(con, args.where)
+            print(format_paper2(p2))
+        except CompareError as err:
+            if args.paper == "2":
+                raise
+            failed.append(str(err))
+            print(f"Paper 2: no table: {err}")
+    if p1 is None and p2 is None:
+        raise ValueError("no comparison could be made: " + "; ".join(failed))
+    if args.csv:
+        for path in write_csvs(args.csv, p1, p2):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -336,6 +380,40 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest)")
     selection_options(rep)
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="the papers' comparisons: variants against attacks with the gain of one over "
+        "another; each reduction alone and combined",
+    )
+    cmp.add_argument(
+        "results", help="a study's results folder, a parent of several, a glob or a URI"
+    )
+    cmp.add_argument(
+        "--paper",
+        choices=["1", "2", "both"],
+        default="both",
+        help="1: variants x attacks and the gain; 2: reductions alone and combined; "
+        "both (default): each that the results allow",
+    )
+    cmp.add_argument(
+        "--variant",
+        help="A of the gain, a variant label (e.g. 'stq_cnn stochastic_ternary +JR(all=0.01)'; "
+        "a unique part will do); default: stochastic_ternary with per-layer JR",
+    )
+    cmp.add_argument(
+        "--versus",
+        help="B of the gain, a variant label; default: the dataset's reference model "
+        "(resnet8, ds_cnn, digits_cnn) in float without defences",
+    )
+    cmp.add_argument("--where", help='a DuckDB predicate over the rows, e.g. "cfg_seed = 0"')
+    cmp.add_argument("--csv", metavar="DIR", help="also write one CSV per table into DIR")
+    cmp.add_argument(
+        "--stale",
+        action="store_true",
+        help="include rows of another results revision (left out by default)",
+    )
+    cmp.set_defaults(func=cmd_compare)
 
     exp = sub.add_parser(
         "export", help="write a trial's model, weights and TFLite out for deployment"
