@@ -232,12 +232,26 @@ _PAPER1_SQL = f"""
 """
 
 
+def _bad_where(where: str | None, err: Exception) -> CompareError:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CompareError(f"where: {where!r} is not a predicate over the rows: {first}")
+
+
+def check_where(con: duckdb.DuckDBPyConnection, where: str | None) -> None:
+    """A CompareError naming ``where`` when it is not a DuckDB predicate over the rows."""
+    if where:
+        try:
+            con.execute(f"SELECT count(*) FROM rows WHERE true{where_clause(where)}").fetchone()
+        except duckdb.Error as err:
+            raise _bad_where(where, err) from None
+
+
 def _trial_cells(con: duckdb.DuckDBPyConnection, where: str | None) -> pd.DataFrame:
     """One row per trial x cell, with the trial's variant label."""
     try:
         df = con.execute(_PAPER1_SQL.replace("WHERE_EXTRA", where_clause(where))).df()
     except duckdb.Error as err:
-        raise CompareError(f"where: {where!r} is not a predicate over the rows: {err}") from None
+        raise _bad_where(where, err) from None
     if df.empty:
         return df
     known = df["kind"].isin(KINDS)
@@ -446,7 +460,7 @@ def _cells(con: duckdb.DuckDBPyConnection, where: str | None) -> list[tuple[str,
             f"{where_clause(where)} GROUP BY ALL ORDER BY 1, 2, 3"
         ).fetchall()
     except duckdb.Error as err:
-        raise CompareError(f"where: {where!r} is not a predicate over the rows: {err}") from None
+        raise _bad_where(where, err) from None
     out = []
     for attack, norm, eps, kind in rows:
         k = kind if kind in KINDS else _KIND_OF.get(str(attack), "white")

@@ -215,6 +215,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import (
         CompareError,
+        check_where,
         format_paper1,
         format_paper2,
         paper1,
@@ -224,6 +225,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from analysis.query import connect
 
     con = connect(args.results, stale=args.stale)
+    check_where(con, args.where)  # a bad predicate is an error, not a missing table
     wanted = ["1", "2"] if args.paper == "both" else [args.paper]
     p1 = p2 = None
     failed = []

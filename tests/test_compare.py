@@ -268,6 +268,12 @@ def test_cli_prints_both_tables_and_writes_csvs(
         rc = main(["compare", str(root), "--variant", "bogus"])
     err = capsys.readouterr().err
     assert rc == 2 and "--variant: no variant 'bogus'; known variants:" in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["compare", str(root), "--where", "nonsense ="])
+    err = capsys.readouterr().err
+    assert rc == 2 and "grid compare: error: where: 'nonsense =' is not a predicate" in err
+    assert len(err.strip().splitlines()) == 1
     # Only the first paper's rows: paper 2 cannot be made, and says why; asked for alone, an error.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
