@@ -32,6 +32,7 @@ from grid.store import Location
 from trainables.config import (
     Adversarial,
     AdvTraining,
+    AnsHybrid,
     AttackSpec,
     Bits,
     Clusters,
@@ -72,6 +73,9 @@ class Train(_Strict):
     activation_bits: int | None = Field(default=None, ge=2, le=16)
     jr_projections: int = Field(default=1, ge=1, le=64)
     jr_layers: JRLayers = Field(default_factory=dict)  # per-layer JR: {layer name or "all": weight}
+    # bits ans_hybrid: the widths to assign by adversarial noise sensitivity, the direction,
+    # the float warm-up and the FGSM radius (trainables.ans; defaults when left out)
+    ans_hybrid: AnsHybrid | None = None
     layer_bits: dict[str, Bits] = Field(
         default_factory=dict
     )  # per-layer overrides, e.g. {conv1: 8, logits: 8}
@@ -324,6 +328,11 @@ class Study(_Strict):
                 f"search.trials: {self.search.trials} is more than the {self.points} distinct points "
                 "of the axes' cross product"
             )
+        if self.train.ans_hybrid is not None and "ans_hybrid" not in self.axes.bits:
+            raise ValueError(
+                f"train.ans_hybrid: settings for bits 'ans_hybrid', which axes.bits {list(self.axes.bits)} "
+                "does not have"
+            )
         if self.train.jr_layers and self.axes.jr_layers != [{}]:
             raise ValueError(
                 "train.jr_layers and axes.jr_layers: give per-layer JR in one place "
@@ -475,6 +484,7 @@ class Study(_Strict):
                     "adversarial": adv,
                     "jr_layers": jr_layers,
                     "layer_bits": layer_bits,
+                    "ans": self.train.ans_hybrid if point["bits"] == "ans_hybrid" else None,
                     "fold": fold,
                 }
             )

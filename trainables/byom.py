@@ -305,7 +305,8 @@ class ModelReport:
         )
         note = (
             "  (weight bits per layer at each bit-width of the study; footprint of the untrained "
-            "model by trainables.footprint: pruning and clustering shrink it further)"
+            "model by trainables.footprint: pruning and clustering shrink it further; ans_hybrid: "
+            "every ranked layer at its widest width, an upper bound until ANS assigns the widths)"
         )
         return "\n".join([title, *("  " + line(r) for r in [heads, *rows]), note])
 

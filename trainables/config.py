@@ -29,8 +29,17 @@ from trainables.modelspec import ImportedModel, LayerList, model_kind, model_lab
 # Quantization labels.  ``bits`` is categorical: an integer width 2..16 or a
 # named scheme.  Weight storage width for each (used by the footprint):
 #   float -> 32 bits, int b -> b bits, ternary/stochastic_ternary -> 2 bits,
-#   binary -> 1 bit.
-NAMED_SCHEMES = ("float", "ternary", "stochastic_ternary", "binary")
+#   binary/stochastic_binary -> 1 bit.  ans_hybrid: a width per layer, assigned
+#   by adversarial noise sensitivity (trainables.ans); ``weight_bits`` gives the
+#   widest width of its list.
+NAMED_SCHEMES = (
+    "float",
+    "ternary",
+    "stochastic_ternary",
+    "binary",
+    "stochastic_binary",
+    "ans_hybrid",
+)
 MIN_INT_BITS, MAX_INT_BITS = 2, 16
 
 
@@ -56,9 +65,62 @@ def normalize_bits(value: Any) -> str:
     )
 
 
+# ans_hybrid's width for ordering the bits axis only (its layers have their own widths):
+# between 8 and 4 bits, as its default list (8, 4, ternary) averages.
+ANS_NOMINAL_BITS = 5
+
+
 def weight_bits(bits: str) -> int:
-    """Storage width in bits of one weight under the ``bits`` label."""
-    return {"float": 32, "ternary": 2, "stochastic_ternary": 2, "binary": 1}.get(bits) or int(bits)
+    """Storage width in bits of one weight under the ``bits`` label (ans_hybrid: nominal)."""
+    named = {
+        "float": 32,
+        "ternary": 2,
+        "stochastic_ternary": 2,
+        "binary": 1,
+        "stochastic_binary": 1,
+    }
+    return named.get(bits) or (ANS_NOMINAL_BITS if bits == "ans_hybrid" else int(bits))
+
+
+class Sensitive(enum.StrEnum):
+    widest = "widest"  # the most sensitive layers get the widest width of the list
+    narrowest = "narrowest"  # ... the narrowest
+
+
+class AnsHybrid(BaseModel):
+    """Settings of ``bits: ans_hybrid`` (trainables/ans.py): per-layer widths by adversarial noise sensitivity.
+
+    After ``warmup_epochs`` of float training, each weight layer's ANS is measured on
+    ``samples`` training examples under FGSM at ``eps``; the layers are ranked, the ranking is
+    split into ``len(bits)`` near-equal groups, and the most sensitive group gets the
+    ``most_sensitive`` end of ``bits`` (default narrowest: our reading of Quanos, unverified).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits: tuple[Bits, ...] = Field(default=("8", "4", "ternary"), min_length=1, max_length=16)
+    most_sensitive: Sensitive = Sensitive.narrowest
+    warmup_epochs: int = Field(default=1, ge=1, le=1000)
+    eps: Eps = 0.03  # L-inf FGSM radius on the 0-1 input scale
+    samples: int = Field(default=256, ge=1, le=100_000)  # training examples ANS is averaged over
+
+    @model_validator(mode="after")
+    def _widths(self) -> AnsHybrid:
+        bad = [b for b in self.bits if b in ("float", "ans_hybrid")]
+        if bad:
+            raise ValueError(
+                f"bits: {bad[0]!r} is not a width a layer can be given (an int, ternary, binary...)"
+            )
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError(f"bits: {list(self.bits)} has a width twice")
+        if self.eps > 1.0:
+            raise ValueError(f"eps: {self.eps} > 1 for an L-inf FGSM on inputs in [0, 1]")
+        return self
+
+    @property
+    def ordered(self) -> list[str]:
+        """The widths from widest to narrowest."""
+        return sorted(self.bits, key=lambda b: (-weight_bits(b), b))
 
 
 def _check_clusters(value: int) -> int:
@@ -210,6 +272,7 @@ class ModelName(enum.StrEnum):
     digits_cnn = "digits_cnn"
     resnet8 = "resnet8"  # MLPerf Tiny image classification (CIFAR-10)
     ds_cnn = "ds_cnn"  # MLPerf Tiny keyword spotting
+    stq_cnn = "stq_cnn"  # STQ-class stand-in sized to the first paper's budget (trainables.models.stq_cnn)
 
 
 def known_model(v: Any) -> Any:
@@ -286,6 +349,9 @@ class TrialConfig(BaseModel):
     # An imported builder's source digest (trainables.modelspec): in the key, so edited
     # builder code gives new keys; None (and left out of the identity) for other models.
     builder_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+    # bits ans_hybrid only: how its per-layer widths are chosen (None elsewhere; filled with the
+    # defaults for ans_hybrid, so they are part of its key)
+    ans: AnsHybrid | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +361,19 @@ class TrialConfig(BaseModel):
         # rebuilding the config computes under this code's revision (and key).
         if isinstance(data, dict) and "revision" in data:
             data = {k: v for k, v in data.items() if k != "revision"}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ans_defaults(cls, data: Any) -> Any:
+        # ans_hybrid always carries its settings (the defaults if none are given): they decide
+        # the widths, so they belong in its key.
+        if (
+            isinstance(data, dict)
+            and str(data.get("bits", "")).strip().lower() == "ans_hybrid"
+            and data.get("ans") is None
+        ):
+            data = {**data, "ans": {}}
         return data
 
     @model_validator(mode="before")
@@ -321,6 +400,8 @@ class TrialConfig(BaseModel):
             )
         if self.fold >= self.folds:
             raise ValueError(f"fold: {self.fold} must be below folds ({self.folds})")
+        if self.ans is not None and self.bits != "ans_hybrid":
+            raise ValueError(f"ans: hybrid settings belong to bits 'ans_hybrid', not {self.bits!r}")
         if self.bits == "float" and self.layer_bits:
             raise ValueError(
                 f"layer_bits: {self.layer_bits} overrides layers of a quantized model; "
@@ -330,6 +411,9 @@ class TrialConfig(BaseModel):
 
     @property
     def weight_bits(self) -> int:
+        """Storage width of a weight (ans_hybrid: the widest of its widths)."""
+        if self.ans is not None:
+            return max(weight_bits(b) for b in self.ans.bits)
         return weight_bits(self.bits)
 
     @property
@@ -349,10 +433,10 @@ class TrialConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision.
 
-        ``builder_digest`` only when set (an imported builder), so every other config's
+        ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid), so every other config's
         identity, and key, is what it was before the field existed.
         """
-        exclude = NOT_IN_KEY | ({"builder_digest"} if self.builder_digest is None else set())
+        exclude = NOT_IN_KEY | {k for k in ("builder_digest", "ans") if getattr(self, k) is None}
         return {**self.model_dump(mode="json", exclude=exclude), "revision": RESULTS_REVISION}
 
     @property

@@ -2,7 +2,7 @@
 
 For each weight layer, the deployed kernel (the quantizer applied to the
 stored kernel) is turned into integer *codes*: the values themselves for
-fixed-scale quantizers, value / channel scale for stochastic_ternary's
+fixed-scale quantizers, value / channel scale for stochastic_ternary's and stochastic_binary's
 per-output-channel power-of-two scale.  With n weights, nz non-zero,
 d distinct codes (d0 distinct non-zero codes) and b bits per weight
 (32 float, b int, 2 ternary, 1 binary), the kernel costs, in bits:
@@ -175,7 +175,7 @@ def model_footprint(model: Any, bias_bits: int) -> ModelFootprint:
                 layer.bias.numpy() if bq is None else np.asarray(bq(layer.bias)).astype(np.float32)
             )
             bias_width = 32 if bq is None else bias_bits
-        per_channel = type(kq).__name__ == "stochastic_ternary"
+        per_channel = type(kq).__name__ in ("stochastic_ternary", "stochastic_binary")
         fp = layer_footprint(
             layer.name,
             weights.numpy(),

@@ -39,8 +39,8 @@ COLUMNS: dict[str, str] = {
     "cfg_dataset": "string",
     "cfg_model": "string",  # the model's label: built-in name, layer list's name, or builder import path
     "cfg_model_spec": "string",  # JSON of the whole model spec ('"resnet8"' for a built-in; a builder's with its source digest)
-    "cfg_bits": "string",  # '2'..'16', 'float', 'ternary', 'stochastic_ternary', 'binary'
-    "cfg_weight_bits": "int64",  # storage bits per weight: 32 float, 2 ternary, 1 binary
+    "cfg_bits": "string",  # '2'..'16', 'float', 'ternary', 'stochastic_ternary', 'binary', 'stochastic_binary', 'ans_hybrid'
+    "cfg_weight_bits": "int64",  # storage bits per weight: 32 float, 2 ternary, 1 binary; ans_hybrid: its widest
     "cfg_activation_bits": "int64",  # null for float models
     "cfg_sparsity": "float64",
     "cfg_clusters": "int64",  # 0 = no clustering
@@ -93,6 +93,8 @@ COLUMNS: dict[str, str] = {
     "meta_git_rev": "string",
     "meta_config_json": "string",
     "meta_layers_json": "string",  # per-layer footprint
+    "meta_layer_bits_json": "string",  # JSON {weight layer: bits label} as built (ans_hybrid: its assigned widths)
+    "meta_ans_json": "string",  # ans_hybrid: JSON {layer: adversarial noise sensitivity}; null otherwise
     "meta_versions_json": "string",
     "meta_host": "string",
     "meta_started_at": "string",  # ISO 8601, UTC

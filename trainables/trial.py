@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from trainables import compress
+from trainables import ans, compress
 from trainables.artifacts import MANIFEST_FILE, TFLITE_FILE
 from trainables.attacks import (
     AttackResult,
@@ -163,6 +163,13 @@ def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -
     return float(est)
 
 
+def layer_bits(cfg: TrialConfig, fp: ModelFootprint, hybrid: ans.Plan | None) -> dict[str, str]:
+    """Each weight layer's bits label as built: an ans_hybrid plan's, else the override or the trial's."""
+    if hybrid is not None:
+        return dict(hybrid.layer_bits)
+    return {lf.name: cfg.layer_bits.get(lf.name, cfg.bits) for lf in fp.layers if lf.kernel_params}
+
+
 def _interval(prefix: str, successes: int, n: int) -> Row:
     lo, hi = wilson(successes, n)
     return {f"{prefix}_lo": lo, f"{prefix}_hi": hi}
@@ -188,6 +195,7 @@ def _complete_rows(
     n_test: int,
     masking: MaskingReport | None = None,
     tflite: tuple[int | None, float | None] = (None, None),
+    hybrid: ans.Plan | None = None,
 ) -> list[Row]:
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
@@ -211,6 +219,8 @@ def _complete_rows(
         metric_tflite_bytes=tflite[0],
         metric_tflite_acc=tflite[1],
         meta_layers_json=json.dumps(fp.layer_dicts()),
+        meta_layer_bits_json=json.dumps(layer_bits(cfg, fp, hybrid), sort_keys=True),
+        meta_ans_json=None if hybrid is None else json.dumps(hybrid.ans, sort_keys=True),
         meta_train_s=train_s,
         meta_total_s=total_s,
     )
@@ -275,7 +285,10 @@ def run_trial(
     t0 = time.perf_counter()
     set_threads(cfg.threads)
     try:
-        model, train_s = train_compressed(cfg)
+        # ans_hybrid: each layer's width from its measured noise sensitivity (trainables/ans.py)
+        hybrid = ans.plan(cfg) if cfg.bits == "ans_hybrid" else None
+        model, train_s = train_compressed(ans.resolved(cfg, hybrid) if hybrid else cfg)
+        train_s += hybrid.seconds if hybrid else 0.0
         split = trial_split(cfg)
         logits = predict_logits(model, split.x_test)
         clean_correct = int(np.sum(np.argmax(logits, axis=1) == split.y_test))
@@ -326,6 +339,7 @@ def run_trial(
             len(split.x_test),
             masking,
             tflite,
+            hybrid,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"
