@@ -115,7 +115,9 @@ def _dominated_model() -> tf_keras.Model:
     inp = tf_keras.Input((4,))
     first = tf_keras.layers.Dense(4, name="first", kernel_initializer="identity", bias_initializer=const(10.0))(inp)  # fmt: skip
     mid = tf_keras.layers.Dense(4, name="mid", kernel_initializer="identity", bias_initializer=const(100.0))(first)  # fmt: skip
-    diff = np.array([[1, 0, 0], [-1, 1, 0], [0, -1, 1], [0, 0, -1]], dtype=np.float32)  # m_i - m_(i+1)
+    diff = np.array(
+        [[1, 0, 0], [-1, 1, 0], [0, -1, 1], [0, 0, -1]], dtype=np.float32
+    )  # m_i - m_(i+1)
     last = tf_keras.layers.Dense(3, name="last", kernel_initializer=const(diff))(mid)
     return tf_keras.Model(inp, last)
 

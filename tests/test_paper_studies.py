@@ -28,9 +28,22 @@ def test_paper_study_and_its_smoke_variant_agree(name: str) -> None:
         load_study(STUDIES / "smoke" / f"{name}.yaml"),
     )
     assert full.folds == 5 and full.grid_size >= 60
-    assert (smoke.dataset.name, smoke.model) == (full.dataset.name, full.model)
+    assert (smoke.dataset.name, smoke.models) == (full.dataset.name, full.models)
     assert {a.name for a in smoke.attacks} <= {a.name for a in full.attacks} | {"transfer_fgsm"}
-    assert smoke.grid_size == 2
+    assert smoke.grid_size == 2 * len(full.models)
+    if name.startswith("stq"):  # the first paper's variants, and its reference model's own trials
+        assert set(full.axes.bits) == {
+            "float",
+            "stochastic_binary",
+            "ternary",
+            "stochastic_ternary",
+            "ans_hybrid",
+        }
+        assert [str(m) for m in full.models] == [
+            "stq_cnn",
+            "ds_cnn" if "kws" in name else "resnet8",
+        ]
+        assert {} in full.axes.jr_layers and len(full.axes.jr_layers) > 1
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -58,7 +71,7 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
     for fold in (0, 1):
         assert {(r[2], r[3]) for r in rows if r[1] == fold} == expected
     folders = list((tmp_path / "r" / study.name / "artifacts").iterdir())
-    assert len(folders) == 2
+    assert len(folders) == study.grid_size
     if study.dataset.name.value == "speech_commands":  # MFCC scaling a deployment must apply
         import json
 
