@@ -29,7 +29,8 @@ from analysis.query import AXIS_COLUMNS, CONFIG_ID, NORMS, check_columns, where_
 # training settings, folds and the results revision.
 PAIR_ID = (
     "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace("
-    "regexp_replace(meta_config_json, "
+    "regexp_replace(regexp_replace(meta_config_json, "
+    """'"ans": [{][^}]*[}](, )?', ''), """  # ans_hybrid's settings: part of its quantization
     """'"layer_bits": [{][^}]*[}](, )?', ''), '"activation_bits": (null|[0-9]+)(, )?', ''), """
     """'"bits": "[^"]*"(, )?', ''), '"clusters": [0-9]+(, )?', ''), """
     """'"fold": [0-9]+(, )?', ''), '"sparsity": [0-9.e+-]+(, )?', ''), """

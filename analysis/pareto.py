@@ -19,7 +19,7 @@ from analysis.query import CONFIG_ID, NORMS, where_clause
 _PER_TRIAL = """
     SELECT key, any_value(config_id) AS config_id, any_value(fold) AS fold,
            any_value(cfg_folds) AS cfg_folds,
-           any_value(dataset) AS dataset, any_value(model) AS model,
+           any_value(dataset) AS dataset, any_value(model) AS model, any_value(jr_layers) AS jr_layers,
            any_value(bits) AS bits, any_value(sparsity) AS sparsity,
            any_value(clusters) AS clusters, any_value(jr_weight) AS jr_weight,
            any_value(adv_training) AS adv_training,
@@ -32,7 +32,7 @@ _PER_TRIAL = """
            string_agg(DISTINCT attack, ',' ORDER BY attack) AS attacks
     FROM (
         SELECT key, attack, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
-               cfg_model AS model, cfg_bits AS bits, cfg_sparsity AS sparsity,
+               cfg_model AS model, cfg_bits AS bits, cfg_sparsity AS sparsity, cfg_jr_layers AS jr_layers,
                cfg_clusters AS clusters, cfg_jr_weight AS jr_weight,
                cfg_adv_training AS adv_training, metric_clean_acc AS clean_acc,
                metric_robust_acc AS robust_acc,
@@ -58,7 +58,7 @@ _TRIAL_COLUMNS = """
 # test sets (their Wilson interval is that of the pooled proportion).
 _PER_CONFIG = """
     SELECT min(key) AS key, config_id, count(*) AS folds,
-           any_value(dataset) AS dataset, any_value(model) AS model,
+           any_value(dataset) AS dataset, any_value(model) AS model, any_value(jr_layers) AS jr_layers,
            any_value(bits) AS bits, any_value(sparsity) AS sparsity, any_value(clusters) AS clusters,
            any_value(jr_weight) AS jr_weight, any_value(adv_training) AS adv_training,
            avg(clean_acc) AS clean_acc, avg(robust_acc) AS robust_acc,
@@ -350,13 +350,18 @@ def format_front(
     )
     if front.empty:
         return title + "\n  (no complete trials)"
-    header = f"  {'bytes':>9}  {'robust':>6}  {'[lo, hi]':>13}  {'clean':>6}  {'bits':>18}  {'sparsity':>8}  {'clusters':>8}  {'jr_weight':>9}  key"
+    # Columns for what varies beyond the bits axis: the model and per-layer JR.
+    extra = [c for c in ("model", "jr_layers") if c in front and front[c].nunique(dropna=False) > 1]
+    width = {c: max(len(c), *(len(str(v)) for v in front[c])) for c in extra}
+    more = "".join(f"  {c:>{width[c]}}" for c in extra)
+    header = f"  {'bytes':>9}  {'robust':>6}  {'[lo, hi]':>13}  {'clean':>6}  {'bits':>18}  {'sparsity':>8}  {'clusters':>8}  {'jr_weight':>9}{more}  key"
     lines = [title, header]
     for r in front.itertuples():
         ci = f"[{r.robust_lo:.3f}, {r.robust_hi:.3f}]" if np.isfinite(r.robust_lo) else "n/a"
+        cells = "".join(f"  {getattr(r, c)!s:>{width[c]}}" for c in extra)
         lines.append(
             f"  {r.bytes:>9,.0f}  {r.robust_acc:>6.3f}  {ci:>13}  {r.clean_acc:>6.3f}  {r.bits:>18}  "
-            f"{r.sparsity:>8g}  {r.clusters:>8}  {r.jr_weight:>9g}  {r.key}"
+            f"{r.sparsity:>8g}  {r.clusters:>8}  {r.jr_weight:>9g}{cells}  {r.key}"
         )
     return "\n".join(lines)
 
