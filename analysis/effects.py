@@ -226,7 +226,7 @@ def _paired_points(
 ) -> pd.DataFrame:
     pts = trial_points(con, attack, eps, where, norm=norm)
     ids = con.execute(
-        f"""SELECT key, any_value({PAIR_ID}) AS pair_id, any_value(cfg_jr_layers) AS jr_layers,
+        f"""SELECT key, any_value({PAIR_ID}) AS pair_id,
                    any_value(cfg_layer_bits) AS layer_bits,
                    any_value(cfg_activation_bits) AS activation_bits, any_value(cfg_seed) AS seed
             FROM rows GROUP BY key"""

@@ -146,6 +146,7 @@ def float_surrogate(cfg: TrialConfig) -> tf_keras.Model:
         update={
             "bits": "float",
             "layer_bits": {},
+            "ans": None,
             "sparsity": 0.0,
             "clusters": 0,
             "jr_weight": 0.0,
