@@ -1,7 +1,8 @@
 """Paper-scale studies on paper: their cost from measured per-trial costs, and the driver's limit.
 
-Measures, in this one run, on this machine:
-  * ResNet-8 training steps at the CIFAR-10 studies' batch size (32) with the
+Measures, in this one run, on this machine, for each model the studies use
+(ResNet-8 and the STQ-class stq_cnn):
+  * training steps at the CIFAR-10 studies' batch size (32) with the
     trials' own ``training_step``: plain, input-output JR, per-layer JR on
     every activation (stochastic ternary weights, 8-bit activations);
   * the cost of one attack gradient per sample: ART's PGD through the
@@ -48,7 +49,7 @@ SLOTS = (1, 8, 32, 128, 512)
 MEASURED_ATTACKS = {"fgsm", "pgd", "transfer_pgd"}
 
 
-def step_costs(threads: int, batch: int = 32, steps: int = 12) -> dict[str, float]:
+def step_costs(model_name: str, batch: int = 32, steps: int = 12) -> dict[str, float]:
     import tensorflow as tf
     import tf_keras
 
@@ -63,7 +64,7 @@ def step_costs(threads: int, batch: int = 32, steps: int = 12) -> dict[str, floa
     for kind in ("plain", "io JR", "layer JR"):
         tf_keras.utils.set_random_seed(0)
         model = build_model(
-            TrialConfig(model="resnet8", bits="stochastic_ternary", activation_bits=8),
+            TrialConfig(model=model_name, bits="stochastic_ternary", activation_bits=8),
             (32, 32, 3),
             10,
         )
@@ -86,8 +87,8 @@ def step_costs(threads: int, batch: int = 32, steps: int = 12) -> dict[str, floa
     return out
 
 
-def gradient_cost(samples: int = 256, steps: int = 20) -> float:
-    """Seconds per sample per PGD step (ART PGD on the compiled classifier, ResNet-8)."""
+def gradient_cost(model_name: str, samples: int = 256, steps: int = 20) -> float:
+    """Seconds per sample per PGD step (ART PGD on the compiled classifier)."""
     import tf_keras
     from art.attacks.evasion import ProjectedGradientDescent
 
@@ -96,7 +97,7 @@ def gradient_cost(samples: int = 256, steps: int = 20) -> float:
     from trainables.models import build_model
 
     tf_keras.utils.set_random_seed(0)
-    model = build_model(TrialConfig(model="resnet8", bits="4"), (32, 32, 3), 10)
+    model = build_model(TrialConfig(model=model_name, bits="4"), (32, 32, 3), 10)
     rng = np.random.default_rng(0)
     x = rng.random((samples, 32, 32, 3), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, samples)]
@@ -138,8 +139,13 @@ def driver_rate(trials: int) -> float:
     return trials / seconds
 
 
-def trial_seconds(cfg: TrialConfig, steps: dict[str, float], grad: float, folds: int) -> float:
-    """A paper trial's training + white-box attack seconds from the measured costs."""
+def trial_seconds(
+    cfg: TrialConfig,
+    costs: dict[str, tuple[dict[str, float], float]],
+    folds: int,
+) -> float:
+    """A paper trial's training + white-box attack seconds from its model's measured costs."""
+    steps, grad = costs[str(cfg.model)]
     batch = cfg.batch_size
     per_epoch = math.ceil(CIFAR_TRAIN * (folds - 1) / folds / batch)
     kind = "layer JR" if cfg.jr_layers else "io JR" if cfg.jr_weight > 0 else "plain"
@@ -149,6 +155,8 @@ def trial_seconds(cfg: TrialConfig, steps: dict[str, float], grad: float, folds:
     if adv.method.value != "none":
         step += round(adv.ratio * batch) * (adv.steps if adv.method.value == "pgd" else 1) * grad
     seconds = epochs * per_epoch * step
+    if cfg.ans is not None:  # ans_hybrid's float warm-up before its widths are assigned
+        seconds += cfg.ans.warmup_epochs * per_epoch * steps["plain"] * batch / 32
     for spec in cfg.attacks:
         name = spec.name.value
         if name not in MEASURED_ATTACKS:
@@ -182,15 +190,18 @@ def main() -> None:
 
     from grid.spec import load_study
 
-    steps = step_costs(args.threads)
-    grad = gradient_cost()
+    studies = [load_study(name) for name in STUDIES]
+    models = sorted({str(m) for s in studies for m in s.models})
+    costs = {m: (step_costs(m), gradient_cost(m)) for m in models}
     rate = driver_rate(args.trivial_trials)
-    print(
-        f"measured with {args.threads} thread(s): ResNet-8 step (batch 32) plain "
-        f"{steps['plain'] * 1e3:.0f} ms, io JR {steps['io JR'] * 1e3:.0f} ms, per-layer JR "
-        f"{steps['layer JR'] * 1e3:.0f} ms; attack gradient {grad * 1e3:.2f} ms per sample-step; "
-        f"Tune driver {rate:.1f} trivial trials/s"
-    )
+    print(f"measured with {args.threads} thread(s), steps at batch 32:")
+    for m, (steps, grad) in costs.items():
+        print(
+            f"  {m}: step plain {steps['plain'] * 1e3:.0f} ms, io JR {steps['io JR'] * 1e3:.0f} ms, "
+            f"per-layer JR {steps['layer JR'] * 1e3:.0f} ms; attack gradient "
+            f"{grad * 1e3:.2f} ms per sample-step"
+        )
+    print(f"  Tune driver {rate:.1f} trivial trials/s")
     head = "".join(f"{f'N={n}':>10}" for n in SLOTS)
     print(
         "trial times as measured here; CPU-h = trial time x the study's CPUs per trial "
@@ -200,19 +211,18 @@ def main() -> None:
         f"\n{'study':<22}{'trials':>7}{'trial (mean/max)':>19}{'CPU-h':>9}{head}{'driver-bound N':>16}"
     )
     needs = []
-    for name in STUDIES:
-        study = load_study(name)
-        costs = [trial_seconds(cfg, steps, grad, study.folds) for cfg in study.trials()]
-        needs.append(max(SLOTS) * len(costs) / sum(costs))  # trials/s finishing at N slots
+    for study in studies:
+        secs = [trial_seconds(cfg, costs, study.folds) for cfg in study.trials()]
+        needs.append(max(SLOTS) * len(secs) / sum(secs))  # trials/s finishing at N slots
         cpus = study.resources.cpus_per_trial
-        total, longest = sum(costs), max(costs)
+        total, longest = sum(secs), max(secs)
         walls = "".join(f"{fmt(max(total / n, longest)):>10}" for n in SLOTS)
-        bound = rate * min(costs)  # slots the driver keeps busy at its measured trial rate
+        bound = rate * min(secs)  # slots the driver keeps busy at its measured trial rate
         left_out = sorted(
             {s.name.value for c in study.trials() for s in c.attacks} - MEASURED_ATTACKS
         )
         print(
-            f"{study.name:<22}{len(costs):>7}{fmt(total / len(costs)):>10} / {fmt(longest):<7}"
+            f"{study.name:<22}{len(secs):>7}{fmt(total / len(secs)):>10} / {fmt(longest):<7}"
             f"{total * cpus / 3600:>9,.0f}{walls}{bound:>16,.0f}"
         )
         if left_out:

@@ -46,6 +46,32 @@ def test_paper_study_and_its_smoke_variant_agree(name: str) -> None:
         assert {} in full.axes.jr_layers and len(full.axes.jr_layers) > 1
 
 
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_embedded_study_loads_by_name(path: Path) -> None:
+    study = load_study(path.stem)  # as `grid run NAME` finds it
+    assert study == load_study(path) and study.grid_size > 0
+
+
+def test_showcases_run_on_data_that_ships_with_five_folds() -> None:
+    stq, compound = load_study("stq_showcase"), load_study("compound_showcase")
+    assert {stq.dataset.name.value, compound.dataset.name.value} == {"digits"}
+    assert stq.folds == compound.folds == 5
+    # the first paper's variants, with and without per-layer JR, and the reference's own trials
+    assert set(stq.axes.bits) == {
+        "float",
+        "stochastic_binary",
+        "ternary",
+        "stochastic_ternary",
+        "ans_hybrid",
+    }
+    assert {} in stq.axes.jr_layers and len(stq.axes.jr_layers) == 2 and len(stq.models) == 2
+    assert {"fgsm", "pgd", "square"} <= {a.name for a in stq.attacks}  # white-box and black-box
+    # each reduction alone and every combination
+    assert (
+        len(compound.axes.bits) == len(compound.axes.sparsity) == len(compound.axes.clusters) == 2
+    )
+
+
 @pytest.mark.parametrize("name", PAPER)
 def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> None:
     study = load_study(STUDIES / "smoke" / f"{name}.yaml")
