@@ -1,9 +1,10 @@
 """``grid``: run, validate and read robustgrid studies.
 
 grid run [STUDY]        run a study (the embedded default when none is given)
-grid resume STUDY       finish a study whose driver stopped or died (kill -9 included)
-grid status STUDY       trials done / running / failed / skipped, the front and its hypervolume
-grid validate STUDY     check a study file without running anything
+grid resume [STUDY]     finish a study whose driver stopped or died (kill -9 included)
+grid status [STUDY]     trials done / running / failed / skipped, the front and its hypervolume
+grid validate [STUDY]   check a study file without running anything
+  STUDY: a study file, an embedded study's file name (stq_showcase) or its name (stq-showcase)
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
 grid report RESULTS     write a self-contained HTML report (tables and figures)
 grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
@@ -122,14 +123,21 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from grid.launch import StudyState, live_driver, stale_note
-    from grid.space import describe_values, objectives, point_label, random_points
+    from grid.space import (
+        describe_point,
+        describe_values,
+        objectives,
+        point_label,
+        random_points,
+    )
     from grid.spec import Strategy
     from grid.store import read_json, read_rows
 
     study = load_study(args.study)
     folder = study.results_dir(args.results)
     if not folder.is_dir("rows"):
-        raise StudyError(f"results: {folder} holds no results yet (`grid run {args.study}`)")
+        run = f"grid run {args.study}" if args.study else "grid run"
+        raise StudyError(f"results: {folder} holds no results yet (`{run}`)")
     state = StudyState(study, folder)
     s = study.search
     if s.strategy == Strategy.random:
@@ -158,8 +166,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     obj = objectives(study)
     print(front.describe(obj))
     values = state.point_values()
-    for label in front.labels:
-        print(f"  {describe_values(obj, values[label])}  {label}")
+    by_bytes = obj.names.index("bytes")  # smallest first, as `grid pareto` lists a front
+    for label in sorted(front.labels, key=lambda lb: (values[lb][by_bytes], lb)):
+        print(f"  {describe_values(obj, values[label])}  {describe_point(study, label)}")
     flagged = {k: state.flags[k] for k in keys if state.flags.get(k)}
     if flagged:
         counts: dict[str, int] = {}
@@ -319,6 +328,12 @@ def selection_options(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+STUDY_HELP = (
+    "study YAML file, or an embedded study by file name (stq_showcase) or by its name "
+    "(stq-showcase); default: the embedded default study"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grid", description="robustgrid: TinyML robustness studies on Ray Tune."
@@ -334,26 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data", help="dataset location (overrides the study's dataset.path)")
 
     run = sub.add_parser("run", help="run a study (the embedded default when none is given)")
-    run.add_argument(
-        "study", nargs="?", default=None, help="study YAML file, or the name of an embedded study"
-    )
+    run.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     run_options(run)
     run.set_defaults(func=cmd_run)
 
     res = sub.add_parser(
         "resume", help="finish a study whose driver stopped or died (complete trials are kept)"
     )
-    res.add_argument("study", help="study YAML file, or the name of an embedded study")
+    res.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     run_options(res)
     res.set_defaults(func=cmd_resume)
 
     st = sub.add_parser("status", help="trials done / running / failed, the front and hypervolume")
-    st.add_argument("study", help="study YAML file, or the name of an embedded study")
+    st.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     st.add_argument("--results", help="results folder (overrides the study's `results`)")
     st.set_defaults(func=cmd_status)
 
     val = sub.add_parser("validate", help="check a study file; starts nothing")
-    val.add_argument("study", help="study YAML file, or the name of an embedded study")
+    val.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     val.set_defaults(func=cmd_validate)
 
     par = sub.add_parser(

@@ -15,6 +15,7 @@ bytes (minimise) and, when asked, clean accuracy (maximise).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -237,8 +238,41 @@ def front(values: Mapping[str, Sequence[float]], obj: Objectives, params: int | 
 
 
 def _fmt(name: str, value: float) -> str:
-    return f"{value:,.0f}" if name == "bytes" else f"{value:.4g}"
+    # as `grid pareto` prints them: bytes with separators, accuracies to 3 decimals
+    return f"{value:,.0f}" if name == "bytes" else f"{value:.3f}"
 
 
 def describe_values(obj: Objectives, values: Sequence[float]) -> str:
     return "  ".join(f"{n} {_fmt(n, v)}" for n, v in zip(obj.names, values, strict=True))
+
+
+def describe_point(study: Study, label: str) -> str:
+    """A point's label as a reader wants it: the axes that vary in the study, by value
+    (``bits=4 jr_layers={"all": 3e-05} model=stq_digits``; indexed axes by their entry)."""
+    from trainables.modelspec import model_label
+
+    values = dict(part.split("=", 1) for part in label.split("|"))
+    a = study.axes
+    lists: dict[str, Sequence[Any]] = {
+        "bits": a.bits, "sparsity": a.sparsity, "clusters": a.clusters, "jr_weight": a.jr_weight,
+        "adversarial": a.adversarial, "jr_layers": a.jr_layers, "model": study.models,
+    }  # fmt: skip
+    out = []
+    for axis in AXES:
+        if axis not in values or len(lists[axis]) < 2:
+            continue
+        v: Any = values[axis]
+        if axis in INDEXED:
+            entry = lists[axis][int(v)]
+            if axis == "model":
+                v = model_label(entry)
+            elif axis == "jr_layers":
+                v = json.dumps(entry) if entry else "none"
+            else:
+                v = (
+                    entry.method.value
+                    if entry.method.value == "none"
+                    else (f"{entry.method.value}(eps={entry.eps:g})")
+                )
+        out.append(f"{axis}={v}")
+    return " ".join(out) or label

@@ -671,21 +671,35 @@ def parse_study(data: Any, source: str = "<study>") -> Study:
         raise StudyError(format_errors(err, source)) from None
 
 
+def embedded_studies() -> dict[str, str]:
+    """The embedded studies: file name (``grid run NAME``) -> the study's ``name``."""
+    out = {}
+    for ref in sorted(importlib.resources.files("grid").joinpath("studies").iterdir(), key=str):
+        if ref.name.endswith(".yaml") and ref.is_file():
+            data = yaml.safe_load(ref.read_text())
+            out[ref.name.removesuffix(".yaml")] = str((data or {}).get("name", ""))
+    return out
+
+
 def load_study(path: str | Path | None = None) -> Study:
-    """Load and validate a study file; ``None`` gives the embedded default study."""
-    if path is None or str(path) == DEFAULT_STUDY:
-        ref = importlib.resources.files("grid") / "studies" / f"{DEFAULT_STUDY}.yaml"
-        text, source = ref.read_text(), f"<embedded {DEFAULT_STUDY} study>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            embedded = importlib.resources.files("grid") / "studies" / f"{p.name}.yaml"
-            if p.suffix == "" and embedded.is_file():
-                text, source = embedded.read_text(), f"<embedded {p.name} study>"
-                return _parse_text(text, source)
-            raise StudyError(f"{path}: no such study file")
-        text, source = p.read_text(), str(p)
-    return _parse_text(text, source)
+    """Load and validate a study: a file, an embedded study by file name (``stq_showcase``)
+    or by its ``name`` (``stq-showcase``, as ``grid run`` prints it); ``None``: the default."""
+    ref = str(DEFAULT_STUDY if path is None else path)
+    p = Path(ref)
+    if p.is_file():
+        return _parse_text(p.read_text(), str(p))
+    if p.suffix == "" and "/" not in ref:
+        known = embedded_studies()
+        stem = ref if ref in known else next((f for f, n in known.items() if n == ref), None)
+        if stem is not None:
+            embedded = importlib.resources.files("grid") / "studies" / f"{stem}.yaml"
+            return _parse_text(embedded.read_text(), f"<embedded {stem} study>")
+        names = ", ".join(f"{f} ({n})" for f, n in known.items())
+        raise StudyError(
+            f"{ref}: no such study file, and no embedded study of that file name or name "
+            f"(embedded: {names})"
+        )
+    raise StudyError(f"{ref}: no such study file")
 
 
 def _parse_text(text: str, source: str) -> Study:

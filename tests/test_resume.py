@@ -146,6 +146,11 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     status = _grid("status", str(study_file), "--results", str(tmp_path))
     assert "5 done, 0 running, 0 failed, 0 to do" in status.stdout
     assert f"hypervolume {saved['hypervolume_normalized']:.4f}" in status.stdout
+    # the front as `grid pareto` lists one: smallest first, accuracies to 3 decimals
+    lines = [ln.split() for ln in status.stdout.splitlines() if ln.startswith("  robust_acc ")]
+    assert len(lines) == len(saved["front"]) > 0
+    sizes = [int(ln[3].replace(",", "")) for ln in lines]
+    assert sizes == sorted(sizes) and all(len(ln[1].split(".")[1]) == 3 for ln in lines)
 
 
 def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Path) -> None:

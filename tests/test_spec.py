@@ -118,6 +118,52 @@ def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such study file" in capsys.readouterr().err
 
 
+def test_a_study_is_found_by_file_by_embedded_file_name_and_by_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grid.spec import embedded_studies
+
+    default = load_study(None)
+    assert default.name == "digits-default"  # what `grid run` prints
+    assert load_study("default") == load_study("digits-default") == default
+    assert load_study("stq_showcase") == load_study("stq-showcase")
+    copy = tmp_path / "default"  # a file of that name wins over the embedded study
+    copy.write_text("name: mine\ndataset: digits\nmodel: digits_cnn\n")
+    assert load_study(copy).name == "mine"
+    assert embedded_studies()["stq_showcase"] == "stq-showcase"
+    assert main(["validate", "no-such-study"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-study: no such study file" in err and "default (digits-default)" in err
+
+
+def test_every_command_that_takes_a_study_defaults_to_the_default_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate"]) == 0
+    assert "ok: study digits-default" in capsys.readouterr().out
+    assert main(["status", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'digits-default'} holds no results yet (`grid run`)" in err
+    assert main(["status", "digits-default", "--results", str(tmp_path)]) == 2
+    assert "(`grid run digits-default`)" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_a_point_is_described_by_the_values_of_the_axes_that_vary() -> None:
+    from grid.space import describe_point, point_label, points
+
+    study = load_study("stq_showcase")  # bits x jr_layers x model vary; the rest do not
+    texts = [describe_point(study, point_label(p)) for p in points(study)]
+    assert texts[0] == "bits=float jr_layers=none model=digits_cnn"
+    assert texts[1] == 'bits=float jr_layers={"all": 3e-05} model=digits_cnn'
+    assert texts[-1] == 'bits=ans_hybrid jr_layers={"all": 3e-05} model=stq_digits'
+    assert len(set(texts)) == len(texts) == study.grid_size // study.folds
+    single = load_study("compound_showcase")
+    assert (
+        describe_point(single, point_label(points(single)[-1])) == "bits=4 sparsity=0.5 clusters=8"
+    )
+
+
 def test_default_study_is_a_real_cross_product() -> None:
     study = load_study(None)
     a = study.axes
