@@ -7,6 +7,7 @@ return pandas DataFrames.  Accuracies are fractions, eps is on the input's
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -501,3 +502,129 @@ def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
         + (f" ({'; '.join(misses)})" if misses else "")
         + "; run one, or pass baseline= a predicate of your own"
     )
+
+
+_JR_FIELDS = ("jr_weight", "jr_layers", "fold")
+
+
+# Rows without meta_config_json (written by hand, or before it existed): the config columns
+# other than JR and fold.
+_JR_FREE_COLUMNS = (
+    "concat_ws('|', cfg_dataset, cfg_model, cfg_bits, cfg_layer_bits, cfg_activation_bits, "
+    "cfg_sparsity, cfg_clusters, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, "
+    "cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, cfg_test_fraction, "
+    "cfg_seed, cfg_folds)"
+)
+
+
+def _jr_pair_id(config_json: object, columns: object, revision: object) -> str:
+    """The config without its JR settings (and fold): JR on and off at equal compression share it."""
+    if not isinstance(config_json, str):
+        return f"{revision}|{columns}"
+    rest = {k: v for k, v in json.loads(config_json).items() if k not in _JR_FIELDS}
+    return f"{revision}|{json.dumps(rest, sort_keys=True)}"
+
+
+def jr_effects(
+    con: duckdb.DuckDBPyConnection,
+    attack: str = "worst",
+    eps: float | None = None,
+    where: str | None = None,
+    *,
+    norm: str | None = None,
+) -> pd.DataFrame:
+    """Jacobian Regularization on against off at equal compression, fold by fold.
+
+    Each trial with JR (input-output ``jr_weight`` > 0 or per-layer ``jr_layers``)
+    is paired with the trial of the same fold whose config is identical except
+    for JR (same dataset, model, bits and per-layer bits, sparsity, clusters,
+    adversarial training, seed, training settings, folds, results revision) and
+    has none.  Per JR config: mean robust and clean accuracy with JR
+    (``robust_acc``, ``clean_acc``) and without (``robust_off``, ``clean_off``),
+    the mean paired difference ``delta`` (robust) and ``clean_delta``, the
+    corrected resampled t-test of delta = 0 over the folds (``t``, ``p_value``,
+    ``delta_ci95``; NaN for a single holdout), Holm's correction over the call
+    (``p_adjusted``), and both sizes' mean bytes.  JR configs without a JR-off
+    partner are left out with a warning.
+    """
+    eps, norm = resolve(con, attack, eps, norm)
+    pts = trial_points(con, attack, eps, where, norm=norm)
+    ids = con.execute(
+        f"SELECT key, any_value(meta_config_json) AS cj, any_value({_JR_FREE_COLUMNS}) AS cols, "
+        "any_value(revision) AS rev FROM rows GROUP BY key"
+    ).df()
+    ids["pair_id"] = [
+        _jr_pair_id(c, cols, r) for c, cols, r in zip(ids.cj, ids.cols, ids.rev, strict=True)
+    ]
+    pts = pts.merge(ids[["key", "pair_id"]], on="key")
+    pts["cfg_folds"] = pts["cfg_folds"].fillna(1).astype(int)
+    layers = pts.jr_layers.fillna("{}").map(lambda j: bool(json.loads(j)) if j else False)
+    on_mask = (pts.jr_weight.fillna(0) > 0) | layers
+    off = pts[~on_mask][["pair_id", "fold", "key", "robust_acc", "clean_acc", "bytes"]]
+    dup = off.duplicated(["pair_id", "fold"])
+    if dup.any():
+        raise ValueError(
+            f"jr_effects: {int(dup.sum())} config-fold(s) have two JR-off trials "
+            f"(e.g. {off[dup].key.iloc[0]!r}): cannot pair"
+        )
+    on = pts[on_mask]
+    if on.empty or off.empty:
+        raise ValueError(
+            "jr_effects: the results need trials with JR and without it at equal compression "
+            f"({len(on)} with, {len(off)} without)"
+        )
+    paired = on.merge(off, on=["pair_id", "fold"], suffixes=("", "_off"))
+    orphans = on[~on.key.isin(paired.key)]
+    if not orphans.empty:
+        warnings.warn(
+            f"jr_effects: {orphans.config_id.nunique()} JR config(s) have no JR-off trial of the "
+            f"same fold and otherwise identical config for {len(orphans)} trial(s), left out: "
+            f"e.g. trial {orphans.key.iloc[0]!r}",
+            UserWarning,
+            stacklevel=2,
+        )
+    out = []
+    for _, g in paired.groupby("config_id", sort=False):
+        first = g.iloc[0]
+        delta = (g.robust_acc - g.robust_acc_off).to_numpy()
+        test = corrected_t(delta, int(first.cfg_folds))
+        out.append(
+            {
+                "dataset": first.dataset,
+                "model": first.model,
+                "bits": first.bits,
+                "sparsity": first.sparsity,
+                "clusters": first.clusters,
+                "adv_training": first.adv_training,
+                "jr_weight": first.jr_weight,
+                "jr_layers": first.jr_layers,
+                "folds": int(first.cfg_folds),
+                "pairs": len(g),
+                "robust_off": float(g.robust_acc_off.mean()),
+                "robust_acc": float(g.robust_acc.mean()),
+                "delta": float(delta.mean()),
+                "delta_ci95": test.half_ci95,
+                "t": test.t,
+                "p_value": test.p_value,
+                "clean_off": float(g.clean_acc_off.mean()),
+                "clean_acc": float(g.clean_acc.mean()),
+                "clean_delta": float((g.clean_acc - g.clean_acc_off).mean()),
+                "bytes_off": float(g.bytes_off.mean()),
+                "bytes": float(g.bytes.mean()),
+            }
+        )
+    df = pd.DataFrame(out)
+    df["p_adjusted"] = holm(df["p_value"].to_numpy(dtype=float))
+    keys = [
+        "dataset",
+        "model",
+        "bits",
+        "sparsity",
+        "clusters",
+        "adv_training",
+        "jr_weight",
+        "jr_layers",
+    ]
+    df = df.sort_values(keys).reset_index(drop=True)
+    df.attrs.update(attack=attack, eps=eps, norm=norm)
+    return df

@@ -252,3 +252,33 @@ def combination_vs_worst(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
+
+
+def jr_on_off(effects: pd.DataFrame, title: str = "", path: str | Path | None = None) -> Figure:
+    """JR on against off at equal compression: one row per JR config (``analysis.effects.jr_effects``),
+    a hollow dot for robust accuracy without JR, a filled one with it, the arrow between them;
+    the error bar on the filled dot is the 95% interval of the paired difference over folds."""
+    df = effects.reset_index(drop=True)
+    labels = [
+        " ".join(str(v) for v in (r.model, r.bits, f"sp {r.sparsity:g}", f"cl {r.clusters}"))
+        + f"  JR {r.jr_layers if r.jr_layers not in (None, '{}') else r.jr_weight}"
+        for r in df.itertuples()
+    ]
+    fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.32 * len(df)))
+    y = np.arange(len(df))[::-1]
+    ax.hlines(y, df.robust_off, df.robust_acc, color="#999999", linewidth=1)
+    ax.scatter(
+        df.robust_off, y, facecolors="white", edgecolors=OKABE_ITO[0], label="JR off", zorder=3
+    )
+    ci = df.delta_ci95.fillna(0.0)
+    ax.errorbar(
+        df.robust_acc, y, xerr=ci, fmt="o", color=OKABE_ITO[1], capsize=2, label="JR on", zorder=4
+    )
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("robust accuracy (fraction; bar: 95% interval of the paired difference)")
+    ax.set_xlim(0, 1)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "JR on against off at equal compression", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -23,14 +23,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.effects import compare_to_baseline, reduction_effects, robustness_curve
+from analysis.effects import (
+    compare_to_baseline,
+    jr_effects,
+    reduction_effects,
+    robustness_curve,
+)
 from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
 from analysis.query import CONFIG_ID, columns, connect
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+.table { max-width: 100%; overflow-x: auto; margin: 0.5em 0; }  /* wide tables scroll inside the page */
+table { border-collapse: collapse; font-size: 0.8em; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
@@ -49,7 +55,8 @@ def _img(fig: Figure, alt: str) -> str:
 def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
     fmt = {c: (lambda v: f"{v:,.0f}") if c in ("bytes", "params", "nonzero") else floats.format
            for c in df.columns if pd.api.types.is_float_dtype(df[c])}  # fmt: skip
-    return df.to_html(index=False, formatters=fmt, na_rep="n/a", border=0, escape=True)
+    out = df.to_html(index=False, formatters=fmt, na_rep="n/a", border=0, escape=True)
+    return f'<div class="table">{out}</div>'
 
 
 def _varying(points: pd.DataFrame) -> list[str]:
@@ -96,6 +103,24 @@ def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
         "and are not robustness claims.</p>",
         _table(flagged),
     ]
+
+
+def _jr_on_off(con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str) -> list[str]:
+    """JR on against off at equal compression (analysis.effects.jr_effects); why not, else."""
+    parts = ["<h2>Jacobian Regularization on against off at equal compression</h2>"]
+    try:
+        eff = jr_effects(con, attack, eps, norm=norm)
+    except ValueError as err:
+        return [*parts, f'<p class="note">{html.escape(str(err))}</p>']
+    parts += [
+        '<p class="note">Each config with JR (input-output or per layer) paired fold by fold '
+        "with the same config without JR (same model, bits, sparsity, clusters, adversarial "
+        "training, training settings); delta = robust accuracy with JR minus without, tested "
+        "with the corrected resampled t over the folds, p_adjusted by Holm over the table.</p>",
+        _img(plots.jr_on_off(eff), "JR on against off"),
+        _table(eff.drop(columns=["dataset"] if eff["dataset"].nunique() == 1 else [])),
+    ]
+    return parts
 
 
 def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -237,6 +262,7 @@ def build_report(
         parts.append(_table(eff))
     except ValueError as err:
         parts.append(f'<p class="note">{html.escape(str(err))}</p>')
+    parts += _jr_on_off(con, attack, eps, norm)
     parts.append("<h2>Reference model against the best robust point at equal or smaller size</h2>")
     try:
         ref = compare_to_baseline(con, attack, eps, norm=norm, size=size)

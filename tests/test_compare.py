@@ -31,7 +31,7 @@ from analysis.compare import (
 from analysis.report import build_report
 from grid.cli import main
 from grid.store import ParquetSink
-from tests.helpers import rows_for
+from tests.helpers import config_rows, rows_for
 from trainables.config import TrialConfig
 
 KIND = {"pgd": "white", "fgsm": "white", "square": "black", "transfer_pgd": "transfer"}
@@ -312,3 +312,93 @@ def test_figures_draw_the_tables(tmp_path: Path) -> None:
     assert any(np.allclose(r, (0.45, 0.25)) for r in xy)  # q+p (none, pgd): (0.45, 0.25)
     for name in ("bars.png", "combo.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _probe_widths(html_text: str, tmp_path: Path) -> tuple[int, int]:
+    """(page scroll width, widest table) of the HTML rendered by headless Chromium at 1200 px."""
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs it)")
+    probe = (
+        "<script>window.addEventListener('load', () => document.body.setAttribute('data-w', "
+        "document.documentElement.scrollWidth + ',' + Math.max(0, ...Array.from("
+        "document.querySelectorAll('table'), t => t.scrollWidth))));</script></body>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html_text.replace("</body>", probe))
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    found = re.search(r'data-w="(\d+),(\d+)"', dom)
+    assert found, dom[:500]
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_report_wide_tables_fit_a_1200px_page(tmp_path: Path) -> None:
+    con = _connect(_results(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = build_report(con, "t", "pgd", 0.1)
+    page, widest = _probe_widths(text, tmp_path)
+    assert widest > 1200  # the paper tables are wider than the page ...
+    assert page <= 1200  # ... and scroll inside it instead of pushing the page wider
+
+
+# ---- JR on against off at equal compression: three folds, hand-computed ------------------------
+# (bits, jr_layers, jr_weight) -> pgd@0.1 robust accuracy per fold; clean 0.9 + fold / 100.
+JR = [
+    ("4", {}, 0.0, (0.50, 0.40, 0.60)),
+    ("4", {"all": 0.01}, 0.0, (0.60, 0.50, 0.55)),  # deltas +0.10, +0.10, -0.05
+    ("4", {}, 0.05, (0.53, 0.42, 0.63)),  # io JR: deltas +0.03, +0.02, +0.03
+    ("float", {"all": 0.01}, 0.0, (0.30, 0.30, 0.30)),  # no JR-off float partner: left out
+    ("ternary", {}, 0.0, (0.20, 0.20, 0.20)),  # JR off only: nothing to pair
+]
+
+
+def test_jr_on_off_pairs_equal_compression_fold_by_fold(tmp_path: Path) -> None:
+    from analysis.effects import jr_effects
+
+    sink = ParquetSink(str(tmp_path / "jr"), "jr", "r")
+    for bits, layers, w, accs in JR:
+        for fold, acc in enumerate(accs):
+            cfg = TrialConfig(bits=bits, jr_layers=layers, jr_weight=w, folds=3, fold=fold)
+            rows = config_rows(cfg, acc, 1000 if bits != "float" else 4000)
+            rows[0]["metric_clean_acc"] = 0.9 + (0.01 * fold if layers else 0.0)
+            sink(cfg.key, rows)
+    con = analysis.connect(tmp_path / "jr")
+    with pytest.warns(UserWarning, match="1 JR config"):
+        df = jr_effects(con, "pgd", 0.1)
+    assert len(df) == 2 and set(df.bits) == {"4"}
+    layer = df[df.jr_layers != "{}"].iloc[0]
+    deltas = np.array([0.10, 0.10, -0.05])
+    # corrected resampled t (Nadeau-Bengio), k = 3: var factor 1/3 + 1/(3-1)
+    t = deltas.mean() / math.sqrt((1 / 3 + 1 / 2) * deltas.var(ddof=1))
+    p = 2 * stats.t.sf(abs(t), df=2)
+    assert layer.robust_off == pytest.approx(0.50) and layer.robust_acc == pytest.approx(0.55)
+    assert layer.delta == pytest.approx(0.05) and layer.t == pytest.approx(t)
+    assert layer.p_value == pytest.approx(p)
+    assert layer.clean_delta == pytest.approx(0.01)  # (0.00 + 0.01 + 0.02) / 3
+    io = df[df.jr_layers == "{}"].iloc[0]
+    d_io = np.array([0.03, 0.02, 0.03])
+    t_io = d_io.mean() / math.sqrt((1 / 3 + 1 / 2) * d_io.var(ddof=1))
+    p_io = 2 * stats.t.sf(abs(t_io), df=2)
+    assert io.jr_weight == 0.05 and io.p_value == pytest.approx(p_io)
+    # Holm over the two tests: the smaller p doubled, the larger kept (never below the first)
+    lo, hi = sorted([p, p_io])
+    assert sorted(df.p_adjusted) == pytest.approx([min(1, 2 * lo), max(min(1, 2 * lo), hi)])
+    fig = plots.jr_on_off(df, path=tmp_path / "jr.png")
+    ax = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    hollow = next(c for c in ax.collections if isinstance(c, PathCollection))
+    assert sorted(np.asarray(hollow.get_offsets())[:, 0]) == pytest.approx([0.50, 0.50])  # JR off
+    filled = sorted(float(x) for x in ax.containers[0][0].get_xdata())  # the errorbar's dots
+    assert filled == pytest.approx(sorted([0.55, 1.58 / 3]))  # JR on: per layer, io
