@@ -8,6 +8,7 @@ statistics (Wilson, McNemar, corrected t, Holm) in ``analysis.inference``.
 from analysis import pareto
 from analysis.effects import (
     compare_to_baseline,
+    jr_effects,
     mcnemar,
     reduction_effects,
     robustness_curve,
@@ -22,6 +23,7 @@ __all__ = [
     "corrected_t",
     "holm",
     "hypervolume",
+    "jr_effects",
     "mcnemar",
     "mcnemar_exact",
     "nondominated",
