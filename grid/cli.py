@@ -4,6 +4,7 @@ grid run [STUDY]        run a study (the embedded default when none is given)
 grid resume [STUDY]     finish a study whose driver stopped or died (kill -9 included)
 grid status [STUDY]     trials done / running / failed / skipped, the front and its hypervolume
 grid validate [STUDY]   check a study file without running anything
+grid schema             the study file's JSON Schema (editors complete and check study files)
   STUDY: a study file, an embedded study's file name (stq_showcase) or its name (stq-showcase)
 grid pareto RESULTS     print the Pareto front from the Parquet files alone
 grid report RESULTS     write a self-contained HTML report (tables and figures)
@@ -189,6 +190,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from grid.spec import study_json_schema
+
+    if args.reference:
+        from grid.docs import study_reference
+
+        text = study_reference()
+    else:
+        text = json.dumps(study_json_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     # Each model built for the dataset at each bit-width (TensorFlow, no Ray): shape errors
@@ -368,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a study file; starts nothing")
     val.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     val.set_defaults(func=cmd_validate)
+
+    sch = sub.add_parser(
+        "schema", help="print the study file's JSON Schema (for editors: completion and checks)"
+    )
+    sch.add_argument("--out", help="write it to this file instead of standard output")
+    sch.add_argument(
+        "--reference",
+        action="store_true",
+        help="the study-file reference in Markdown instead (docs/study-file.md)",
+    )
+    sch.set_defaults(func=cmd_schema)
 
     par = sub.add_parser(
         "pareto", help="print the Pareto front from a results folder's Parquet files"

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -87,7 +87,9 @@ def _jr_layers_choice(v: Any) -> Any:
 
 
 # One value of the per-layer JR axis: ``none`` or ``{layer: weight}`` / ``{all: weight}``.
-JRLayersChoice = Annotated[JRLayers, BeforeValidator(_jr_layers_choice)]
+JRLayersChoice = Annotated[
+    JRLayers, BeforeValidator(_jr_layers_choice, json_schema_input_type=Literal["none"] | JRLayers)
+]
 
 
 def _unique(values: list[Any], what: str) -> list[Any]:
@@ -244,6 +246,15 @@ class DatasetSpec(_Strict):
         return _known_value(Dataset, "dataset", v)
 
 
+def _dataset_shorthand(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+# ``dataset: digits`` or the mapping.
+DatasetChoice = Annotated[
+    DatasetSpec, BeforeValidator(_dataset_shorthand, json_schema_input_type=Dataset | DatasetSpec)
+]
+
 RESULT_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs opens
 
 
@@ -261,7 +272,7 @@ def check_results(v: str) -> str:
 class Study(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
-    dataset: DatasetSpec = DatasetSpec(name=Dataset.digits)
+    dataset: DatasetChoice = DatasetSpec(name=Dataset.digits)
     model: Model = ModelName.digits_cnn  # one model; axes.model for several
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     folds: int = Field(default=1, ge=1, le=20)  # k >= 2: stratified k-fold, one trial per fold
@@ -289,11 +300,6 @@ class Study(_Strict):
                 "must be letters, digits, '.', '_' or '-' (it names the results folder)"
             )
         return v
-
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _dataset_shorthand(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check_objective_and_size(self) -> Study:
@@ -669,6 +675,22 @@ def parse_study(data: Any, source: str = "<study>") -> Study:
         return Study.model_validate_json(json.dumps(data, default=str))
     except ValidationError as err:
         raise StudyError(format_errors(err, source)) from None
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The study file's JSON Schema (draft 2020-12), as editors use it to complete and check YAML.
+
+    Generated from :class:`Study` in validation mode, so it accepts the file's shorthands
+    (``dataset: digits``, ``bits: 4``, ``jr_layers: none``, ``adversarial: pgd``).  Checks a
+    schema cannot state (a layer name that exists, an attack's options) stay in ``grid validate``.
+    """
+    schema = Study.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://robustgrid.invalid/study.schema.json",
+        **schema,
+        "title": "robustgrid study",
+    }
 
 
 def embedded_studies() -> dict[str, str]:

@@ -278,3 +278,61 @@ def test_a_stored_config_rebuilds_the_same_trial() -> None:
     stored = json.loads(json.dumps(cfg.identity()))
     assert stored["revision"] == RESULTS_REVISION
     assert TrialConfig.model_validate(stored).key == cfg.key
+
+
+def test_grid_schema_accepts_every_shipped_study_and_rejects_bad_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    import jsonschema
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    check = jsonschema.Draft202012Validator(schema)
+    root = Path(__file__).parent.parent
+    files = [
+        *(root / "grid" / "studies").rglob("*.yaml"),
+        *(root / "tests" / "studies").glob("*.yaml"),
+    ]
+    assert len(files) >= 15
+    for f in files:  # as written, shorthands included (dataset: digits, bits: 4, jr_layers: none)
+        errors = [
+            f"{list(e.absolute_path)}: {e.message}"
+            for e in check.iter_errors(yaml.safe_load(f.read_text()))
+        ]
+        assert not errors, (f.name, errors)
+    base = yaml.safe_load((root / "grid" / "studies" / "stq_showcase.yaml").read_text())
+    bad = {
+        ("axes", "bits"): [1],  # below 2 bits (binary is a name)
+        ("axes", "sparsity"): [1.0],  # < 1
+        ("dataset",): "mnist",
+        ("axes", "jr_layers"): ["nope"],
+        ("train", "epochz"): 3,  # unknown key
+        ("axes", "adversarial"): ["pgdd"],
+    }
+    for path, value in bad.items():
+        data = json.loads(json.dumps(base))
+        node = data
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        assert not check.is_valid(data), path
+        with pytest.raises(StudyError):  # the schema rejects what the loader rejects
+            parse_study(data, "t")
+
+
+def test_the_study_file_reference_is_the_schemas() -> None:
+    from grid.docs import study_reference
+    from grid.spec import Study
+
+    page = (Path(__file__).parent.parent / "docs" / "study-file.md").read_text()
+    assert page == study_reference(), (
+        "docs/study-file.md is stale: grid schema --reference --out docs/study-file.md"
+    )
+    # every field of every object of the study appears in the page, with its bounds
+    for name in Study.model_fields:
+        assert f"| `{name}` |" in page
+    assert "| `folds` | integer | `1` | >= 1, <= 20 |" in page
+    assert "| `attacks` | list of [Attack](#attack) | optional (computed) | items <= 32 |" in page

@@ -20,6 +20,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -130,7 +131,18 @@ def _check_clusters(value: int) -> int:
 
 
 # Shared field types (the study schema uses the same ones for its axes).
-Bits = Annotated[str, BeforeValidator(normalize_bits)]
+# In a study file: an integer width or a scheme's name (the JSON Schema editors complete from).
+BITS_INPUT_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": MIN_INT_BITS, "maximum": MAX_INT_BITS},
+        {"enum": list(NAMED_SCHEMES)},
+        {"type": "string", "pattern": "^ *([2-9]|1[0-6]) *$"},
+    ],
+    "description": f"an integer width {MIN_INT_BITS}-{MAX_INT_BITS} or one of {', '.join(NAMED_SCHEMES)}",
+}
+Bits = Annotated[
+    str, BeforeValidator(normalize_bits), WithJsonSchema(BITS_INPUT_SCHEMA, mode="validation")
+]
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 Clusters = Annotated[int, Field(le=65536), AfterValidator(_check_clusters)]
 JRWeight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
@@ -257,7 +269,9 @@ def _adv_shorthand(v: Any) -> Any:
     return {"method": v} if isinstance(v, str) else v
 
 
-Adversarial = Annotated[AdvTraining, BeforeValidator(_adv_shorthand)]
+Adversarial = Annotated[
+    AdvTraining, BeforeValidator(_adv_shorthand, json_schema_input_type=AdvMethod | AdvTraining)
+]
 JRLayers = dict[str, JRWeight]  # layer name (or "all": every activation) -> JR weight
 
 

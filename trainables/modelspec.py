@@ -70,7 +70,9 @@ def _pair(v: Any) -> Any:
 
 
 Size = Annotated[int, Field(strict=True, ge=1, le=4096)]
-Pair = Annotated[tuple[Size, Size], BeforeValidator(_pair)]
+Pair = Annotated[
+    tuple[Size, Size], BeforeValidator(_pair, json_schema_input_type=Size | tuple[Size, Size])
+]
 Padding = Literal["same", "valid"]
 LayerName = Annotated[
     str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64)
