@@ -30,18 +30,29 @@ from pydantic import (
 
 from grid.store import Location
 from trainables.config import (
+    ActivationBits,
     Adversarial,
     AdvTraining,
     AnsHybrid,
     AttackSpec,
+    BatchSize,
     Bits,
     Clusters,
     Dataset,
+    Epochs,
+    FineTuneEpochs,
+    Folds,
     JRLayers,
+    JRProjections,
     JRWeight,
+    LearningRate,
+    Md5,
     Model,
     ModelName,
+    Seed,
     Sparsity,
+    TestFraction,
+    Threads,
     TrialConfig,
 )
 from trainables.modelspec import (
@@ -64,14 +75,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _trial_default(name: str) -> Any:
+    """A trial field's default, so the study file and the trial config cannot disagree on it."""
+    return TrialConfig.model_fields[name].default
+
+
 class Train(_Strict):
-    epochs: int = Field(default=8, ge=1, le=10_000)
-    fine_tune_epochs: int = Field(default=2, ge=0, le=10_000)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
-    learning_rate: float = Field(default=3e-3, gt=0.0, le=10.0, allow_inf_nan=False)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    activation_bits: int | None = Field(default=None, ge=2, le=16)
-    jr_projections: int = Field(default=1, ge=1, le=64)
+    # Types and defaults are the trial config's (trainables.config): one definition each.
+    epochs: Epochs = _trial_default("epochs")
+    fine_tune_epochs: FineTuneEpochs = _trial_default("fine_tune_epochs")
+    batch_size: BatchSize = _trial_default("batch_size")
+    learning_rate: LearningRate = _trial_default("learning_rate")
+    test_fraction: TestFraction = _trial_default("test_fraction")
+    activation_bits: ActivationBits | None = _trial_default("activation_bits")
+    jr_projections: JRProjections = _trial_default("jr_projections")
     jr_layers: JRLayers = Field(default_factory=dict)  # per-layer JR: {layer name or "all": weight}
     # bits ans_hybrid: the widths to assign by adversarial noise sensitivity, the direction,
     # the float warm-up and the FGSM radius (trainables.ans; defaults when left out)
@@ -200,7 +217,7 @@ class Search(_Strict):
     strategy: Strategy = Strategy.grid
     sampler: SamplerName = SamplerName.tpe
     trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)  # budget; default: every point
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)  # default: the study's seed
+    seed: Seed | None = None  # default: the study's seed
     population: int | None = Field(default=None, ge=2, le=10_000)  # NSGA-II/III population
     startup_trials: int = Field(default=10, ge=1, le=10_000)  # TPE's random start
 
@@ -215,7 +232,7 @@ class Search(_Strict):
 
 
 class Resources(_Strict):
-    cpus_per_trial: int = Field(default=1, ge=1, le=1024)
+    cpus_per_trial: Threads = 1  # each trial's TensorFlow threads
     gpus_per_trial: int = Field(default=0, ge=0, le=64)
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
     retries: int = Field(
@@ -238,7 +255,7 @@ class DatasetSpec(_Strict):
         default=None, min_length=1
     )  # local folder, file:// or object storage (s3://, gs://)
     download: bool = False  # fetch the official files (checksummed) when missing
-    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")  # of a custom archive
+    md5: Md5 | None = None  # of a custom archive
 
     @field_validator("name", mode="before")
     @classmethod
@@ -274,8 +291,8 @@ class Study(_Strict):
     description: str = ""
     dataset: DatasetChoice = DatasetSpec(name=Dataset.digits)
     model: Model = ModelName.digits_cnn  # one model; axes.model for several
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    folds: int = Field(default=1, ge=1, le=20)  # k >= 2: stratified k-fold, one trial per fold
+    seed: Seed = _trial_default("seed")
+    folds: Folds = _trial_default("folds")  # k >= 2: stratified k-fold, one trial per fold
     train: Train = Train()
     axes: Axes = Axes()
     attacks: list[Attack] = Field(default_factory=list, max_length=32)

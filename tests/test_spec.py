@@ -336,3 +336,67 @@ def test_the_study_file_reference_is_the_schemas() -> None:
         assert f"| `{name}` |" in page
     assert "| `folds` | integer | `1` | >= 1, <= 20 |" in page
     assert "| `attacks` | list of [Attack](#attack) | optional (computed) | items <= 32 |" in page
+
+
+# A trial field -> where the study file sets it (a list: an axis, the value is one entry).
+STUDY_PATH = {
+    "epochs": ("train", "epochs"), "fine_tune_epochs": ("train", "fine_tune_epochs"),
+    "batch_size": ("train", "batch_size"), "learning_rate": ("train", "learning_rate"),
+    "test_fraction": ("train", "test_fraction"), "activation_bits": ("train", "activation_bits"),
+    "jr_projections": ("train", "jr_projections"), "seed": ("seed",), "folds": ("folds",),
+    "data_md5": ("dataset", "md5"), "threads": ("resources", "cpus_per_trial"),
+    "sparsity": ("axes", "sparsity", []), "clusters": ("axes", "clusters", []),
+    "jr_weight": ("axes", "jr_weight", []), "bits": ("axes", "bits", []),
+}  # fmt: skip
+
+
+def _probes(schema: dict) -> list[object]:
+    """Values on and just past every bound the trial config's schema states, and a typical one."""
+    options = schema.get("anyOf", [schema])
+    out: list[object] = []
+    for o in options:
+        if o.get("type") == "integer":
+            for k, step in (("minimum", 0), ("maximum", 0), ("exclusiveMinimum", 1),
+                            ("exclusiveMaximum", -1)):  # fmt: skip
+                if k in o:
+                    out += [o[k] + step - 1, o[k] + step, o[k] + step + 1]
+        elif o.get("type") == "number":
+            for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if k in o:
+                    out += [o[k] - 1e-9, float(o[k]), o[k] + 1e-9]
+        elif o.get("type") == "string" and "pattern" in o:
+            out += ["0" * 32, "f" * 32, "F" * 32, "0" * 31, "g" * 32]
+    return out
+
+
+@pytest.mark.parametrize("field", sorted(STUDY_PATH))
+def test_study_file_and_trial_config_accept_and_reject_the_same_values(field: str) -> None:
+    from pydantic import ValidationError
+
+    from trainables.config import TrialConfig
+
+    schema = TrialConfig.model_json_schema()["properties"][field]
+    probes = _probes(schema)
+    if field == "bits":
+        probes = [1, 2, 16, 17, "ternary", "binary", "ans_hybrid", "tern", "8"]
+    if field == "clusters":
+        probes += [1, 2, -1]  # 1 and negatives: rejected by a validator, not a bound
+    assert len(probes) >= 3, (field, schema)
+    for value in probes:
+        try:
+            TrialConfig.model_validate({field: value})
+            trial_ok = True
+        except ValidationError:
+            trial_ok = False
+        data: dict = {"name": "t", "dataset": {"name": "digits"}, "model": "digits_cnn"}
+        *parents, leaf = [p for p in STUDY_PATH[field] if p != []]
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = [value] if STUDY_PATH[field][-1] == [] else value
+        try:
+            parse_study(data, "t")
+            study_ok = True
+        except StudyError:
+            study_ok = False
+        assert study_ok == trial_ok, (field, value, "study" if study_ok else "trial", "accepts it")

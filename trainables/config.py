@@ -144,6 +144,20 @@ Bits = Annotated[
     str, BeforeValidator(normalize_bits), WithJsonSchema(BITS_INPUT_SCHEMA, mode="validation")
 ]
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+# The trial's training and split settings: the study file's ``train``, ``seed``, ``folds`` and
+# dataset ``md5`` use these same types (grid.spec), so a bound is one edit here.
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+FineTuneEpochs = Annotated[int, Field(ge=0, le=10_000)]  # after clustering
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+LearningRate = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+TestFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+ActivationBits = Annotated[int, Field(ge=MIN_INT_BITS, le=MAX_INT_BITS)]
+JRProjections = Annotated[int, Field(ge=1, le=64)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+MAX_FOLDS = 20
+Folds = Annotated[int, Field(ge=1, le=MAX_FOLDS)]  # 1: holdout; k >= 2: stratified k-fold
+Md5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Threads = Annotated[int, Field(ge=1, le=1024)]
 Clusters = Annotated[int, Field(le=65536), AfterValidator(_check_clusters)]
 JRWeight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
 Eps = Annotated[
@@ -338,28 +352,28 @@ class TrialConfig(BaseModel):
     dataset: Dataset = Dataset.digits
     model: Model = ModelName.digits_cnn
     bits: Bits = "float"
-    activation_bits: int | None = Field(default=None, ge=2, le=16)  # None: follow int bits, else 8
+    activation_bits: ActivationBits | None = None  # None: follow int bits, else 8
     layer_bits: dict[str, Bits] = Field(default_factory=dict)  # per-layer overrides of ``bits``
     sparsity: Sparsity = 0.0
     clusters: Clusters = 0
     jr_weight: JRWeight = 0.0
-    jr_projections: int = Field(default=1, ge=1, le=64)
+    jr_projections: JRProjections = 1
     jr_layers: JRLayers = Field(default_factory=dict)  # per-layer JR on hidden outputs
     adversarial: Adversarial = AdvTraining()
-    epochs: int = Field(default=8, ge=1, le=10_000)
-    fine_tune_epochs: int = Field(default=2, ge=0, le=10_000)  # after clustering
-    batch_size: int = Field(default=64, ge=1, le=65_536)
-    learning_rate: float = Field(default=3e-3, gt=0.0, le=10.0, allow_inf_nan=False)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    folds: int = Field(default=1, ge=1, le=20)  # 1: holdout; k >= 2: stratified k-fold
-    fold: int = Field(default=0, ge=0, le=19)
+    epochs: Epochs = 8
+    fine_tune_epochs: FineTuneEpochs = 2  # after clustering
+    batch_size: BatchSize = 64
+    learning_rate: LearningRate = 3e-3
+    test_fraction: TestFraction = 0.2
+    seed: Seed = 0
+    folds: Folds = 1  # 1: holdout; k >= 2: stratified k-fold
+    fold: int = Field(default=0, ge=0, le=MAX_FOLDS - 1)
     attacks: tuple[AttackSpec, ...] = ()
     # Not part of the key: where the data lives and how many TF threads the trial may use.
     data_path: str | None = None
     download: bool = False
-    data_md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
-    threads: int = Field(default=1, ge=1, le=1024)
+    data_md5: Md5 | None = None
+    threads: Threads = 1
     # An imported builder's source digest (trainables.modelspec): in the key, so edited
     # builder code gives new keys; None (and left out of the identity) for other models.
     builder_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
