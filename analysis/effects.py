@@ -613,6 +613,11 @@ def jr_effects(
                 "bytes": float(g.bytes.mean()),
             }
         )
+    if not out:
+        raise ValueError(
+            "jr_effects: no config with JR has a JR-off trial of the same fold and otherwise "
+            "identical config (same model, bits, sparsity, clusters, adversarial training, training)"
+        )
     df = pd.DataFrame(out)
     df["p_adjusted"] = holm(df["p_value"].to_numpy(dtype=float))
     keys = [

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from trainables.config import weight_bits
+
 OKABE_ITO = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
 ]  # fmt: skip
@@ -90,17 +92,19 @@ def robustness_curves(
         curve["norm"] = "inf"
     curve["norm"] = curve["norm"].fillna("inf")
     panels = sorted({(str(a), str(n)) for a, n in zip(curve["attack"], curve["norm"], strict=True)})
+    # By default a line per group, labelled by the group columns whose values differ.
     label_by = label_by or [
         c
         for c in curve.columns
         if c not in {"attack", "norm", "eps", "mean", "std", "min", "max", "trials", "lo", "hi"}
+        and curve[c].nunique(dropna=False) > 1
     ]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True
     )
     for ax, (attack, norm) in zip(axes[0], panels, strict=True):
         sub = curve[(curve["attack"] == attack) & (curve["norm"] == norm)]
-        groups = sub.groupby(label_by, sort=True) if label_by else [((), sub)]
+        groups = sub.groupby(label_by, sort=True, dropna=False) if label_by else [((), sub)]
         for i, (key, g) in enumerate(groups):
             key = key if isinstance(key, tuple) else (key,)
             name = ", ".join(
@@ -164,11 +168,11 @@ def heatmap(
     return _save(fig, path)
 
 
-def bits_order(v: object) -> float:
-    """Bits from float (widest) to binary."""
-    named = {"float": -32.0, "stochastic_ternary": -1.6, "ternary": -1.5, "binary": -1.0}
+def bits_order(v: object) -> tuple[int, int, str]:
+    """Bits from float (widest) to binary, by storage width (trainables.config.weight_bits;
+    ans_hybrid at its nominal width); a stochastic scheme before its deterministic twin."""
     s = str(v)
-    return named[s] if s in named else -float(s)
+    return (-weight_bits(s), 0 if s.startswith("stochastic_") else 1, s)
 
 
 def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None = None) -> Figure:

@@ -23,7 +23,7 @@ import duckdb
 import pandas as pd
 
 # TF-free (pydantic only): the results revision, and the columns of the schema.
-from trainables.config import RESULTS_REVISION
+from trainables.config import AXES, RESULTS_REVISION
 from trainables.rows import COLUMNS
 
 # A config's identity over its folds: the trial's config JSON without the fold
@@ -42,8 +42,9 @@ NORMS = ("inf", "2")
 _L2_BY_DEFAULT = ("cw_l2", "deepfool", "hopskipjump", "boundary")
 _SQL_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
 
-# The axes an analyst groups by, as the rows name them.
-AXIS_COLUMNS = ("cfg_bits", "cfg_sparsity", "cfg_clusters", "cfg_jr_weight", "cfg_adv_training")
+# The axes an analyst groups by, as the rows name them (one definition: trainables.config.AXES;
+# with the dataset, so "each config" never pools two datasets).
+AXIS_COLUMNS = ("cfg_dataset", *(c for a in AXES for c in a.columns))
 
 
 def parquet_glob(results: str | Path) -> str:

@@ -31,6 +31,7 @@ from analysis.effects import (
 )
 from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
 from analysis.query import CONFIG_ID, columns, connect
+from trainables.config import AXES
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -60,11 +61,9 @@ def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
 
 
 def _varying(points: pd.DataFrame) -> list[str]:
-    return [
-        c
-        for c in ("bits", "sparsity", "clusters", "jr_weight", "adv_training")
-        if points[c].nunique() > 1
-    ]
+    """The axes whose values differ among the points (their first column, as the points name it)."""
+    names = [a.columns[0].removeprefix("cfg_") for a in AXES]
+    return [c for c in names if c in points and points[c].nunique() > 1]
 
 
 def _ci(df: pd.DataFrame) -> pd.DataFrame:

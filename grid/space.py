@@ -21,16 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trainables.config import weight_bits
+from trainables.config import AXES as AXIS_DEFS
+from trainables.config import AXIS_NAMES, weight_bits
 
 if TYPE_CHECKING:  # Optuna is imported only where a search needs it
     import optuna
 
     from grid.spec import Search, Study
 
-AXES = ("bits", "sparsity", "clusters", "jr_weight", "adversarial", "jr_layers", "model")
-# Axes whose values are mappings: a point holds their index in the study's list.
-INDEXED = ("adversarial", "jr_layers", "model")
+AXES = AXIS_NAMES  # one definition: trainables.config.AXES
+# Axes whose values are mappings or models: a point holds their index in the study's list.
+INDEXED = tuple(a.name for a in AXIS_DEFS if a.indexed)
 
 # A point: axis name -> value (adversarial training and per-layer JR by their index in the study's list).
 Point = dict[str, Any]

@@ -400,3 +400,31 @@ def test_study_file_and_trial_config_accept_and_reject_the_same_values(field: st
         except StudyError:
             study_ok = False
         assert study_ok == trial_ok, (field, value, "study" if study_ok else "trial", "accepts it")
+
+
+def test_every_axis_is_wired_through() -> None:
+    """One axis table (trainables.config.AXES): the study file, the grid points, the trial
+    config, the rows and the analysis all know each axis by it."""
+    from analysis import pareto
+    from analysis.query import AXIS_COLUMNS
+    from grid.space import points
+    from grid.spec import Axes
+    from trainables.config import AXES, TrialConfig
+    from trainables.rows import COLUMNS, base_row
+
+    assert set(Axes.model_fields) == {a.name for a in AXES}
+    assert {a.name for a in AXES} <= set(TrialConfig.model_fields)
+    every = load_study("stq_showcase")
+    assert set(points(every)[0]) == {a.name for a in AXES}  # several models: model too
+    row = base_row(every.trials()[-1], "t")
+    sql = pareto._PER_TRIAL
+    for a in AXES:
+        assert set(a.columns) <= set(COLUMNS) and set(a.columns) <= set(AXIS_COLUMNS), a
+        assert all(c in row for c in a.columns), a
+        assert f"AS {a.columns[0].removeprefix('cfg_')}" in sql, a  # trial_points carries it
+    # the last point of the showcase, as its rows name it
+    assert (row["cfg_bits"], row["cfg_model"], row["cfg_jr_layers"]) == (
+        "ans_hybrid",
+        "stq_digits",
+        '{"all": 3e-05}',
+    )

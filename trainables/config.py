@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -342,6 +343,38 @@ NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
 # subsets, grouped Speech Commands folds, logits for score-based attacks,
 # masking diagnostics.
 RESULTS_REVISION = 2
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a study's cross product, named once for every package.
+
+    ``name``: the study file's ``axes.<name>``, the grid point's key and the trial config's
+    field; ``columns``: the row columns that identify its value (analysis groups by them);
+    ``indexed``: a point holds the value's index in the study's list (mappings, models).
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    indexed: bool = False
+
+
+# The axes, in the order points are labelled (grid.space) and tables list them (analysis).
+# A new axis: an entry here, its TrialConfig field and row column(s), its study list in
+# grid.spec.Axes and how a point sets it in grid.spec.Study.point_trials;
+# tests/test_spec.py::test_every_axis_is_wired_through fails until each exists.
+AXES: tuple[Axis, ...] = (
+    Axis("bits", ("cfg_bits",)),
+    Axis("sparsity", ("cfg_sparsity",)),
+    Axis("clusters", ("cfg_clusters",)),
+    Axis("jr_weight", ("cfg_jr_weight",)),
+    Axis(
+        "adversarial", ("cfg_adv_training", "cfg_adv_eps", "cfg_adv_steps", "cfg_adv_ratio"), True
+    ),
+    Axis("jr_layers", ("cfg_jr_layers",), True),
+    Axis("model", ("cfg_model",), True),
+)
+AXIS_NAMES = tuple(a.name for a in AXES)
 
 
 class TrialConfig(BaseModel):
