@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"gradient masking suspected in {len(flagged)} trial(s): "
             + ", ".join(f"{n} x{c}" for n, c in sorted(counts.items()))
-            + " (see the README's masking diagnostics; these robust accuracies may be overstated)"
+            + " (see docs/guide.md, gradient-masking diagnostics; these robust accuracies may be overstated)"
         )
         for key, names in flagged.items():
             print(f"  masking {key}: {names}")

@@ -272,7 +272,7 @@ def stq_cnn(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_ke
     weight) is 315 KB (1 KB = 1,000 bytes) on both input shapes, inside 300-410 KB
     (tests/test_models.py); the smallest encoding (``bytes``) is lower when weights are
     zero (225 KB at initialisation).  To run the paper's own network, type its
-    layers as a YAML layer list (README, "Bring your own model").
+    layers as a YAML layer list (docs/guide.md, "Bring your own model").
 
     Stages of 3x3 convs (64 x2, 128 x2, 256 x2; batch norm and a quantized ReLU after
     each), a 2x2 max pool after each stage (32x32 -> 4x4; 49x10 -> 6x1), global average
