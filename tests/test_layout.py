@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,20 @@ def test_a_type_checking_import_closes_no_circle(tmp_path: Path) -> None:
     )
     assert find_cycle(import_graph(pkg)) is None
     assert "pkg.a" in imported_modules(pkg / "b.py", "pkg", type_checking=True)
+
+
+def test_analysis_loads_neither_tensorflow_nor_ray() -> None:
+    """Every analysis module imported in a fresh interpreter: no TensorFlow, Keras or Ray
+    arrives, directly or through what analysis imports (trainables.config, trainables.rows)."""
+    modules = sorted(f"analysis.{p.stem}" for p in (ROOT / "analysis").glob("*.py"))
+    heavy = ("tensorflow", "tf_keras", "keras", "qkeras", "ray")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", f"analysis loads {proc.stdout.strip()}"
