@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 from grid import space
-from grid.launch import StudyState
 from grid.searcher import optuna_searcher
 from grid.spec import SamplerName, Strategy, Study, load_study
+from grid.state import StudyState
 
 HERE = Path(__file__).parent
 STUDY = HERE / "studies" / "search_grid.yaml"

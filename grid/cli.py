@@ -123,7 +123,6 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from grid.launch import StudyState, live_driver, stale_note
     from grid.space import (
         describe_point,
         describe_values,
@@ -132,6 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         random_points,
     )
     from grid.spec import Strategy
+    from grid.state import StudyState, live_driver, stale_note
     from grid.store import read_json, read_rows
 
     study = load_study(args.study)

@@ -11,8 +11,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from grid import space
-from grid.launch import StudyState, unit
+from grid.planning import payload
 from grid.spec import Study, StudyError
+from grid.state import StudyState
 from trainables.rows import STATUS_COMPLETE
 
 
@@ -59,7 +60,7 @@ class PointSearcher(Searcher):
                 self.inner.on_trial_complete(tid, result=None)  # pruned: no values
                 continue
             self.ids[trial_id], self.running[trial_id] = tid, label
-            return {"unit": unit(self.study, point, self.state.trials[label])}
+            return payload(point, self.state.trials[label]).config()
         return Searcher.FINISHED  # the sampler keeps proposing known points
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -19,8 +19,10 @@ import pytest
 
 from analysis.query import connect
 from grid.cli import main
-from grid.launch import StudyState, check_writable, run_study
+from grid.launch import run_study
+from grid.preflight import check_writable
 from grid.spec import StudyError, load_study, parse_study
+from grid.state import StudyState
 from grid.store import (
     Location,
     ParquetSink,

@@ -18,8 +18,9 @@ import pytest
 
 import grid.store
 import trainables.config
-from grid.launch import StudyState, plan
+from grid.planning import plan
 from grid.spec import load_study
+from grid.state import StudyState
 from grid.store import STATUS_STALE, key_status, stale_revisions
 from trainables.config import RESULTS_REVISION
 

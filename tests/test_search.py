@@ -17,11 +17,14 @@ from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG: the c
 from analysis.pareto import hypervolume, nondominated
 from grid import space
 from grid.cli import main
-from grid.launch import StudyState, live_driver, plan, run_study
+from grid.launch import run_study
+from grid.planning import plan
 from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
+from grid.state import StudyState, live_driver
 from grid.store import ParquetSink, write_json
 from tests.helpers import brute_force_front, rows_for
+from trainables.ray_adapter import TrialPayload
 
 BASE: dict[str, Any] = {
     "name": "s",
@@ -216,7 +219,7 @@ def test_random_strategy_plans_a_seeded_sample_of_points_with_all_folds(tmp_path
     units, total, skipped = plan(study, StudyState(study, tmp_path))
     assert (total, skipped, len(units)) == (8, 0, 8)  # 4 points x 2 folds, one Tune trial each
     picked = space.random_points(study, 4, seed=9)
-    assert {k for u in units for k in u["keys"]} == {
+    assert {k for u in units for k in u.keys} == {
         t.key for p in picked for t in study.point_trials(p)
     }
 
@@ -231,10 +234,10 @@ def test_grid_plans_the_longest_trials_first_and_every_trial_once(tmp_path: Path
     study = parse_study({**BASE, "train": {"epochs": 4, "fine_tune_epochs": 2}, "axes": axes})
     units, total, skipped = plan(study, StudyState(study, tmp_path))
     assert (total, skipped, len(units)) == (16, 0, 16)
-    assert {u["keys"][0] for u in units} == {t.key for t in study.trials()}
+    assert {u.keys[0] for u in units} == {t.key for t in study.trials()}
 
-    def cost(u: dict[str, Any]) -> tuple[bool, bool, bool]:
-        p = u["point"]  # adversarial PGD > JR > fine-tuning after clustering
+    def cost(u: TrialPayload) -> tuple[bool, bool, bool]:
+        p = u.point  # adversarial PGD > JR > fine-tuning after clustering
         return (int(p["adversarial"]) > 0, float(p["jr_weight"]) > 0, int(p["clusters"]) > 0)
 
     costs = [cost(u) for u in units]
@@ -243,7 +246,7 @@ def test_grid_plans_the_longest_trials_first_and_every_trial_once(tmp_path: Path
         for b in costs[i + 1 :]:
             assert not (a != b and all(x <= y for x, y in zip(a, b, strict=True)))
     # ties keep the file's order: 4-bit before ternary
-    assert [str(u["point"]["bits"]) for u in units[:2]] == ["4", "ternary"]
+    assert [str(u.point["bits"]) for u in units[:2]] == ["4", "ternary"]
 
 
 def test_resume_and_status_need_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,8 @@
 """The thin Ray Tune adapter around :func:`trainables.trial.run_trial`.
 
 A Tune trial runs one grid *point*: a list of trial configs, one per fold
-(the grid gives one fold per Tune trial, a search all folds of a point).
+(the grid gives one fold per Tune trial, a search all folds of a point),
+handed over as a :class:`TrialPayload` under ``config["unit"]``.
 Folds already complete in the store are read back, not run again, so a
 retried or resumed point never trains a fold twice.  A fold that fails is
 stored as a failed row and then raised, so Tune retries it
@@ -16,18 +17,70 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ray import tune
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from trainables.config import RESULTS_REVISION, TrialConfig
 from trainables.rows import STATUS_COMPLETE, summarize
 
-# The driver imports this module only to hand ``trainable`` to Tune: keep
-# TensorFlow out of it (about 8 s) by importing the trial inside the worker.
+# The driver imports this module to build payloads and hand ``trainable`` to
+# Tune: keep TensorFlow (about 8 s) out of it by importing the trial inside the
+# worker, and Ray out of it until a trial reports (the driver plans without Ray).
 Row = dict[str, Any]
+
+# Where the payload sits in a Tune trial's config (param_space, a searcher's suggestion).
+CONFIG_KEY = "unit"
+
+
+class TrialPayload(BaseModel):
+    """What the driver hands one Tune trial: a grid point and the trial config of each of its folds.
+
+    It travels through Tune as plain JSON (:meth:`config`, :meth:`param_space`), so Tune can
+    store, log and restore it like any config; the trainable reads it back with :meth:`of`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    point: dict[str, Any]  # axis -> value, as the driver's grid.space knows it (not read here)
+    label: str  # the point's readable identity (grid.space.point_label)
+    keys: tuple[str, ...]  # each fold's key as the driver computed it (a worker must agree)
+    trials: tuple[TrialConfig, ...]  # one per fold
+
+    @model_validator(mode="after")
+    def _one_key_per_trial(self) -> TrialPayload:
+        if len(self.keys) != len(self.trials) or not self.trials:
+            raise ValueError(
+                f"keys: {len(self.keys)} key(s) for {len(self.trials)} trial(s); "
+                "a payload carries one key per trial, and at least one trial"
+            )
+        return self
+
+    @classmethod
+    def build(
+        cls, point: Mapping[str, Any], label: str, trials: Iterable[TrialConfig]
+    ) -> TrialPayload:
+        trials = tuple(trials)
+        return cls(point=dict(point), label=label, keys=tuple(t.key for t in trials), trials=trials)
+
+    def config(self) -> dict[str, Any]:
+        """This payload as one Tune trial's config (what a searcher suggests)."""
+        return {CONFIG_KEY: self.model_dump(mode="json")}
+
+    @staticmethod
+    def param_space(payloads: Iterable[TrialPayload]) -> dict[str, Any]:
+        """Tune's param_space for a run of these payloads, one Tune trial each."""
+        from ray import tune
+
+        return {CONFIG_KEY: tune.grid_search([p.model_dump(mode="json") for p in payloads])}
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> TrialPayload:
+        """The payload in a Tune trial's config."""
+        return cls.model_validate(config[CONFIG_KEY])
+
 
 # Fault injection for the reliability tests and benchmarks: when set to a
 # folder, each trial key raises on its first attempt (a marker file records it).
@@ -76,7 +129,7 @@ def _random_fault(key: str, moment: str) -> None:
 
 
 def run_point(
-    config: dict[str, Any],
+    payload: TrialPayload,
     sink: RowSink,
     objective: tuple[Any, ...] = ("worst", None),
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
@@ -85,9 +138,7 @@ def run_point(
     from trainables.trial import run_trial
 
     folds, ran, compute = [], 0, 0.0
-    for i, item in enumerate(config["trials"]):
-        cfg = TrialConfig.from_dict(item)
-        expected = config.get("keys", [cfg.key] * (i + 1))[i]
+    for cfg, expected in zip(payload.trials, payload.keys, strict=True):
         if cfg.key != expected:  # the key hashes the results revision (trainables.config)
             raise TrialFailed(
                 f"trial {expected}: this worker computes key {cfg.key} for it; the driver and the "
@@ -132,4 +183,6 @@ def trainable(
     objective: tuple[Any, ...] = ("worst", None),
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> None:
-    tune.report(run_point(config["unit"], sink, objective, artifacts))
+    from ray import tune
+
+    tune.report(run_point(TrialPayload.of(config), sink, objective, artifacts))

@@ -1,0 +1,114 @@
+"""What a run does and in which order: the Tune trials to run, longest first, and how many at once.
+
+A grid or random run plans one Tune trial per fold still missing from the
+store (more parallelism than a point at a time), ordered by a rough cost model
+so that the slow trials start first.  An Optuna search plans no trials ahead:
+its searcher proposes points as it learns, within the study's budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from grid import space
+from grid.spec import Strategy, Study
+from trainables.config import TrialConfig
+from trainables.ray_adapter import TrialPayload
+from trainables.rows import STATUS_COMPLETE, STATUS_FAILED
+
+if TYPE_CHECKING:
+    from grid.state import StudyState
+
+
+class Plan(NamedTuple):
+    units: list[TrialPayload]  # Tune trials for a grid/random run, longest first (none for optuna)
+    total: int  # trials this run answers for: the grid, or the search budget x folds
+    skipped: int  # of which already complete in the store
+
+    @property
+    def todo(self) -> int:
+        return self.total - self.skipped
+
+
+def payload(point: space.Point, trials: Sequence[TrialConfig]) -> TrialPayload:
+    """One Tune trial's payload: ``point`` and the trial config of each fold it runs."""
+    return TrialPayload.build(point, space.point_label(point), trials)
+
+
+def expected_cost(cfg: TrialConfig) -> float:
+    """A trial's training cost in plain-step units, to start the longest trials first.
+
+    Rough by design, only the order matters: a JR step costs about 1.5-2.1
+    plain steps (benchmarks/jr_cost.py), adversarial examples about one step
+    per attack step per batch share; pruning wrappers and QKeras quantizers
+    add to every step (on the default study pruned trials took 1.4-2.3x,
+    quantized ones about 1.5x the time of the same float trial).
+    """
+    step = 1.0 + (1.0 if cfg.jr_weight > 0 or cfg.jr_layers else 0.0)
+    step += (0.5 if cfg.sparsity > 0 else 0.0) + (0.3 if cfg.bits != "float" else 0.0)
+    adv = cfg.adversarial
+    if adv.method.value != "none":
+        step += adv.ratio * (adv.steps if adv.method.value == "pgd" else 1)
+    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clusters else 0)
+    return epochs * step
+
+
+def plan(study: Study, state: StudyState) -> Plan:
+    """The Tune trials of a grid/random run, the trials this run answers for, and those complete."""
+    strategy = study.search.strategy
+    done = {k for k, v in state.status.items() if v == STATUS_COMPLETE}
+    if strategy == Strategy.optuna:
+        complete_points = len(state.point_values())
+        total = study.budget * study.folds
+        return Plan([], total, min(complete_points, study.budget) * study.folds)
+    pts = (
+        state.points
+        if strategy == Strategy.grid
+        else space.random_points(study, study.budget, study.search_seed)
+    )
+    todo: list[tuple[float, TrialPayload]] = []
+    total, skipped = 0, 0
+    for p in pts:
+        for t in state.trials[space.point_label(p)]:  # one Tune trial per fold: more parallelism
+            total += 1
+            if t.key in done:
+                skipped += 1
+            else:
+                todo.append((-expected_cost(t), payload(p, [t])))
+    # Longest first (LPT): the last trials to start are the short ones, so no
+    # slot idles long at the end waiting for one slow trial.  Stable: equal
+    # costs keep the file's order.
+    todo.sort(key=lambda item: item[0])
+    return Plan([u for _, u in todo], total, skipped)
+
+
+def concurrency(
+    study: Study, planned: Plan, free_cpus: int | None, max_concurrent: int | None = None
+) -> int:
+    """Trials in flight at once: the study's (or --max-concurrent's) cap, else what fits.
+
+    On a local Ray (``free_cpus``: its CPUs free now), what fits is those CPUs.  On a
+    cluster (``free_cpus`` None) it is every trial there is: an autoscaling cluster may
+    start with no workers at all, and only trials waiting for resources make it add nodes.
+    """
+    res = study.resources
+    want = (
+        len(planned.units)
+        if study.search.strategy != Strategy.optuna
+        else planned.todo // study.folds
+    )
+    cap = max_concurrent or res.max_concurrent
+    if cap is None:
+        cap = want if free_cpus is None else max(1, free_cpus // res.cpus_per_trial)
+    return max(1, min(cap, want))
+
+
+def missing(study: Study, final: StudyState) -> int:
+    """Trials neither complete nor failed once a run is over (it was interrupted)."""
+    failed_now = sum(1 for v in final.status.values() if v == STATUS_FAILED)
+    after = plan(study, final)
+    if study.search.strategy == Strategy.optuna:
+        exhausted = len(final.point_values()) >= study.points
+        return 0 if exhausted else max(0, after.todo - failed_now)
+    return max(0, len(after.units) - failed_now)

@@ -1,0 +1,182 @@
+"""What the driver prints and counts while a study runs.
+
+:func:`announce` prints what a run is about to do; :func:`progress_callback`
+is a Tune callback on the driver that prints one line per finished trial
+(with the front's hypervolume and an ETA), keeps ``status.json`` and
+``search.json`` current, and counts into the :class:`RunSummary` that
+``grid run`` reports at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from grid import space
+from grid.spec import Strategy, Study
+from grid.state import StudyState, stale_note, write_status
+from grid.store import Location, ParquetSink
+from trainables.modelspec import model_label
+from trainables.ray_adapter import TrialPayload
+
+if TYPE_CHECKING:
+    from grid.planning import Plan
+
+
+@dataclass
+class RunSummary:
+    total: int  # trials this run answers for: the grid, or the search budget x folds
+    skipped: int  # already complete before this run
+    completed: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    trial_s: float = 0.0  # sum of the trials' own compute time (run_trial wall time)
+    concurrency: int = 1
+    failures: list[str] = field(default_factory=list)
+    missing: int = 0  # neither complete nor failed after the run (interrupted)
+    strategy: str = "grid"
+    front: space.Front | None = None
+
+    @property
+    def ran(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def efficiency(self) -> float:
+        """Trial compute / (wall time x concurrent trial slots)."""
+        return self.trial_s / (self.wall_s * self.concurrency) if self.wall_s > 0 else 0.0
+
+    @property
+    def overhead_per_trial_s(self) -> float:
+        return (
+            max(0.0, self.wall_s * self.concurrency - self.trial_s) / self.ran if self.ran else 0.0
+        )
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f}s" if s < 90 else f"{s // 60:.0f}m{s % 60:02.0f}s"
+
+
+def announce(
+    study: Study, state: StudyState, planned: Plan, results_dir: Location, out: TextIO
+) -> RunSummary:
+    """Print what this run does (and the front so far, saved to search.json); its summary."""
+    strategy = study.search.strategy
+    summary = RunSummary(total=planned.total, skipped=planned.skipped, strategy=strategy.value)
+    if state.stale:
+        out.write(stale_note(state.stale) + "\n")
+    what = f": {study.budget} of {study.points} points" if strategy != Strategy.grid else ""
+    out.write(
+        f"study {study.name} ({strategy.value}{what}): {planned.total} trials, "
+        f"{planned.skipped} already complete, {planned.todo} to run -> {results_dir}\n"
+    )
+    summary.front = state.save(strategy.value)
+    if summary.front.points:
+        out.write(summary.front.describe(state.obj) + "\n")
+    out.flush()
+    return summary
+
+
+def point_line(study: Study, unit: TrialPayload) -> str:
+    """The point's axis values for a progress line (adversarial training, model, per-layer JR and
+    fold only where they say something)."""
+    p = unit.point
+    adv = study.axes.adversarial[int(p["adversarial"])]
+    extra = f" adv={adv.method.value}@{adv.eps:g}" if adv.method.value != "none" else ""
+    if "model" in p:
+        extra += f" model={model_label(study.models[int(p['model'])])}"
+    layered = study.axes.jr_layers[int(p.get("jr_layers", 0))]
+    if layered:
+        extra += " jr_layers=" + ",".join(f"{k}:{v:g}" for k, v in layered.items())
+    if len(unit.keys) == 1 and study.folds > 1:
+        extra += f" fold={unit.trials[0].fold + 1}/{study.folds}"
+    elif study.folds > 1:
+        extra += f" folds={len(unit.keys)}"
+    return (
+        f"bits={p['bits']:<7} sparsity={p['sparsity']:<4g} "
+        f"clusters={p['clusters']:<3} jr={p['jr_weight']:<6g}{extra}"
+    )
+
+
+def progress_callback(
+    summary: RunSummary, state: StudyState, sink: ParquetSink, out: TextIO, t0: float
+) -> Any:
+    """A Tune callback that prints, counts and records each trial as it finishes or fails."""
+    from ray.tune import Callback
+
+    todo = summary.total - summary.skipped
+    width = len(str(todo))
+
+    def running(trials: list[Any]) -> list[str]:
+        return [k for t in trials if t.status == "RUNNING" for k in TrialPayload.of(t.config).keys]
+
+    class Progress(Callback):
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            write_status(state.results_dir, running=running(trials))
+
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
+            unit = TrialPayload.of(trial.config)
+            summary.completed += len(unit.keys)
+            summary.trial_s += float(result.get("total_s") or 0.0)
+            for key in unit.keys:
+                state.refresh(key)
+            front = state.save(summary.strategy)
+            summary.front = front
+            done = summary.ran
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done * (todo - done) if done else 0.0
+            out.write(
+                f"[{done:>{width}}/{todo}] {point_line(state.study, unit)} | "
+                f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+                f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
+                f"HV {front.normalized:.4f} front {len(front.labels)} "
+                f"(running {len(running(trials)) - len(unit.keys)}, ETA {_fmt_s(eta)})"
+                + (f" | MASKING? {result['masking_flags']}" if result.get("masking_flags") else "")
+                + "\n"
+            )
+            out.flush()
+            write_status(state.results_dir, running=running(trials))
+
+        def on_trial_recover(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            keys = TrialPayload.of(trial.config).keys
+            out.write(f"[retry] {', '.join(keys)}: {last_error(trial)}\n")
+            out.flush()
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            # Failed for good, after Tune's retries.
+            unit = TrialPayload.of(trial.config)
+            reason = last_error(trial)
+            for cfg in unit.trials:
+                if state.settle_failed(cfg, reason, sink):
+                    summary.completed += 1
+                else:
+                    summary.failed += 1
+                    summary.failures.append(f"{cfg.key}: {reason[:300]}")
+            out.write(f"[failed] {', '.join(unit.keys)}: {reason[:200]}\n")
+            out.flush()
+            write_status(state.results_dir, running=running(trials))
+
+    return Progress()
+
+
+def last_error(trial: Any) -> str:
+    """The last line of a Tune trial's error (the exception and its message)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or "injected" in line:
+            return line[:1000]
+    return lines[-1][:1000] if lines else "the trial's worker failed"

@@ -1,0 +1,191 @@
+"""A study's state over its results folder: what the store says, and the driver's own files.
+
+The Parquet rows are the truth: :class:`StudyState` reads which trial keys are
+complete, failed or stale, each complete point's objectives (the mean over its
+folds) and the front, and keeps them current as trials finish.  Two files are
+the driver's own, written best-effort (the rows are the results, not these):
+``search.json`` (objectives, reference, hypervolume and its history, the front)
+and ``status.json`` (the live driver: pid, host, running trial keys), which
+:func:`live_driver` reads to refuse a second driver on the same results.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from grid import space
+from grid.spec import Strategy, Study
+from grid.store import (
+    STATUS_STALE,
+    Location,
+    ParquetSink,
+    as_location,
+    key_status,
+    read_json,
+    read_rows,
+    stale_revisions,
+    write_json,
+)
+from trainables.config import RESULTS_REVISION, TrialConfig
+from trainables.rows import STATUS_COMPLETE, STATUS_FAILED, failed_row, summarize
+
+
+def stale_note(stale: dict[str, int]) -> str:
+    """One line on rows of another results revision (see trainables.config.RESULTS_REVISION)."""
+    revs = ", ".join(str(r) for r in sorted(set(stale.values())))
+    return (
+        f"stale: {len(stale)} stored trial(s) were computed under results revision {revs}, "
+        f"now {RESULTS_REVISION}: not counted, their configs run again under new keys; "
+        "analysis leaves them out (analysis.connect(..., stale=True) shows them)"
+    )
+
+
+class StudyState:
+    """What the store says about a study's points, kept current as trials finish."""
+
+    def __init__(self, study: Study, results_dir: str | Path | Location) -> None:
+        self.study, self.results_dir = study, as_location(results_dir)
+        self.obj = space.objectives(study)
+        self.status = key_status(self.results_dir)
+        self.stale = (
+            stale_revisions(self.results_dir) if STATUS_STALE in self.status.values() else {}
+        )
+        self.values: dict[str, list[float]] = {}  # complete key -> objective values
+        self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
+        self.params: int | None = None
+        self.points = space.points(study)
+        self.trials = {space.point_label(p): study.point_trials(p) for p in self.points}
+        self.keys = {label: [t.key for t in ts] for label, ts in self.trials.items()}
+        ours = {k for ks in self.keys.values() for k in ks}
+        for key, st in self.status.items():
+            if st == STATUS_COMPLETE and key in ours:
+                self.refresh(key)
+        previous = read_json(self.results_dir, "search.json") or {}
+        self.history: list[list[float]] = previous.get("history", [])
+
+    def refresh(self, key: str) -> bool:
+        """Re-read ``key``'s rows from the store; True when it is complete."""
+        rows = read_rows(self.results_dir, key)
+        if not rows:
+            self.status.pop(key, None)
+            return False
+        s = summarize(rows, self.study.headline)
+        self.status[key] = s["status"]
+        if s["status"] != STATUS_COMPLETE:
+            self.values.pop(key, None)
+            return False
+        self.values[key] = [float(s[n]) for n in self.obj.names]
+        self.flags[key] = s["masking_flags"]
+        self.params = max(self.params or 0, int(s["params"] or 0)) or None
+        return True
+
+    def settle_failed(self, cfg: TrialConfig, reason: str, sink: ParquetSink) -> bool:
+        """After a Tune trial failed for good: True when ``cfg``'s rows are complete after all.
+
+        The trainable stores a failed row for the fold that raised; a worker that died
+        stored nothing, so a failed row with ``reason`` is written here.
+        """
+        if self.refresh(cfg.key):
+            return True
+        if cfg.key not in self.status:
+            started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+            row = failed_row(cfg, reason, started)
+            best_effort(f"the failed row of {cfg.key}", sink, cfg.key, [row])
+            self.status[cfg.key] = STATUS_FAILED
+        return False
+
+    def point_values(self) -> dict[str, list[float]]:
+        """Complete points (every fold complete): the mean over folds of each objective."""
+        out = {}
+        for label, keys in self.keys.items():
+            if all(k in self.values for k in keys):
+                vals = [self.values[k] for k in keys]
+                out[label] = [sum(col) / len(col) for col in zip(*vals, strict=True)]
+        return out
+
+    def front(self) -> space.Front:
+        return space.front(self.point_values(), self.obj, self.params)
+
+    def save(self, strategy: str) -> space.Front:
+        """Recompute the front and store it (with the hypervolume's history) in search.json."""
+        f = self.front()
+        if not self.history or self.history[-1][0] != f.points:
+            self.history.append([f.points, f.normalized])
+        s = self.study.search
+        values = self.point_values()
+        data = {
+            "study": self.study.name,
+            "strategy": strategy,
+            "sampler": s.sampler.value if strategy == "optuna" else None,
+            "objectives": list(self.obj.names),
+            "maximize": list(self.obj.maximize),
+            "headline": dict(
+                zip(("attack", "eps", "norm", "size"), self.study.headline, strict=True)
+            ),
+            "reference": list(f.reference),
+            "hypervolume": f.hypervolume,
+            "hypervolume_normalized": f.normalized,
+            "points_complete": f.points,
+            "front": [
+                {"point": label, "keys": self.keys[label], "values": values[label]}
+                for label in f.labels
+            ],
+            "history": self.history,  # [points complete, normalised hypervolume]
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        loc = self.results_dir
+        best_effort(loc.display("search.json"), lambda: write_json(loc, "search.json", data))
+        if strategy == Strategy.optuna.value:  # object storage: the journal goes along
+            best_effort(loc.display("optuna.journal"), lambda: loc.push("optuna.journal"))
+        return f
+
+
+_warned: set[str] = set()
+
+
+def best_effort(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run a write of the driver's own state; a failure (full disk, lost bucket) is
+    reported once and the study goes on: the rows are the results, not these files."""
+    try:
+        fn(*args)
+    except OSError as err:
+        msg = f"[warning] cannot write {what}: {err}"
+        if msg not in _warned:
+            _warned.add(msg)
+            print(msg, file=sys.stderr, flush=True)
+
+
+def write_status(results_dir: Location, **fields: Any) -> None:
+    """The driver's live state, for ``grid status`` (and to refuse a second driver)."""
+    state = read_json(results_dir, "status.json") or {}
+    state.update(fields, updated_at=time.time())
+    best_effort(
+        results_dir.display("status.json"), lambda: write_json(results_dir, "status.json", state)
+    )
+
+
+def live_driver(results_dir: str | Path | Location) -> int | None:
+    """The pid of a driver still running this study on this host, if any."""
+    state = read_json(results_dir, "status.json") or {}
+    pid, host = state.get("pid"), state.get("host")
+    if not state.get("running_driver") or not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:  # a recycled pid is not our driver
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"grid" in cmdline else None

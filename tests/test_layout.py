@@ -1,0 +1,164 @@
+"""The packages' one-way flow, read from the source (ast): grid -> trainables, grid -> analysis.
+
+No import circle inside ``grid`` (function-level imports count: they are only
+deferred, not gone), and neither ``trainables`` nor ``analysis`` imports
+``grid``.  Imports under ``if TYPE_CHECKING:`` never run and do not count as
+edges of the circle check.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imported_modules(path: Path, package: str, type_checking: bool) -> set[str]:
+    """Every module ``path`` imports, at any depth (functions, methods, try blocks).
+
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module
+    of the package on disk (``from grid import space``), else of ``pkg``; relative
+    imports are resolved within ``package`` (one level: the packages are flat).  Imports
+    under ``if TYPE_CHECKING:`` are left out unless ``type_checking``.
+    """
+    root = path.parent
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_checking:
+            for stmt in node.orelse:
+                visit(stmt)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x, from .x import y
+                module = f"{package}.{node.module}" if node.module else package
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = root.parent / Path(*module.split("."), f"{alias.name}.py")
+                found.add(f"{module}.{alias.name}" if sub.is_file() else module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return found
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports."""
+    package = package_dir.name
+    modules = {
+        f"{package}.{p.stem}" if p.stem != "__init__" else package: p
+        for p in sorted(package_dir.glob("*.py"))
+    }
+    return {
+        name: {m for m in imported_modules(path, package, type_checking=False) if m in modules}
+        - {name}
+        for name, path in modules.items()
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (its modules in order, the first repeated last), or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as err:
+        return list(err.args[1])
+    return None
+
+
+def test_grid_has_no_import_circle() -> None:
+    graph = import_graph(ROOT / "grid")
+    assert graph.get("grid.launch"), "the graph reads no grid imports"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle in grid: " + " -> ".join(reversed(cycle or []))
+
+
+@pytest.mark.parametrize("package", ["trainables", "analysis"])
+def test_trainables_and_analysis_never_import_grid(package: str) -> None:
+    back = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for module in imported_modules(path, package, type_checking=True)
+        if module == "grid" or module.startswith("grid.")
+    }
+    assert not back, f"{package} imports grid (the flow is grid -> {package}): {sorted(back)}"
+
+
+def test_trainables_never_imports_analysis() -> None:
+    back = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / "trainables").rglob("*.py"))
+        for module in imported_modules(path, "trainables", type_checking=True)
+        if module == "analysis" or module.startswith("analysis.")
+    }
+    assert not back, f"trainables imports analysis: {sorted(back)}"
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    return pkg
+
+
+def test_the_circle_check_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    """The checks above can fail: a circle closed inside a function body is found."""
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from pkg import b\n",
+            "b.py": "from .c import thing\n",
+            "c.py": "def f():\n    if True:\n        from pkg.a import x\n    return x\n",
+        },
+    )
+    graph = import_graph(pkg)
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
+    cycle = find_cycle(graph)
+    assert cycle is not None and set(cycle) == {"pkg.a", "pkg.b", "pkg.c"}
+
+
+def test_a_type_checking_import_closes_no_circle(tmp_path: Path) -> None:
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from pkg import b\n",
+            "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n",
+        },
+    )
+    assert find_cycle(import_graph(pkg)) is None
+    assert "pkg.a" in imported_modules(pkg / "b.py", "pkg", type_checking=True)
+
+
+def test_analysis_loads_neither_tensorflow_nor_ray() -> None:
+    """Every analysis module imported in a fresh interpreter: no TensorFlow, Keras or Ray
+    arrives, directly or through what analysis imports (trainables.config, trainables.rows)."""
+    modules = sorted(f"analysis.{p.stem}" for p in (ROOT / "analysis").glob("*.py"))
+    heavy = ("tensorflow", "tf_keras", "keras", "qkeras", "ray")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", f"analysis loads {proc.stdout.strip()}"
