@@ -562,6 +562,7 @@ def run_study(
     import ray
     from ray import tune
 
+    from grid import loggers
     from trainables.ray_adapter import trainable
 
     ray_address = address or os.environ.get("RAY_ADDRESS")
@@ -608,7 +609,10 @@ def run_study(
                 # Tune's own state stays with the driver when results go to object storage.
                 storage_path=str(results_dir.local or results_dir.mirror_path("tune").parent),
                 verbose=0,
-                callbacks=[progress_callback(summary, state, out, time.perf_counter())],
+                callbacks=[
+                    progress_callback(summary, state, out, time.perf_counter()),
+                    *loggers.callbacks(study, results_dir, out),  # the study's `loggers:`
+                ],
                 failure_config=tune.FailureConfig(max_failures=res.retries),
             ),
         )
