@@ -217,7 +217,7 @@ def test_optuna_dashboard_reads_like_the_study(logged_run: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                studies = _get(f"{base}/api/studies")["studies"]
+                studies = _get(f"{base}/api/studies")["study_summaries"]
                 break
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
