@@ -220,7 +220,7 @@ def test_optuna_dashboard_reads_like_the_study(logged_run: Path) -> None:
                 studies = _get(f"{base}/api/studies")["study_summaries"]
                 break
             except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
                 time.sleep(0.5)
         (entry,) = studies
