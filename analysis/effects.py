@@ -613,6 +613,11 @@ def jr_effects(
                 "bytes": float(g.bytes.mean()),
             }
         )
+    if not out:  # every JR config is an orphan: nothing to pair (an empty frame has no columns)
+        raise ValueError(
+            "jr_effects: no config with JR has a trial without JR at equal compression and "
+            "otherwise identical settings"
+        )
     df = pd.DataFrame(out)
     df["p_adjusted"] = holm(df["p_value"].to_numpy(dtype=float))
     keys = [
