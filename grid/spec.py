@@ -232,7 +232,7 @@ class Search(_Strict):
 
 
 class Logger(enum.StrEnum):
-    """Ray Tune's own logger callbacks a study can switch on (``loggers:``; grid/loggers.py)."""
+    """Ray Tune's own logger callbacks a study can switch on (`loggers:`; grid/loggers.py)."""
 
     mlflow = "mlflow"  # MLflowLoggerCallback: a run per trial, params = the point's axis values
     tensorboard = "tensorboard"  # TBXLoggerCallback: scalars and hparams per trial
@@ -313,10 +313,19 @@ class Study(_Strict):
         default="results", min_length=1
     )  # folder or URI; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
-    loggers: list[LoggerName] = Field(default_factory=list, max_length=2)  # Tune's own front ends
+    loggers: list[LoggerName] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Ray Tune's logger callbacks for this run: `mlflow` (a run per trial, "
+        "params = the point's axis values) and/or `tensorboard` (events under "
+        "`<results>/<name>/tensorboard/<key>/`); default none",
+    )
     mlflow_uri: str | None = Field(
-        default=None, min_length=1
-    )  # default sqlite <results>/<name>/mlflow.db
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI for `loggers: [mlflow]` (e.g. `sqlite:///mlflow.db`, "
+        "`http://host:5000`); default `sqlite:///<results>/<name>/mlflow.db`",
+    )
 
     @field_validator("loggers", mode="before")
     @classmethod

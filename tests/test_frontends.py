@@ -381,6 +381,11 @@ def test_report_exports_tables_and_figures_in_each_format(tmp_path: Path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         write_report(root, tmp_path / "report.html", "fgsm", 0.1, export=export)
+    # A's JR has no JR-off twin at its compression: the section says so (it raised KeyError).
+    assert (
+        "jr_effects: no config with JR has a trial without JR"
+        in (tmp_path / "report.html").read_text()
+    )
     figures = sorted(p.name for p in (tmp_path / "fig").iterdir())
     stems = {p.rsplit(".", 1)[0] for p in figures}
     assert {"pareto", "robustness", "paper1_variants"} <= stems
