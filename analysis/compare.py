@@ -781,3 +781,128 @@ def write_csvs(out: str | Path, p1: Paper1 | None, p2: pd.DataFrame | None) -> l
         df.to_csv(path, index=False)
         written.append(path)
     return written
+
+
+# ---- LaTeX -----------------------------------------------------------------------------------
+
+_BYTE_COLUMNS = ("bytes", "tflite_bytes", "params", "nonzero", "tflite", "uncompressed_bytes")
+
+
+def latex_table(df: pd.DataFrame, caption: str | None = None) -> str:
+    """``df`` as a booktabs ``tabular`` (``\\usepackage{booktabs}``), ready to paste into a paper.
+
+    Numbers as the terminal shows them (fractions to 3 decimals, bytes with
+    thousands separators, NaN as n/a); text, column names included, is
+    escaped for LaTeX (``_``, ``%``, ``&``, ``#``, ...).  With ``caption``,
+    a ``table`` environment around it.  Pandas' Styler.to_latex (jinja2).
+    """
+    fmt: dict[str, Any] = {}
+    for c in df.columns:
+        if pd.api.types.is_bool_dtype(df[c]):
+            continue
+        if pd.api.types.is_float_dtype(df[c]):
+            fmt[c] = (
+                "{:,.0f}"
+                if c in _BYTE_COLUMNS
+                else "{:.3g}"
+                if str(c).startswith("p_")
+                else "{:.3f}"
+            )
+        elif pd.api.types.is_integer_dtype(df[c]):
+            fmt[c] = "{:,d}" if c in _BYTE_COLUMNS else "{:d}"
+    align = "".join("r" if c in fmt else "l" for c in df.columns)
+    styler = (
+        df.style.hide(axis="index")
+        .format(fmt, na_rep="n/a", escape="latex")
+        .format_index(escape="latex", axis=1)
+    )
+    if caption is None:
+        return str(styler.to_latex(hrules=True, column_format=align))
+    return str(
+        styler.to_latex(
+            hrules=True, column_format=align, caption=caption, position_float="centering"
+        )
+    )
+
+
+def paper1_wide(p: Paper1, dataset: str) -> pd.DataFrame:
+    """The first paper's table of one dataset as the terminal prints it: a row per variant,
+    clean accuracy, bytes, and per (kind, cell) the robust accuracy 'mean ± sd' over folds."""
+    g = p.variants[p.variants.dataset == dataset]
+    cells = (
+        g[["kind", "attack", "norm", "eps", "cell"]].drop_duplicates()
+        .assign(_k=lambda d: d.kind.map(KINDS.index))
+        .sort_values(["_k", "attack", "norm", "eps"])
+    )  # fmt: skip
+    rows = []
+    for name, vg in g.groupby("variant", sort=True):
+        first = vg.iloc[0]
+        row: dict[str, Any] = {
+            "variant": name,
+            "role": (first.role + (" (ref)" if first.reference else "")).strip(),
+            "n": int(vg.n.max()),
+            "clean": first.clean_mean,
+            "bytes": first.bytes,
+            "tflite": first.tflite_bytes,
+        }
+        at = vg.set_index("cell")
+        for kind, cell in zip(cells.kind, cells.cell, strict=True):
+            r = at.loc[cell] if cell in at.index else None
+            row[f"{kind[0]}:{cell}"] = (
+                "-" if r is None else f"{r.robust_mean:.3f} ± {_f(r.robust_sd)}"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper1_gain_table(p: Paper1) -> pd.DataFrame:
+    """The gain table as printed: the gain in percent, the absolute difference in points."""
+    g = p.gain
+    return pd.DataFrame(
+        {
+            "dataset": g.dataset, "kind": g.kind, "A": g.variant, "B": g.versus,
+            "cells": g.cells, "skipped": g.skipped, "acc A": g.acc_a, "acc B": g.acc_b,
+            "gain": [f"{100 * x:+.1f}%" if pd.notna(x) else "n/a" for x in g.gain],
+            "abs diff (points)": [f"{100 * x:+.1f}" if pd.notna(x) else "n/a" for x in g.abs_diff],
+        }
+    )  # fmt: skip
+
+
+PAPER2_LATEX_COLUMNS = [
+    "dataset", "model", "cell", "adv_training", "reductions", "bits", "sparsity", "clusters",
+    "folds", "robust_mean", "robust_sd", "uncompressed_robust", "delta", "p_adjusted",
+    "worst_single", "worst_single_robust", "delta_vs_worst", "p_vs_worst_adjusted", "verdict",
+]  # fmt: skip
+
+
+def write_latex(out: str | Path, p1: Paper1 | None, p2: pd.DataFrame | None) -> list[Path]:
+    """One ``.tex`` per table: paper1_<dataset> (variants x attacks), paper1_gain, paper2."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, tuple[pd.DataFrame, str]] = {}
+    if p1 is not None:
+        for ds in sorted(p1.variants.dataset.unique()):
+            tables[f"paper1_{ds}"] = (
+                paper1_wide(p1, ds),
+                f"{ds}: robust accuracy per variant and attack (fold mean ± sd), clean accuracy, "
+                "bytes (encoded, TFLite)",
+            )
+        if not p1.gain.empty:
+            tables["paper1_gain"] = (
+                paper1_gain_table(p1),
+                "Relative gain of A over B per attack kind (mean over the kind's cells of "
+                "(acc A - acc B) / acc B)",
+            )
+    if p2 is not None:
+        cols = [c for c in PAPER2_LATEX_COLUMNS if c in p2.columns]
+        tables["paper2"] = (
+            p2[cols],
+            "Each reduction alone and combined: robust accuracy, the difference to the "
+            "uncompressed config and to the worst single reduction (Holm-adjusted p)",
+        )
+    written = []
+    for name, (df, caption) in tables.items():
+        path = folder / f"{name}.tex"
+        path.write_text(latex_table(df, caption))
+        written.append(path)
+    return written

@@ -34,6 +34,16 @@ def _save(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
+def save_formats(fig: Figure, stem: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``fig`` as ``stem.<format>`` for each format (png, svg, pdf: vector for papers); the paths."""
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=120)
+        paths.append(path)
+    return paths
+
+
 def pareto_scatter(
     points: pd.DataFrame,
     front: pd.DataFrame,

@@ -7,6 +7,9 @@ attacks' norm, default L-inf for the worst attack) and ``size`` ('encoded' |
 'tflite': which bytes the points carry).
 
 Figures are embedded as PNG (base64), so the file can be mailed or archived.
+With an :class:`Export` (``grid report --csv DIR --latex DIR --figures DIR
+--formats png,svg,pdf``) every table also goes out as CSV (the numbers, not
+the page's rounding) and LaTeX, and every figure as a file in each format.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import base64
 import datetime as dt
 import html
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -45,7 +49,48 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 """
 
 
-def _img(fig: Figure, alt: str) -> str:
+FIGURE_FORMATS = ("png", "svg", "pdf")  # what matplotlib writes without a display
+
+
+@dataclass
+class Export:
+    """Where the report's tables and figures also go as files; ``written`` lists them."""
+
+    csv: Path | None = None  # one CSV per table
+    latex: Path | None = None  # one booktabs .tex per table
+    figures: Path | None = None  # each figure in each of ``formats``
+    formats: tuple[str, ...] = ("png",)
+    written: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FIGURE_FORMATS]
+        if bad or not self.formats:
+            raise ValueError(
+                f"formats: {','.join(bad) or '(none)'}: figures are written as "
+                f"{', '.join(FIGURE_FORMATS)} (comma-separated)"
+            )
+        for folder in (self.csv, self.latex, self.figures):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def table(self, name: str, df: pd.DataFrame, caption: str) -> None:
+        from analysis.compare import latex_table
+
+        if self.csv is not None:
+            self.written.append(self.csv / f"{name}.csv")
+            df.to_csv(self.written[-1], index=False)
+        if self.latex is not None:
+            self.written.append(self.latex / f"{name}.tex")
+            self.written[-1].write_text(latex_table(df, caption))
+
+    def figure(self, name: str, fig: Figure) -> None:
+        if self.figures is not None:
+            self.written += plots.save_formats(fig, self.figures / name, self.formats)
+
+
+def _img(fig: Figure, alt: str, export: Export | None = None, name: str = "") -> str:
+    if export is not None:
+        export.figure(name, fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -81,7 +126,7 @@ def _ci(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in drop if c in df.columns])
 
 
-def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
+def _masking(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> list[str]:
     """A warning section listing the trials whose gradient-masking diagnostics fired (none: nothing)."""
     if "metric_masking_flags" not in columns(con):
         return []
@@ -94,6 +139,8 @@ def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).df()
     if flagged.empty:
         return []
+    if export is not None:
+        export.table("masking", flagged, "Trials whose gradient-masking checks fired")
     return [
         "<h2>Gradient masking suspected</h2>",
         f'<p class="note">{len(flagged)} trial(s) failed a masking check (PGD at a large eps '
@@ -104,7 +151,9 @@ def _masking(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
-def _jr_on_off(con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str) -> list[str]:
+def _jr_on_off(
+    con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str, export: Export | None = None
+) -> list[str]:
     """JR on against off at equal compression (analysis.effects.jr_effects); why not, else."""
     parts = ["<h2>Jacobian Regularization on against off at equal compression</h2>"]
     try:
@@ -116,13 +165,15 @@ def _jr_on_off(con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: st
         "with the same config without JR (same model, bits, sparsity, clusters, adversarial "
         "training, training settings); delta = robust accuracy with JR minus without, tested "
         "with the corrected resampled t over the folds, p_adjusted by Holm over the table.</p>",
-        _img(plots.jr_on_off(eff), "JR on against off"),
+        _img(plots.jr_on_off(eff), "JR on against off", export, "jr_on_off"),
         _table(eff.drop(columns=["dataset"] if eff["dataset"].nunique() == 1 else [])),
     ]
+    if export is not None:
+        export.table("jr_on_off", eff, "JR on against off at equal compression")
     return parts
 
 
-def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
+def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> list[str]:
     """The papers' comparisons (analysis.compare): the gain table and a figure each; why not, else."""
     from analysis.compare import CompareError, paper1, paper2
 
@@ -138,9 +189,21 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
         p1 = paper1(con)
         parts.append(
             _img(
-                plots.variant_bars(p1.kinds), "paper 1: robust accuracy per variant and attack kind"
+                plots.variant_bars(p1.kinds),
+                "paper 1: robust accuracy per variant and attack kind",
+                export,
+                "paper1_variants",
             )
         )
+        if export is not None:
+            from analysis.compare import paper1_gain_table, paper1_wide
+
+            for ds in sorted(p1.variants.dataset.unique()):
+                export.table(f"paper1_{ds}", paper1_wide(p1, ds),
+                             f"{ds}: robust accuracy per variant and attack (fold mean ± sd)")  # fmt: skip
+            if not p1.gain.empty:
+                export.table("paper1_gain", paper1_gain_table(p1),
+                             "Relative gain of A over B per attack kind")  # fmt: skip
         if not p1.gain.empty:
             gain = p1.gain.assign(
                 gain=[f"{100 * g:+.1f}%" if pd.notna(g) else "n/a" for g in p1.gain.gain]
@@ -161,6 +224,8 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
             _img(
                 plots.combination_vs_worst(p2),
                 "paper 2: combinations against their worst single reduction",
+                export,
+                "paper2_combinations",
             )
         )
         if not combos.empty:
@@ -168,6 +233,9 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection) -> list[str]:
                     "clusters", "robust_mean", "robust_sd", "worst_single", "worst_single_robust",
                     "delta_vs_worst", "p_vs_worst_adjusted", "verdict"]  # fmt: skip
             parts.append(_table(combos[cols]))
+            if export is not None:
+                export.table("paper2_combinations", combos[cols],
+                             "Combined reductions against their worst single reduction")  # fmt: skip
     except CompareError as err:
         parts.append(f'<p class="note">Paper 2: no table: {html.escape(str(err))}</p>')
     return parts
@@ -181,8 +249,9 @@ def build_report(
     *,
     norm: str | None = None,
     size: str = "encoded",
+    export: Export | None = None,
 ) -> str:
-    """The report's HTML for the results behind ``con``."""
+    """The report's HTML for the results behind ``con`` (tables and figures also to ``export``)."""
     eps, norm = resolve(con, attack, eps, norm)
     what = describe(attack, eps, norm)
     counts = con.execute(
@@ -197,6 +266,10 @@ def build_report(
     ).fetchone()
     points = trial_points(con, attack, eps, per="config", norm=norm, size=size)
     front = pareto_front(con, attack, eps, per="config", norm=norm, size=size)
+    if export is not None:
+        export.table(
+            "pareto_front", front, f"Pareto front: robust accuracy ({what}) up, bytes down"
+        )
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">studies: {html.escape(str(studies))}; {complete} complete trials, {failed} failed'
@@ -216,9 +289,11 @@ def build_report(
                 points, front, title=f"robust accuracy ({what}) against {size} bytes"
             ),
             "Pareto scatter",
+            export,
+            "pareto",
         ),
         _table(_ci(front)),
-        *_masking(con),
+        *_masking(con, export),
         "<h2>Robustness against eps</h2>",
     ]
     axes = _varying(points)
@@ -228,21 +303,31 @@ def build_report(
         '<p class="note">Lines: the mean over the group\'s trials; band: the min-max spread '
         "(groups span several configs, whose examples overlap).</p>"
     )
-    parts.append(_img(plots.robustness_curves(curve), "robustness curves"))
+    parts.append(_img(plots.robustness_curves(curve), "robustness curves", export, "robustness"))
     ids = ", ".join("'" + str(c).replace("'", "''") + "'" for c in front.config_id)
     if ids:
         front_curve = robustness_curve(con, where=f"{CONFIG_ID} IN ({ids})", norm=norm)
         parts += [
             '<p class="note">The Pareto front\'s configs; band: the 95% Wilson interval of the '
             "count pooled over each config's folds.</p>",
-            _img(plots.robustness_curves(front_curve), "robustness curves of the front"),
+            _img(
+                plots.robustness_curves(front_curve),
+                "robustness curves of the front",
+                export,
+                "robustness_front",
+            ),
         ]
     if len(axes) >= 2:
         x, y = ("bits", "sparsity") if {"bits", "sparsity"} <= set(axes) else (axes[0], axes[1])
         parts += [
             f"<h2>{html.escape(x)} x {html.escape(y)}</h2>",
-            _img(plots.heatmap(points, x, y, "robust_acc"), "heatmap of robust accuracy"),
-            _img(plots.heatmap(points, x, y, "bytes"), "heatmap of bytes"),
+            _img(
+                plots.heatmap(points, x, y, "robust_acc"),
+                "heatmap of robust accuracy",
+                export,
+                "heatmap_robust",
+            ),
+            _img(plots.heatmap(points, x, y, "bytes"), "heatmap of bytes", export, "heatmap_bytes"),
         ]
     parts.append(
         "<h2>Each reduction alone and combined, against its own uncompressed baseline</h2>"
@@ -259,20 +344,29 @@ def build_report(
             "correction over the table's tests.</p>"
         )
         parts.append(_table(eff))
+        if export is not None:
+            export.table("reduction_effects", eff,
+                         "Each reduction alone and combined against its uncompressed baseline")  # fmt: skip
     except ValueError as err:
         parts.append(f'<p class="note">{html.escape(str(err))}</p>')
-    parts += _jr_on_off(con, attack, eps, norm)
+    parts += _jr_on_off(con, attack, eps, norm, export)
     parts.append("<h2>Reference model against the best robust point at equal or smaller size</h2>")
     try:
         ref = compare_to_baseline(con, attack, eps, norm=norm, size=size)
         parts.append(_table(_ci(ref)))
+        if export is not None:
+            export.table(
+                "reference",
+                ref,
+                "Reference model against the best robust point at equal or smaller size",
+            )
     except ValueError as err:
         parts.append(
             '<p class="note">No reference model to compare with: the results hold no config '
             "that is float, unpruned, unclustered, without JR and without adversarial "
             f"training. ({html.escape(str(err))})</p>"
         )
-    parts += _paper_comparisons(con)
+    parts += _paper_comparisons(con, export)
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -289,12 +383,14 @@ def write_report(
     norm: str | None = None,
     size: str = "encoded",
     stale: bool = False,
+    export: Export | None = None,
 ) -> Path:
     con = connect(results, stale=stale)
     out = Path(out)
     text = build_report(
-        con, f"robustgrid report: {Path(str(results)).name}", attack, eps, norm=norm, size=size
-    )
+        con, f"robustgrid report: {Path(str(results)).name}", attack, eps, norm=norm, size=size,
+        export=export,
+    )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text)

@@ -227,8 +227,18 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
+    from pathlib import Path
 
+    from analysis.report import Export, write_report
+
+    export = None
+    if args.csv or args.latex or args.figures:
+        export = Export(
+            csv=Path(args.csv) if args.csv else None,
+            latex=Path(args.latex) if args.latex else None,
+            figures=Path(args.figures) if args.figures else None,
+            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        )
     out = write_report(
         args.results,
         args.out,
@@ -237,8 +247,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         norm=args.norm,
         size=args.size,
         stale=args.stale,
+        export=export,
     )
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    for path in export.written if export else []:
+        print(f"wrote {path}")
     return 0
 
 
@@ -251,6 +264,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         paper1,
         paper2,
         write_csvs,
+        write_latex,
     )
     from analysis.query import connect
 
@@ -283,6 +297,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError("no comparison could be made: " + "; ".join(failed))
     if args.csv:
         for path in write_csvs(args.csv, p1, p2):
+            print(f"wrote {path}")
+    if args.latex:
+        for path in write_latex(args.latex, p1, p2):
             print(f"wrote {path}")
     return 0
 
@@ -425,6 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--attack", default="worst", help="attack name, or 'worst' (default)")
     rep.add_argument("--eps", type=float, help="eps of the robust accuracy (default: the largest)")
+    rep.add_argument("--csv", metavar="DIR", help="also write each table as a CSV into DIR")
+    rep.add_argument(
+        "--latex", metavar="DIR", help="also write each table as a LaTeX (booktabs) table into DIR"
+    )
+    rep.add_argument("--figures", metavar="DIR", help="also write each figure into DIR")
+    rep.add_argument(
+        "--formats",
+        default="png",
+        help="the figures' formats with --figures, comma-separated: png, svg, pdf (default png)",
+    )
     selection_options(rep)
     rep.set_defaults(func=cmd_report)
 
@@ -455,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--where", help='a DuckDB predicate over the rows, e.g. "cfg_seed = 0"')
     cmp.add_argument("--csv", metavar="DIR", help="also write one CSV per table into DIR")
+    cmp.add_argument(
+        "--latex", metavar="DIR", help="also write one LaTeX (booktabs) table per table into DIR"
+    )
     cmp.add_argument(
         "--stale",
         action="store_true",

@@ -78,6 +78,8 @@ def make_tuner(
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""
     from ray import tune
 
+    from grid import loggers  # imports MLflow / tensorboardX only when the study asks
+
     res = study.resources
     fn: Callable[..., Any] = tune.with_parameters(
         trainable, sink=sink, objective=study.headline,
@@ -109,7 +111,10 @@ def make_tuner(
                 state.results_dir.local or state.results_dir.mirror_path("tune").parent
             ),
             verbose=0,
-            callbacks=[progress_callback(summary, state, sink, out, time.perf_counter())],
+            callbacks=[
+                progress_callback(summary, state, sink, out, time.perf_counter()),
+                *loggers.callbacks(study, state.results_dir, out),  # the study's `loggers:`
+            ],
             failure_config=tune.FailureConfig(max_failures=res.retries),
         ),
     )

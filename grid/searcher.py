@@ -5,12 +5,14 @@ Imported only when a study searches with Optuna (it imports Ray and Optuna).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from grid import space
+from grid.loggers import unit_attrs
 from grid.planning import payload
 from grid.spec import Study, StudyError
 from grid.state import StudyState
@@ -22,9 +24,13 @@ class PointSearcher(Searcher):
 
     Optuna (NSGA-II especially) re-proposes points it has seen.  A proposal
     whose point is already complete is told its stored values at once and
-    another is asked for; one that is running is told 'pruned'.  So every
-    Tune trial is a new point, the budget counts distinct points, and a
-    resumed search learns from everything in the store.
+    another is asked for; one whose point is running waits and is told that
+    point's values when it completes (failed if it fails).  So every Tune
+    trial is a new point, the budget counts distinct points, a resumed search
+    learns from everything in the store, and every Optuna trial reads like
+    the study in optuna-dashboard: complete with its values, the point's real
+    axis values and keys as user attributes (``answered``: ``trained``,
+    ``store`` or ``same point as a running trial``).
     """
 
     MAX_REDRAWS = 1000
@@ -35,7 +41,14 @@ class PointSearcher(Searcher):
         self.known = state.point_values()  # label -> values
         self.running: dict[str, str] = {}  # tune trial id -> label
         self.ids: dict[str, str] = {}  # tune trial id -> inner trial id
+        self.waiting: dict[str, list[str]] = {}  # label -> inner trial ids of the same point
         self.redraws = 0
+
+    def _record(self, tid: str, unit: dict[str, Any], answered: str) -> None:
+        """The point's real axis values and keys as the Optuna trial's user attributes."""
+        trial = self.inner._ot_trials[tid]  # OptunaSearch's optuna.Trial of this id (Ray 2.60)
+        for name, value in {**unit_attrs(self.study, unit), "answered": answered}.items():
+            trial.set_user_attr(name, value)
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True  # the space comes from the study file
@@ -50,17 +63,22 @@ class PointSearcher(Searcher):
                 return params
             point = space.to_point(self.study, params)
             label = space.point_label(point)
+            config = payload(point, self.state.trials[label]).config()
+            this = config["unit"]  # the payload as Tune carries it (JSON)
             if label in self.known:
                 self.redraws += 1
+                self._record(tid, this, "store")
                 result = dict(zip(self.state.obj.names, self.known[label], strict=True))
                 self.inner.on_trial_complete(tid, result=result)
                 continue
             if label in self.running.values():
                 self.redraws += 1
-                self.inner.on_trial_complete(tid, result=None)  # pruned: no values
+                self._record(tid, this, "same point as a running trial")
+                self.waiting.setdefault(label, []).append(tid)  # told when that trial ends
                 continue
+            self._record(tid, this, "trained")
             self.ids[trial_id], self.running[trial_id] = tid, label
-            return payload(point, self.state.trials[label]).config()
+            return config
         return Searcher.FINISHED  # the sampler keeps proposing known points
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -75,7 +93,8 @@ class PointSearcher(Searcher):
             return
         if result and not error and result.get("status") == STATUS_COMPLETE:
             self.known[label] = [float(result[n]) for n in self.state.obj.names]
-        self.inner.on_trial_complete(tid, result=result, error=error)
+        for waiting in [tid, *self.waiting.pop(label, [])]:
+            self.inner.on_trial_complete(waiting, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         raise NotImplementedError  # the state lives in optuna.journal and the store
@@ -109,22 +128,34 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
             f"objective: the Optuna study in {state.results_dir} optimises {have}, this file asks for "
             f"{directions} (objective.clean changed?); use a new results folder"
         )
+    # Names for optuna-dashboard (and study.trials_dataframe()), in place of "0", "1", "2".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ostudy.set_metric_names(list(state.obj.names))
+    values = state.point_values()
     stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-    for t in stale:
-        ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    for t in stale:  # complete when the store has the point's values (it finished meanwhile)
+        known = values.get(space.point_label(space.to_point(study, t.params)))
+        if known is None:
+            ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            ostudy.tell(t.number, known, skip_if_finished=True)
     told = {
         space.point_label(space.to_point(study, t.params))
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
     dists = space.distributions(study)
     by_label = {space.point_label(p): p for p in state.points}
-    for label, values in state.point_values().items():
+    for label, vals in values.items():
         if label not in told:
+            point = by_label[label]
+            this = payload(point, state.trials[label]).config()["unit"]
             ostudy.add_trial(
                 create_trial(
-                    params=space.to_params(study, by_label[label]),
+                    params=space.to_params(study, point),
                     distributions=dists,
-                    values=values,
+                    values=vals,
+                    user_attrs={**unit_attrs(study, this), "answered": "store"},
                 )
             )
     return ostudy

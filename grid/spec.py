@@ -231,6 +231,13 @@ class Search(_Strict):
         return self
 
 
+class Logger(enum.StrEnum):
+    """Ray Tune's own logger callbacks a study can switch on (`loggers:`; grid/loggers.py)."""
+
+    mlflow = "mlflow"  # MLflowLoggerCallback: a run per trial, params = the point's axis values
+    tensorboard = "tensorboard"  # TBXLoggerCallback: scalars and hparams per trial
+
+
 class Resources(_Strict):
     cpus_per_trial: Threads = 1  # each trial's TensorFlow threads
     gpus_per_trial: int = Field(default=0, ge=0, le=64)
@@ -245,6 +252,9 @@ def _known_value(kind: type[enum.StrEnum], what: str, v: Any) -> Any:
     if isinstance(v, str) and v not in {e.value for e in kind}:
         raise ValueError(f"unknown {what} {v!r} (known: {', '.join(e.value for e in kind)})")
     return v
+
+
+LoggerName = Annotated[Logger, BeforeValidator(lambda v: _known_value(Logger, "logger", v))]
 
 
 class DatasetSpec(_Strict):
@@ -303,6 +313,33 @@ class Study(_Strict):
         default="results", min_length=1
     )  # folder or URI; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
+    loggers: list[LoggerName] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Ray Tune's logger callbacks for this run: `mlflow` (a run per trial, "
+        "params = the point's axis values) and/or `tensorboard` (events under "
+        "`<results>/<name>/tensorboard/<key>/`); default none",
+    )
+    mlflow_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI for `loggers: [mlflow]` (e.g. `sqlite:///mlflow.db`, "
+        "`http://host:5000`); default `sqlite:///<results>/<name>/mlflow.db`",
+    )
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers_once(cls, v: Any) -> Any:
+        return _unique(v, "loggers") if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _mlflow_uri_needs_mlflow(self) -> Study:
+        if self.mlflow_uri is not None and Logger.mlflow not in self.loggers:
+            raise ValueError(
+                f"mlflow_uri: {self.mlflow_uri!r} is set but loggers {[x.value for x in self.loggers]} "
+                "has no 'mlflow'"
+            )
+        return self
 
     @field_validator("results")
     @classmethod
