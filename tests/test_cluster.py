@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -13,10 +14,11 @@ import yaml
 from analysis.query import connect
 from grid.spec import load_study
 from grid.store import Location
-from tests.conftest import GRID, grid_cli
-from tests.test_datasets import _cifar_batches, _write_cifar_bin
+from tests.helpers import GRID, STUDIES, cifar_batches, grid_cli, write_cifar_bin
 
-STUDY = Path(__file__).parent / "studies" / "resume.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+STUDY = STUDIES / "resume.yaml"
 
 
 @pytest.fixture
@@ -36,6 +38,18 @@ def cluster():  # type: ignore[no-untyped-def]
     c.shutdown()
 
 
+def _running_unstored(folder: Path) -> set[str]:
+    """Keys the driver records as running whose rows are not stored, once any row is."""
+    stored = {p.stem for p in (folder / "rows").glob("*.parquet")}
+    if not stored:
+        return set()
+    try:
+        state = json.loads((folder / "status.json").read_text())
+    except FileNotFoundError:  # written atomically, so whole once there
+        return set()
+    return set(state.get("running", [])) - stored
+
+
 def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c, workers = cluster
     study = load_study(STUDY)
@@ -46,11 +60,13 @@ def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 600
-    while not list((folder / "rows").glob("*.parquet")):  # trials are under way on both nodes
+    # Wait, on the driver's own record (status.json), until a trial has been stored and
+    # both nodes run a trial whose rows are not stored yet: one slot per node, so the
+    # node killed next certainly takes a running trial with it.
+    while len(_running_unstored(folder)) < 2:
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, _running_unstored(folder)
         time.sleep(0.2)
-    time.sleep(2.0)  # both nodes into their next trial (TF is imported, training runs)
     c.remove_node(workers[0], allow_graceful=False)  # the node dies with its running trial
     c.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would bring one
     out, _ = driver.communicate(timeout=600)
@@ -71,7 +87,7 @@ def test_dataset_reaches_each_node_once_and_workers_write_results_to_s3(s3, tmp_
     from ray.cluster_utils import Cluster
 
     data = tmp_path / "data"
-    _write_cifar_bin(data, _cifar_batches(n=12))
+    write_cifar_bin(data, cifar_batches(n=12))
     bucket, _ = pafs.FileSystem.from_uri(s3.uri)
     pafs.copy_files(str(data), "robustgrid-test/data/cifar10", destination_filesystem=bucket)
     study_file = tmp_path / "study.yaml"

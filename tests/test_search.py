@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import socket
 import subprocess
 import sys
@@ -21,29 +20,13 @@ from grid.launch import StudyState, live_driver, plan, run_study
 from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
 from grid.store import ParquetSink, write_json
-from tests.helpers import brute_force_front, rows_for
+from tests.helpers import brute_force_front, brute_force_hv, rows_for
 
 BASE: dict[str, Any] = {
     "name": "s",
     "axes": {"bits": ["float", 4, "ternary"], "sparsity": [0.0, 0.5], "clusters": [0, 4]},
     "attacks": [{"name": "fgsm", "eps": [0.1]}],
 }
-
-
-def brute_force_hv(values: np.ndarray, maximize: list[bool], ref: list[float]) -> float:
-    """Union of the boxes [point, ref] by counting the cells of the grid of all coordinates."""
-    sign = np.where(maximize, -1.0, 1.0)
-    v, r = np.asarray(values, float) * sign, np.asarray(ref, float) * sign
-    v = v[(v < r).all(axis=1)]
-    if not len(v):
-        return 0.0
-    axes = [np.unique(np.append(v[:, d], r[d])) for d in range(v.shape[1])]
-    total = 0.0
-    for cell in itertools.product(*(range(len(a) - 1) for a in axes)):
-        lo = np.array([axes[d][i] for d, i in enumerate(cell)])
-        if (v <= lo).all(axis=1).any():  # some point dominates the cell's lower corner
-            total += float(np.prod([axes[d][i + 1] - axes[d][i] for d, i in enumerate(cell)]))
-    return total
 
 
 def test_hypervolume_hand_table() -> None:
