@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,13 @@ def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
     folder = study.results_dir(str(tmp_path))
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "grid"])
     try:
+        # Popen can return while the child is still inside exec (an empty
+        # /proc/PID/cmdline, which live_driver takes for a recycled pid): wait
+        # until the kernel shows the command line a driver would have.
+        deadline = time.monotonic() + 30
+        while b"grid" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in driver never started"
+            time.sleep(0.01)
         write_json(
             folder,
             "status.json",
