@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -38,16 +37,23 @@ def cluster():  # type: ignore[no-untyped-def]
     c.shutdown()
 
 
-def _running_unstored(folder: Path) -> set[str]:
-    """Keys the driver records as running whose rows are not stored, once any row is."""
-    stored = {p.stem for p in (folder / "rows").glob("*.parquet")}
-    if not stored:
-        return set()
-    try:
-        state = json.loads((folder / "status.json").read_text())
-    except FileNotFoundError:  # written atomically, so whole once there
-        return set()
-    return set(state.get("running", [])) - stored
+def _training(node) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``node`` (a ray.cluster_utils node) runs a trial right now: its raylet has a
+    worker process titled ``ray::ImplicitFunc.train`` (Tune's trainable inside its train call)."""
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        if ppid == raylet and title.startswith(b"ray::ImplicitFunc.train"):
+            return True
+    return False
 
 
 def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -60,13 +66,12 @@ def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 600
-    # Wait, on the driver's own record (status.json), until a trial has been stored and
-    # both nodes run a trial whose rows are not stored yet: one slot per node, so the
-    # node killed next certainly takes a running trial with it.
-    while len(_running_unstored(folder)) < 2:
+    # Wait until a trial has been stored (TF is imported, trials complete) and the node
+    # about to be killed is inside a trial's train call, read from its own processes.
+    while not list((folder / "rows").glob("*.parquet")) or not _training(workers[0]):
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
-        assert time.monotonic() < deadline, _running_unstored(folder)
-        time.sleep(0.2)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     c.remove_node(workers[0], allow_graceful=False)  # the node dies with its running trial
     c.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would bring one
     out, _ = driver.communicate(timeout=600)
