@@ -6,27 +6,25 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging
-import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import S3, SMOKE, grid_cli
+
 # Decoded-dataset caches of the tests stay out of the user's ~/.cache.
 os.environ.setdefault("ROBUSTGRID_CACHE", tempfile.mkdtemp(prefix="robustgrid-test-cache-"))
 
-SMOKE = Path(__file__).parent / "studies" / "smoke.yaml"
-GRID = [sys.executable, "-m", "grid.cli"]
 
-
-def grid_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run the ``grid`` command line in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=env)
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a shared Ray run is slow: the fixture runs a study on Ray."""
+    for item in items:
+        if {"smoke_run", "logged_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -38,19 +36,6 @@ def smoke_run(
     proc = grid_cli("run", str(SMOKE), "--results", str(results))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return results / "smoke", proc
-
-
-@dataclass
-class S3:
-    """A local S3 endpoint (moto's server) that pyarrow's real S3 client talks to over HTTP."""
-
-    uri: str  # s3://<bucket>
-    endpoint: str
-    log: list[str]  # the server's access log: 'GET /bucket/key ...' per request
-
-    def requests(self, method: str, key_part: str) -> int:
-        plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in self.log)  # colour codes out
-        return sum(1 for line in plain if f'"{method} /' in line and key_part in line)
 
 
 class _Log(logging.Handler):

@@ -1,14 +1,59 @@
-"""Synthetic rows in the real schema, for store and analysis tests."""
+"""What several test modules share (test modules import this, never each other):
+
+the ``grid`` command line in a subprocess, synthetic rows in the real schema,
+datasets written small in their real on-disk formats, a user's model package,
+and brute-force oracles (Pareto front, hypervolume).
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainables.config import RESULTS_REVISION
 from trainables.rows import SCHEMA_VERSION, empty_row
+
+TESTS = Path(__file__).parent
+STUDIES = TESTS / "studies"  # the tests' own study files
+SMOKE = STUDIES / "smoke.yaml"
+GRID = [sys.executable, "-m", "grid.cli"]
+
+
+def grid_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``grid`` command line in a subprocess, as a user would (``env`` adds variables)."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=full)
+
+
+@dataclass
+class S3:
+    """A local S3 endpoint (moto's server) that pyarrow's real S3 client talks to over HTTP."""
+
+    uri: str  # s3://<bucket>
+    endpoint: str
+    log: list[str]  # the server's access log: 'GET /bucket/key ...' per request
+
+    def requests(self, method: str, key_part: str) -> int:
+        plain = (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in self.log)  # colour codes out
+        return sum(1 for line in plain if f'"{method} /' in line and key_part in line)
+
+
+# ---------------------------------------------------------------------------
+# Rows
 
 # Attacks whose eps is an L2 radius unless a row says otherwise (trainables.config.DEFAULT_NORM).
 _L2 = {"cw_l2", "deepfool", "hopskipjump", "boundary"}
@@ -89,6 +134,10 @@ def rows_for(
     return out
 
 
+# ---------------------------------------------------------------------------
+# Oracles
+
+
 def brute_force_front(points: list[tuple[str, float, int]]) -> set[str]:
     """Keys of (key, robust, bytes) points that no other point dominates."""
     keys = [p[0] for p in points]
@@ -100,6 +149,22 @@ def brute_force_front(points: list[tuple[str, float, int]]) -> set[str]:
         if not dominated.any():
             front.add(keys[i])
     return front
+
+
+def brute_force_hv(values: np.ndarray, maximize: list[bool], ref: list[float]) -> float:
+    """Union of the boxes [point, ref] by counting the cells of the grid of all coordinates."""
+    sign = np.where(maximize, -1.0, 1.0)
+    v, r = np.asarray(values, float) * sign, np.asarray(ref, float) * sign
+    v = v[(v < r).all(axis=1)]
+    if not len(v):
+        return 0.0
+    axes = [np.unique(np.append(v[:, d], r[d])) for d in range(v.shape[1])]
+    total = 0.0
+    for cell in itertools.product(*(range(len(a) - 1) for a in axes)):
+        lo = np.array([axes[d][i] for d, i in enumerate(cell)])
+        if (v <= lo).all(axis=1).any():  # some point dominates the cell's lower corner
+            total += float(np.prod([axes[d][i + 1] - axes[d][i] for d, i in enumerate(cell)]))
+    return total
 
 
 def config_rows(
@@ -129,3 +194,102 @@ def config_rows(
         meta_study=study,
     )
     return [r]
+
+
+# ---------------------------------------------------------------------------
+# Datasets, small, in their real on-disk formats
+
+
+def cifar_batches(n: int = 6, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10's five training batches and its test batch, ``n`` random images each."""
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    return {
+        name: (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n))
+        for name in names
+    }
+
+
+def write_cifar_bin(root: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """The batches in CIFAR-10's binary version (``cifar-10-batches-bin/*.bin``)."""
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    for name, (data, labels) in batches.items():
+        np.concatenate([labels.astype(np.uint8)[:, None], data], axis=1).tofile(d / f"{name}.bin")
+    return d
+
+
+def write_svhn(root: Path, n_train: int = 12, n_test: int = 5, seed: int = 0) -> None:
+    """SVHN's cropped-digits ``.mat`` files (labels 1..10, 10 = digit 0)."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train_32x32.mat", n_train), ("test_32x32.mat", n_test)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).reshape(-1, 1)  # 1..10, 10 = digit 0
+        savemat(root / name, {"X": x, "y": y})
+
+
+def wav(path: Path, seconds: float = 1.0, rate: int = 16_000, freq: float = 440.0) -> None:
+    """A 16-bit PCM sine tone."""
+    from scipy.io import wavfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    wavfile.write(path, rate, (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16))
+
+
+def write_kws(root: Path) -> None:
+    """Speech Commands v2 in miniature: the ten keywords, two unknown words, background noise
+    and the official test and validation lists."""
+    for i, word in enumerate(
+        ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+    ):
+        for j in range(3):
+            wav(root / word / f"spk{j}_nohash_0.wav", seconds=0.8 + 0.1 * j, freq=200 + 50 * i)
+    for word in ("bed", "cat"):
+        for j in range(4):
+            wav(root / word / f"spk{j}_nohash_0.wav", freq=900)
+    wav(root / "_background_noise_" / "white.wav", seconds=3.0, freq=50)
+    (root / "testing_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk0_nohash_0.wav\n")
+    (root / "validation_list.txt").write_text("yes/spk1_nohash_0.wav\n")
+
+
+# ---------------------------------------------------------------------------
+# A user's own model package (bring your own model)
+
+BUILDER = """
+import tf_keras
+
+from trainables.models import CQConv2D, CQDense
+
+
+def build(b, input_shape, num_classes):
+    inp = tf_keras.Input(input_shape, name="image")  # (B, H, W, C)
+    x = CQConv2D(4, 3, padding="same", name="conv1", **b.q("conv1", 9 * input_shape[-1]))(inp)
+    x = b.act("act1")(x)
+    x = tf_keras.layers.Flatten(name="flatten")(x)
+    return tf_keras.Model(inp, CQDense(num_classes, name="logits", **b.q("logits", int(x.shape[-1])))(x))
+
+
+def wrong_output(b, input_shape, num_classes):
+    inp = tf_keras.Input(input_shape)
+    x = tf_keras.layers.Flatten()(inp)
+    return tf_keras.Model(inp, CQDense(num_classes + 1, name="logits", **b.q("logits", int(x.shape[-1])))(x))
+
+
+def plain_dense(b, input_shape, num_classes):
+    inp = tf_keras.Input(input_shape)
+    x = tf_keras.layers.Flatten()(inp)
+    return tf_keras.Model(inp, tf_keras.layers.Dense(num_classes, name="head")(x))
+"""
+
+
+def write_builder_package(root: Path, name: str = "byom_pkg") -> Path:
+    """A user's package ``name`` with ``name.models:build`` under ``root`` (not installed)."""
+    pkg = root / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""A researcher\'s own models."""\n')
+    (pkg / "models.py").write_text(textwrap.dedent(BUILDER))
+    return pkg

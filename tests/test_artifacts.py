@@ -10,9 +10,11 @@ import pytest
 
 import trainables  # noqa: F401
 from grid.store import artifacts_dir, write_artifacts
+from tests.helpers import cifar_batches, write_cifar_bin
 from trainables.config import TrialConfig
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -23,12 +25,11 @@ from trainables.config import TrialConfig
     ids=["4bit-pruned-clustered", "stq-last-8bit", "resnet8-batchnorm"],
 )
 def test_reloaded_artifact_reproduces_the_trial(tmp_path: Path, cfg: TrialConfig) -> None:
-    from tests.test_datasets import _cifar_batches, _write_cifar_bin
     from trainables.artifacts import footprint_from_npz, load_model, tflite_predict
     from trainables.trial import run_trial, trial_split
 
     if cfg.dataset.value == "cifar10":  # a small CIFAR-10 in its real binary format
-        _write_cifar_bin(tmp_path / "cifar", _cifar_batches(n=12))
+        write_cifar_bin(tmp_path / "cifar", cifar_batches(n=12))
         cfg = TrialConfig.model_validate({**cfg.model_dump(), "data_path": str(tmp_path / "cifar")})
     rows = run_trial(cfg, artifacts=lambda key, files: write_artifacts(tmp_path, key, files))
     assert rows[0]["status"] == "complete", rows[0]["reason"]

@@ -23,6 +23,7 @@ SUITE = [
 ]
 
 
+@pytest.mark.slow
 def test_every_attack_gives_a_row_per_eps() -> None:
     from trainables.trial import run_trial
 

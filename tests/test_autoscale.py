@@ -25,9 +25,11 @@ import pytest
 
 from analysis.query import connect
 from grid.spec import load_study
-from tests.conftest import grid_cli
+from tests.helpers import STUDIES, grid_cli
 
-STUDY = Path(__file__).parent / "studies" / "resume.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+STUDY = STUDIES / "resume.yaml"
 
 
 def _free_port() -> int:

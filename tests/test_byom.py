@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import trainables  # noqa: F401
 from grid.cli import main
 from grid.space import distributions, point_label, points, to_params, to_point
 from grid.spec import StudyError, parse_study
+from tests.helpers import config_rows, write_builder_package
 from trainables.config import TrialConfig
 
 # Every layer type once; names left to the defaults except where `add` refers to one.
@@ -313,6 +313,7 @@ def test_layer_list_builds_every_layer_type_with_the_axes_quantizers() -> None:
     assert {"cluster_" + n for n in ("conv1", "dw1", "conv2", "dense1", "logits")} <= wrapped
 
 
+@pytest.mark.slow
 def test_a_layer_list_trial_prunes_clusters_quantizes_and_records_its_model() -> None:
     """One real trial (no Ray) with every axis on: the rows show each one took effect."""
     from trainables.trial import run_trial
@@ -343,41 +344,6 @@ def test_a_layer_list_trial_prunes_clusters_quantizes_and_records_its_model() ->
 
 # ---------------------------------------------------------------------------
 # Import-path builders
-
-BUILDER = """
-import tf_keras
-
-from trainables.models import CQConv2D, CQDense
-
-
-def build(b, input_shape, num_classes):
-    inp = tf_keras.Input(input_shape, name="image")  # (B, H, W, C)
-    x = CQConv2D(4, 3, padding="same", name="conv1", **b.q("conv1", 9 * input_shape[-1]))(inp)
-    x = b.act("act1")(x)
-    x = tf_keras.layers.Flatten(name="flatten")(x)
-    return tf_keras.Model(inp, CQDense(num_classes, name="logits", **b.q("logits", int(x.shape[-1])))(x))
-
-
-def wrong_output(b, input_shape, num_classes):
-    inp = tf_keras.Input(input_shape)
-    x = tf_keras.layers.Flatten()(inp)
-    return tf_keras.Model(inp, CQDense(num_classes + 1, name="logits", **b.q("logits", int(x.shape[-1])))(x))
-
-
-def plain_dense(b, input_shape, num_classes):
-    inp = tf_keras.Input(input_shape)
-    x = tf_keras.layers.Flatten()(inp)
-    return tf_keras.Model(inp, tf_keras.layers.Dense(num_classes, name="head")(x))
-"""
-
-
-def write_builder_package(root: Path, name: str = "byom_pkg") -> Path:
-    """A user's package ``name`` with ``name.models:build`` under ``root`` (not installed)."""
-    pkg = root / name
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""A researcher\'s own models."""\n')
-    (pkg / "models.py").write_text(textwrap.dedent(BUILDER))
-    return pkg
 
 
 @pytest.fixture
@@ -491,7 +457,6 @@ def test_axes_model_crosses_models_with_the_other_axes() -> None:
 def test_two_specs_under_one_label_are_told_apart_in_the_analysis(tmp_path: Path) -> None:
     import analysis
     from grid.store import ParquetSink
-    from tests.helpers import config_rows
 
     a = {"name": "my_cnn", "layers": [{"type": "flatten"}, {"type": "dense"}]}
     b = {

@@ -10,17 +10,18 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from analysis.query import connect
 from grid.spec import load_study
-from tests.conftest import GRID, grid_cli
-from tests.test_byom import write_builder_package
+from tests.helpers import GRID, STUDIES, grid_cli, write_builder_package
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDY = Path(__file__).parent / "studies" / "byom.yaml"
+STUDY = STUDIES / "byom.yaml"
 
 
+@pytest.mark.slow
 def test_layer_list_and_axes_model_study_runs_end_to_end(tmp_path: Path) -> None:
     study = load_study(STUDY)
     proc = grid_cli("run", str(STUDY), "--results", str(tmp_path))
@@ -63,6 +64,8 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_import_path_builder_reaches_the_workers_of_a_two_node_cluster(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 

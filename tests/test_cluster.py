@@ -13,10 +13,11 @@ import yaml
 from analysis.query import connect
 from grid.spec import load_study
 from grid.store import Location
-from tests.conftest import GRID, grid_cli
-from tests.test_datasets import _cifar_batches, _write_cifar_bin
+from tests.helpers import GRID, STUDIES, cifar_batches, grid_cli, write_cifar_bin
 
-STUDY = Path(__file__).parent / "studies" / "resume.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+STUDY = STUDIES / "resume.yaml"
 
 
 @pytest.fixture
@@ -36,6 +37,25 @@ def cluster():  # type: ignore[no-untyped-def]
     c.shutdown()
 
 
+def _training(node) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``node`` (a ray.cluster_utils node) runs a trial right now: its raylet has a
+    worker process titled ``ray::ImplicitFunc.train`` (Tune's trainable inside its train call)."""
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        if ppid == raylet and title.startswith(b"ray::ImplicitFunc.train"):
+            return True
+    return False
+
+
 def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c, workers = cluster
     study = load_study(STUDY)
@@ -46,11 +66,12 @@ def test_study_survives_a_worker_node_killed_mid_trial(cluster, tmp_path: Path) 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 600
-    while not list((folder / "rows").glob("*.parquet")):  # trials are under way on both nodes
+    # Wait until a trial has been stored (TF is imported, trials complete) and the node
+    # about to be killed is inside a trial's train call, read from its own processes.
+    while not list((folder / "rows").glob("*.parquet")) or not _training(workers[0]):
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
         assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(2.0)  # both nodes into their next trial (TF is imported, training runs)
+        time.sleep(0.1)
     c.remove_node(workers[0], allow_graceful=False)  # the node dies with its running trial
     c.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would bring one
     out, _ = driver.communicate(timeout=600)
@@ -71,7 +92,7 @@ def test_dataset_reaches_each_node_once_and_workers_write_results_to_s3(s3, tmp_
     from ray.cluster_utils import Cluster
 
     data = tmp_path / "data"
-    _write_cifar_bin(data, _cifar_batches(n=12))
+    write_cifar_bin(data, cifar_batches(n=12))
     bucket, _ = pafs.FileSystem.from_uri(s3.uri)
     pafs.copy_files(str(data), "robustgrid-test/data/cifar10", destination_filesystem=bucket)
     study_file = tmp_path / "study.yaml"

@@ -53,6 +53,7 @@ def test_gradients_equal_arts(pair) -> None:  # type: ignore[no-untyped-def]
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_art_attacks_give_the_same_examples(pair) -> None:  # type: ignore[no-untyped-def]
     from art.attacks.evasion import DeepFool, FastGradientMethod, ProjectedGradientDescent
 

@@ -11,31 +11,14 @@ import numpy as np
 import pytest
 
 import trainables  # noqa: F401
+from tests.helpers import cifar_batches, wav, write_cifar_bin, write_kws, write_svhn
 from trainables.data import load_pool, load_split
 from trainables.datasets import KWS_CLASSES, DatasetError
 
-RNG = np.random.default_rng(0)
-
-
-def _cifar_batches(n: int = 6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    return {
-        name: (RNG.integers(0, 256, (n, 3072), dtype=np.uint8), RNG.integers(0, 10, n))
-        for name in names
-    }
-
-
-def _write_cifar_bin(root: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    d = root / "cifar-10-batches-bin"
-    d.mkdir(parents=True)
-    for name, (data, labels) in batches.items():
-        np.concatenate([labels.astype(np.uint8)[:, None], data], axis=1).tofile(d / f"{name}.bin")
-    return d
-
 
 def test_cifar10_binary_batches(tmp_path: Path) -> None:
-    batches = _cifar_batches()
-    _write_cifar_bin(tmp_path, batches)
+    batches = cifar_batches()
+    write_cifar_bin(tmp_path, batches)
     pool = load_pool("cifar10", str(tmp_path))
     assert pool.x.shape == (36, 32, 32, 3) and pool.x.dtype == np.float32
     assert pool.x.min() >= 0.0 and pool.x.max() <= 1.0
@@ -54,8 +37,8 @@ def test_cifar10_binary_batches(tmp_path: Path) -> None:
 
 
 def test_cifar10_python_batches_match_binary(tmp_path: Path) -> None:
-    batches = _cifar_batches()
-    _write_cifar_bin(tmp_path / "bin", batches)
+    batches = cifar_batches()
+    write_cifar_bin(tmp_path / "bin", batches)
     d = tmp_path / "py" / "cifar-10-batches-py"
     d.mkdir(parents=True)
     for name, (data, labels) in batches.items():
@@ -72,7 +55,7 @@ def test_cifar10_python_batches_match_binary(tmp_path: Path) -> None:
 
 def test_cifar10_archive_checksum_is_checked_before_reading(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    _write_cifar_bin(src, _cifar_batches())
+    write_cifar_bin(src, cifar_batches())
     root = tmp_path / "root"
     root.mkdir()
     archive = root / "cifar-10-binary.tar.gz"
@@ -103,25 +86,15 @@ def test_cifar10_pickle_cannot_run_code(tmp_path: Path) -> None:
 
 
 def test_cifar10_truncated_batch_named(tmp_path: Path) -> None:
-    d = _write_cifar_bin(tmp_path, _cifar_batches())
+    d = write_cifar_bin(tmp_path, cifar_batches())
     raw = (d / "data_batch_3.bin").read_bytes()
     (d / "data_batch_3.bin").write_bytes(raw[:-100])
     with pytest.raises(DatasetError, match=r"data_batch_3\.bin: truncated"):
         load_pool("cifar10", str(tmp_path))
 
 
-def _write_svhn(root: Path, n_train: int = 12, n_test: int = 5) -> None:
-    from scipy.io import savemat
-
-    root.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train_32x32.mat", n_train), ("test_32x32.mat", n_test)):
-        x = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        y = (np.arange(n) % 10 + 1).reshape(-1, 1)  # 1..10, 10 = digit 0
-        savemat(root / name, {"X": x, "y": y})
-
-
 def test_svhn_mat_files(tmp_path: Path) -> None:
-    _write_svhn(tmp_path)
+    write_svhn(tmp_path)
     pool = load_pool("svhn", str(tmp_path))
     assert pool.x.shape == (17, 32, 32, 3) and pool.x.dtype == np.float32
     assert list(pool.y[:12]) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]  # label 10 is digit 0
@@ -129,36 +102,14 @@ def test_svhn_mat_files(tmp_path: Path) -> None:
 
 
 def test_svhn_corrupt_file_named(tmp_path: Path) -> None:
-    _write_svhn(tmp_path)
+    write_svhn(tmp_path)
     (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, truncated")
     with pytest.raises(DatasetError, match=r"test_32x32\.mat: corrupt SVHN file"):
         load_pool("svhn", str(tmp_path))
 
 
-def _wav(path: Path, seconds: float = 1.0, rate: int = 16_000, freq: float = 440.0) -> None:
-    from scipy.io import wavfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    wavfile.write(path, rate, (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16))
-
-
-def _write_kws(root: Path) -> None:
-    for i, word in enumerate(
-        ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-    ):
-        for j in range(3):
-            _wav(root / word / f"spk{j}_nohash_0.wav", seconds=0.8 + 0.1 * j, freq=200 + 50 * i)
-    for word in ("bed", "cat"):
-        for j in range(4):
-            _wav(root / word / f"spk{j}_nohash_0.wav", freq=900)
-    _wav(root / "_background_noise_" / "white.wav", seconds=3.0, freq=50)
-    (root / "testing_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk0_nohash_0.wav\n")
-    (root / "validation_list.txt").write_text("yes/spk1_nohash_0.wav\n")
-
-
 def test_speech_commands_as_12_class_mfcc(tmp_path: Path) -> None:
-    _write_kws(tmp_path)
+    write_kws(tmp_path)
     pool = load_pool("speech_commands", str(tmp_path))
     assert pool.classes == KWS_CLASSES and len(KWS_CLASSES) == 12
     assert pool.x.shape[1:] == (49, 10, 1) and pool.x.dtype == np.float32
@@ -187,13 +138,13 @@ def test_mfcc_front_end_shape() -> None:
             r"spk2_nohash_0\.wav: corrupt WAV",
         ),
         (
-            lambda p: _wav(p / "no" / "spk2_nohash_0.wav", rate=8000),
+            lambda p: wav(p / "no" / "spk2_nohash_0.wav", rate=8000),
             r"spk2_nohash_0\.wav: sample rate 8000",
         ),
     ],
 )
 def test_speech_commands_bad_wav_named(tmp_path: Path, breakage: object, expected: str) -> None:
-    _write_kws(tmp_path)
+    write_kws(tmp_path)
     breakage(tmp_path)  # type: ignore[operator]
     with pytest.raises(DatasetError, match=expected):
         load_pool("speech_commands", str(tmp_path))
@@ -203,7 +154,7 @@ def test_object_storage_uri_is_copied_to_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROBUSTGRID_CACHE", str(tmp_path / "cache"))
-    _write_svhn(tmp_path / "bucket")
+    write_svhn(tmp_path / "bucket")
     uri = (tmp_path / "bucket").as_uri()  # file:// goes through the same path as a local folder
     assert load_pool("svhn", uri).x.shape == (17, 32, 32, 3)
     from trainables.data import localize
@@ -241,7 +192,7 @@ def test_decoded_arrays_are_cached_on_disk_and_invalidated(
     from trainables import data
 
     monkeypatch.setenv("ROBUSTGRID_CACHE", str(tmp_path / "cache"))
-    _write_svhn(tmp_path / "svhn")
+    write_svhn(tmp_path / "svhn")
     first = data._cached(
         "svhn", tmp_path / "svhn", lambda: data.load_svhn(tmp_path / "svhn", False, None)
     )
@@ -253,7 +204,7 @@ def test_decoded_arrays_are_cached_on_disk_and_invalidated(
     again = data._cached("svhn", tmp_path / "svhn", must_not_read)  # type: ignore[arg-type]
     np.testing.assert_array_equal(first.x, again.x)
     assert again.classes == first.classes and again.official_test is not None
-    _write_svhn(tmp_path / "svhn", n_train=14)  # the source changed: a new cache entry
+    write_svhn(tmp_path / "svhn", n_train=14)  # the source changed: a new cache entry
     assert (
         data._cached(
             "svhn", tmp_path / "svhn", lambda: data.load_svhn(tmp_path / "svhn", False, None)
@@ -275,8 +226,8 @@ def _write_kws_speakers(root: Path) -> None:
     layout and names); a 12 s background recording; the last speaker is the official test."""
     for j, spk in enumerate(SPEAKERS):
         for i, word in enumerate([*KWS_CLASSES[2:], "bed", "cat"]):
-            _wav(root / word / f"{spk}_nohash_0.wav", seconds=0.9, freq=200 + 60 * i + 7 * j)
-    _wav(root / "_background_noise_" / "pink.wav", seconds=12.0, freq=50)
+            wav(root / word / f"{spk}_nohash_0.wav", seconds=0.9, freq=200 + 60 * i + 7 * j)
+    wav(root / "_background_noise_" / "pink.wav", seconds=12.0, freq=50)
     test = [f"{w}/{SPEAKERS[-1]}_nohash_0.wav" for w in [*KWS_CLASSES[2:], "bed", "cat"]]
     (root / "testing_list.txt").write_text("\n".join(test) + "\n")
     (root / "validation_list.txt").write_text(f"yes/{SPEAKERS[-2]}_nohash_0.wav\n")
@@ -353,7 +304,7 @@ def test_speech_commands_scaling_uses_training_data_only(tmp_path: Path, folds: 
 
 
 def test_speech_commands_official_split_must_not_share_speakers(tmp_path: Path) -> None:
-    _write_kws(tmp_path)  # its testing_list.txt holds only some of spk0's clips
+    write_kws(tmp_path)  # its testing_list.txt holds only some of spk0's clips
     with pytest.raises(DatasetError, match=r"official test split shares 1 group.*'spk0'"):
         load_split("speech_commands", 0, 0.2, 1, 0, str(tmp_path))
     s = load_split("speech_commands", 0, 0.2, 2, 0, str(tmp_path))  # grouped folds still work
@@ -416,7 +367,7 @@ def test_decoded_cache_round_trips_groups(tmp_path: Path, monkeypatch: pytest.Mo
     third = data._cached("speech_commands", root, read)  # type: ignore[arg-type]
     assert len(reads) == 2 and third.groups is not None
     svhn = tmp_path / "svhn"
-    _write_svhn(svhn)
+    write_svhn(svhn)
     pool = data._cached("svhn", svhn, lambda: data.load_svhn(svhn, False, None))
     again_svhn = data._cached("svhn", svhn, lambda: data.load_svhn(svhn, False, None))
     assert pool.groups is None and again_svhn.groups is None and not again_svhn.needs_scaling

@@ -29,6 +29,7 @@ def _layer_norms(cfg: TrialConfig, names: list[str]) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_per_layer_jr_lowers_the_regularized_layers_jacobian() -> None:
     base = TrialConfig(bits="float", epochs=3, seed=4)
     plain = _layer_norms(base, ["act1", "act2"])
@@ -65,6 +66,7 @@ def test_per_layer_estimator_matches_exact_hidden_jacobian() -> None:
     assert abs(est - exact) / exact < 0.10
 
 
+@pytest.mark.slow
 def test_per_layer_estimator_sums_every_weighted_output_in_one_pass() -> None:
     import tensorflow as tf
     import tf_keras
@@ -270,6 +272,7 @@ def test_jr_gradients_through_batch_norm_match_finite_differences(activation: st
     assert keras_unfused["conv/kernel:0"] > 1e-2 and keras_unfused["conv/bias:0"] > 1e-2
 
 
+@pytest.mark.slow
 def test_jr_training_step_follows_finite_differences_through_batch_norm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -328,6 +331,7 @@ def test_jr_training_step_follows_finite_differences_through_batch_norm(
     assert m32.get_layer("bn").fused and "_calculate_mean_and_var" not in vars(m64.get_layer("bn"))
 
 
+@pytest.mark.slow
 def test_jr_gradients_through_resnet8_batch_norms_match_finite_differences() -> None:
     """The same oracle on the real ResNet-8 (8x8x3 inputs, 4 images): a handful of entries.
 
@@ -384,6 +388,7 @@ def test_unknown_jr_layer_is_named() -> None:
     assert rows[0]["status"] == "failed" and "jr_layers: no layer named 'act9'" in rows[0]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 def test_adversarial_training_raises_robust_accuracy(method: str) -> None:
     from trainables.trial import run_trial

@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from analysis.pareto import pareto_front
 from analysis.query import connect
 from grid.spec import load_study
-from tests.conftest import SMOKE
-from tests.conftest import grid_cli as _grid
-from tests.helpers import brute_force_front
+from tests.helpers import SMOKE, STUDIES, brute_force_front, grid_cli
+
+pytestmark = pytest.mark.slow  # every test runs the grid on Ray
 
 
 def test_one_complete_row_set_per_trial(
@@ -48,7 +50,7 @@ def test_pareto_command_reads_parquet_alone(
     ).fetchall()
     expected = brute_force_front([(k, a, b) for k, a, b in pts])
     assert set(pareto_front(con)["key"]) == expected
-    proc = _grid("pareto", str(folder))
+    proc = grid_cli("pareto", str(folder))
     assert proc.returncode == 0, proc.stderr
     printed = {line.split()[-1] for line in proc.stdout.splitlines()[2:] if line.strip()}
     assert printed == expected
@@ -57,7 +59,7 @@ def test_pareto_command_reads_parquet_alone(
 def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     folder, _ = smoke_run
     before = {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()}
-    proc = _grid("run", str(SMOKE), "--results", str(folder.parent))
+    proc = grid_cli("run", str(SMOKE), "--results", str(folder.parent))
     assert proc.returncode == 0, proc.stderr
     assert "16 already complete, 0 to run" in proc.stdout
     assert "/16]" not in proc.stdout
@@ -65,8 +67,8 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
 
 
 def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
-    cv = Path(__file__).parent / "studies" / "cv_smoke.yaml"
-    proc = _grid("run", str(cv), "--results", str(tmp_path))
+    cv = STUDIES / "cv_smoke.yaml"
+    proc = grid_cli("run", str(cv), "--results", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fold=2/3" in proc.stdout
     con = connect(tmp_path / "cv-smoke")
@@ -96,11 +98,11 @@ def test_export_writes_a_trial_out(
 ) -> None:
     folder, _ = smoke_run
     key = sorted(p.name for p in (folder / "artifacts").iterdir())[0]
-    proc = _grid("export", str(folder), key[:6], "--out", str(tmp_path / "out"))
+    proc = grid_cli("export", str(folder), key[:6], "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "manifest.json", "model.h5", "model_int8.tflite", "weights.npz",
     ]  # fmt: skip
     assert f"exported trial {key}" in proc.stdout
-    bad = _grid("export", str(folder), "zzzz")
+    bad = grid_cli("export", str(folder), "zzzz")
     assert bad.returncode == 2 and "key: 'zzzz' matches no trial" in bad.stderr

@@ -35,8 +35,7 @@ from grid.launch import StudyState
 from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
 from grid.store import ParquetSink
-from tests.conftest import grid_cli
-from tests.helpers import rows_for
+from tests.helpers import grid_cli, rows_for
 
 STUDIES = Path(__file__).parent / "studies"
 

@@ -49,6 +49,7 @@ def test_layer_bits_override_first_and_last() -> None:
         )
 
 
+@pytest.mark.slow
 def test_ds_cnn_trains_prunes_and_clusters_on_kws_shaped_data() -> None:
     """The depthwise layers take every axis too (tiny synthetic MFCC-shaped batch)."""
     from trainables import compress

@@ -32,8 +32,7 @@ from grid.store import (
     write_artifacts,
     write_json,
 )
-from tests.conftest import S3
-from tests.helpers import rows_for
+from tests.helpers import S3, rows_for
 
 BASE = {"name": "s", "dataset": "digits", "model": "digits_cnn"}
 

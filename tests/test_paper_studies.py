@@ -9,15 +9,14 @@ import pytest
 
 from analysis.query import connect
 from grid.spec import load_study
-from tests.test_datasets import _cifar_batches, _write_cifar_bin, _write_kws, _write_svhn
-from tests.test_e2e import _grid
+from tests.helpers import cifar_batches, grid_cli, write_cifar_bin, write_kws, write_svhn
 
 STUDIES = Path(__file__).parent.parent / "grid" / "studies"
 PAPER = ["stq_jr_cifar10", "stq_jr_svhn", "stq_jr_kws", "compounded_cifar10"]
 WRITERS = {
-    "cifar10": lambda root: _write_cifar_bin(root, _cifar_batches(n=12)),
-    "svhn": lambda root: _write_svhn(root, n_train=30, n_test=10),
-    "speech_commands": _write_kws,
+    "cifar10": lambda root: write_cifar_bin(root, cifar_batches(n=12)),
+    "svhn": lambda root: write_svhn(root, n_train=30, n_test=10),
+    "speech_commands": write_kws,
 }
 
 
@@ -72,13 +71,14 @@ def test_showcases_run_on_data_that_ships_with_five_folds() -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER)
 def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> None:
     study = load_study(STUDIES / "smoke" / f"{name}.yaml")
     data = tmp_path / "data"
     data.mkdir()
     WRITERS[study.dataset.name.value](data)
-    proc = _grid(
+    proc = grid_cli(
         "run",
         str(STUDIES / "smoke" / f"{name}.yaml"),
         "--data",

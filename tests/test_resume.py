@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,15 +17,9 @@ import pytest
 from analysis.query import connect
 from grid import space
 from grid.spec import load_study
-from tests.test_search import brute_force_hv
+from tests.helpers import GRID, STUDIES, brute_force_hv, grid_cli
 
-STUDIES = Path(__file__).parent / "studies"
-GRID = [sys.executable, "-m", "grid.cli"]
-
-
-def _grid(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=900, env=env)
+pytestmark = pytest.mark.slow  # every test runs the grid on Ray
 
 
 def _rows(folder: Path) -> list[Path]:
@@ -48,6 +41,18 @@ def _assert_exactly_once(folder: Path, keys: set[str], rows_per_key: int) -> Non
     assert con.execute("SELECT bool_and(status = 'complete') FROM rows").fetchone() == (True,)
 
 
+def _optuna_study(folder: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal"))
+    )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _complete(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials Optuna recorded as complete in the study's journal."""
+    return [t for t in _optuna_study(folder, name).trials if t.state.name == "COMPLETE"]
+
+
 def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path) -> None:
     study_file = STUDIES / "resume.yaml"
     study = load_study(study_file)
@@ -67,19 +72,19 @@ def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path) -> None:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         assert len(_rows(folder)) < study.grid_size
-        status = _grid("status", str(study_file), "--results", str(tmp_path))
+        status = grid_cli("status", str(study_file), "--results", str(tmp_path))
         assert status.returncode == 0, status.stderr
         assert "no driver running" in status.stdout  # the dead driver is not taken for a live one
 
-        resumed = _grid("resume", str(study_file), "--results", str(tmp_path))
+        resumed = grid_cli("resume", str(study_file), "--results", str(tmp_path))
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         _assert_exactly_once(folder, {t.key for t in study.trials()}, rows_per_key=2)
         assert (
             f"{study.grid_size} done, 0 running, 0 failed, 0 to do"
-            in _grid("status", str(study_file), "--results", str(tmp_path)).stdout
+            in grid_cli("status", str(study_file), "--results", str(tmp_path)).stdout
         )
 
-        again = _grid("run", str(study_file), "--results", str(tmp_path))
+        again = grid_cli("run", str(study_file), "--results", str(tmp_path))
         assert again.returncode == 0, again.stderr
         assert f"{study.grid_size} already complete, 0 to run" in again.stdout
         assert "[1/" not in again.stdout  # zero trials ran
@@ -96,33 +101,35 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     faults = tmp_path / "faults"
     # Every trial raises on its first attempt: Tune retries it (FailureConfig) and the
     # retry's rows replace the failed row.
-    first = _grid("run", str(study_file), "--results", str(tmp_path),
+    first = grid_cli("run", str(study_file), "--results", str(tmp_path),
                   env={"ROBUSTGRID_FAIL_FIRST_ATTEMPT": str(faults)})  # fmt: skip
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stdout.count("[retry]") == 3 == len(list(faults.iterdir()))
     assert "injected fault" in first.stdout
-    _assert_exactly_once(folder, {p.stem for p in _rows(folder)}, rows_per_key=1)
-    assert len(_rows(folder)) == 3
+    # The keys of the points Optuna completed, from its journal: one row set each.
+    first_keys = {
+        study.point_trials(space.to_point(study, t.params))[0].key
+        for t in _complete(folder, study.name)
+    }
+    assert len(first_keys) == 3
+    _assert_exactly_once(folder, first_keys, rows_per_key=1)
     assert "HV " in first.stdout
 
     # A bigger budget continues the same Optuna study (its journal in the results folder).
     study_file.write_text(study_file.read_text().replace("trials: 3", "trials: 5"))
-    second = _grid("run", str(study_file), "--results", str(tmp_path))
+    second = grid_cli("run", str(study_file), "--results", str(tmp_path))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "5 trials, 3 already complete, 2 to run" in second.stdout
     assert len(_rows(folder)) == 5
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal"))
-    )
-    ostudy = optuna.load_study(study_name=study.name, storage=storage)
-    complete = [t for t in ostudy.trials if t.state.name == "COMPLETE"]
+    ostudy = _optuna_study(folder, study.name)
+    complete = _complete(folder, study.name)
     assert {space.point_label(space.to_point(study, t.params)) for t in complete} == {
         space.point_label(p)
         for p in space.points(study)
         if study.point_trials(p)[0].key in {f.stem for f in _rows(folder)}
     }
     assert [d.name for d in ostudy.directions] == ["MAXIMIZE", "MINIMIZE", "MAXIMIZE"]
-    assert "0 to run" in _grid("run", str(study_file), "--results", str(tmp_path)).stdout
+    assert "0 to run" in grid_cli("run", str(study_file), "--results", str(tmp_path)).stdout
 
     # The stored front and hypervolume equal a brute-force computation on the rows.
     con = connect(folder)
@@ -143,7 +150,7 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
         if not any((up[j] >= up[i]).all() and (up[j] > up[i]).any() for j in range(len(pts)))
     }
     assert {k for f in saved["front"] for k in f["keys"]} == brute
-    status = _grid("status", str(study_file), "--results", str(tmp_path))
+    status = grid_cli("status", str(study_file), "--results", str(tmp_path))
     assert "5 done, 0 running, 0 failed, 0 to do" in status.stdout
     assert f"hypervolume {saved['hypervolume_normalized']:.4f}" in status.stdout
     # the front as `grid pareto` lists one: smallest first, accuracies to 3 decimals
@@ -160,7 +167,7 @@ def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Pat
         "resources: {retries: 1}\nartifacts: false\n"
     )
     faults = {"ROBUSTGRID_FAULT_RATE": "1", "ROBUSTGRID_FAULTS": str(tmp_path / "faults")}
-    proc = _grid(
+    proc = grid_cli(
         "run", str(study_file), "--results", str(tmp_path), env=faults
     )  # every attempt raises
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -169,5 +176,5 @@ def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Pat
     con = connect(tmp_path / "broken")
     status, reason = con.execute("SELECT status, reason FROM rows").fetchone()
     assert status == "failed" and "injected fault" in reason
-    out = _grid("status", str(study_file), "--results", str(tmp_path)).stdout
+    out = grid_cli("status", str(study_file), "--results", str(tmp_path)).stdout
     assert "0 done, 0 running, 1 failed, 0 to do" in out and "injected fault" in out

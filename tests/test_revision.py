@@ -7,9 +7,7 @@ reports the old rows as stale, and neither counts them as complete.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +19,8 @@ import trainables.config
 from grid.planning import plan
 from grid.spec import load_study
 from grid.state import StudyState
-from grid.store import STATUS_STALE, key_status, stale_revisions
+from grid.store import STATUS_STALE, ParquetSink, key_status, stale_revisions
+from tests.helpers import config_rows, grid_cli
 from trainables.config import RESULTS_REVISION
 
 STUDY = """
@@ -37,17 +36,6 @@ artifacts: false
 """
 
 
-def _grid(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "grid.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-
-
 def _set_revision(folder: Path, revision: int | None) -> None:
     """Rewrite the stored rows as a trainer of another revision would have left them."""
     for path in (folder / "rows").glob("*.parquet"):
@@ -60,16 +48,22 @@ def _set_revision(folder: Path, revision: int | None) -> None:
         pq.write_table(table, path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The study file and its folder with every trial complete: one row per trial,
+    built from the study's own trial configs and written by the real Parquet sink
+    (what is checked here is the rows' revision and keys, not their metrics, so no
+    Ray run is needed to make them)."""
     root = tmp_path_factory.mktemp("rev")
     study = root / "rev.yaml"
     study.write_text(STUDY)
-    proc = _grid("run", str(study), "--results", str(root / "r"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sink = ParquetSink(str(root / "r" / "rev"), "rev", "r")
+    for trial in load_study(study).trials():
+        sink(trial.key, config_rows(trial, 0.5, 1000, study="rev"))
     return study, root / "r" / "rev"
 
 
+@pytest.mark.slow
 def test_bumped_revision_reruns_a_complete_study(
     finished: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -83,7 +77,7 @@ def test_bumped_revision_reruns_a_complete_study(
     _set_revision(copy, RESULTS_REVISION - 1)
     assert set(key_status(copy).values()) == {STATUS_STALE}
 
-    status = _grid("status", str(study), "--results", str(tmp_path / "r"))
+    status = grid_cli("status", str(study), "--results", str(tmp_path / "r"))
     assert status.returncode == 0, status.stderr[-2000:]
     assert "0 done" in status.stdout
     assert (
@@ -92,7 +86,7 @@ def test_bumped_revision_reruns_a_complete_study(
     )
     assert "front 0 of 0 point(s)" in status.stdout or "no complete point" in status.stdout
 
-    run = _grid("run", str(study), "--results", str(tmp_path / "r"))
+    run = grid_cli("run", str(study), "--results", str(tmp_path / "r"))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 trials, 0 already complete, 2 to run" in run.stdout
     assert "stale: 2 stored trial(s)" in run.stdout
@@ -101,7 +95,7 @@ def test_bumped_revision_reruns_a_complete_study(
         assert set(pq.read_table(path, columns=["revision"]).column(0).to_pylist()) == {
             RESULTS_REVISION
         }
-    again = _grid("run", str(study), "--results", str(tmp_path / "r"))
+    again = grid_cli("run", str(study), "--results", str(tmp_path / "r"))
     assert "2 already complete, 0 to run" in again.stdout
 
 

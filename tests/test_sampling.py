@@ -71,6 +71,7 @@ def test_attacked_subset_keeps_the_class_shares_of_the_test_split() -> None:
     assert len(set(result.positions.tolist())) == n
 
 
+@pytest.mark.slow
 def test_same_examples_for_every_trial_of_a_study_and_nested_across_attacks() -> None:
     from trainables.attacks import stratified_order, subset_digest
     from trainables.trial import run_trial, trial_split

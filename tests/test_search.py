@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
 from grid.state import StudyState, live_driver
 from grid.store import ParquetSink, write_json
-from tests.helpers import brute_force_front, rows_for
+from tests.helpers import brute_force_front, brute_force_hv, rows_for
 from trainables.ray_adapter import TrialPayload
 
 BASE: dict[str, Any] = {
@@ -31,22 +31,6 @@ BASE: dict[str, Any] = {
     "axes": {"bits": ["float", 4, "ternary"], "sparsity": [0.0, 0.5], "clusters": [0, 4]},
     "attacks": [{"name": "fgsm", "eps": [0.1]}],
 }
-
-
-def brute_force_hv(values: np.ndarray, maximize: list[bool], ref: list[float]) -> float:
-    """Union of the boxes [point, ref] by counting the cells of the grid of all coordinates."""
-    sign = np.where(maximize, -1.0, 1.0)
-    v, r = np.asarray(values, float) * sign, np.asarray(ref, float) * sign
-    v = v[(v < r).all(axis=1)]
-    if not len(v):
-        return 0.0
-    axes = [np.unique(np.append(v[:, d], r[d])) for d in range(v.shape[1])]
-    total = 0.0
-    for cell in itertools.product(*(range(len(a) - 1) for a in axes)):
-        lo = np.array([axes[d][i] for d, i in enumerate(cell)])
-        if (v <= lo).all(axis=1).any():  # some point dominates the cell's lower corner
-            total += float(np.prod([axes[d][i + 1] - axes[d][i] for d, i in enumerate(cell)]))
-    return total
 
 
 def test_hypervolume_hand_table() -> None:
@@ -263,6 +247,13 @@ def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
     folder = study.results_dir(str(tmp_path))
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "grid"])
     try:
+        # Popen can return while the child is still inside exec (an empty
+        # /proc/PID/cmdline, which live_driver takes for a recycled pid): wait
+        # until the kernel shows the command line a driver would have.
+        deadline = time.monotonic() + 30
+        while b"grid" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in driver never started"
+            time.sleep(0.01)
         write_json(
             folder,
             "status.json",
