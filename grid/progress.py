@@ -109,14 +109,23 @@ def progress_callback(
     todo = summary.total - summary.skipped
     width = len(str(todo))
 
-    def running(trials: list[Any]) -> list[str]:
-        return [k for t in trials if t.status == "RUNNING" for k in TrialPayload.of(t.config).keys]
+    def running(trials: list[Any], plus: Any = None, minus: Any = None) -> list[str]:
+        """Keys of the running trials.  Tune calls on_trial_start before it marks the trial
+        RUNNING, and on_trial_result/on_trial_error while the ending trial still is: ``plus``
+        and ``minus`` correct for the trial the callback is about."""
+        out = [
+            k
+            for t in trials
+            if (t.status == "RUNNING" or t is plus) and t is not minus
+            for k in TrialPayload.of(t.config).keys
+        ]
+        return list(dict.fromkeys(out))
 
     class Progress(Callback):
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            write_status(state.results_dir, running=running(trials))
+            write_status(state.results_dir, running=running(trials, plus=trial))
 
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -136,12 +145,12 @@ def progress_callback(
                 f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
                 f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
                 f"HV {front.normalized:.4f} front {len(front.labels)} "
-                f"(running {len(running(trials)) - len(unit.keys)}, ETA {_fmt_s(eta)})"
+                f"(running {len(running(trials, minus=trial))}, ETA {_fmt_s(eta)})"
                 + (f" | MASKING? {result['masking_flags']}" if result.get("masking_flags") else "")
                 + "\n"
             )
             out.flush()
-            write_status(state.results_dir, running=running(trials))
+            write_status(state.results_dir, running=running(trials, minus=trial))
 
         def on_trial_recover(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -164,7 +173,7 @@ def progress_callback(
                     summary.failures.append(f"{cfg.key}: {reason[:300]}")
             out.write(f"[failed] {', '.join(unit.keys)}: {reason[:200]}\n")
             out.flush()
-            write_status(state.results_dir, running=running(trials))
+            write_status(state.results_dir, running=running(trials, minus=trial))
 
     return Progress()
 
