@@ -98,7 +98,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
         print(
             f"\n{summary.completed} complete, {summary.failed} failed, {summary.skipped} skipped "
             f"in {summary.wall_s:.1f}s of Tune time ({time.perf_counter() - t0:.1f}s in all); "
-            f"trials' own compute {summary.trial_s:.1f}s on {summary.concurrency} slot(s): "
+            f"trials' own compute {summary.trial_s:.1f}s on {summary.slots} slot(s): "
             f"efficiency {summary.efficiency:.2f}, overhead {summary.overhead_per_trial_s:.2f}s per trial"
         )
         for failure in summary.failures:

@@ -9,6 +9,7 @@ is a Tune callback on the driver that prints one line per finished trial
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,11 @@ class RunSummary:
     failed: int = 0
     wall_s: float = 0.0
     trial_s: float = 0.0  # sum of the trials' own compute time (run_trial wall time)
-    concurrency: int = 1
+    concurrency: int = 1  # trials Tune may run at once (the cap it was given)
+    # Trials the Ray cluster's nodes could hold at once at the run's peak (None: not sampled).
+    # On a cluster ``concurrency`` is every trial (queued trials make an autoscaler add
+    # nodes), so the slots the summary reports are the fewer of the two.
+    held: int | None = None
     failures: list[str] = field(default_factory=list)
     missing: int = 0  # neither complete nor failed after the run (interrupted)
     strategy: str = "grid"
@@ -44,15 +49,50 @@ class RunSummary:
         return self.completed + self.failed
 
     @property
+    def slots(self) -> int:
+        """Trials that could run at once: Tune's cap, or what the cluster held, the fewer."""
+        if self.held is None or self.held <= 0:
+            return self.concurrency
+        return min(self.concurrency, self.held)
+
+    @property
     def efficiency(self) -> float:
         """Trial compute / (wall time x concurrent trial slots)."""
-        return self.trial_s / (self.wall_s * self.concurrency) if self.wall_s > 0 else 0.0
+        return self.trial_s / (self.wall_s * self.slots) if self.wall_s > 0 else 0.0
 
     @property
     def overhead_per_trial_s(self) -> float:
-        return (
-            max(0.0, self.wall_s * self.concurrency - self.trial_s) / self.ran if self.ran else 0.0
-        )
+        return max(0.0, self.wall_s * self.slots - self.trial_s) / self.ran if self.ran else 0.0
+
+    def sample_slots(self, cpus_per_trial: float, gpus_per_trial: float) -> None:
+        """Record the trials the Ray cluster's alive nodes hold now, keeping the peak."""
+        import ray
+
+        nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+        now = slots_held(nodes, cpus_per_trial, gpus_per_trial)
+        self.held = now if self.held is None else max(self.held, now)
+
+
+def slots_held(
+    nodes: list[dict[str, float]], cpus_per_trial: float, gpus_per_trial: float = 0.0
+) -> int:
+    """Trials that fit at once on these nodes (each node's total resources, as Ray counts them).
+
+    A trial runs on one node, so each node holds ``floor(CPUs / cpus_per_trial)`` trials
+    (and, with GPUs, no more than ``floor(GPUs / gpus_per_trial)``); the cluster holds their sum.
+    """
+    eps = 1e-9  # 1 / 0.1 * 0.1 and the like: fractions that divide exactly count as whole
+    total = 0
+    for res in nodes:
+        fit = math.floor(res.get("CPU", 0.0) / cpus_per_trial + eps) if cpus_per_trial > 0 else None
+        if gpus_per_trial > 0:
+            by_gpu = math.floor(res.get("GPU", 0.0) / gpus_per_trial + eps)
+            fit = by_gpu if fit is None else min(fit, by_gpu)
+        total += fit or 0
+    return total
+
+
+SLOT_SAMPLE_S = 2.0  # how often the driver reads the cluster's nodes during a run
 
 
 def _fmt_s(s: float) -> str:
@@ -121,11 +161,24 @@ def progress_callback(
         ]
         return list(dict.fromkeys(out))
 
+    res = state.study.resources
+    sampled = [0.0]  # when the cluster's slots were last sampled (perf_counter)
+
+    def sample(force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - sampled[0] >= SLOT_SAMPLE_S:
+            sampled[0] = now
+            summary.sample_slots(res.cpus_per_trial, res.gpus_per_trial)
+
     class Progress(Callback):
+        def on_step(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            sample()  # an autoscaler adds nodes while trials wait: keep the peak
+
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             write_status(state.results_dir, running=running(trials, plus=trial))
+            sample(force=summary.held is None)
 
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
