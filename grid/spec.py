@@ -55,6 +55,7 @@ from trainables.config import (
     Threads,
     TrialConfig,
 )
+from trainables.gpu import GpuMemory
 from trainables.modelspec import (
     LAYER_TYPES,
     UNION_TAGS,
@@ -240,11 +241,32 @@ class Logger(enum.StrEnum):
 
 class Resources(_Strict):
     cpus_per_trial: Threads = 1  # each trial's TensorFlow threads
-    gpus_per_trial: int = Field(default=0, ge=0, le=64)
+    gpus_per_trial: float = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="GPUs per trial: a whole number, or a fraction in (0, 1) to share a GPU "
+        "(0.25: four trials per GPU, each capped to its share of the memory; trainables/gpu.py)",
+    )
+    gpu_memory: GpuMemory = Field(
+        default=GpuMemory.limit,
+        description="how a trial sharing a GPU holds memory: `limit` (a hard cap of its share, "
+        "less 512 MB of CUDA context) or `growth` (TensorFlow's memory growth, no cap)",
+    )
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
     retries: int = Field(
         default=2, ge=0, le=100
     )  # Tune retries of a trial that raised or lost its node
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_or_a_share(cls, v: float) -> float:
+        # Ray's own rule: a fraction of one GPU, or whole GPUs.
+        if v > 1 and v != int(v):
+            raise ValueError(
+                f"{v:g} GPUs: a trial takes a fraction of one GPU (0 < x <= 1) or whole GPUs (1, 2, ...)"
+            )
+        return v
 
 
 def _known_value(kind: type[enum.StrEnum], what: str, v: Any) -> Any:
@@ -522,6 +544,7 @@ class Study(_Strict):
             "jr_layers": t.jr_layers,
             "attacks": tuple(x.model_dump() for x in self.attacks),
             "threads": self.resources.cpus_per_trial,
+            "gpus": self.resources.gpus_per_trial, "gpu_memory": self.resources.gpu_memory,
         }  # fmt: skip
 
     def point_trials(self, point: dict[str, Any]) -> list[TrialConfig]:

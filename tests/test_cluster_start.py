@@ -63,7 +63,7 @@ def ray_node(
     """``ray start ARGS --block`` in its own process group; the group is killed afterwards."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*(wrap or []), RAY, "start", *args, "--block", "--include-dashboard=false"],
+            [*(wrap or []), RAY, "start", *args, "--block"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     try:
@@ -171,7 +171,13 @@ def test_grid_run_against_a_token_authenticated_head(tmp_path: Path) -> None:
     address = f"127.0.0.1:{port}"
     results = tmp_path / "results"
     run = ["run", str(STUDY), "--results", str(results), "--address", address]
-    args = ["--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"]
+    args = [
+        "--head",
+        "--include-dashboard=false",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--node-ip-address=127.0.0.1",
+    ]
     with ray_node(args, plain_env(HOME=str(home)), tmp_path / "head.log"):
         missing = grid(*run, env=plain_env(HOME=str(stranger)), timeout=120)
         wrong = grid(*run, env=plain_env(HOME=str(home), RAY_AUTH_TOKEN="0" * 32), timeout=120)
@@ -202,7 +208,9 @@ def _unshare_works() -> bool:
 
 @contextmanager
 def two_nodes(tmp_path: Path, results: Path | None, env: dict[str, str]) -> Iterator[str]:
-    """A head (1 CPU) and a worker node (1 CPU) from `ray start`, both on this machine.
+    """A head (1 CPU) and a worker node (1 CPU) from `ray start`, both on this machine, with
+    token authentication on every node as Ray's docs set a cluster up (RAY_AUTH_MODE=token and
+    the token in ``env``'s HOME, which the driver's plain environment shares).
 
     Separate disks, simulated honestly: with ``results`` given, the worker node's `ray start`
     runs in a mount namespace of its own (``unshare -m``) where another, empty folder is
@@ -211,9 +219,19 @@ def two_nodes(tmp_path: Path, results: Path | None, env: dict[str, str]) -> Iter
     seen: the driver hands tasks the path as a string (``Location`` pickles as its URI) and
     each node opens it on its own filesystem.
     """
+    if not (Path(env["HOME"]) / ".ray" / "auth_token").is_file():
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    nodes_env = {**env, "RAY_AUTH_MODE": "token"}  # the nodes', not the driver's
     port = free_port()
     address = f"127.0.0.1:{port}"
-    head = ["--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
+    head = [
+        "--head",
+        "--include-dashboard=false",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--node-ip-address=127.0.0.1",
+    ]
     worker = ["--address", address, "--num-cpus=1", "--node-ip-address=127.0.0.1"]
     wrap = None
     if results is not None:
@@ -222,13 +240,13 @@ def two_nodes(tmp_path: Path, results: Path | None, env: dict[str, str]) -> Iter
         wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                 f'mount --bind "{other}" "{results}" && exec "$0" "$@"']  # fmt: skip
     with (
-        ray_node(head, env, tmp_path / "head.log"),
-        ray_node(worker, env, tmp_path / "worker.log", wrap),
+        ray_node(head, nodes_env, tmp_path / "head.log"),
+        ray_node(worker, nodes_env, tmp_path / "worker.log", wrap),
     ):
         deadline = time.monotonic() + 60
         while True:  # both nodes registered
             status = subprocess.run([RAY, "status", "--address", address], capture_output=True,
-                                    text=True, env=env)  # fmt: skip
+                                    text=True, env=nodes_env)  # fmt: skip
             if status.stdout.count("node_") >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -242,7 +260,8 @@ def test_nodes_without_a_shared_results_folder_are_refused(tmp_path: Path) -> No
         pytest.skip("needs mount namespaces (unshare -m) to give a node a disk of its own")
     results = tmp_path / "results"
     results.mkdir()
-    env = plain_env()
+    (tmp_path / "home").mkdir()
+    env = plain_env(HOME=str(tmp_path / "home"))
     with two_nodes(tmp_path, results, env) as address:
         proc = grid("run", str(two_trials(tmp_path)), "--results", str(results),
                     "--address", address, env=env)  # fmt: skip
@@ -262,7 +281,8 @@ def test_shared_folder_and_object_storage_pass_the_probe(tmp_path: Path, s3) -> 
     whose store gets all rows); and results in the local S3 endpoint pass too."""
     results = tmp_path / "results"
     study = str(two_trials(tmp_path))
-    env = plain_env()  # the s3 fixture's AWS_* variables included
+    (tmp_path / "home").mkdir()
+    env = plain_env(HOME=str(tmp_path / "home"))  # the s3 fixture's AWS_* variables included
     with two_nodes(tmp_path, None, env) as address:
         shared = grid("run", study, "--results", str(results), "--address", address, env=env)
         remote = grid("run", study, "--results", f"{s3.uri}/results", "--address", address,

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.gpu import GpuMemory
 from trainables.modelspec import ImportedModel, LayerList, model_kind, model_label, source_digest
 
 # ---------------------------------------------------------------------------
@@ -331,7 +332,7 @@ Model = Annotated[
 ]
 
 
-NOT_IN_KEY = {"threads", "data_path", "download", "data_md5"}
+NOT_IN_KEY = {"threads", "gpus", "gpu_memory", "data_path", "download", "data_md5"}
 
 # The results revision: the version of what a trial computes.  Bump it with
 # any change that alters a trial's rows for the same config (training, JR,
@@ -407,6 +408,10 @@ class TrialConfig(BaseModel):
     download: bool = False
     data_md5: Md5 | None = None
     threads: Threads = 1
+    # The trial's share of a GPU (0.25: four trials per GPU) and how its memory is held
+    # (trainables.gpu): where the trial runs, not what it computes.
+    gpus: float = Field(default=0.0, ge=0.0, le=64.0)
+    gpu_memory: GpuMemory = GpuMemory.limit
     # An imported builder's source digest (trainables.modelspec): in the key, so edited
     # builder code gives new keys; None (and left out of the identity) for other models.
     builder_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")

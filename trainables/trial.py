@@ -27,6 +27,7 @@ from trainables.attacks import (
 from trainables.config import AdvMethod, TrialConfig
 from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
+from trainables.gpu import configure_gpus
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
 from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
@@ -285,6 +286,7 @@ def run_trial(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     set_threads(cfg.threads)
+    configure_gpus(cfg.gpus, cfg.gpu_memory)  # a shared GPU: memory capped before TF allocates
     try:
         # ans_hybrid: each layer's width from its measured noise sensitivity (trainables/ans.py)
         hybrid = ans.plan(cfg) if cfg.bits == "ans_hybrid" else None
