@@ -192,6 +192,7 @@ def test_grid_run_against_a_token_authenticated_head(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     rows = sorted((results / "resume" / "rows").glob("*.parquet"))
     assert len(rows) == 8
+    print(next(ln for ln in ok.stdout.splitlines() if "slot(s)" in ln))  # the figure, with -s
     summary = re.search(r"on (\d+) slot\(s\): efficiency ([0-9.]+)", ok.stdout)
     assert summary and summary.group(1) == "2", ok.stdout[-2000:]
     assert float(summary.group(2)) > 0.3, ok.stdout[-2000:]  # 8 slots would read about 0.2
