@@ -103,7 +103,7 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-# --- fast: pure functions and the nothing-there case -------------------------------------
+# --- pure functions, and the nothing-there case -------------------------------------
 
 
 def test_token_source_follows_rays_precedence(tmp_path: Path) -> None:
@@ -144,6 +144,7 @@ def test_slots_held(nodes: list[dict[str, float]], cpus: int, gpus: float, want:
     assert slots_held(nodes, cpus, gpus) == want
 
 
+@pytest.mark.slow  # the grid command line in a subprocess: about 10 s
 def test_no_cluster_at_the_address_is_one_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     proc = grid("run", str(STUDY), "--results", str(tmp_path), "--address", f"127.0.0.1:{port}",
