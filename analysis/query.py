@@ -9,6 +9,10 @@
              footprint, clean accuracy and one ``robust_<attack>@<eps>`` column
              per attack and eps.
 
+Compacted files (``rows/compacted-*.parquet``, ``grid compact``) are read beside
+the per-key files under the store's one rule: a key's per-key file, when present,
+wins over its rows in a compacted file of the same folder (grid/store.py).
+
 A location is a study's results folder (holding ``rows/``), a parent of
 several studies, a Parquet glob or file, or a URI that pyarrow's filesystems
 read (``s3://bucket/results/study``, ``gs://...``, ``file:///...``).

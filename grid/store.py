@@ -12,6 +12,20 @@ instance profile), never from a study file.  Layout::
     <results>/<study>/optuna.journal       an Optuna search's study (survives restarts)
     <results>/<study>/search.json          objectives, reference, hypervolume and front
     <results>/<study>/status.json          the driver's live state (pid, running trials)
+    <results>/<study>/rows/compacted-<uuid>.parquet   many keys' rows (``grid compact``)
+
+Reading many keys (:func:`scan`, :func:`key_status`, :func:`read_many`) is one
+listing of ``rows/`` and batched dataset reads of the columns needed, never a
+loop of one request per key.  **Compaction** (:func:`compact`) merges complete
+and stale keys into ``compacted-<uuid>.parquet`` files (sorted by key, at most
+``COMPACT_MAX_KEYS`` keys each): step 1 writes the compacted file atomically,
+step 2 deletes the per-key files it merged.  The contract every reader keeps
+(here, ``analysis.query.connect`` and through them ``grid status/pareto/report/
+resume``) is one rule: **a key's per-key file, when present, wins over its rows
+in a compacted file** (it is the newest write; after a crash between the steps
+both hold the same rows).  The next compaction first deletes per-key files whose
+key a compacted file holds, so a key is in at most one compacted file.  Failed
+keys stay per-key: their retry rewrites them.
 
 Every file is encoded in memory first, then written in one go: on a local
 disk to ``.<name>.tmp-<uuid>`` and renamed into place, on object storage as
@@ -338,10 +352,8 @@ def _read_batch(
     paths = [loc.path("rows", n) for n in names]
     try:
         dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=loc.fs)
-        proj: dict[str, Any] = {c: pads.field(c) for c in columns}
-        if key_from_name:
-            proj["__filename"] = pads.field("__filename")
-        table = dataset.to_table(columns=proj, fragment_readahead=64)
+        # __filename: each row's file (a per-key file's name is its key)
+        table = dataset.to_table(columns=columns + (["__filename"] if key_from_name else []))
     except (pa.ArrowInvalid, OSError):
         out = []
         for n in names:
@@ -438,11 +450,17 @@ def scan(results_dir: str | Path | Location, objective: tuple[Any, ...] | None =
     file read, no per-row Python.  The rules are :func:`key_status`'s and
     ``trainables.rows.summarize``'s (tests/test_store.py checks both against them).
     """
+    return scan_table(
+        read_many(results_dir, _SUMMARY_COLUMNS if objective else _STATUS_COLUMNS), objective
+    )
+
+
+def scan_table(table: pa.Table, objective: tuple[Any, ...] | None = None) -> Scan:
+    """:func:`scan` over rows already read (``key`` and the columns it needs)."""
     import duckdb
 
     from trainables.config import DEFAULT_NORM
 
-    table = read_many(results_dir, _SUMMARY_COLUMNS if objective else _STATUS_COLUMNS)
     table = table.append_column("_idx", pa.array(range(table.num_rows), pa.int64()))
     con = duckdb.connect()
     con.register("t", table)
@@ -644,14 +662,17 @@ def compact(
             loc.delete("rows", listing.per_key.pop(key))
             finished += 1
             _test_kill(f"finished-{finished}")
-    status = scan(loc).status if listing.per_key else {}
-    fresh = Listing(listing.per_key, [])
-    todo = sorted(k for k, st in status.items() if st != STATUS_FAILED and k in listing.per_key)
-    written, deleted = [], 0
-    for i in range(0, len(todo), max_keys):
-        chunk = todo[i : i + max_keys]
-        part = Listing({k: fresh.per_key[k] for k in chunk}, [])
+    # One full read per batch of per-key files: their statuses come from the same rows.
+    names = sorted(listing.per_key)
+    written, deleted, merged = [], 0, 0
+    for i in range(0, len(names), max_keys):
+        part = Listing({k: listing.per_key[k] for k in names[i : i + max_keys]}, [])
         table = read_many(loc, list(SCHEMA.names), part)
+        status = scan_table(table.select(_STATUS_COLUMNS)).status
+        keys = sorted(k for k, st in status.items() if st != STATUS_FAILED)
+        if not keys:
+            continue
+        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string())))
         table = table.take(
             pc.sort_indices(table, [("key", "ascending")])
         )  # stable: rows keep their order
@@ -660,14 +681,15 @@ def compact(
         name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
         loc.write_bytes(buf.getvalue().to_pybytes(), "rows", name)  # step 1: whole or not at all
         written.append(name)
+        merged += len(keys)
         _test_kill("written")
-        for key in chunk:  # step 2: the merged per-key files go
+        for key in keys:  # step 2: the merged per-key files go
             loc.delete("rows", part.per_key[key])
             deleted += 1
             _test_kill(f"deleted-{deleted}")
         _test_kill("deleted-all")
-    kept = len(listing.per_key) - len(todo)
-    return CompactReport(written, len(todo), deleted, finished, kept, time.perf_counter() - t0)
+    kept = len(listing.per_key) - merged
+    return CompactReport(written, merged, deleted, finished, kept, time.perf_counter() - t0)
 
 
 def write_json(where: str | Path | Location, name: str, data: Any) -> None:
