@@ -23,8 +23,11 @@ import duckdb
 import pandas as pd
 
 # TF-free (pydantic only): the results revision, and the columns of the schema.
+# The compacted files' prefix is the store's (grid/store.py: its one dedupe rule).
 from trainables.config import AXES, RESULTS_REVISION
 from trainables.rows import COLUMNS
+
+COMPACTED_PREFIX = "compacted-"
 
 # A config's identity over its folds: the trial's config JSON without the fold
 # (rows without it, written by other tools, fall back to the axes' columns).
@@ -68,8 +71,9 @@ def parquet_glob(results: str | Path) -> str:
     )
 
 
-def _remote_dataset(uri: str) -> Any:
-    """The rows under a filesystem URI as a pyarrow dataset (no DuckDB extension needed)."""
+def _remote_dataset(uri: str) -> list[Any]:
+    """The rows under a filesystem URI as pyarrow datasets (no DuckDB extension needed): the
+    per-key files, and per folder its compacted files less the keys that have a per-key file."""
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
@@ -90,7 +94,27 @@ def _remote_dataset(uri: str) -> Any:
         raise FileNotFoundError(
             f"results: {uri!r} holds no robustgrid rows (expected .../rows/*.parquet)"
         )
-    return ds.dataset(files, filesystem=fs, format="parquet")
+    per_key = [f for f in files if not _compacted(f)]
+    parts = [ds.dataset(per_key, filesystem=fs, format="parquet")] if per_key else []
+    # The store's one rule: a key's per-key file, when present, wins over its compacted rows.
+    for folder in sorted({f.rsplit("/", 1)[0] for f in files if _compacted(f)}):
+        own = [_stem(f) for f in per_key if f.rsplit("/", 1)[0] == folder]
+        merged = ds.dataset(
+            [f for f in files if _compacted(f) and f.rsplit("/", 1)[0] == folder],
+            filesystem=fs,
+            format="parquet",
+        )
+        parts.append(merged.filter(~ds.field("key").isin(own)) if own else merged)
+    return parts
+
+
+def _compacted(path: str) -> bool:
+    """A compacted file of the store (grid.store.COMPACTED_PREFIX): many keys' rows."""
+    return path.rsplit("/", 1)[-1].startswith(COMPACTED_PREFIX)
+
+
+def _stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
 def _readable_files(glob: str) -> str:
@@ -130,19 +154,20 @@ def connect(
     con = con or duckdb.connect()
     s = str(results)
     if "://" in s:
-        con.register("rows_arrow", _remote_dataset(s))
-        con.execute("CREATE OR REPLACE VIEW raw_rows AS SELECT * FROM rows_arrow")
+        views = []
+        for i, part in enumerate(_remote_dataset(s)):
+            con.register(f"rows_arrow_{i}", part)
+            views.append(f"SELECT * FROM rows_arrow_{i}")
+        con.execute("CREATE OR REPLACE VIEW raw_rows AS " + " UNION ALL BY NAME ".join(views))
     else:
         glob = parquet_glob(results)
-        source = "'" + glob.replace("'", "''") + "'"
+        pattern = "'" + glob.replace("'", "''") + "'"
+        source = pattern
         try:
             con.execute(f"SELECT count(*) FROM read_parquet({source}, union_by_name = true)")
         except duckdb.Error:
             source = _readable_files(glob)  # a truncated or foreign file: leave it out, say which
-        con.execute(
-            "CREATE OR REPLACE VIEW raw_rows AS "
-            f"SELECT * FROM read_parquet({source}, union_by_name = true)"
-        )
+        con.execute(f"CREATE OR REPLACE VIEW raw_rows AS {_deduped(source, pattern, glob)}")
     _rows_views(con, stale)
     pairs = con.execute(
         "SELECT DISTINCT attack, attack_norm, eps FROM rows WHERE status = 'complete' "
@@ -183,6 +208,28 @@ def connect(
         """
     )
     return con
+
+
+def _deduped(source: str, pattern: str, glob: str) -> str:
+    """The rows of ``source`` under the store's one rule (grid/store.py): a key's per-key file,
+    when present (readable or not), wins over its rows in a compacted file of the same folder.
+
+    Without compacted files this is the plain read; ``pattern`` is listed by DuckDB's own
+    ``glob`` so both sides name files alike.
+    """
+    import glob as globbing
+
+    read = f"read_parquet({source}, union_by_name = true"
+    if not any(Path(f).name.startswith(COMPACTED_PREFIX) for f in globbing.iglob(glob)):
+        return f"SELECT * FROM {read})"
+    return f"""
+        SELECT * EXCLUDE (_rg_file) FROM {read}, filename = '_rg_file') r
+        WHERE NOT starts_with(parse_filename(r._rg_file), '{COMPACTED_PREFIX}')
+           OR NOT EXISTS (
+               SELECT 1 FROM glob({pattern}) g
+               WHERE NOT starts_with(parse_filename(g.file), '{COMPACTED_PREFIX}')
+                 AND parse_dirpath(g.file) = parse_dirpath(r._rg_file)
+                 AND parse_filename(g.file, true) = r.key)"""
 
 
 def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:

@@ -3,6 +3,7 @@
 grid run [STUDY]        run a study (the embedded default when none is given)
 grid resume [STUDY]     finish a study whose driver stopped or died (kill -9 included)
 grid status [STUDY]     trials done / running / failed / skipped, the front and its hypervolume
+grid compact [STUDY]    merge complete trials' per-key files into large Parquet files (or a RESULTS folder)
 grid validate [STUDY]   check a study file without running anything
 grid schema             the study file's JSON Schema (editors complete and check study files)
   STUDY: a study file, an embedded study's file name (stq_showcase) or its name (stq-showcase)
@@ -15,6 +16,7 @@ grid compare RESULTS    the two papers' comparisons (variants and gain; reductio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -132,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     from grid.spec import Strategy
     from grid.state import StudyState, live_driver, stale_note
-    from grid.store import read_json, read_rows
+    from grid.store import read_json
 
     study = load_study(args.study)
     folder = study.results_dir(args.results)
@@ -185,8 +187,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  masking {key}: {names}")
     for key in keys:
         if state.status.get(key) == "failed":
-            reason = (read_rows(folder, key) or [{}])[0].get("reason") or ""
+            reason = state.reasons.get(key, "")
             print(f"  failed {key}: {str(reason)[:200]}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from grid.state import live_driver
+    from grid.store import Location, compact, is_remote
+
+    where = args.study
+    if where and (is_remote(where) or os.path.isdir(os.path.join(where, "rows"))):
+        if args.results:
+            raise StudyError(f"compact: give a study or a results folder, not both ({where!r})")
+        folder = Location(where)  # a study's results folder (holding rows/) or its URI
+    else:
+        folder = load_study(where).results_dir(args.results)
+    if not folder.is_dir("rows") and not folder.files("rows"):
+        raise StudyError(f"results: {folder} holds no rows to compact")
+    pid = live_driver(folder)
+    if pid:
+        raise StudyError(
+            f"compact: a driver (pid {pid}) is running on {folder}; compact when it has stopped"
+        )
+    report = compact(folder, max_keys=args.max_keys)
+    print(f"{folder.display('rows')}: {report.describe()}")
     return 0
 
 
@@ -402,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("study", nargs="?", default=None, help=STUDY_HELP)
     st.add_argument("--results", help="results folder (overrides the study's `results`)")
     st.set_defaults(func=cmd_status)
+
+    com = sub.add_parser(
+        "compact",
+        help="merge complete trials' per-key Parquet files into large ones (readers see the same rows)",
+    )
+    com.add_argument(
+        "study", nargs="?", default=None, help=STUDY_HELP + "; or a study's results folder or URI"
+    )
+    com.add_argument("--results", help="results folder (overrides the study's `results`)")
+    com.add_argument(
+        "--max-keys", type=int, default=20_000, help="keys per compacted file (default 20,000)"
+    )
+    com.set_defaults(func=cmd_compact)
 
     val = sub.add_parser("validate", help="check a study file; starts nothing")
     val.add_argument("study", nargs="?", default=None, help=STUDY_HELP)

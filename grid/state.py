@@ -22,14 +22,12 @@ from typing import Any
 from grid import space
 from grid.spec import Strategy, Study
 from grid.store import (
-    STATUS_STALE,
     Location,
     ParquetSink,
     as_location,
-    key_status,
     read_json,
     read_rows,
-    stale_revisions,
+    scan,
     write_json,
 )
 from trainables.config import RESULTS_REVISION, TrialConfig
@@ -52,19 +50,20 @@ class StudyState:
     def __init__(self, study: Study, results_dir: str | Path | Location) -> None:
         self.study, self.results_dir = study, as_location(results_dir)
         self.obj = space.objectives(study)
-        self.status = key_status(self.results_dir)
-        self.stale = (
-            stale_revisions(self.results_dir) if STATUS_STALE in self.status.values() else {}
-        )
+        # One listing and a few dataset reads, however many keys (no per-key read at start).
+        stored = scan(self.results_dir, study.headline)
+        self.status = stored.status
+        self.stale = stored.stale
+        self.reasons = stored.reasons  # key -> its first row's reason (failed keys say why)
         self.values: dict[str, list[float]] = {}  # complete key -> objective values
         self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
         self.params: int | None = None
         self.points = space.points(study)
         self.trials, self.keys = space.grid_trials(study, self.points)
         ours = {k for ks in self.keys.values() for k in ks}
-        for key, st in self.status.items():
+        for key, st in list(self.status.items()):
             if st == STATUS_COMPLETE and key in ours:
-                self.refresh(key)
+                self._apply(key, stored.summaries[key])
         previous = read_json(self.results_dir, "search.json") or {}
         self.history: list[list[float]] = previous.get("history", [])
 
@@ -74,7 +73,11 @@ class StudyState:
         if not rows:
             self.status.pop(key, None)
             return False
-        s = summarize(rows, self.study.headline)
+        self.reasons[key] = rows[0].get("reason") or ""
+        return self._apply(key, summarize(rows, self.study.headline))
+
+    def _apply(self, key: str, s: dict[str, Any]) -> bool:
+        """Take ``key``'s summary (``trainables.rows.summarize``'s) into the state."""
         self.status[key] = s["status"]
         if s["status"] != STATUS_COMPLETE:
             self.values.pop(key, None)

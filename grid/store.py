@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -286,12 +287,277 @@ def write_artifacts(results_dir: str | Path | Location, key: str, files: dict[st
     return str(final)
 
 
+# ---------------------------------------------------------------------------
+# Reading many keys at once, and compaction
+
+COMPACTED_PREFIX = "compacted-"
+COMPACT_MAX_KEYS = 20_000  # keys per compacted file (docs/performance.md: the store at scale)
+_BATCH_FILES = 2_000  # files per dataset read; a batch with an unreadable file is read file by file
+_ROW_GROUP_ROWS = 4_096  # compacted files: row groups small enough for a key filter to skip most
+KILL_AT_ENV = "ROBUSTGRID_TEST_COMPACT_KILL_AT"
+
+
+def is_compacted(name: str) -> bool:
+    """True for a compacted file's name (``compacted-<uuid>.parquet``), never a key's."""
+    return name.startswith(COMPACTED_PREFIX)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One listing of ``rows/``: the per-key files and the compacted files."""
+
+    per_key: dict[str, str]  # key -> file name
+    compacted: list[str]  # file names
+
+
+def list_rows(results_dir: str | Path | Location) -> Listing:
+    """The files under ``rows/``, in one listing (one request on object storage)."""
+    names = as_location(results_dir).files("rows", suffix=".parquet")
+    return Listing(
+        per_key={n.removesuffix(".parquet"): n for n in names if not is_compacted(n)},
+        compacted=[n for n in names if is_compacted(n)],
+    )
+
+
+def _subschema(columns: list[str]) -> pa.Schema:
+    return pa.schema([SCHEMA.field(c) for c in columns])
+
+
+def _read_batch(
+    loc: Location, names: list[str], columns: list[str], key_from_name: bool
+) -> list[pa.Table]:
+    """The ``columns`` of the files ``names`` (one dataset read), each table with the file's order.
+
+    Columns a file lacks (``revision`` in files from before it) come back null.  A batch
+    holding an unreadable file (truncated, not Parquet) is read again file by file, and the
+    unreadable ones are left out, as :func:`key_status` always did.
+    """
+    import pyarrow.dataset as pads
+
+    schema = _subschema(columns)
+    paths = [loc.path("rows", n) for n in names]
+    try:
+        dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=loc.fs)
+        proj: dict[str, Any] = {c: pads.field(c) for c in columns}
+        if key_from_name:
+            proj["__filename"] = pads.field("__filename")
+        table = dataset.to_table(columns=proj, fragment_readahead=64)
+    except (pa.ArrowInvalid, OSError):
+        out = []
+        for n in names:
+            t = loc.read_table("rows", n)
+            if t is None:
+                continue  # unreadable: left out, its trial runs again
+            try:
+                arrays = [
+                    t.column(c).cast(schema.field(c).type)
+                    if c in t.column_names
+                    else pa.nulls(t.num_rows, schema.field(c).type)
+                    for c in columns
+                ]
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue  # a column of another type: not robustgrid rows
+            t = pa.Table.from_arrays(arrays, schema=schema)
+            if key_from_name:
+                t = t.append_column("__filename", pa.array([loc.path("rows", n)] * t.num_rows))
+            out.append(t)
+        return out
+    return [table]
+
+
+def read_many(
+    results_dir: str | Path | Location,
+    columns: list[str],
+    listing: Listing | None = None,
+) -> pa.Table:
+    """Every stored row's ``columns`` (plus ``key``), deduplicated by the store's one rule.
+
+    Per-key files are read in batches of dataset reads (their key is the file's
+    name); compacted files contribute the rows of the keys that have no per-key
+    file (a per-key file is the newest write of its key).  Rows keep their files'
+    order within each key.
+    """
+    loc = as_location(results_dir)
+    listing = listing or list_rows(loc)
+    cols = [c for c in dict.fromkeys(["key", *columns])]
+    tables: list[pa.Table] = []
+    names = list(listing.per_key.values())
+    for i in range(0, len(names), _BATCH_FILES):
+        for t in _read_batch(loc, names[i : i + _BATCH_FILES], cols, key_from_name=True):
+            stem = pc.replace_substring_regex(t.column("__filename"), r"^.*/|\.parquet$", "")
+            t = t.drop_columns(["__filename"]).set_column(
+                cols.index("key"), "key", stem.cast(pa.string())
+            )
+            tables.append(t)
+    if listing.compacted:
+        own = pa.array(sorted(listing.per_key), pa.string())
+        for t in _read_batch(loc, listing.compacted, cols, key_from_name=False):
+            tables.append(t.filter(pc.invert(pc.is_in(t.column("key"), value_set=own))))
+    if not tables:
+        return _subschema(cols).empty_table()
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class Scan:
+    """What the store holds, per key, read in one listing and a few dataset reads.
+
+    ``status``: as :func:`key_status`; ``stale``: as :func:`stale_revisions`;
+    ``summaries``: ``trainables.rows.summarize(read_rows(key), objective)`` for each key
+    (empty without an objective); ``reasons``: each key's first row's ``reason``.
+    """
+
+    status: dict[str, str]
+    stale: dict[str, int]
+    summaries: dict[str, dict[str, Any]]
+    reasons: dict[str, str]
+
+
+_STATUS_COLUMNS = ["key", "status", "revision"]
+_SUMMARY_COLUMNS = [
+    *_STATUS_COLUMNS,
+    "reason",
+    "attack",
+    "attack_norm",
+    "eps",
+    "metric_robust_acc",
+    "metric_clean_acc",
+    "metric_bytes",
+    "metric_tflite_bytes",
+    "metric_params",
+    "metric_masking_flags",
+    "meta_train_s",
+    "meta_total_s",
+]
+
+
+def scan(results_dir: str | Path | Location, objective: tuple[Any, ...] | None = None) -> Scan:
+    """Every key's status (and, given a headline ``objective``, its summary) from one listing.
+
+    Vectorised in DuckDB over the Arrow table of the columns needed: no per-key
+    file read, no per-row Python.  The rules are :func:`key_status`'s and
+    ``trainables.rows.summarize``'s (tests/test_store.py checks both against them).
+    """
+    import duckdb
+
+    from trainables.config import DEFAULT_NORM
+
+    table = read_many(results_dir, _SUMMARY_COLUMNS if objective else _STATUS_COLUMNS)
+    table = table.append_column("_idx", pa.array(range(table.num_rows), pa.int64()))
+    con = duckdb.connect()
+    con.register("t", table)
+    rev = int(RESULTS_REVISION)
+    per_key = f"""
+        SELECT key, min(_idx) AS first_idx,
+               bool_and(coalesce(status = '{STATUS_COMPLETE}', false)) AS all_complete,
+               bool_and(coalesce(revision = {rev}, false)) AS current
+        FROM t GROUP BY key"""
+    if not objective:
+        got = con.execute(
+            f"""SELECT a.key, a.all_complete, a.current, coalesce(f.revision, 0)
+                FROM ({per_key}) a JOIN t f ON f._idx = a.first_idx"""
+        ).fetchall()
+        status, stale = {}, {}
+        for key, all_complete, current, first_rev in got:
+            status[key] = _key_state(all_complete, current)
+            if not current:
+                stale[key] = int(first_rev)
+        return Scan(status, stale, {}, {})
+    attack, eps = objective[0], objective[1]
+    norm = objective[2] if len(objective) > 2 else None
+    size = objective[3] if len(objective) > 3 else "encoded"
+    cases = " ".join(f"WHEN '{a.value}' THEN '{n}'" for a, n in DEFAULT_NORM.items())
+    row_norm = f"CASE WHEN coalesce(attack_norm, '') <> '' THEN attack_norm ELSE CASE attack {cases} ELSE 'inf' END END"
+    q = "'" + str(attack).replace("'", "''") + "'"
+    if norm is not None:
+        norm_ok = f"{row_norm} = '{norm}'"
+    else:
+        norm_ok = "true" if attack != "worst" else f"{row_norm} = 'inf'"
+    match = "true" if attack == "worst" else f"attack = {q}"
+    ok = f"status = '{STATUS_COMPLETE}' AND attack IS NOT NULL AND attack <> 'none' AND {match} AND {norm_ok}"
+    target = "max(eps) OVER (PARTITION BY key)" if eps is None else repr(float(eps))
+    got = con.execute(
+        f"""
+        WITH ok AS (SELECT key, eps, metric_robust_acc, {target} AS target FROM t WHERE {ok}),
+        head AS (SELECT key, min(metric_robust_acc) FILTER (WHERE abs(eps - target) < 1e-9) AS robust,
+                        count(*) FILTER (WHERE abs(eps - target) < 1e-9) AS hits
+                 FROM ok GROUP BY key),
+        attacked AS (SELECT key, bool_or(attack IS NOT NULL AND attack <> 'none') AS any_attack
+                     FROM t GROUP BY key)
+        SELECT a.key, a.all_complete, a.current, f.revision, f.reason, h.robust, h.hits,
+               x.any_attack, f.metric_clean_acc, f.metric_bytes, f.metric_tflite_bytes,
+               f.metric_params, f.metric_masking_flags, f.meta_train_s, f.meta_total_s
+        FROM ({per_key}) a JOIN t f ON f._idx = a.first_idx
+             JOIN attacked x ON x.key = a.key LEFT JOIN head h ON h.key = a.key
+        """
+    ).fetchall()
+    out = Scan({}, {}, {}, {})
+    for (key, all_complete, current, first_rev, reason, robust, hits, any_attack, clean, nbytes,
+         tflite, params, flags, train_s, total_s) in got:  # fmt: skip
+        out.status[key] = _key_state(all_complete, current)
+        if not current:
+            out.stale[key] = int(first_rev or 0)
+        out.reasons[key] = reason or ""
+        complete = bool(all_complete)
+        robust = robust if complete and hits else None
+        if complete and (first_rev or 0) != RESULTS_REVISION:
+            complete, why = (
+                False,
+                f"stale: computed under results revision {first_rev or 0}, now {RESULTS_REVISION}",
+            )
+        elif complete and robust is None and any_attack:
+            complete, why = False, f"no rows for the objective's attack {attack} at eps {eps}"
+        else:
+            why = reason or ""
+        out.summaries[key] = {
+            "key": key,
+            "status": STATUS_COMPLETE if complete else STATUS_FAILED,
+            "reason": why,
+            "clean_acc": clean,
+            "robust_acc": robust if robust is not None or not complete else clean,
+            "bytes": tflite if size == "tflite" else nbytes,
+            "params": params,
+            "masking_flags": flags or "",
+            "train_s": train_s,
+            "total_s": total_s,
+        }
+    return out
+
+
+def _key_state(all_complete: bool, current: bool) -> str:
+    if not current:
+        return STATUS_STALE
+    return STATUS_COMPLETE if all_complete else STATUS_FAILED
+
+
 def read_rows(results_dir: str | Path | Location, key: str) -> list[dict[str, Any]] | None:
-    table = as_location(results_dir).read_table("rows", f"{key}.parquet")
+    """The rows stored for ``key`` (None when there are none, or its file is unreadable).
+
+    Its per-key file when there is one (the newest write wins), else its rows in the
+    compacted files, found by one filtered dataset read over them.
+    """
+    loc = as_location(results_dir)
+    table = loc.read_table("rows", f"{key}.parquet")
+    if table is None and not loc.exists("rows", f"{key}.parquet"):
+        table = _read_compacted(loc, key)
     if table is None:
         return None  # missing or unreadable: the trial is simply run again
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows or None
+
+
+def _read_compacted(loc: Location, key: str) -> pa.Table | None:
+    import pyarrow.dataset as pads
+
+    names = list_rows(loc).compacted
+    if not names:
+        return None
+    paths = [loc.path("rows", n) for n in names]
+    try:
+        dataset = pads.dataset(paths, schema=SCHEMA, format="parquet", filesystem=loc.fs)
+        return dataset.to_table(filter=pads.field("key") == key)
+    except (pa.ArrowInvalid, OSError):
+        return None
 
 
 STATUS_STALE = "stale"
@@ -303,45 +569,105 @@ def key_status(results_dir: str | Path | Location) -> dict[str, str]:
     without the column predate it), else 'failed'.
 
     Unreadable files (a truncated copy, say) are left out: their trials run again.
+    One listing and batched dataset reads (:func:`scan`), per-key files and compacted ones.
     """
-    loc = as_location(results_dir)
-    out: dict[str, str] = {}
-    for name in loc.files("rows", suffix=".parquet"):
-        t = loc.read_table("rows", name, columns=["key", "status", "revision"])
-        if t is None:  # a file from before results revisions (or unreadable: left out)
-            t = loc.read_table("rows", name, columns=["key", "status"])
-        if t is not None and t.num_rows:
-            statuses = set(t.column("status").to_pylist())
-            revisions = (
-                set(t.column("revision").to_pylist()) if "revision" in t.column_names else {None}
-            )
-            key = name.removesuffix(".parquet")
-            if revisions != {RESULTS_REVISION}:
-                out[key] = STATUS_STALE
-            else:
-                out[key] = STATUS_COMPLETE if statuses == {STATUS_COMPLETE} else STATUS_FAILED
-    return out
+    return scan(results_dir).status
 
 
 def stale_revisions(results_dir: str | Path | Location) -> dict[str, int]:
     """Stale keys -> the revision their rows were computed under (0: before revisions)."""
-    loc = as_location(results_dir)
-    out: dict[str, int] = {}
-    for key, st in key_status(loc).items():
-        if st == STATUS_STALE:
-            t = loc.read_table("rows", f"{key}.parquet", columns=["revision"])
-            rev = (
-                t.column("revision")[0].as_py()
-                if t is not None and "revision" in t.column_names
-                else 0
-            )
-            out[key] = int(rev or 0)
-    return out
+    return scan(results_dir).stale
 
 
 def completed_keys(results_dir: str | Path | Location) -> set[str]:
     """Keys whose row set is complete (failed and unreadable files do not count)."""
     return {k for k, v in key_status(results_dir).items() if v == STATUS_COMPLETE}
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    """What one :func:`compact` did."""
+
+    written: list[str]  # compacted files written (names under rows/)
+    keys: int  # keys merged into them
+    deleted: int  # per-key files deleted after their key was merged
+    finished: int  # per-key files an interrupted compaction had merged, deleted now
+    kept: int  # per-key files left as they are (failed keys, unreadable files)
+    seconds: float
+
+    def describe(self) -> str:
+        files = f"{len(self.written)} compacted file(s)" if self.written else "no new file"
+        done = (
+            f"; finished an interrupted compaction: {self.finished} file(s) deleted"
+            if self.finished
+            else ""
+        )
+        return (
+            f"compacted {self.keys} key(s) into {files}, deleted {self.deleted} per-key file(s), "
+            f"kept {self.kept} (failed or unreadable){done} in {self.seconds:.1f}s"
+        )
+
+
+def _test_kill(step: str) -> None:
+    """A test hook (tests/test_compact.py): SIGKILL this process at ``step`` when the
+    environment names it, so the crash test stops compaction between its steps."""
+    if os.environ.get(KILL_AT_ENV) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def compact(
+    results_dir: str | Path | Location, *, max_keys: int = COMPACT_MAX_KEYS
+) -> CompactReport:
+    """Merge complete (and stale) per-key row sets into ``rows/compacted-<uuid>.parquet``.
+
+    Step 1 writes a compacted file (sorted by key, at most ``max_keys`` keys) in one
+    atomic write; step 2 deletes the per-key files it merged.  A crash between them
+    leaves a key in both, and every reader takes the per-key file (the store's one
+    rule); the next compaction first deletes per-key files whose key a compacted file
+    already holds (complete keys are never rewritten by a driver), so a key is in at
+    most one compacted file.  Failed keys stay per-key: their retry rewrites them.
+    """
+    import time
+
+    if max_keys < 1:
+        raise ValueError(f"compact: max_keys must be at least 1, got {max_keys}")
+    t0 = time.perf_counter()
+    loc = as_location(results_dir)
+    listing = list_rows(loc)
+    finished = 0
+    if listing.compacted:
+        merged = read_many(loc, ["key"], Listing({}, listing.compacted)).column("key")
+        held = set(pc.unique(merged).to_pylist())
+        for key in sorted(k for k in listing.per_key if k in held):
+            loc.delete("rows", listing.per_key.pop(key))
+            finished += 1
+            _test_kill(f"finished-{finished}")
+    status = scan(loc).status if listing.per_key else {}
+    fresh = Listing(listing.per_key, [])
+    todo = sorted(k for k, st in status.items() if st != STATUS_FAILED and k in listing.per_key)
+    written, deleted = [], 0
+    for i in range(0, len(todo), max_keys):
+        chunk = todo[i : i + max_keys]
+        part = Listing({k: fresh.per_key[k] for k in chunk}, [])
+        table = read_many(loc, list(SCHEMA.names), part)
+        table = table.take(
+            pc.sort_indices(table, [("key", "ascending")])
+        )  # stable: rows keep their order
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, row_group_size=_ROW_GROUP_ROWS)
+        name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
+        loc.write_bytes(buf.getvalue().to_pybytes(), "rows", name)  # step 1: whole or not at all
+        written.append(name)
+        _test_kill("written")
+        for key in chunk:  # step 2: the merged per-key files go
+            loc.delete("rows", part.per_key[key])
+            deleted += 1
+            _test_kill(f"deleted-{deleted}")
+        _test_kill("deleted-all")
+    kept = len(listing.per_key) - len(todo)
+    return CompactReport(written, len(todo), deleted, finished, kept, time.perf_counter() - t0)
 
 
 def write_json(where: str | Path | Location, name: str, data: Any) -> None:
