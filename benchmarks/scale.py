@@ -378,21 +378,33 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def measure(fn: Callable[[], str], repeat: int, moto: Moto | None) -> tuple[float, int | None, str]:
-    """Best seconds of up to ``repeat`` runs (one when a run is slow), S3 requests of one run, and what it said."""
-    best, reqs, said = math.inf, None, ""
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads) and of its finished subprocesses."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def measure(
+    fn: Callable[[], str], repeat: int, moto: Moto | None
+) -> tuple[float, float, int | None, str]:
+    """Best wall and CPU seconds of up to ``repeat`` runs (one when a run is slow), the S3
+    requests of one run, and what it said.  CPU seconds (user + system, the grid subprocess
+    included; moto's server not) are what to compare on a machine others load too."""
+    best, best_cpu, reqs, said = math.inf, math.inf, None, ""
     for i in range(repeat):
         before = moto.count() if moto else 0
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         with _quiet():
             said = fn()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, _cpu() - c0
         if moto and i == 0:
             reqs = moto.count() - before
-        best = min(best, dt)
+        best, best_cpu = min(best, dt), min(best_cpu, dc)
         if dt > REPEAT_UNDER_S:
             break
-    return best, reqs, said
+    return best, best_cpu, reqs, said
 
 
 # ---------------------------------------------------------------------------
@@ -408,21 +420,26 @@ def table(results: list[dict[str, Any]], where: str) -> str:
     sizes = sorted({r["n"] for r in rows})
     ops = [o for o in OPS if any(r["op"] == o for r in rows)]
     get = {(r["op"], r["n"]): r for r in rows}
-    head = f"{where}: seconds (growth exponent vs the previous size; > 1.2 = worse than linear)"
-    lines = [head, f"  {'operation':<10}" + "".join(f"{f'N={n:,}':>24}" for n in sizes)]
+    head = (
+        f"{where}: wall/CPU seconds (growth exponent of the wall time vs the previous size; "
+        "> 1.2 = worse than linear)"
+    )
+    lines = [head, f"  {'operation':<10}" + "".join(f"{f'N={n:,}':>30}" for n in sizes)]
     for op in ops:
         cells = []
         for i, n in enumerate(sizes):
             r = get.get((op, n))
             if r is None or r["seconds"] is None:
-                cells.append(f"{r['error'] if r else '-':>24}")
+                cells.append(f"{r['error'] if r else '-':>30}")
                 continue
             cell = f"{r['seconds']:.2f}s"
+            if r.get("cpu") is not None:
+                cell += f"/{r['cpu']:.2f}s"
             prev = get.get((op, sizes[i - 1])) if i else None
             if prev and prev["seconds"]:
                 e = exponent(prev["seconds"], r["seconds"], sizes[i - 1], n)
-                cell += f" (x^{e:.2f}{' WORSE' if e > 1.2 else ''})"
-            cells.append(f"{cell:>24}")
+                cell += f" (N^{e:.2f}{' WORSE' if e > 1.2 else ''})"
+            cells.append(f"{cell:>30}")
         lines.append(f"  {op:<10}" + "".join(cells))
     if any(r.get("requests") is not None for r in rows):
         lines.append(f"{where}: object-storage requests per operation (one run)")
@@ -431,7 +448,7 @@ def table(results: list[dict[str, Any]], where: str) -> str:
             for n in sizes:
                 r = get.get((op, n))
                 q = r.get("requests") if r else None
-                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>24}")
+                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>30}")
             lines.append(f"  {op:<10}" + "".join(cells))
     return "\n".join(lines)
 
@@ -590,19 +607,24 @@ def main() -> None:
                     fns = operations(study_file, res, study, args.timeout, Path(tmp))
                     for op in ops:
                         m = moto if where == "s3" else None
+                        cpu: float | None
                         try:
-                            sec, reqs, said = measure(fns[op], args.repeat, m)
+                            sec, cpu, reqs, said = measure(fns[op], args.repeat, m)
                             err = ""
                         except (subprocess.TimeoutExpired, RuntimeError) as e:
-                            sec, reqs, said, err = None, None, "", type(e).__name__
+                            sec, cpu, reqs, said, err = None, None, None, "", type(e).__name__
                             print(f"  {op}: {e}", flush=True)
                         rq = f", {reqs:,} requests" if reqs is not None else ""
-                        shown = f"{sec:.2f}s" if sec is not None else err
+                        shown = (
+                            f"{sec:.2f}s (cpu {cpu:.2f}s)"
+                            if sec is not None and cpu is not None
+                            else err
+                        )
                         print(
                             f"  {where} N={study.grid_size:,} {op}: {shown}{rq}  | {said}",
                             flush=True,
                         )
-                        results.append({"where": where, "n": study.grid_size, "op": op, "seconds": sec,
+                        results.append({"where": where, "n": study.grid_size, "op": op, "seconds": sec, "cpu": cpu,
                                         "requests": reqs, "said": said, "error": err, "populated": info})  # fmt: skip
                 if where == "s3":
                     Location(res).fs.delete_dir_contents(
