@@ -194,7 +194,7 @@ def grid_configs(study: Study) -> list[TrialConfig]:
 
 def populate(
     loc: Location, study: Study, template: list[dict[str, Any]], threads: int
-) -> dict[str, int]:
+) -> dict[str, float]:
     """Write the study's rows through ``ParquetSink``, one call per key, from ``threads`` writers."""
     sink = ParquetSink(loc.uri, study.name, "scale-benchmark")
     started = "2026-01-01T00:00:00+00:00"
@@ -237,8 +237,7 @@ def populate(
                     f"  ... {done:,} of {len(cfgs):,} keys in {time.perf_counter() - t0:.0f}s",
                     flush=True,
                 )
-    counts["write_s"] = round(time.perf_counter() - t0, 1)
-    return counts
+    return {**counts, "write_s": round(time.perf_counter() - t0, 1)}
 
 
 # ---------------------------------------------------------------------------
