@@ -583,7 +583,19 @@ def paper2(
             ids = set(pts[pts.config_id.isin(combos)].pair_id)
             keys += pts[pts.pair_id.isin(ids)].key.tolist()
             masks = _masks(con, keys, attack, eps, norm)
-            versus = {cid: _versus_worst_single(pts, cid, masks) for cid in combos}
+            # Every single a combination is paired with shares its pair id (_single_mask):
+            # look among those trials only, not all of them for each combination (quadratic).
+            by_pair = dict(tuple(pts.groupby("pair_id", sort=False, dropna=False)))
+            first = pts.drop_duplicates("config_id").set_index("config_id").pair_id
+            one_pair = pts.groupby("config_id").pair_id.nunique(dropna=False) <= 1
+            versus = {
+                cid: _versus_worst_single(
+                    by_pair[first[cid]] if one_pair[cid] and pd.notna(first[cid]) else pts,
+                    cid,
+                    masks,
+                )
+                for cid in combos
+            }
         extra = pd.DataFrame([versus.get(cid, {"why": ""}) for cid in eff.config_id])
         eff = pd.concat(
             [eff.reset_index(drop=True), extra.drop(columns=["_keys"], errors="ignore")], axis=1

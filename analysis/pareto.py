@@ -379,12 +379,34 @@ def nondominated(
 ) -> np.ndarray:
     """Boolean mask of the points no other point dominates (ties: both stay)."""
     v, _ = _as_minimization(values, maximize)
+    if v.shape[1] == 2 and len(v) and not np.isnan(v).any():
+        return _nondominated_2d(v)
     keep = np.ones(len(v), dtype=bool)
     for start in range(0, len(v), 512):  # blocks: memory 512 x n x d, not n x n x d
         block = v[start : start + 512]
         le = (v[:, None, :] <= block[None, :, :]).all(axis=2)  # le[j, i]: j no worse than i
         lt = (v[:, None, :] < block[None, :, :]).any(axis=2)
         keep[start : start + 512] = ~(le & lt).any(axis=0)
+    return keep
+
+
+def _nondominated_2d(v: np.ndarray) -> np.ndarray:
+    """:func:`nondominated` of two minimised objectives in O(n log n): one sort, a running minimum.
+
+    With the points sorted by x, then y: a point is dominated exactly when a point of smaller x
+    has y no greater, or a point of the same x has a smaller y (equal points both stay).
+    """
+    order = np.lexsort((v[:, 1], v[:, 0]))
+    x, y = v[order, 0], v[order, 1]
+    first = np.ones(len(v), dtype=bool)
+    first[1:] = x[1:] != x[:-1]  # the first (smallest y) point of each distinct x
+    group = np.cumsum(first) - 1
+    least = y[first]  # each x's smallest y
+    before = np.minimum.accumulate(least)  # smallest y at this x or any smaller one
+    earlier = np.concatenate(([np.nan], before[:-1]))[group]  # at a strictly smaller x
+    dominated = ((group > 0) & (earlier <= y)) | (least[group] < y)
+    keep = np.empty(len(v), dtype=bool)
+    keep[order] = ~dominated
     return keep
 
 

@@ -31,9 +31,16 @@ class Plan(NamedTuple):
         return self.total - self.skipped
 
 
-def payload(point: space.Point, trials: Sequence[TrialConfig]) -> TrialPayload:
-    """One Tune trial's payload: ``point`` and the trial config of each fold it runs."""
-    return TrialPayload.build(point, space.point_label(point), trials)
+def payload(
+    point: space.Point, trials: Sequence[TrialConfig], keys: Sequence[str] | None = None
+) -> TrialPayload:
+    """One Tune trial's payload: ``point`` and the trial config of each fold it runs
+    (``keys``: their keys, when the caller has them already)."""
+    if keys is None:
+        return TrialPayload.build(point, space.point_label(point), trials)
+    return TrialPayload(
+        point=dict(point), label=space.point_label(point), keys=tuple(keys), trials=tuple(trials)
+    )
 
 
 def expected_cost(cfg: TrialConfig) -> float:
@@ -70,12 +77,14 @@ def plan(study: Study, state: StudyState) -> Plan:
     todo: list[tuple[float, TrialPayload]] = []
     total, skipped = 0, 0
     for p in pts:
-        for t in state.trials[space.point_label(p)]:  # one Tune trial per fold: more parallelism
+        label = space.point_label(p)
+        # One Tune trial per fold: more parallelism.
+        for t, key in zip(state.trials[label], state.keys[label], strict=True):
             total += 1
-            if t.key in done:
+            if key in done:
                 skipped += 1
             else:
-                todo.append((-expected_cost(t), payload(p, [t])))
+                todo.append((-expected_cost(t), payload(p, [t], [key])))
     # Longest first (LPT): the last trials to start are the short ones, so no
     # slot idles long at the end waiting for one slow trial.  Stable: equal
     # costs keep the file's order.

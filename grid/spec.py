@@ -547,32 +547,37 @@ class Study(_Strict):
             "gpus": self.resources.gpus_per_trial, "gpu_memory": self.resources.gpu_memory,
         }  # fmt: skip
 
-    def point_trials(self, point: dict[str, Any]) -> list[TrialConfig]:
-        """The trials (one per fold) of one point of the axes (see ``grid.space``)."""
-        common = self._common()
+    def point_trials(
+        self, point: dict[str, Any], common: dict[str, Any] | None = None
+    ) -> list[TrialConfig]:
+        """The trials (one per fold) of one point of the axes (see ``grid.space``).
+
+        ``common``: :meth:`_common`, when a caller builds many points' trials at once.
+        """
+        common = common or self._common()
         adv = self.axes.adversarial[int(point["adversarial"])]
         jr_layers = self.axes.jr_layers[int(point.get("jr_layers", 0))] or self.train.jr_layers
         # Per-layer bit-widths override a quantized model's layers; a float point is float
         # throughout (so the float baseline really is one).
         layer_bits = self.train.layer_bits if point["bits"] != "float" else {}
-        return [
-            TrialConfig.model_validate(
-                {
-                    **common,
-                    "model": self.models[int(point.get("model", 0))],
-                    "bits": point["bits"],
-                    "sparsity": point["sparsity"],
-                    "clusters": point["clusters"],
-                    "jr_weight": point["jr_weight"],
-                    "adversarial": adv,
-                    "jr_layers": jr_layers,
-                    "layer_bits": layer_bits,
-                    "ans": self.train.ans_hybrid if point["bits"] == "ans_hybrid" else None,
-                    "fold": fold,
-                }
-            )
-            for fold in range(self.folds)
-        ]
+        first = TrialConfig.model_validate(
+            {
+                **common,
+                "model": self.models[int(point.get("model", 0))],
+                "bits": point["bits"],
+                "sparsity": point["sparsity"],
+                "clusters": point["clusters"],
+                "jr_weight": point["jr_weight"],
+                "adversarial": adv,
+                "jr_layers": jr_layers,
+                "layer_bits": layer_bits,
+                "ans": self.train.ans_hybrid if point["bits"] == "ans_hybrid" else None,
+                "fold": 0,
+            }
+        )
+        # The other folds differ in ``fold`` alone (0..folds-1, within the field's bounds since
+        # ``folds`` is): copies, not a validation each, for grids of 10^5 trials.
+        return [first, *(first.model_copy(update={"fold": f}) for f in range(1, self.folds))]
 
     def check_models(self, builtin: bool = False) -> list[Any]:
         """Build each model for the dataset's input shape at each bit-width of the axis (TF).

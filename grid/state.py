@@ -59,8 +59,7 @@ class StudyState:
         self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
         self.params: int | None = None
         self.points = space.points(study)
-        self.trials = {space.point_label(p): study.point_trials(p) for p in self.points}
-        self.keys = {label: [t.key for t in ts] for label, ts in self.trials.items()}
+        self.trials, self.keys = space.grid_trials(study, self.points)
         ours = {k for ks in self.keys.values() for k in ks}
         for key, st in list(self.status.items()):
             if st == STATUS_COMPLETE and key in ours:
