@@ -176,11 +176,12 @@ def main() -> None:
         a, b = sampler.heaps[snaps[0]], sampler.heaps[snaps[1]]
         print(f"\nheap growth between {snaps[0]:,} and {snaps[1]:,} trials (top 15 sites):")
         for stat in b.compare_to(a, "traceback")[:15]:
-            frames = [
-                f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback
+            frames = [  # most recent first: the allocation, then its callers
+                f"{f.filename.split('site-packages/')[-1]}:{f.lineno}"
+                for f in reversed(stat.traceback)
             ]
             print(f"  {stat.size_diff / 1e6:+8.2f} MB {stat.count_diff:+8,} blocks  "
-                  + " <- ".join(frames[:4]))  # fmt: skip
+                  + " <- ".join(frames[:6]))  # fmt: skip
 
 
 if __name__ == "__main__":

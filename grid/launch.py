@@ -56,13 +56,20 @@ def run_study(
     summary = announce(study, state, planned, results_dir, out)
     if planned.todo <= 0:
         return summary
+    searcher = None
+    if study.search.strategy == Strategy.optuna:
+        # Built before Ray starts (Optuna's imports, the journal's replay): none of it
+        # holds a trial slot, and the first trial starts as soon as Tune does.
+        from grid.searcher import optuna_searcher
+
+        searcher = optuna_searcher(study, state)
     with ray_driver(study, results_dir, ray_address, planned, out) as free_cpus:
         summary.concurrency = concurrency(study, planned, free_cpus, max_concurrent)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         t0 = time.perf_counter()
         for part in parts(planned, summary.concurrency):
             before = summary.ran
-            make_tuner(study, state, part, summary, sink, out, t0).fit()
+            make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
             if part.units and summary.ran - before < sum(len(u.keys) for u in part.units):
                 break  # interrupted (Ctrl-C, a lost cluster): the store says what is left
         summary.wall_s = time.perf_counter() - t0
@@ -95,7 +102,7 @@ def parts(planned: Plan, slots: int) -> list[Plan]:
 
 def make_tuner(
     study: Study, state: StudyState, planned: Plan, summary: RunSummary, sink: ParquetSink,
-    out: TextIO, t0: float | None = None,
+    out: TextIO, t0: float | None = None, searcher: Any = None,
 ) -> Any:  # fmt: skip
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""
     from ray import tune
@@ -112,7 +119,8 @@ def make_tuner(
         from grid.searcher import optuna_searcher  # imports Optuna
 
         param_space: dict[str, Any] = {}
-        search_alg, samples = optuna_searcher(study, state), planned.todo // study.folds
+        search_alg = searcher or optuna_searcher(study, state)
+        samples = planned.todo // study.folds
     else:
         param_space, search_alg, samples = TrialPayload.param_space(planned.units), None, 1
     return tune.Tuner(

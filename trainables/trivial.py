@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from trainables.config import TrialConfig
+from trainables.config import AttackSpec, TrialConfig
 from trainables.rows import STATUS_COMPLETE, base_row, wilson
 
 TRIVIAL = "ROBUSTGRID_TRIVIAL_TRIALS"
@@ -44,7 +44,7 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
         metric_bytes_sparse=nbytes, metric_bytes_clustered=nbytes, meta_train_s=0.0,
         meta_layers_json=json.dumps({"trivial": True}), meta_layer_bits_json="{}",
     )  # fmt: skip
-    attacked = [(a, eps) for a in cfg.attacks for eps in a.eps]
+    attacked: list[tuple[AttackSpec | None, float]] = [(a, e) for a in cfg.attacks for e in a.eps]
     rows = []
     for attack, eps in attacked or [(None, 0.0)]:
         robust = rng.randint(0, clean)
