@@ -142,6 +142,7 @@ def test_many_trivial_trials_keep_the_drivers_state_bounded(
     the kept front is the store's, the history bounded."""
     monkeypatch.setenv(TRIVIAL, "1")  # Ray's workers inherit the driver's environment
     monkeypatch.setattr(launch, "TUNE_PART", 64)
+    monkeypatch.setattr(launch, "TUNE_PART_PER_SLOT", 1)
     monkeypatch.setattr(state_mod, "HISTORY_MAX", 32)
     callbacks: list[Any] = []
     real = launch.progress_callback
