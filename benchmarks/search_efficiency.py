@@ -16,6 +16,17 @@ over seeds), and the ratios optuna / random.
 
     python benchmarks/search_efficiency.py [--share 0.3] [--seeds 5]
     python benchmarks/search_efficiency.py --export RESULTS/search-grid   # rebuild the table
+
+``--busy`` measures something else, for real: whether an Optuna search keeps
+every trial slot as busy as a random search does.  One run trains the same
+16-point digits study (tests/studies/smoke.yaml's axes and attacks) with
+``strategy: optuna`` and with ``strategy: random``, each with a budget of
+``--budget`` points, through ``grid.launch.run_study`` on a fresh local Ray and a
+fresh results folder; it prints each run's efficiency (the trials' own compute /
+(Tune wall x slots)), its overhead per trial and the time to its first trial,
+and the difference.  Goal: optuna within 0.05 of random.
+
+    python benchmarks/search_efficiency.py --busy [--budget 5] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -23,11 +34,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import math
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from grid import space
 from grid.searcher import optuna_searcher
@@ -114,6 +128,79 @@ def optuna_run(
     return visited
 
 
+BUSY_STUDY = HERE.parent / "tests" / "studies" / "smoke.yaml"
+
+
+class _Clock(io.TextIOBase):
+    """The driver's output: kept for the first progress line's time (the first trial's end)."""
+
+    def __init__(self) -> None:
+        self.t0, self.first = time.perf_counter(), None
+        self.events: list[tuple[float, int]] = []  # (seconds, trials running) at each change
+
+    def watching(self, write: Any) -> Any:
+        """``grid.progress.write_status`` that also records how many trials run, and when."""
+
+        def watch(results_dir: Any, **fields: Any) -> None:
+            if "running" in fields:
+                self.events.append((time.perf_counter() - self.t0, len(fields["running"])))
+            write(results_dir, **fields)
+
+        return watch
+
+    def write(self, s: str) -> int:
+        if self.first is None and s.startswith("["):
+            self.first = time.perf_counter() - self.t0
+        return len(s)
+
+
+def busy(budget: int, repeats: int, timeline: bool = False) -> None:
+    """The same study as optuna and as random, same budget, in one run: efficiency of each."""
+    import yaml
+
+    from grid import progress
+    from grid.launch import run_study
+    from grid.spec import parse_study
+
+    data = yaml.safe_load(BUSY_STUDY.read_text())
+    base = parse_study(data)
+    print(f"{base.name}: {base.points} points, budget {budget}, {os.cpu_count()} cores, "
+          f"{repeats} run(s) each, alternating which goes first")  # fmt: skip
+    eff: dict[str, list[float]] = {"optuna": [], "random": []}
+    for r in range(repeats):
+        order = ("optuna", "random") if r % 2 == 0 else ("random", "optuna")
+        for strategy in order:
+            search: dict[str, object] = {"strategy": strategy, "trials": budget, "seed": r}
+            if strategy == "optuna":
+                search.update(sampler="tpe", startup_trials=2)
+            study = parse_study({**data, "search": search})
+            clock = _Clock()
+            real_write = progress.write_status
+            watch = clock.watching(real_write)
+            progress.write_status = watch  # type: ignore[assignment]
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                try:
+                    summary = run_study(study, results=tmp, out=clock)
+                finally:
+                    progress.write_status = real_write  # type: ignore[assignment]
+                total = time.perf_counter() - t0
+            assert summary.completed == budget * study.folds, (strategy, summary)
+            eff[strategy].append(summary.efficiency)
+            print(
+                f"  {strategy:<7} {summary.completed} trials on {summary.concurrency} slots: "
+                f"Tune wall {summary.wall_s:5.1f} s (run {total:5.1f} s), compute "
+                f"{summary.trial_s:5.1f} s, efficiency {summary.efficiency:.3f}, overhead "
+                f"{summary.overhead_per_trial_s:4.1f} s per trial, first trial done at "
+                f"{clock.first or 0:4.1f} s", flush=True,
+            )  # fmt: skip
+            if timeline:
+                print("    running: " + ", ".join(f"{t:.0f}s:{n}" for t, n in clock.events))
+    o, rnd = statistics.mean(eff["optuna"]), statistics.mean(eff["random"])
+    print(f"efficiency optuna {o:.3f}, random {rnd:.3f}: difference {o - rnd:+.3f} "
+          f"(goal: optuna within 0.05 of random: {'met' if rnd - o <= 0.05 else 'missed'})")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,7 +212,14 @@ def main() -> None:
     ap.add_argument(
         "--export", metavar="RESULTS", help="rebuild the lookup table from a completed grid run"
     )
+    ap.add_argument("--busy", action="store_true", help="optuna vs random slot efficiency, trained")
+    ap.add_argument("--budget", type=int, default=5, help="--busy: points each search runs")
+    ap.add_argument("--repeats", type=int, default=1, help="--busy: runs of each strategy")
+    ap.add_argument("--timeline", action="store_true", help="--busy: trials running over time")
     args = ap.parse_args()
+    if args.busy:
+        busy(args.budget, args.repeats, args.timeline)
+        return
     study = load_study(STUDY)
     if args.export:
         export(args.export, study)

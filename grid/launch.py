@@ -56,12 +56,22 @@ def run_study(
     summary = announce(study, state, planned, results_dir, out)
     if planned.todo <= 0:
         return summary
+    searcher = None
+    if study.search.strategy == Strategy.optuna:
+        # Built before Ray starts (Optuna's imports, the journal's replay): none of it
+        # holds a trial slot, and the first trial starts as soon as Tune does.
+        from grid.searcher import optuna_searcher
+
+        searcher = optuna_searcher(study, state)
     with ray_driver(study, results_dir, ray_address, planned, out) as free_cpus:
         summary.concurrency = concurrency(study, planned, free_cpus, max_concurrent)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
-        tuner = make_tuner(study, state, planned, summary, sink, out)
         t0 = time.perf_counter()
-        tuner.fit()
+        for part in parts(planned, summary.concurrency):
+            before = summary.ran
+            make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
+            if part.units and summary.ran - before < sum(len(u.keys) for u in part.units):
+                break  # interrupted (Ctrl-C, a lost cluster): the store says what is left
         summary.wall_s = time.perf_counter() - t0
     # The store is the truth: a trial that wrote its rows just before an
     # interruption counts, one that did not is still to do.
@@ -71,9 +81,28 @@ def run_study(
     return summary
 
 
+# A grid or random run hands Tune its trials in parts of at most this many (at least
+# TUNE_PART_PER_SLOT per trial slot), one Tuner each: Tune keeps every trial of a run
+# (its Trial objects and their JSON state for the experiment checkpoint, about 20 KB a
+# trial), so a single Tuner's driver grows with the trials run; parts bound it.  A part's
+# end costs each slot about half a trial and a worker start (benchmarks/driver_memory.py).
+TUNE_PART, TUNE_PART_PER_SLOT = 1000, 50
+
+
+def parts(planned: Plan, slots: int) -> list[Plan]:
+    """The run as Tune runs: the whole plan for a search, else parts of its trials in order."""
+    size = max(TUNE_PART, TUNE_PART_PER_SLOT * slots)
+    if not planned.units or len(planned.units) <= size:
+        return [planned]
+    return [
+        planned._replace(units=planned.units[i : i + size])
+        for i in range(0, len(planned.units), size)
+    ]
+
+
 def make_tuner(
     study: Study, state: StudyState, planned: Plan, summary: RunSummary, sink: ParquetSink,
-    out: TextIO,
+    out: TextIO, t0: float | None = None, searcher: Any = None,
 ) -> Any:  # fmt: skip
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""
     from ray import tune
@@ -90,7 +119,8 @@ def make_tuner(
         from grid.searcher import optuna_searcher  # imports Optuna
 
         param_space: dict[str, Any] = {}
-        search_alg, samples = optuna_searcher(study, state), planned.todo // study.folds
+        search_alg = searcher or optuna_searcher(study, state)
+        samples = planned.todo // study.folds
     else:
         param_space, search_alg, samples = TrialPayload.param_space(planned.units), None, 1
     return tune.Tuner(
@@ -112,7 +142,7 @@ def make_tuner(
             ),
             verbose=0,
             callbacks=[
-                progress_callback(summary, state, sink, out, time.perf_counter()),
+                progress_callback(summary, state, sink, out, t0 or time.perf_counter()),
                 *loggers.callbacks(study, state.results_dir, out),  # the study's `loggers:`
             ],
             failure_config=tune.FailureConfig(max_failures=res.retries),

@@ -9,6 +9,7 @@ is a Tune callback on the driver that prints one line per finished trial
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -140,24 +141,60 @@ def point_line(study: Study, unit: TrialPayload) -> str:
     )
 
 
+class LiveFront:
+    """The front as points complete, kept from the front so far and each new point.
+
+    The front of all complete points is the front of (the previous front + the new
+    point), so each trial costs the size of the front, not of the study: at 10^4
+    points recomputing it from every point after every trial made a run quadratic.
+    """
+
+    def __init__(self, state: StudyState, start: space.Front) -> None:
+        self.state, self.front = state, start
+        self.counted = set(state.point_values())  # complete points so far
+
+    def add(self, label: str) -> space.Front:
+        """The front once ``label``'s point may have completed (unchanged if it has not)."""
+        st = self.state
+        value = st.point_value(label)
+        if value is None or label in self.counted:
+            return self.front
+        self.counted.add(label)
+        members = {k: st.point_value(k) for k in self.front.labels}
+        if any(v is None for v in members.values()):  # a front point lost its rows: start over
+            self.front = st.front()
+            self.counted = set(st.point_values())
+            return self.front
+        members[label] = value
+        f = space.front(members, st.obj, st.params)  # type: ignore[arg-type]  # None excluded
+        self.front = dataclasses.replace(f, points=len(self.counted))
+        return self.front
+
+
 def progress_callback(
     summary: RunSummary, state: StudyState, sink: ParquetSink, out: TextIO, t0: float
 ) -> Any:
-    """A Tune callback that prints, counts and records each trial as it finishes or fails."""
+    """A Tune callback that prints, counts and records each trial as it finishes or fails.
+
+    What it keeps per trial is bounded by the trials in flight (``live``); each event
+    costs the front's size and the trials in flight, not the trials run so far.
+    """
     from ray.tune import Callback
 
     todo = summary.total - summary.skipped
     width = len(str(todo))
+    live: dict[Any, tuple[str, ...]] = {}  # Tune trials started and not yet ended -> keys
+    fronts = LiveFront(state, summary.front or state.front())
 
-    def running(trials: list[Any], plus: Any = None, minus: Any = None) -> list[str]:
+    def running(plus: Any = None, minus: Any = None) -> list[str]:
         """Keys of the running trials.  Tune calls on_trial_start before it marks the trial
         RUNNING, and on_trial_result/on_trial_error while the ending trial still is: ``plus``
         and ``minus`` correct for the trial the callback is about."""
         out = [
             k
-            for t in trials
+            for t, keys in live.items()
             if (t.status == "RUNNING" or t is plus) and t is not minus
-            for k in TrialPayload.of(t.config).keys
+            for k in keys
         ]
         return list(dict.fromkeys(out))
 
@@ -177,7 +214,8 @@ def progress_callback(
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            write_status(state.results_dir, running=running(trials, plus=trial))
+            live[trial] = TrialPayload.of(trial.config).keys
+            write_status(state.results_dir, running=running(plus=trial))
             sample(force=summary.held is None)
 
         def on_trial_result(
@@ -188,22 +226,25 @@ def progress_callback(
             summary.trial_s += float(result.get("total_s") or 0.0)
             for key in unit.keys:
                 state.refresh(key)
-            front = state.save(summary.strategy)
+            front = fronts.add(unit.label)
+            state.save(summary.strategy, front)
             summary.front = front
             done = summary.ran
             elapsed = time.perf_counter() - t0
             eta = elapsed / done * (todo - done) if done else 0.0
+            now = running(minus=trial)
+            live.pop(trial, None)
             out.write(
                 f"[{done:>{width}}/{todo}] {point_line(state.study, unit)} | "
                 f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
                 f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
                 f"HV {front.normalized:.4f} front {len(front.labels)} "
-                f"(running {len(running(trials, minus=trial))}, ETA {_fmt_s(eta)})"
+                f"(running {len(now)}, ETA {_fmt_s(eta)})"
                 + (f" | MASKING? {result['masking_flags']}" if result.get("masking_flags") else "")
                 + "\n"
             )
             out.flush()
-            write_status(state.results_dir, running=running(trials, minus=trial))
+            write_status(state.results_dir, running=now)
 
         def on_trial_recover(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -226,9 +267,18 @@ def progress_callback(
                     summary.failures.append(f"{cfg.key}: {reason[:300]}")
             out.write(f"[failed] {', '.join(unit.keys)}: {reason[:200]}\n")
             out.flush()
-            write_status(state.results_dir, running=running(trials, minus=trial))
+            now = running(minus=trial)
+            live.pop(trial, None)
+            write_status(state.results_dir, running=now)
 
-    return Progress()
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            live.pop(trial, None)
+
+    progress = Progress()
+    progress.live = live  # type: ignore[attr-defined]  # for tests/test_driver.py
+    return progress
 
 
 def last_error(trial: Any) -> str:

@@ -44,6 +44,9 @@ def stale_note(stale: dict[str, int]) -> str:
     )
 
 
+HISTORY_MAX = 1000  # search.json's hypervolume history: thinned past this many entries
+
+
 class StudyState:
     """What the store says about a study's points, kept current as trials finish."""
 
@@ -105,22 +108,36 @@ class StudyState:
     def point_values(self) -> dict[str, list[float]]:
         """Complete points (every fold complete): the mean over folds of each objective."""
         out = {}
-        for label, keys in self.keys.items():
-            if all(k in self.values for k in keys):
-                vals = [self.values[k] for k in keys]
-                out[label] = [sum(col) / len(col) for col in zip(*vals, strict=True)]
+        for label in self.keys:
+            v = self.point_value(label)
+            if v is not None:
+                out[label] = v
         return out
+
+    def point_value(self, label: str) -> list[float] | None:
+        """One point's objectives (the mean over its folds); None until every fold is complete."""
+        keys = self.keys[label]
+        if not all(k in self.values for k in keys):
+            return None
+        vals = [self.values[k] for k in keys]
+        return [sum(col) / len(col) for col in zip(*vals, strict=True)]
 
     def front(self) -> space.Front:
         return space.front(self.point_values(), self.obj, self.params)
 
-    def save(self, strategy: str) -> space.Front:
-        """Recompute the front and store it (with the hypervolume's history) in search.json."""
-        f = self.front()
+    def save(self, strategy: str, front: space.Front | None = None) -> space.Front:
+        """Store the front (recomputed unless given) with the hypervolume's history in search.json.
+
+        The history keeps at most about HISTORY_MAX entries: past that, every other one
+        is dropped (the first and the latest stay), so a search of 10^5 points does not
+        write a growing file after each trial.
+        """
+        f = front if front is not None else self.front()
         if not self.history or self.history[-1][0] != f.points:
             self.history.append([f.points, f.normalized])
+            if len(self.history) > HISTORY_MAX:
+                self.history = [*self.history[:-1:2], self.history[-1]]
         s = self.study.search
-        values = self.point_values()
         data = {
             "study": self.study.name,
             "strategy": strategy,
@@ -135,7 +152,7 @@ class StudyState:
             "hypervolume_normalized": f.normalized,
             "points_complete": f.points,
             "front": [
-                {"point": label, "keys": self.keys[label], "values": values[label]}
+                {"point": label, "keys": self.keys[label], "values": self.point_value(label)}
                 for label in f.labels
             ],
             "history": self.history,  # [points complete, normalised hypervolume]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from trainables.config import RESULTS_REVISION, TrialConfig
 from trainables.rows import STATUS_COMPLETE, summarize
+from trainables.trivial import TRIVIAL
 
 # The driver imports this module to build payloads and hand ``trainable`` to
 # Tune: keep TensorFlow (about 8 s) out of it by importing the trial inside the
@@ -135,7 +136,11 @@ def run_point(
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or read back) every fold of a point; the mean over folds of each objective."""
-    from trainables.trial import run_trial
+    run_trial: Callable[..., list[Row]]
+    if os.environ.get(TRIVIAL):  # benchmarks/driver_memory.py: rows without training
+        from trainables.trivial import trivial_trial as run_trial
+    else:
+        from trainables.trial import run_trial
 
     folds, ran, compute = [], 0, 0.0
     for cfg, expected in zip(payload.trials, payload.keys, strict=True):

@@ -1,0 +1,73 @@
+"""A trivial trial kind, for measuring the driver (benchmarks/driver_memory.py): rows, no training.
+
+With ``ROBUSTGRID_TRIVIAL_TRIALS=1`` in the workers' environment,
+:func:`trainables.ray_adapter.run_point` calls :func:`trivial_trial` in place of
+:func:`trainables.trial.run_trial`: the trial returns at once with rows in the
+real schema (complete, one per attack and eps of the config, or one clean-only
+row), so everything around it is exercised as in a study (Tune, the sink, the
+Parquet store, the driver's progress, front and search state) at thousands of
+trials.  The figures are not a model's: accuracies and bytes are drawn from the
+trial's key (repeatable, and spread, so that the front changes as trials finish);
+``meta_study`` is not set here (the sink sets it) and ``meta_layers_json`` says
+``trivial``.  Never set it for a real study: its rows are not results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from typing import Any
+
+from trainables.config import AttackSpec, TrialConfig
+from trainables.rows import STATUS_COMPLETE, base_row, wilson
+
+TRIVIAL = "ROBUSTGRID_TRIVIAL_TRIALS"
+
+
+def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any]]:
+    """Rows of a trial that did nothing: complete, in the real schema, figures drawn from the key."""
+    t0 = time.perf_counter()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    rng = random.Random(cfg.key)
+    n = 100
+    clean = rng.randint(50, n)
+    params = 1000
+    nbytes = rng.randint(100, 4 * params)
+    row = base_row(cfg, started)
+    lo, hi = wilson(clean, n)
+    row.update(
+        status=STATUS_COMPLETE, reason="", metric_clean_acc=clean / n, metric_clean_acc_lo=lo,
+        metric_clean_acc_hi=hi, metric_test_samples=n, metric_params=params, metric_nonzero=params,
+        metric_sparsity=0.0, metric_max_distinct=0, metric_bytes=nbytes, metric_bytes_dense=nbytes,
+        metric_bytes_sparse=nbytes, metric_bytes_clustered=nbytes, meta_train_s=0.0,
+        meta_layers_json=json.dumps({"trivial": True}), meta_layer_bits_json="{}",
+    )  # fmt: skip
+    attacked: list[tuple[AttackSpec | None, float]] = [(a, e) for a in cfg.attacks for e in a.eps]
+    rows = []
+    for attack, eps in attacked or [(None, 0.0)]:
+        robust = rng.randint(0, clean)
+        rlo, rhi = wilson(robust, n)
+        rows.append(
+            {
+                **row,
+                "attack": attack.name.value if attack else "none",
+                "attack_kind": attack.kind if attack else "none",
+                "attack_norm": attack.norm_value if attack else None,
+                "eps": eps,
+                "metric_attack_clean_acc": clean / n,
+                "metric_attack_clean_acc_lo": lo,
+                "metric_attack_clean_acc_hi": hi,
+                "metric_robust_acc": robust / n,
+                "metric_robust_acc_lo": rlo,
+                "metric_robust_acc_hi": rhi,
+                "metric_samples": n,
+                "metric_masking_flags": "" if attack else None,
+                "meta_attack_s": 0.0,
+            }
+        )
+    total = time.perf_counter() - t0
+    for r in rows:
+        r["meta_total_s"] = total
+    return rows
