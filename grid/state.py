@@ -69,6 +69,7 @@ class StudyState:
                 self._apply(key, stored.summaries[key])
         previous = read_json(self.results_dir, "search.json") or {}
         self.history: list[list[float]] = previous.get("history", [])
+        self.journal_pushed_at: float | None = None  # perf_counter of the last upload
 
     def refresh(self, key: str) -> bool:
         """Re-read ``key``'s rows from the store; True when it is complete."""
@@ -160,10 +161,24 @@ class StudyState:
         }
         loc = self.results_dir
         best_effort(loc.display("search.json"), lambda: write_json(loc, "search.json", data))
-        if strategy == Strategy.optuna.value:  # object storage: the journal goes along
+        if strategy == Strategy.optuna.value and self.journal_due():
+            # Object storage: the journal goes along, whole (13.5 MB at 10^4 Optuna trials),
+            # so at most every JOURNAL_PUSH_S and at the run's end (a new state's first save).
+            # A driver killed in between loses only the searcher's latest lines: the rows
+            # are the results, and a resumed search is told every stored point again.
             best_effort(loc.display("optuna.journal"), lambda: loc.push("optuna.journal"))
         return f
 
+    def journal_due(self) -> bool:
+        """True when the Optuna journal should be uploaded now (and note that it is)."""
+        now = time.perf_counter()
+        if self.journal_pushed_at is not None and now - self.journal_pushed_at < JOURNAL_PUSH_S:
+            return False
+        self.journal_pushed_at = now
+        return True
+
+
+JOURNAL_PUSH_S = 30.0  # seconds between uploads of optuna.journal to object storage
 
 _warned: set[str] = set()
 

@@ -113,9 +113,18 @@ def test_the_optuna_journal_follows_the_results(
             "search": {"strategy": "optuna", "trials": 2},
         }
     )
-    StudyState(study, loc).save("optuna")
+    state = StudyState(study, loc)
+    state.save("optuna")
     assert loc.read_bytes("optuna.journal") == b'{"op": 0}\n{"op": 1}\n'
     assert read_json(loc, "search.json")["strategy"] == "optuna"
+    # The journal is uploaded whole: at most every JOURNAL_PUSH_S during a run, not per trial
+    again.write_bytes(b'{"op": 0}\n{"op": 1}\n{"op": 2}\n')
+    puts = s3.requests("PUT", "optuna.journal")
+    state.save("optuna")
+    assert s3.requests("PUT", "optuna.journal") == puts
+    assert loc.read_bytes("optuna.journal") == b'{"op": 0}\n{"op": 1}\n'
+    StudyState(study, loc).save("optuna")  # the run's end: a new state's first save uploads
+    assert loc.read_bytes("optuna.journal").count(b"\n") == 3
 
 
 def test_unwritable_or_unknown_locations_fail_before_anything_runs(s3: S3, tmp_path: Path) -> None:
