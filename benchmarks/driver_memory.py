@@ -70,7 +70,7 @@ def trivial_study(trials: int) -> Study:
         n *= k
     return parse_study(
         {
-            "name": "driver-memory",
+            "name": "trivial-driver-memory",
             "dataset": "digits",
             "model": "digits_cnn",
             "train": {"epochs": 1, "fine_tune_epochs": 0},

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 
 from trainables.config import RESULTS_REVISION
 from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED
+from trainables.trivial import TRIVIAL_LAYERS, TRIVIAL_STUDY_PREFIX
 
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 SCHEMA = pa.schema([pa.field(name, _ARROW[kind]) for name, kind in COLUMNS.items()])
@@ -258,6 +259,10 @@ class ParquetSink:
                 raise ValueError(f"trial {key}: a row carries key {row.get('key')!r}")
             row["meta_study"] = self.study
             row["meta_git_rev"] = self.git_rev
+        if rows[0].get("meta_layers_json") == TRIVIAL_LAYERS and not self.study.startswith(
+            TRIVIAL_STUDY_PREFIX
+        ):
+            raise ValueError(f"trial {key}: made-up rows of a trivial trial for study {self.study!r}")
         data = _encode(
             pa.Table.from_pylist(rows, schema=SCHEMA)
         )  # whole before any byte is written

@@ -31,7 +31,7 @@ from trainables.trivial import TRIVIAL, trivial_trial
 def trivial_study(bits: int = 5, sparsity: int = 5, clusters: int = 8, **search: Any) -> Study:
     return parse_study(
         {
-            "name": "driver",
+            "name": "trivial-driver",
             "dataset": "digits",
             "model": "digits_cnn",
             "train": {"epochs": 1, "fine_tune_epochs": 0},
@@ -166,3 +166,25 @@ def test_many_trivial_trials_keep_the_drivers_state_bounded(
     assert summary.front.hypervolume == pytest.approx(final.hypervolume, rel=1e-12)
     history = json.loads(Path(results.local, "search.json").read_text())["history"]
     assert len(history) <= 33 and history[-1][0] == 200
+
+
+def test_trivial_rows_never_reach_a_real_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A benchmark's switch left set must not store made-up rows as a real study's results."""
+    from grid.preflight import check_trivial
+    from grid.spec import StudyError
+    from grid.store import ParquetSink
+
+    real = trivial_study().model_copy(update={"name": "digits-default"})
+    cfg = real.trials()[0]
+    with pytest.raises(ValueError, match="made-up rows of a trivial trial for study 'digits-default'"):
+        ParquetSink(str(tmp_path), real.name, "r")(cfg.key, trivial_trial(cfg))
+    assert not (tmp_path / "rows").exists()
+    ParquetSink(str(tmp_path), trivial_study().name, "r")(cfg.key, trivial_trial(cfg))
+    monkeypatch.setenv(TRIVIAL, "1")
+    with pytest.raises(StudyError, match=r"ROBUSTGRID_TRIVIAL_TRIALS is set.*'digits-default'"):
+        check_trivial(real)
+    check_trivial(trivial_study())
+    monkeypatch.delenv(TRIVIAL)
+    check_trivial(real)

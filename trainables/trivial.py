@@ -9,7 +9,10 @@ Parquet store, the driver's progress, front and search state) at thousands of
 trials.  The figures are not a model's: accuracies and bytes are drawn from the
 trial's key (repeatable, and spread, so that the front changes as trials finish);
 ``meta_study`` is not set here (the sink sets it) and ``meta_layers_json`` says
-``trivial``.  Never set it for a real study: its rows are not results.
+``trivial``.  Never set it for a real study: its rows are not results.  A guard
+keeps them out of real results: the driver refuses a study whose name does not start
+with ``trivial`` while the variable is set (grid.preflight), and the store refuses
+trivial rows for such a study (grid.store.ParquetSink).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from trainables.config import AttackSpec, TrialConfig
 from trainables.rows import STATUS_COMPLETE, base_row, wilson
 
 TRIVIAL = "ROBUSTGRID_TRIVIAL_TRIALS"
+TRIVIAL_LAYERS = json.dumps({"trivial": True})  # meta_layers_json of a trivial trial's rows
+TRIVIAL_STUDY_PREFIX = "trivial"  # the only studies whose results may hold trivial rows
 
 
 def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any]]:
@@ -42,7 +47,7 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
         metric_clean_acc_hi=hi, metric_test_samples=n, metric_params=params, metric_nonzero=params,
         metric_sparsity=0.0, metric_max_distinct=0, metric_bytes=nbytes, metric_bytes_dense=nbytes,
         metric_bytes_sparse=nbytes, metric_bytes_clustered=nbytes, meta_train_s=0.0,
-        meta_layers_json=json.dumps({"trivial": True}), meta_layer_bits_json="{}",
+        meta_layers_json=TRIVIAL_LAYERS, meta_layer_bits_json="{}",
     )  # fmt: skip
     attacked: list[tuple[AttackSpec | None, float]] = [(a, e) for a in cfg.attacks for e in a.eps]
     rows = []
