@@ -262,7 +262,9 @@ class ParquetSink:
         if rows[0].get("meta_layers_json") == TRIVIAL_LAYERS and not self.study.startswith(
             TRIVIAL_STUDY_PREFIX
         ):
-            raise ValueError(f"trial {key}: made-up rows of a trivial trial for study {self.study!r}")
+            raise ValueError(
+                f"trial {key}: made-up rows of a trivial trial for study {self.study!r}"
+            )
         data = _encode(
             pa.Table.from_pylist(rows, schema=SCHEMA)
         )  # whole before any byte is written

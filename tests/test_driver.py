@@ -178,7 +178,9 @@ def test_trivial_rows_never_reach_a_real_study(
 
     real = trivial_study().model_copy(update={"name": "digits-default"})
     cfg = real.trials()[0]
-    with pytest.raises(ValueError, match="made-up rows of a trivial trial for study 'digits-default'"):
+    with pytest.raises(
+        ValueError, match="made-up rows of a trivial trial for study 'digits-default'"
+    ):
         ParquetSink(str(tmp_path), real.name, "r")(cfg.key, trivial_trial(cfg))
     assert not (tmp_path / "rows").exists()
     ParquetSink(str(tmp_path), trivial_study().name, "r")(cfg.key, trivial_trial(cfg))
