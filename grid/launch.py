@@ -34,8 +34,9 @@ from grid.progress import RunSummary, announce, progress_callback
 from grid.ray_start import ray_driver
 from grid.spec import Strategy, Study
 from grid.state import StudyState
-from grid.store import ParquetSink
+from grid.store import Location, ParquetSink
 from trainables.ray_adapter import TrialPayload, trainable
+from trainables.rows import STATUS_COMPLETE
 
 
 def run_study(
@@ -55,6 +56,7 @@ def run_study(
         preflight.check_inputs(study, local=not ray_address)
     summary = announce(study, state, planned, results_dir, out)
     if planned.todo <= 0:
+        compact_loose(results_dir, state, out)
         return summary
     searcher = None
     if study.search.strategy == Strategy.optuna:
@@ -78,7 +80,35 @@ def run_study(
     final = StudyState(study, results_dir)
     summary.front = final.save(study.search.strategy.value)
     summary.missing = missing(study, final)
+    compact_loose(results_dir, final, out)
     return summary
+
+
+# A run that ends with at least this many complete keys in per-key files compacts them
+# (`grid compact`): past ~10^4 per-key files every reader slows down (docs/performance.md).
+AUTO_COMPACT_KEYS = 1000
+
+
+def compact_loose(results_dir: Location, state: StudyState, out: TextIO) -> None:
+    """Merge the complete keys' per-key files into compacted files once there are many.
+
+    Only when no trial runs (a run's end, or a run with nothing to do): compaction
+    merges complete keys only, which no trial rewrites, and readers take a key once
+    at every step (grid.store.compact).  One listing decides; a failure is a warning:
+    the per-key files are results as they are.
+    """
+    from grid.store import STATUS_STALE, compact, list_rows
+
+    failed = sum(1 for v in state.status.values() if v not in (STATUS_COMPLETE, STATUS_STALE))
+    try:
+        loose = len(list_rows(results_dir).per_key) - failed
+        if loose < AUTO_COMPACT_KEYS:
+            return
+        report = compact(results_dir)
+    except OSError as err:
+        out.write(f"[warning] compaction of {results_dir.display('rows')} failed: {err}\n")
+        return
+    out.write(f"{report.describe()} (grid compact: the same rows in fewer files)\n")
 
 
 # A grid or random run hands Tune its trials in parts of at most this many (at least

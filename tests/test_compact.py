@@ -230,3 +230,39 @@ def test_prefix_is_one() -> None:
     assert (
         QUERY_PREFIX == COMPACTED_PREFIX
     )  # analysis names the store's files without importing grid
+
+
+@pytest.mark.slow
+def test_grid_run_compacts_many_loose_keys(tmp_path: Path) -> None:
+    """`grid run` on a study whose store holds >= AUTO_COMPACT_KEYS complete per-key files
+    (nothing left to run: no Ray) compacts them, as a user's plain `grid run` does; a
+    second run finds nothing loose and leaves the files alone."""
+    from grid.launch import AUTO_COMPACT_KEYS
+
+    jr = [round(0.001 * i, 3) for i in range(AUTO_COMPACT_KEYS // 40 + 1)]
+    results = tmp_path / "results"
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        "name: big\ndataset: digits\nmodel: digits_cnn\nfolds: 5\n"
+        f"axes:\n  bits: [float, 8, 4, ternary]\n  sparsity: [0.0, 0.5]\n  jr_weight: {jr}\n"
+        f"attacks:\n  - name: pgd\n    eps: [0.1]\nresults: {results}\n"
+    )
+    study = load_study(path)
+    trials = list(study.trials())
+    assert len(trials) >= AUTO_COMPACT_KEYS
+    sink = ParquetSink(str(study.results_dir()), study.name, "r")
+    for i, t in enumerate(trials):
+        sink(t.key, rows_for(t.key, {("pgd", 0.1): 0.5 + i / 1e5}, 0.9, 1000 + i, fold=t.fold,
+                             study=study.name))  # fmt: skip
+    loc = study.results_dir()
+    before, status_before = key_status(loc), grid_cli("status", str(path)).stdout
+    first = grid_cli("run", str(path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"compacted {len(trials)} key(s) into 1 compacted file(s)" in first.stdout
+    names = sorted(_files(loc))
+    assert len(names) == 1 and names[0].startswith(COMPACTED_PREFIX), names
+    assert key_status(loc) == before
+    assert grid_cli("status", str(path)).stdout == status_before
+    again = grid_cli("run", str(path))
+    assert again.returncode == 0 and "compacted" not in again.stdout, again.stdout[-2000:]
+    assert sorted(_files(loc)) == names
