@@ -748,8 +748,10 @@ def main() -> None:
         if moto:
             moto.stop()
     summarise(results, wheres, args)
-    if not args.keep and (root / "local").exists():
-        shutil.rmtree(root / "local")
+    if not args.keep and "local" in wheres:  # this run's local folders only, not a --keep run's
+        for n in sizes_of["local"]:
+            shutil.rmtree(root / "local" / f"n{n}", ignore_errors=True)
+            (root / "local" / f"n{n}.json").unlink(missing_ok=True)
 
 
 def summarise(results: list[dict[str, Any]], wheres: list[str], args: argparse.Namespace) -> None:
