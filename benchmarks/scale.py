@@ -84,6 +84,7 @@ OPS = ("status", "plan", "pareto", "report", "curve")
 LAYOUTS = ("per-key", "compacted")
 WIDE_OPS = ("pareto", "report", "curve")  # read every column of every key
 SKIPPED = "skipped (see docs)"
+CELL = 36  # characters per table cell
 FORMAT = 1  # of a populated folder; a folder of another format is written again
 BITS = ["float", "16", "12", "10", "8", "6", "4", "3", "2", "ternary"]
 SPARSITY = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -456,16 +457,16 @@ def table(results: list[dict[str, Any]], where: str) -> str:
 
     width = max([10, *(len(name(o, lay)) for o, lay in series)])
     head = (
-        f"{where}: wall/CPU seconds (growth exponent of the wall time vs the previous size; "
-        "> 1.2 = worse than linear)"
+        f"{where}: wall/CPU seconds (growth exponents of the wall and the CPU time vs the previous "
+        "size; WORSE: the CPU's > 1.2, worse than linear)"
     )
-    lines = [head, f"  {'operation':<{width}}" + "".join(f"{f'N={n:,}':>32}" for n in sizes)]
+    lines = [head, f"  {'operation':<{width}}" + "".join(f"{f'N={n:,}':>{CELL}}" for n in sizes)]
     for op, lay in series:
         cells = []
         for i, n in enumerate(sizes):
             r = get.get((op, lay, n))
             if r is None or r["seconds"] is None:
-                cells.append(f"{(r['error'] or 'failed') if r else '-':>32}")
+                cells.append(f"{(r['error'] or 'failed') if r else '-':>{CELL}}")
                 continue
             cell = f"{r['seconds']:.2f}s"
             if r.get("cpu") is not None:
@@ -473,8 +474,14 @@ def table(results: list[dict[str, Any]], where: str) -> str:
             prev = get.get((op, lay, sizes[i - 1])) if i else None
             if prev and prev["seconds"]:
                 e = exponent(prev["seconds"], r["seconds"], sizes[i - 1], n)
-                cell += f" (N^{e:.2f}{' WORSE' if e > 1.2 else ''})"
-            cells.append(f"{cell:>32}")
+                cell += f" (N^{e:.2f}"
+                if prev.get("cpu") and r.get(
+                    "cpu"
+                ):  # the CPU exponent decides: others load the machine
+                    e = exponent(prev["cpu"], r["cpu"], sizes[i - 1], n)
+                    cell += f"/{e:.2f}"
+                cell += f"{' WORSE' if e > 1.2 else ''})"
+            cells.append(f"{cell:>{CELL}}")
         lines.append(f"  {name(op, lay):<{width}}" + "".join(cells))
     if any(r.get("requests") is not None for r in rows):
         lines.append(f"{where}: object-storage requests per operation (one run)")
@@ -483,7 +490,7 @@ def table(results: list[dict[str, Any]], where: str) -> str:
             for n in sizes:
                 r = get.get((op, lay, n))
                 q = r.get("requests") if r else None
-                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>32}")
+                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>{CELL}}")
             lines.append(f"  {name(op, lay):<{width}}" + "".join(cells))
     return "\n".join(lines)
 
