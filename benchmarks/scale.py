@@ -496,8 +496,9 @@ def table(results: list[dict[str, Any]], where: str) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: Path, before: list[dict[str, Any]] | None) -> None:
-    """Seconds against N, log-log, one panel per location: per-key files dashed, compacted
-    solid, ``grid compact`` itself dash-dotted; ``before`` (an earlier run) dotted."""
+    """CPU seconds (the figure to compare on a shared machine) against N, log-log, one panel
+    per location: per-key files dashed, compacted solid, ``grid compact`` itself dash-dotted;
+    ``before`` (an earlier run) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -516,7 +517,7 @@ def plot(results: list[dict[str, Any]], path: Path, before: list[dict[str, Any]]
             for lay in LAYOUTS:
                 for label in ("before", ""):
                     pts = sorted(
-                        (r["n"], r["seconds"])
+                        (r["n"], r["cpu"] or r["seconds"])  # runs before CPU was kept: wall
                         for lb, r, _ in runs
                         if lb == label and r["where"] == where and r["op"] == op
                         and _layout(r) == lay and r["seconds"]
@@ -533,14 +534,14 @@ def plot(results: list[dict[str, Any]], path: Path, before: list[dict[str, Any]]
         ns = sorted({r["n"] for r in results if r["where"] == where})
         if ns:
             ax.axhline(10, color="grey", lw=0.8, ls="--")
-            ax.text(ns[0], 11, "10 s", color="grey", fontsize=8)
+            ax.text(ns[0], 11, "10 s", color="grey", fontsize=8)  # the goal (wall) for status/plan
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("trial keys in the results (N)")
         ax.set_title(f"{where} (dashed: per-key files; solid: after grid compact)", fontsize=9)
         ax.grid(True, which="both", alpha=0.2)
-    axes[0][0].set_ylabel("seconds (wall, best of a few)")
-    axes[0][-1].legend(fontsize=6.5, loc="upper left", ncol=2)
+    axes[0][0].set_ylabel("CPU seconds (the grid subprocess included)")
+    axes[0][-1].legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.suptitle(
         "robustgrid: per-study operations against the study's size (benchmarks/scale.py)",
         fontsize=10,
