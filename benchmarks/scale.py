@@ -29,9 +29,22 @@ each operation makes.
     python benchmarks/scale.py --sizes 1000,10000,100000 --where local --keep
     python benchmarks/scale.py --json benchmarks/data/scale.json --png docs/img/scale.png
 
+``--compact`` then times ``grid compact`` (the CLI, in a subprocess) on the
+folder and every operation again on the compacted folder (labelled
+"compacted"); the table and the figure show both layouts.  Operations that
+read every column of every key (pareto, report, curve) are skipped on per-key
+files past ``--skip-per-key-above`` keys (DuckDB over 10^5 small files takes
+more than 13 GB); status and planning, which read a few columns, always run.
+
 ``--keep`` keeps the populated local folders under ``--root`` (writing 10^5
-files takes minutes) and reuses them on the next run; S3 folders live in the
-moto server's memory and are written again on every run.
+files takes minutes) and reuses them on the next run; with ``--compact`` it
+compacts a hard-linked copy, so the per-key folder stays for the next run.
+S3 folders live in the moto server's memory and are written again on every
+run.  ``--from-json`` draws the table and the figure from earlier runs'
+``--json`` files without measuring anything.
+
+    python benchmarks/scale.py --sizes 1000,10000,100000 --where local --compact --keep
+    python benchmarks/scale.py --from-json a.json,b.json --png docs/img/scale.png
 """
 
 from __future__ import annotations
@@ -68,6 +81,10 @@ from trainables.config import RESULTS_REVISION, TrialConfig  # noqa: E402
 from trainables.rows import base_row, failed_row  # noqa: E402
 
 OPS = ("status", "plan", "pareto", "report", "curve")
+LAYOUTS = ("per-key", "compacted")
+WIDE_OPS = ("pareto", "report", "curve")  # read every column of every key
+SKIPPED = "skipped (see docs)"
+CELL = 36  # characters per table cell
 FORMAT = 1  # of a populated folder; a folder of another format is written again
 BITS = ["float", "16", "12", "10", "8", "6", "4", "3", "2", "ternary"]
 SPARSITY = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -247,7 +264,8 @@ def populate(
 class Moto:
     """moto's S3 server on 127.0.0.1 in a subprocess; ``requests`` counts its access-log lines."""
 
-    LINE = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) /')
+    # werkzeug colours some lines (a 206 partial read: every ranged GET) with ANSI codes
+    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) /')
 
     def __init__(self) -> None:
         with socket.socket() as s:
@@ -414,45 +432,73 @@ def exponent(t1: float, t2: float, n1: int, n2: int) -> float:
     return math.log(t2 / t1) / math.log(n2 / n1)
 
 
+def _layout(r: dict[str, Any]) -> str:
+    return str(r.get("layout", "per-key"))  # runs before --compact have no layout
+
+
+def _series(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(operation, layout) pairs measured, in table order: each operation per-key then
+    compacted, and ``grid compact`` itself between them."""
+    have = {(r["op"], _layout(r)) for r in rows}
+    order = [(op, "per-key") for op in OPS] + [("compact", "compacted")]
+    order += [(op, "compacted") for op in OPS]
+    return [s for s in order if s in have]
+
+
 def table(results: list[dict[str, Any]], where: str) -> str:
     rows = [r for r in results if r["where"] == where]
     sizes = sorted({r["n"] for r in rows})
-    ops = [o for o in OPS if any(r["op"] == o for r in rows)]
-    get = {(r["op"], r["n"]): r for r in rows}
+    series = _series(rows)
+    get = {(r["op"], _layout(r), r["n"]): r for r in rows}
+    layouts = {lay for _, lay in series}
+
+    def name(op: str, lay: str) -> str:
+        return op if len(layouts) == 1 or op == "compact" else f"{op} ({lay})"
+
+    width = max([10, *(len(name(o, lay)) for o, lay in series)])
     head = (
-        f"{where}: wall/CPU seconds (growth exponent of the wall time vs the previous size; "
-        "> 1.2 = worse than linear)"
+        f"{where}: wall/CPU seconds (growth exponents of the wall and the CPU time vs the previous "
+        "size; WORSE: the CPU's > 1.2, worse than linear)"
     )
-    lines = [head, f"  {'operation':<10}" + "".join(f"{f'N={n:,}':>30}" for n in sizes)]
-    for op in ops:
+    lines = [head, f"  {'operation':<{width}}" + "".join(f"{f'N={n:,}':>{CELL}}" for n in sizes)]
+    for op, lay in series:
         cells = []
         for i, n in enumerate(sizes):
-            r = get.get((op, n))
+            r = get.get((op, lay, n))
             if r is None or r["seconds"] is None:
-                cells.append(f"{r['error'] if r else '-':>30}")
+                cells.append(f"{(r['error'] or 'failed') if r else '-':>{CELL}}")
                 continue
             cell = f"{r['seconds']:.2f}s"
             if r.get("cpu") is not None:
                 cell += f"/{r['cpu']:.2f}s"
-            prev = get.get((op, sizes[i - 1])) if i else None
+            prev = get.get((op, lay, sizes[i - 1])) if i else None
             if prev and prev["seconds"]:
                 e = exponent(prev["seconds"], r["seconds"], sizes[i - 1], n)
-                cell += f" (N^{e:.2f}{' WORSE' if e > 1.2 else ''})"
-            cells.append(f"{cell:>30}")
-        lines.append(f"  {op:<10}" + "".join(cells))
+                cell += f" (N^{e:.2f}"
+                if prev.get("cpu") and r.get(
+                    "cpu"
+                ):  # the CPU exponent decides: others load the machine
+                    e = exponent(prev["cpu"], r["cpu"], sizes[i - 1], n)
+                    cell += f"/{e:.2f}"
+                cell += f"{' WORSE' if e > 1.2 else ''})"
+            cells.append(f"{cell:>{CELL}}")
+        lines.append(f"  {name(op, lay):<{width}}" + "".join(cells))
     if any(r.get("requests") is not None for r in rows):
         lines.append(f"{where}: object-storage requests per operation (one run)")
-        for op in ops:
+        for op, lay in series:
             cells = []
             for n in sizes:
-                r = get.get((op, n))
+                r = get.get((op, lay, n))
                 q = r.get("requests") if r else None
-                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>30}")
-            lines.append(f"  {op:<10}" + "".join(cells))
+                cells.append(f"{(f'{q:,} ({q / n:.2f}/key)' if q is not None else '-'):>{CELL}}")
+            lines.append(f"  {name(op, lay):<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
 def plot(results: list[dict[str, Any]], path: Path, before: list[dict[str, Any]] | None) -> None:
+    """CPU seconds (the figure to compare on a shared machine) against N, log-log, one panel
+    per location: per-key files dashed, compacted solid, ``grid compact`` itself dash-dotted;
+    ``before`` (an earlier run) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -460,40 +506,42 @@ def plot(results: list[dict[str, Any]], path: Path, before: list[dict[str, Any]]
 
     wheres = sorted({r["where"] for r in results}, key=lambda w: w != "local")
     fig, axes = plt.subplots(
-        1, len(wheres), figsize=(5.2 * len(wheres), 4.2), squeeze=False, sharey=True
+        1, len(wheres), figsize=(6.0 * len(wheres), 4.8), squeeze=False, sharey=True
     )
-    colours = dict(zip(OPS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = dict(zip((*OPS, "compact"), cycle, strict=False))
+    styles = {"per-key": "--", "compacted": "-"}
     for ax, where in zip(axes[0], wheres, strict=True):
-        for label, data, style in (("before", before or [], ":"), ("", results, "-")):
-            for op in OPS:
-                pts = sorted(
-                    (r["n"], r["seconds"])
-                    for r in data
-                    if r["where"] == where and r["op"] == op and r["seconds"]
-                )
-                if pts:
+        runs = [("before", r, ":") for r in before or []] + [("", r, "") for r in results]
+        for op in (*OPS, "compact"):
+            for lay in LAYOUTS:
+                for label in ("before", ""):
+                    pts = sorted(
+                        (r["n"], r["cpu"] or r["seconds"])  # runs before CPU was kept: wall
+                        for lb, r, _ in runs
+                        if lb == label and r["where"] == where and r["op"] == op
+                        and _layout(r) == lay and r["seconds"]
+                    )  # fmt: skip
+                    if not pts:
+                        continue
                     xs, ys = zip(*pts, strict=True)
-                    name = f"{op} ({label})" if label else op
+                    style = ":" if label else "-." if op == "compact" else styles[lay]
+                    name = op if op == "compact" else f"{op}, {lay}"
                     ax.plot(
-                        xs,
-                        ys,
-                        style,
-                        marker="o",
-                        color=colours[op],
-                        label=name,
-                        alpha=0.6 if label else 1,
-                    )
+                        xs, ys, style, marker="o", ms=4, color=colours[op],
+                        label=f"{name} (before)" if label else name, alpha=0.5 if label else 1,
+                    )  # fmt: skip
         ns = sorted({r["n"] for r in results if r["where"] == where})
         if ns:
             ax.axhline(10, color="grey", lw=0.8, ls="--")
-            ax.text(ns[0], 11, "10 s", color="grey", fontsize=8)
+            ax.text(ns[0], 11, "10 s", color="grey", fontsize=8)  # the goal (wall) for status/plan
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("trial keys in the results (N)")
-        ax.set_title(f"{where}")
+        ax.set_title(f"{where} (dashed: per-key files; solid: after grid compact)", fontsize=9)
         ax.grid(True, which="both", alpha=0.2)
-    axes[0][0].set_ylabel("seconds (best of a few)")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("CPU seconds (the grid subprocess included)")
+    axes[0][-1].legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.suptitle(
         "robustgrid: per-study operations against the study's size (benchmarks/scale.py)",
         fontsize=10,
@@ -539,6 +587,77 @@ def prepare(
     return study_file, results, study, info
 
 
+def time_ops(
+    where: str, layout: str, study_file: Path, res: str, study: Study, ops: list[str],
+    args: argparse.Namespace, moto: Moto | None, info: dict[str, Any],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each of ``ops`` on one folder, one entry each (skipped ones included)."""
+    out = []
+    n = study.grid_size
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = operations(study_file, res, study, args.timeout, Path(tmp))
+        for op in ops:
+            sec: float | None
+            cpu: float | None
+            reqs: int | None
+            if layout == "per-key" and op in WIDE_OPS and n > args.skip_per_key_above:
+                sec, cpu, reqs, said, err = None, None, None, "", SKIPPED
+            else:
+                try:
+                    sec, cpu, reqs, said = measure(fns[op], args.repeat, moto)
+                    err = ""
+                except (subprocess.TimeoutExpired, RuntimeError) as e:
+                    sec, cpu, reqs, said, err = None, None, None, "", type(e).__name__
+                    print(f"  {op}: {e}", flush=True)
+            out.append(_entry(where, n, op, layout, sec, cpu, reqs, said, err, info))
+    return out
+
+
+def _entry(
+    where: str, n: int, op: str, layout: str, sec: float | None, cpu: float | None,
+    reqs: int | None, said: str, err: str, info: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    rq = f", {reqs:,} requests" if reqs is not None else ""
+    shown = f"{sec:.2f}s (cpu {cpu:.2f}s)" if sec is not None and cpu is not None else err
+    print(f"  {where} N={n:,} {op} ({layout}): {shown}{rq}  | {said}", flush=True)
+    return {"where": where, "n": n, "op": op, "layout": layout, "seconds": sec, "cpu": cpu,
+            "requests": reqs, "said": said, "error": err, "populated": info}  # fmt: skip
+
+
+def compacted(where: str, n: int, root: Path, res: str, keep: bool) -> tuple[Path, str, Study]:
+    """The folder to compact: local with --keep a hard-linked copy of the per-key folder
+    (compaction writes new files and deletes old ones, never rewrites one, so the per-key
+    folder stays whole for the next run); otherwise the folder itself."""
+    if where == "local" and keep:
+        src, dst = Path(res), root / "local" / f"n{n}-compacted"
+        shutil.rmtree(dst, ignore_errors=True)
+        t0 = time.perf_counter()
+        shutil.copytree(src, dst, copy_function=os.link)
+        print(f"  linked a copy of {src} to {dst} in {time.perf_counter() - t0:.1f}s", flush=True)
+        res = str(dst)
+    study_file = root / "studies" / f"scale-{n}-{where}-compacted.yaml"
+    study_file.write_text(study_yaml(n, res))
+    return study_file, res, load_study(str(study_file))
+
+
+def time_compact(
+    where: str, study: Study, moto: Moto | None, args: argparse.Namespace, info: dict[str, Any]
+) -> dict[str, Any]:
+    """``grid compact FOLDER`` in a subprocess, once (a second run has nothing left to do)."""
+    folder = study.results_dir().uri
+
+    def run() -> str:
+        return grid_cmd("compact", folder, timeout=args.compact_timeout).strip().splitlines()[-1]
+
+    try:
+        sec, cpu, reqs, said = measure(run, 1, moto)
+        err = ""
+    except (subprocess.TimeoutExpired, RuntimeError) as e:
+        sec, cpu, reqs, said, err = None, None, None, "", type(e).__name__
+        print(f"  compact: {e}", flush=True)
+    return _entry(where, study.grid_size, "compact", "compacted", sec, cpu, reqs, said, err, info)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -568,7 +687,26 @@ def main() -> None:
     ap.add_argument("--json", help="write the measurements here (a JSON list)")
     ap.add_argument("--png", help="write the log-log figure here")
     ap.add_argument("--before", help="a previous --json to draw dotted in the figure")
+    ap.add_argument("--compact", action="store_true",
+                    help="also time grid compact, then every operation on the compacted folder")  # fmt: skip
+    ap.add_argument("--skip-per-key-above", type=int, default=20_000, metavar="N",
+                    help="skip pareto, report and curve on per-key files past N keys (default 20000)")  # fmt: skip
+    ap.add_argument("--compact-timeout", type=float, default=3600,
+                    help="seconds before grid compact is given up (default 3600)")  # fmt: skip
+    ap.add_argument("--from-json", metavar="FILES",
+                    help="comma-separated --json files of earlier runs: print their tables, draw --png; measure nothing")  # fmt: skip
     args = ap.parse_args()
+    if args.skip_per_key_above < 0:
+        raise SystemExit(f"--skip-per-key-above: {args.skip_per_key_above} must be at least 0")
+    if args.from_json:
+        loaded: list[dict[str, Any]] = []
+        for f in (x.strip() for x in args.from_json.split(",") if x.strip()):
+            try:
+                loaded += json.loads(Path(f).read_text())
+            except (OSError, ValueError) as err:
+                raise SystemExit(f"--from-json: {f!r}: {err}") from None
+        summarise(loaded, sorted({r["where"] for r in loaded}, key=lambda w: w != "local"), args)
+        return
 
     def parse_sizes(flag: str, text: str) -> list[int]:
         try:
@@ -600,38 +738,32 @@ def main() -> None:
     moto = Moto() if "s3" in wheres else None
     try:
         for where in wheres:
+            m = moto if where == "s3" else None
             for n in sizes_of[where]:
                 study_file, res, study, info = prepare(where, n, root, args.keep, args.threads)
-                with tempfile.TemporaryDirectory() as tmp:
-                    fns = operations(study_file, res, study, args.timeout, Path(tmp))
-                    for op in ops:
-                        m = moto if where == "s3" else None
-                        cpu: float | None
-                        try:
-                            sec, cpu, reqs, said = measure(fns[op], args.repeat, m)
-                            err = ""
-                        except (subprocess.TimeoutExpired, RuntimeError) as e:
-                            sec, cpu, reqs, said, err = None, None, None, "", type(e).__name__
-                            print(f"  {op}: {e}", flush=True)
-                        rq = f", {reqs:,} requests" if reqs is not None else ""
-                        shown = (
-                            f"{sec:.2f}s (cpu {cpu:.2f}s)"
-                            if sec is not None and cpu is not None
-                            else err
+                results += time_ops(where, "per-key", study_file, res, study, ops, args, m, info)
+                if args.compact:
+                    c_file, c_res, c_study = compacted(where, n, root, res, args.keep)
+                    results.append(time_compact(where, c_study, m, args, info))
+                    if results[-1]["seconds"] is not None:
+                        results += time_ops(
+                            where, "compacted", c_file, c_res, c_study, ops, args, m, info
                         )
-                        print(
-                            f"  {where} N={study.grid_size:,} {op}: {shown}{rq}  | {said}",
-                            flush=True,
-                        )
-                        results.append({"where": where, "n": study.grid_size, "op": op, "seconds": sec, "cpu": cpu,
-                                        "requests": reqs, "said": said, "error": err, "populated": info})  # fmt: skip
-                if where == "s3":
-                    Location(res).fs.delete_dir_contents(
-                        f"{BUCKET}/n{n}"
-                    )  # moto holds it in memory
+                    if c_res != res:
+                        shutil.rmtree(c_res)
+                if where == "s3":  # moto holds it in memory
+                    Location(res).fs.delete_dir_contents(f"{BUCKET}/n{n}")
     finally:
         if moto:
             moto.stop()
+    summarise(results, wheres, args)
+    if not args.keep and "local" in wheres:  # this run's local folders only, not a --keep run's
+        for n in sizes_of["local"]:
+            shutil.rmtree(root / "local" / f"n{n}", ignore_errors=True)
+            (root / "local" / f"n{n}.json").unlink(missing_ok=True)
+
+
+def summarise(results: list[dict[str, Any]], wheres: list[str], args: argparse.Namespace) -> None:
     print()
     for where in wheres:
         print(table(results, where))
@@ -643,8 +775,6 @@ def main() -> None:
     if args.png:
         before = json.loads(Path(args.before).read_text()) if args.before else None
         plot(results, Path(args.png), before)
-    if not args.keep and (root / "local").exists():
-        shutil.rmtree(root / "local")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,43 @@ def test_compacted_results_on_object_storage_take_far_fewer_requests_than_keys(
     assert compact.returncode == 0, compact.stderr
     _, n_status, n_plan = _requests(s3, study_file, study)
     assert n_status < 30 and n_plan < 30, (n_status, n_plan)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_compact_gives_the_same_answers_and_keeps_the_per_key_folder(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "scale.json"
+    run = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "scale.py"), "--sizes", "500",
+         "--where", "local", "--compact", "--keep", "--repeat", "1", "--ops", "plan,curve",
+         "--skip-per-key-above", "400", "--root", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = {(r["op"], r["layout"]): r for r in json.loads(out.read_text())}
+    assert set(got) == {
+        ("plan", "per-key"), ("curve", "per-key"), ("compact", "compacted"),
+        ("plan", "compacted"), ("curve", "compacted"),
+    }  # fmt: skip
+    populated = got["plan", "per-key"]["populated"]
+    left = populated["failed"] + populated["missing"]  # resume runs the failed and the missing
+    assert got["plan", "per-key"]["said"] == got["plan", "compacted"]["said"]
+    assert got["plan", "compacted"]["said"] == f"{left:,} of 500 trials left"
+    assert got["curve", "per-key"]["error"] == "skipped (see docs)"  # 500 keys > 400
+    assert got["curve", "per-key"]["seconds"] is None
+    assert got["curve", "compacted"]["seconds"] is not None
+    # The compaction merged every complete and stale key and kept the failed ones per-key ...
+    merged = populated["complete"] + populated["stale"]
+    assert (
+        f"compacted {merged} key(s) into 1 compacted file(s)" in got["compact", "compacted"]["said"]
+    )
+    # ... of a linked copy: the per-key folder is whole for the next run, the copy gone.
+    rows = tmp_path / "local" / "n500" / "scale-500" / "rows"
+    assert len(list(rows.glob("*.parquet"))) == merged + populated["failed"]
+    assert not (tmp_path / "local" / "n500-compacted").exists()
+    assert "skipped (see docs)" in run.stdout and "compact" in run.stdout
