@@ -9,10 +9,11 @@ with the token from ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` na
 else ``~/.ray/auth_token``.  ``ray start --head`` on Ray 2.60 turns token authentication
 on by itself when such a token exists, but a driver given an explicit address does not
 (only ``address="auto"`` does), so it would retry for 20 s and fail with a traceback.
-Here, with ``RAY_AUTH_MODE`` unset and a token at hand, token mode is switched on (a
-cluster without authentication accepts such a client too: checked on Ray 2.60); then
-one quick handshake with the cluster's GCS turns every failure to connect (nothing
-listening, a missing or wrong token, another Ray version) into one :class:`StudyError`
+Here, with ``RAY_AUTH_MODE`` unset and a token at hand, the driver first asks the
+cluster's GCS without one: a cluster started without authentication is joined as it is
+(a token-mode client's actors die on one: checked on Ray 2.60 with ``ray.cluster_utils``),
+one that asks for a token is joined in token mode; and that handshake turns every
+failure to connect (nothing listening, a missing or wrong token, another Ray version) into one :class:`StudyError`
 line that says what to set.
 """
 
@@ -201,10 +202,17 @@ def connect(address: str, **kwargs: Any) -> None:
                 "start one with `ray start --head`, or fix --address / RAY_ADDRESS"
             ) from None
     source = token_source()
-    if os.environ.get("RAY_AUTH_MODE") is None and source is not None:
-        _token_mode()
     if where is not None:
-        _handshake(address, source)
+        if os.environ.get("RAY_AUTH_MODE") is None and source is not None:
+            # Ask the cluster first: one started without authentication (ray.init's local
+            # clusters, an older `ray up`) kills a token-mode client's actors.
+            if not _handshake(address, source, raise_auth=False):
+                _token_mode()
+                _handshake(address, source)
+        else:
+            _handshake(address, source)
+    elif os.environ.get("RAY_AUTH_MODE") is None and source is not None:
+        _token_mode()  # "auto" or ray://: Ray resolves the cluster itself, as ray.init("auto")
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as err:
@@ -226,9 +234,10 @@ def _token_mode() -> None:
     _enable_token_auth()
 
 
-def _handshake(address: str, source: str | None) -> None:
+def _handshake(address: str, source: str | None, raise_auth: bool = True) -> bool:
     """One request to the cluster's GCS (a second at most): a token it refuses fails here,
-    in one line, instead of after Ray's 20 s of retries and a traceback."""
+    in one line, instead of after Ray's 20 s of retries and a traceback.  False when the
+    cluster asks for a token and ``raise_auth`` is off (the caller then tries with one)."""
     import ray
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
@@ -236,6 +245,8 @@ def _handshake(address: str, source: str | None) -> None:
         with _quiet_stderr():
             GcsClient(address=address)
     except ray.exceptions.AuthenticationError:
+        if not raise_auth:
+            return False
         if os.environ.get("RAY_AUTH_MODE", "").lower() not in ("", "token"):
             what = f"RAY_AUTH_MODE is {os.environ['RAY_AUTH_MODE']!r} here; unset it or set it to token, with "
         elif source is None:
@@ -249,3 +260,4 @@ def _handshake(address: str, source: str | None) -> None:
         ) from None
     except Exception as err:  # Ray's other errors: ray.init below tells them apart
         logging.getLogger(__name__).debug("GCS handshake with %s: %s", address, err)
+    return True
