@@ -163,3 +163,19 @@ def test_scale_benchmark_compact_gives_the_same_answers_and_keeps_the_per_key_fo
     assert len(list(rows.glob("*.parquet"))) == merged + populated["failed"]
     assert not (tmp_path / "local" / "n500-compacted").exists()
     assert "skipped (see docs)" in run.stdout and "compact" in run.stdout
+
+
+@pytest.mark.slow
+def test_analysis_on_object_storage_reads_each_per_key_file_in_two_requests(
+    s3: S3, tmp_path: Path
+) -> None:
+    # analysis.connect lists once and takes each file's size from the listing (no HEAD):
+    # its footer and its data, 2 requests a file.
+    from analysis.query import connect
+
+    _, study = _stored_study(s3, tmp_path)
+    before = _settled(s3.log)
+    con = connect(study.results_dir().uri)
+    assert con.execute("SELECT count(DISTINCT key) FROM rows").fetchone() == (290,)
+    n = _settled(s3.log) - before
+    assert n <= 2 * 290 + 20, n
