@@ -127,17 +127,10 @@ class Location:
 
     def files(self, *parts: str, suffix: str = "") -> list[str]:
         """Names of the files (not folders) directly under ``parts`` ending in ``suffix``."""
-        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(sel)
-            if info.type == pafs.FileType.File
-            and info.base_name.endswith(suffix)
-            and not info.base_name.startswith(".")
-        )
+        return sorted(self.file_sizes(*parts, suffix=suffix))
 
     def file_sizes(self, *parts: str, suffix: str = "") -> dict[str, int]:
-        """:meth:`files` with each file's size, from the same one listing."""
+        """Each file's size under ``parts`` (hidden ones left out), from one listing."""
         sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
         return {
             info.base_name: int(info.size or 0)
