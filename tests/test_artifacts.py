@@ -49,6 +49,22 @@ def test_reloaded_artifact_reproduces_the_trial(tmp_path: Path, cfg: TrialConfig
     flatbuffer = (folder / "model_int8.tflite").read_bytes()
     tfl = float(np.mean(tflite_predict(flatbuffer, split.x_test) == split.y_test))
     assert tfl == manifest["tflite_test_acc"]
+    # Oracle for the batched interpreter: one example per invoke, by hand.
+    import tensorflow as tf
+
+    it = tf.lite.Interpreter(model_content=flatbuffer)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    one_by_one = []
+    for example in split.x_test[:40]:
+        q = np.clip(np.round(example[None] / scale + zero), -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], q)
+        it.invoke()
+        one_by_one.append(int(np.argmax(it.get_tensor(out["index"]))))
+    np.testing.assert_array_equal(
+        tflite_predict(flatbuffer, split.x_test[:40], batch=16), one_by_one
+    )
     if cfg.model.value == "digits_cnn":  # enough test data for the comparison to mean something
         # int8 with ReLU in place of the activation quantizer: close, not equal
         assert abs(tfl - acc) < 0.15
