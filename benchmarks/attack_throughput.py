@@ -18,7 +18,26 @@ the ratios compiled / fused and default / fused (goal: compiled within 1.3x),
 and (compiled - ART's own work) / fused: the classifier's share against the
 fused loop.
 
+Then AutoAttack, per model, on the same examples (each model's own predictions
+as labels, so every example is attacked):
+
+  a. robustgrid's standard AutoAttack (trainables.autoattack: APGD-CE, APGD-T,
+     FAB-T, Square, each on the survivors of the previous ones);
+  b. ART's AutoAttack as robustgrid ran it up to results revision 2
+     (``autoattack_art``: ART's APGD-CE, APGD-DLR and Square);
+  c. the compiled-loop bound: the gradient and forward evaluations (a) spent,
+     counted per example by a layer in front of the model, priced at the cost
+     per example of one ``tf.function`` loop of gradient steps (resp. forward
+     passes) on the whole batch: what the same budget costs with no overhead.
+
+The digits CNN is trained a few epochs on scikit-learn's digits (an honest
+model: the attacks' early stops depend on what the model learned); ResNet-8
+and DS-CNN have random weights (4-bit) and random inputs.  The last line reads
+``autoattack speed-up over ART: <lowest ratio>`` (goal: >= 5), and the table
+gives ours / bound (goal: <= 1.5).
+
     python benchmarks/attack_throughput.py [--samples 256] [--steps 20] [--models digits_cnn resnet8 ds_cnn]
+        [--aa-samples 100] [--aa-eps 0.1 0.03 0.03] [--aa-iter 100] [--skip-pgd]
 """
 
 from __future__ import annotations
@@ -91,10 +110,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["digits_cnn", "resnet8", "ds_cnn"])
+    ap.add_argument("--aa-samples", type=int, default=100)
+    ap.add_argument(
+        "--aa-eps", type=float, nargs="+", default=[0.1, 0.03, 0.03], help="L-inf eps per model"
+    )
+    ap.add_argument("--aa-iter", type=int, default=100, help="APGD/FAB iterations (Square: 50x)")
+    ap.add_argument("--skip-pgd", action="store_true", help="only the AutoAttack section")
     args = ap.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # one trial's allocation
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    eps, step = 0.03, 0.0075
+    if not args.skip_pgd:
+        pgd_section(args)
+    autoattack_section(args)
+
+
+def pgd_section(args: argparse.Namespace) -> None:
+    eps, step = EPS, STEP
     print(
         f"PGD L-inf eps={eps} step={step} steps={args.steps}, {args.samples} samples, best of {args.repeat}, 1 thread"
     )
@@ -149,6 +180,141 @@ def measure(
         best(lambda: fused_fn(xt, yt).numpy(), repeat),
         best(own, repeat),
     )
+
+
+class Counter(tf_keras.layers.Layer):
+    """Identity that counts the examples through it: forward passes, and backward passes
+    (its gradient function runs once per backward pass through the model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwards = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.backwards = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        n = tf.cast(tf.shape(x)[0], tf.int64)
+        self.forwards.assign_add(n)
+        backwards = self.backwards
+
+        @tf.custom_gradient
+        def ident(t: tf.Tensor) -> Any:
+            def grad(dy: tf.Tensor) -> tf.Tensor:
+                with tf.control_dependencies([backwards.assign_add(n)]):
+                    return tf.identity(dy)
+
+            return tf.identity(t), grad
+
+        return ident(x)
+
+
+def trained_digits(samples: int) -> tuple[tf_keras.Model, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target
+    tf_keras.utils.set_random_seed(0)
+    model = build_model(TrialConfig(model="digits_cnn", bits="4"), (8, 8, 1), 10)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(3e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x[:1400], y[:1400], epochs=8, batch_size=64, verbose=0)
+    return model, x[1400 : 1400 + samples]
+
+
+def per_example_costs(model: tf_keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Seconds per example of a gradient step and of a forward pass, each in one compiled loop."""
+    steps = 20
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def grads(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        adv = tf.identity(x)
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(adv)
+                value = loss(y, model(adv, training=False))
+            adv = tf.clip_by_value(adv + 1e-3 * tf.sign(tape.gradient(value, adv)), 0.0, 1.0)
+        return adv
+
+    @tf.function
+    def forwards(x: tf.Tensor) -> tf.Tensor:
+        acc = tf.zeros([tf.shape(x)[0]])
+        for i in tf.range(steps):
+            acc += tf.reduce_max(model(x + 1e-4 * tf.cast(i, tf.float32), training=False), axis=1)
+        return acc
+
+    xt, yt = tf.constant(x), tf.constant(y)
+    g = best(lambda: grads(xt, yt).numpy(), 3) / (steps * len(x))
+    f = best(lambda: forwards(xt).numpy(), 3) / (steps * len(x))
+    return g, f
+
+
+def autoattack_section(args: argparse.Namespace) -> None:
+    from art.attacks.evasion import AutoAttack as ArtAutoAttack
+
+    from trainables.attacks import classifier, make_attack
+    from trainables.autoattack import standard_autoattack
+    from trainables.config import AttackName, AttackSpec
+
+    print(
+        f"\nAutoAttack L-inf, {args.aa_samples} examples, {args.aa_iter} APGD/FAB iterations, "
+        f"{50 * args.aa_iter} Square queries, 1 thread; ART's: autoattack_art (APGD-CE, APGD-DLR, Square)"
+    )
+    print(
+        f"{'model':<11}{'eps':>6}{'robust':>8}{'ART rob':>8}{'ours s':>9}{'ART s':>9}{'bound s':>9}"
+        f"{'grad ex':>9}{'fwd ex':>9}{'ART/ours':>9}{'ours/bound':>11}"
+    )
+    speedups = []
+    rng = np.random.default_rng(1)
+    for name, eps in zip(args.models, args.aa_eps, strict=False):
+        shape, classes = SHAPES[name], CLASSES[name]
+        if name == "digits_cnn":
+            model, x = trained_digits(args.aa_samples)
+        else:
+            tf_keras.utils.set_random_seed(0)
+            model = build_model(TrialConfig(model=name, bits="4"), shape, classes)
+            x = rng.random((args.aa_samples, *shape), dtype=np.float32)
+        y = np.argmax(model.predict(x, verbose=0), axis=1)  # every example clean-correct
+        counter = Counter()
+        inp = tf_keras.Input(shape)
+        counted = tf_keras.Model(inp, model(counter(inp), training=False))
+
+        def ours(
+            m: tf_keras.Model = counted, x: np.ndarray = x, y: np.ndarray = y, eps: float = eps
+        ) -> np.ndarray:
+            out = standard_autoattack(
+                m, x, y, eps=eps, norm="inf", seed=0, apgd_iter=args.aa_iter,
+                fab_iter=args.aa_iter, square_queries=50 * args.aa_iter,
+            )  # fmt: skip
+            return np.asarray(out.robust)
+
+        ours(model)  # warm-up: traces on the plain model
+        counter.forwards.assign(0)
+        counter.backwards.assign(0)
+        t0 = time.perf_counter()
+        robust = ours()
+        t_ours = time.perf_counter() - t0
+        backwards = int(counter.backwards.numpy())
+        forwards = int(counter.forwards.numpy()) - backwards  # forward-only passes
+        # the same budget without overhead (counted on the timed run: tracing adds none)
+        g, f = per_example_costs(model, x, y)
+        bound = backwards * g + forwards * f
+
+        spec = AttackSpec(name=AttackName.autoattack_art, eps=(eps,), max_iter=args.aa_iter)
+        art_attack = make_attack(spec, classifier(model, classes, shape), eps)
+        assert isinstance(art_attack, ArtAutoAttack)
+        np.random.seed(0)
+        t0 = time.perf_counter()
+        x_art = art_attack.generate(x=x, y=np.eye(classes, dtype=np.float32)[y])
+        t_art = time.perf_counter() - t0
+        art_robust = np.argmax(model.predict(x_art.astype(np.float32), verbose=0), axis=1) == y
+        speedups.append(t_art / t_ours)
+        print(f"{name:<11}{eps:>6g}{robust.mean():>8.3f}{art_robust.mean():>8.3f}{t_ours:>9.2f}"
+              f"{t_art:>9.2f}{bound:>9.2f}{backwards:>9d}{forwards:>9d}{t_art / t_ours:>9.2f}"
+              f"{t_ours / bound:>11.2f}")  # fmt: skip
+    print(f"autoattack speed-up over ART: {min(speedups):.2f}")
 
 
 if __name__ == "__main__":

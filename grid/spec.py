@@ -157,13 +157,13 @@ class Attack(AttackSpec):
     @model_validator(mode="after")
     def _options_known_to_art(self) -> Attack:
         if self.options:  # ART is only imported when there is something to check
-            from trainables.attacks import art_class
+            from trainables.attacks import attack_options
 
-            params = set(art_class(self.name).attack_params)
+            owner, params = attack_options(self.name)
             unknown = sorted(set(self.options) - params)
             if unknown:
                 raise ValueError(
-                    f"options: {unknown} are not parameters of ART's {art_class(self.name).__name__} "
+                    f"options: {unknown} are not parameters of {owner} "
                     f"(known: {', '.join(sorted(params))})"
                 )
         return self

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ SUITE = [
     ("transfer_fgsm", (0.1,), {}),
     ("transfer_pgd", (0.05, 0.1), {"steps": 3, "restarts": 2}),
     ("autoattack", (0.1,), {"max_iter": 2}),
+    ("autoattack_art", (0.1,), {"max_iter": 2}),
 ]
 
 
@@ -36,6 +39,7 @@ def test_every_attack_gives_a_row_per_eps() -> None:
     assert kinds["autoattack"] == ("white", "inf")
     restarts = {r["attack"]: r["cfg_attack_restarts"] for r in rows}
     assert restarts["pgd"] == 0 and restarts["transfer_pgd"] == 2 and restarts["autoattack"] == 1
+    assert kinds["autoattack_art"] == ("white", "inf") and restarts["autoattack_art"] == 1
     assert restarts["fgsm"] is None and restarts["square"] is None
     assert kinds["hopskipjump"] == ("black", "2") and kinds["square"] == ("black", "inf")
     assert kinds["transfer_pgd"] == ("transfer", "inf") and kinds["cw_l2"] == ("white", "2")
@@ -126,6 +130,7 @@ def test_transfer_attacks_need_and_use_the_surrogate(trained) -> None:  # type: 
         ({"name": "pgd", "eps": (1.5,)}, "eps: 1.5 > 1 for an L-inf attack"),
         ({"name": "pgd", "eps": (0.1,), "norm": "2"}, "norm: '2' is not available for pgd"),
         ({"name": "hopskipjump", "eps": (0.1,), "norm": "1"}, "norm: '1' is not available"),
+        ({"name": "autoattack", "eps": (0.1,), "restarts": 5}, "restarts: 5 for autoattack"),
     ],
 )
 def test_bad_attack_specs(spec: dict, message: str) -> None:
@@ -159,13 +164,15 @@ def test_pgd_restarts_keep_every_success(honest) -> None:  # type: ignore[no-unt
     assert three.robust_acc <= one.robust_acc
 
 
-def test_autoattack_runs_the_standard_parts_on_logits(honest) -> None:  # type: ignore[no-untyped-def]
+def test_autoattack_art_runs_arts_untargeted_parts_on_logits(honest) -> None:  # type: ignore[no-untyped-def]
+    """``autoattack_art`` (the ensemble of results revision <= 2) keeps ART's parts; the standard
+    ``autoattack`` is at least as strong as PGD on the same examples."""
     from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
 
     from trainables.attacks import classifier, evaluate_attacks, make_attack
 
     model, x, y = honest
-    spec = AttackSpec(name="autoattack", eps=(0.1,), max_iter=3, samples=40)
+    spec = AttackSpec(name="autoattack_art", eps=(0.1,), max_iter=3, samples=40)
     clf = classifier(model, 10, x.shape[1:])
     attack = make_attack(spec, clf, 0.1)
     parts = attack.attacks
@@ -181,9 +188,16 @@ def test_autoattack_runs_the_standard_parts_on_logits(honest) -> None:  # type: 
     # The estimator predicts logits (APGD-DLR and Square's margin need them)
     scores = clf.predict(x[:5])
     np.testing.assert_allclose(scores, model(x[:5], training=False).numpy(), rtol=1e-6)
-    (aa,) = evaluate_attacks(model, x, y, 10, (spec,))
+    (art,) = evaluate_attacks(model, x, y, 10, (spec,))
+    standard = AttackSpec(name="autoattack", eps=(0.1,), max_iter=3, samples=40)
+    (aa,) = evaluate_attacks(model, x, y, 10, (standard,))
     (pgd,) = evaluate_attacks(model, x, y, 10, (AttackSpec(name="pgd", eps=(0.1,), samples=40),))
     assert aa.robust_acc <= pgd.robust_acc <= aa.clean_acc
+    assert art.robust_acc <= art.clean_acc == aa.clean_acc
+    assert list(aa.parts) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    masks = list(aa.parts.values())  # cumulative: each part only removes survivors
+    assert all(np.all(b <= a) for a, b in itertools.pairwise(masks))
+    np.testing.assert_array_equal(masks[-1], aa.robust)
 
 
 def test_score_based_attacks_see_logits_not_saturated_probabilities(honest) -> None:  # type: ignore[no-untyped-def]
@@ -224,3 +238,48 @@ def test_score_based_attacks_see_logits_not_saturated_probabilities(honest) -> N
     on_logits = broken(est)
     assert on_logits == broken(predictions_only(model, 10, x.shape[1:]))  # scale-free
     assert on_logits > broken(probs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "norm", "p_init", "tile"),
+    [
+        ((8, 8, 1), "inf", 0.8, 7),  # fits already: unchanged
+        ((49, 10, 1), "inf", 0.8, 9),  # MFCCs: 20-wide -> 9-wide
+        ((49, 10, 1), "2", 0.8, 9),  # odd L2 tiles
+        ((32, 32, 3), "inf", 0.8, 29),
+        ((49, 10, 1), "inf", 0.05, 5),  # a small p_init is kept
+    ],
+)
+def test_square_first_tile_fits_the_input(shape, norm, p_init, tile) -> None:  # type: ignore[no-untyped-def]
+    """By hand: ART's first tile is round(sqrt(p x h x w)) wide and needs tile < min(h, w)."""
+    import math
+
+    from trainables.attacks import square_p_init
+
+    p = square_p_init(p_init, shape, norm)
+    assert p <= p_init
+    assert round(math.sqrt(p * shape[0] * shape[1])) == tile
+    assert tile < min(shape[0], shape[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["square", "autoattack"])
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_square_and_autoattack_on_mfcc_shaped_inputs(name: str, norm: str) -> None:
+    """49 x 10 x 1 inputs (Speech Commands MFCCs): ART's Square with p_init 0.8 raised there."""
+    import tf_keras
+
+    from trainables.attacks import evaluate_attacks
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (24, 49, 10, 1)).astype(np.float32)
+    y = np.arange(24) % 12
+    model = tf_keras.Sequential(
+        [tf_keras.layers.Input((49, 10, 1)), tf_keras.layers.Conv2D(4, 3),
+         tf_keras.layers.Flatten(), tf_keras.layers.Dense(12)]
+    )  # fmt: skip
+    y = np.argmax(model(x, training=False).numpy(), axis=1)  # every example clean-correct
+    eps = 0.05 if norm == "inf" else 0.5
+    spec = AttackSpec(name=name, eps=(eps,), norm=norm, max_iter=3, samples=24)
+    (result,) = evaluate_attacks(model, x, y, 12, (spec,))
+    assert result.clean_acc == 1.0 and 0.0 <= result.robust_acc <= 1.0

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,20 +67,44 @@ _CLASSES: dict[AttackName, type] = {
     A.fgsm: FastGradientMethod, A.pgd: ProjectedGradientDescent, A.cw_l2: CarliniL2Method,
     A.cw_linf: CarliniLInfMethod, A.deepfool: DeepFool, A.square: SquareAttack, A.hopskipjump: HopSkipJump,
     A.boundary: BoundaryAttack, A.transfer_fgsm: FastGradientMethod, A.transfer_pgd: ProjectedGradientDescent,
-    A.autoattack: AutoAttack,
+    A.autoattack_art: AutoAttack,
 }  # fmt: skip
 
-# AutoAttack (Croce & Hein 2020) as ART ships its parts.  ART's AutoAttack
-# with no ``attacks`` runs APGD-CE and APGD-DLR (5 restarts each), DeepFool
-# and Square (5 restarts): not the standard list.  We give it the standard
-# untargeted parts ART has: APGD-CE, APGD-DLR and Square (p_init 0.8, one
-# restart), on logits; the standard budget is 100 APGD iterations and 5,000
-# Square queries, so Square gets 50 queries per APGD iteration.  (Standard
-# AutoAttack's APGD-T and FAB-T are targeted: ART's ``targeted=True`` would
-# run every part against all 9 other classes, too slow for a grid.)
+# ``autoattack`` is the standard AutoAttack (Croce & Hein 2020; fra31/auto-attack,
+# version='standard', what RobustBench reports): APGD-CE, APGD-T (targeted DLR
+# against the 9 highest-scoring wrong classes), FAB-T and Square, each on the
+# survivors of the previous ones, run by trainables/autoattack.py as compiled
+# TensorFlow and checked against the reference implementation itself
+# (tests/test_autoattack_reference.py).  Its budget: 100 APGD and FAB
+# iterations, 5,000 Square queries (``max_iter`` scales both: Square gets 50
+# queries per APGD iteration), one restart.
+#
+# ``autoattack_art`` is the ensemble robustgrid ran up to results revision 2:
+# ART's AutoAttack given ART's untargeted parts (APGD-CE, APGD-DLR, Square with
+# p_init 0.8, one restart).  Weaker than the standard version (no targeted
+# parts, no FAB; ART's APGD returns its last iterate, not its best), and slower
+# (ART's APGD runs its own eager classifier and a per-sample DLR loop): kept
+# under its own name for comparison, never reported as AutoAttack.
 AUTOATTACK_APGD_ITER = 100
 AUTOATTACK_SQUARE_QUERIES_PER_ITER = 50
 AUTOATTACK_STEP = 2.0  # APGD's first step, x eps (the paper's eta_0 = 2 eps)
+# The standard AutoAttack's options (it is not an ART class): Square's query budget.
+AUTOATTACK_OPTIONS = frozenset({"square_queries"})
+
+# Budgets a study gets when it names an attack without ``max_iter`` / options: each
+# attack's own published budget (cheap settings belong to smoke studies, which say so).
+# C&W: Carlini & Wagner's reference code (nn_robust_attacks: l2_attack.py 10,000
+# iterations and 9 binary search steps, li_attack.py 1,000 iterations).  DeepFool:
+# the reference (LTS4) 50 iterations, overshoot 0.02.  Square: 5,000 queries and
+# p_init 0.8, standard AutoAttack's Square.  HopSkipJump: the reference (HSJA) 40
+# iterations, at most 10,000 and first 100 gradient-estimation queries.  Boundary:
+# 5,000 steps (ART's default; Brendel et al. run to convergence).
+CW_L2_ITER, CW_L2_BINARY_STEPS = 10_000, 9
+CW_LINF_ITER = 1_000
+DEEPFOOL_ITER, DEEPFOOL_OVERSHOOT = 50, 0.02
+SQUARE_QUERIES, SQUARE_P_INIT = 5_000, 0.8
+HSJ_ITER, HSJ_MAX_EVAL, HSJ_INIT_EVAL = 40, 10_000, 100
+BOUNDARY_ITER = 5_000
 
 # Gradient-masking diagnostics (Athalye et al. 2018; Carlini et al. 2019's checklist).
 # PGD at an L-inf radius of 0.5 on the 0-1 scale can move every input to
@@ -115,6 +140,36 @@ def art_class(name: AttackName) -> Any:
     return _CLASSES[name]
 
 
+def attack_options(name: AttackName) -> tuple[str, frozenset[str]]:
+    """(what the options go to, the option names it knows): an ART class's ``attack_params``,
+    or the standard AutoAttack's own."""
+    if name is A.autoattack:
+        return "the standard AutoAttack", AUTOATTACK_OPTIONS
+    cls = _CLASSES[name]
+    return f"ART's {cls.__name__}", frozenset(cls.attack_params)
+
+
+def square_p_init(p_init: float, shape: tuple[int, ...], norm: str) -> float:
+    """Square's first tile share, shrunk so that its tile fits the input.
+
+    ART draws the first L-inf tile with side round(sqrt(p_init x h x w)) and its
+    position with ``randint(0, side_of_input - tile)`` on both axes, as if h == w:
+    on a 49 x 10 MFCC input p_init 0.8 gives a 20-wide tile and ART raises
+    (``high <= 0``).  The tile may be at most min(h, w) - 1 wide (odd, >= 3 for L2);
+    p_init is cut to the largest share that gives such a tile, and kept otherwise
+    (8 x 8 digits: 0.8 -> a 7-wide tile, unchanged)."""
+    h, w = shape[0], shape[1] if len(shape) > 2 else 1
+    side = min(h, w) - 1
+    if norm == "2" and side % 2 == 0:
+        side -= 1  # ART's L2 tiles are odd
+    tile = max(round(math.sqrt(p_init * h * w)), 3 if norm == "2" else 1)
+    if norm == "2" and tile % 2 == 0:
+        tile += 1
+    if tile <= side or side < 1:
+        return p_init
+    return (side * side) / (h * w)
+
+
 @dataclass(frozen=True, eq=False)
 class AttackResult:
     attack: str
@@ -133,6 +188,8 @@ class AttackResult:
     subset_hash: str  # subset_digest of the attacked examples' positions in the dataset pool
     steps: int | None = None  # PGD / APGD iterations as run
     restarts: int | None = None  # PGD / APGD random starts as run
+    # autoattack: part name -> cumulative robust mask (subset order) right after that part
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def clean_correct(self) -> int:
@@ -272,7 +329,9 @@ def make_attack(spec: AttackSpec, estimator: Any, eps: float | None, batch_size:
             "batch_size": batch_size,
             "verbose": False,
         }
-    elif n is A.autoattack:
+    elif n is A.autoattack:  # pragma: no cover - evaluate_attacks runs it (trainables.autoattack)
+        raise ValueError("attacks.name: autoattack is not an ART attack; evaluate_attacks runs it")
+    elif n is A.autoattack_art:
         e, p = float(eps or 0), _norm_arg(norm)
         apgd_iter = autoattack_iterations(spec)
         parts: list[Any] = [
@@ -285,7 +344,8 @@ def make_attack(spec: AttackSpec, estimator: Any, eps: float | None, batch_size:
         ]  # fmt: skip
         parts.append(
             SquareAttack(
-                estimator, norm=p, eps=e, p_init=0.8, nb_restarts=1, batch_size=batch_size,
+                estimator, norm=p, eps=e, p_init=square_p_init(0.8, estimator.input_shape, norm),
+                nb_restarts=1, batch_size=batch_size,
                 max_iter=AUTOATTACK_SQUARE_QUERIES_PER_ITER * apgd_iter, verbose=False,
             )
         )  # fmt: skip
@@ -299,35 +359,49 @@ def make_attack(spec: AttackSpec, estimator: Any, eps: float | None, batch_size:
         }
     elif n is A.cw_l2:
         kw = {
-            "max_iter": it or 10,
-            "binary_search_steps": 5,
+            "max_iter": it or CW_L2_ITER,
+            "binary_search_steps": CW_L2_BINARY_STEPS,
             "batch_size": batch_size,
             "verbose": False,
         }
     elif n is A.cw_linf:
-        kw = {"max_iter": it or 10, "batch_size": batch_size, "verbose": False}
+        kw = {"max_iter": it or CW_LINF_ITER, "batch_size": batch_size, "verbose": False}
     elif n is A.deepfool:
-        kw = {"max_iter": it or 50, "batch_size": batch_size, "verbose": False}
-    elif n is A.square:
         kw = {
-            "norm": _norm_arg(norm),
-            "eps": eps,
-            "max_iter": it or 100,
+            "max_iter": it or DEEPFOOL_ITER,
+            "epsilon": DEEPFOOL_OVERSHOOT,
             "batch_size": batch_size,
             "verbose": False,
         }
+    elif n is A.square:
+        p_init = float(spec.options.get("p_init", SQUARE_P_INIT))
+        kw = {
+            "norm": _norm_arg(norm),
+            "eps": eps,
+            "max_iter": it or SQUARE_QUERIES,
+            "batch_size": batch_size,
+            "verbose": False,
+        }
+        kw.update(spec.options)
+        kw["p_init"] = square_p_init(p_init, estimator.input_shape, norm)
+        return _CLASSES[n](estimator, **kw)
     elif n is A.hopskipjump:
         kw = {
             "norm": _norm_arg(norm),
-            "max_iter": it or 10,
-            "max_eval": 1000,
-            "init_eval": 10,
+            "max_iter": it or HSJ_ITER,
+            "max_eval": HSJ_MAX_EVAL,
+            "init_eval": HSJ_INIT_EVAL,
             "batch_size": batch_size,
             "targeted": False,
             "verbose": False,
         }
     elif n is A.boundary:
-        kw = {"max_iter": it or 200, "targeted": False, "batch_size": batch_size, "verbose": False}
+        kw = {
+            "max_iter": it or BOUNDARY_ITER,
+            "targeted": False,
+            "batch_size": batch_size,
+            "verbose": False,
+        }
     else:  # pragma: no cover - the enum is exhaustive
         raise ValueError(f"attacks.name: unknown attack {n!r}")
     kw.update(spec.options)
@@ -350,10 +424,28 @@ def adversarial_examples(
     return lambda x, y: attack.generate(x=x, y=eye[y]).astype(np.float32)
 
 
+def run_autoattack(
+    model: tf_keras.Model, spec: AttackSpec, x: np.ndarray, y: np.ndarray, eps: float
+) -> Any:
+    """The standard AutoAttack at ``eps`` with the spec's budget (trainables.autoattack)."""
+    from trainables.autoattack import standard_autoattack  # TF graphs built only when used
+
+    iterations = autoattack_iterations(spec)
+    queries = int(
+        spec.options.get("square_queries", AUTOATTACK_SQUARE_QUERIES_PER_ITER * iterations)
+    )
+    return standard_autoattack(
+        model, x, y, eps=eps, norm=spec.norm_value, seed=spec.seed,
+        apgd_iter=iterations, fab_iter=iterations, square_queries=queries,
+    )  # fmt: skip
+
+
 def _steps_restarts(spec: AttackSpec) -> tuple[int | None, int | None]:
     if spec.name in (A.pgd, A.transfer_pgd):
         return spec.steps, spec.restarts
     if spec.name is A.autoattack:
+        return autoattack_iterations(spec), 1
+    if spec.name is A.autoattack_art:
         return autoattack_iterations(spec), max(1, spec.restarts)
     return None, None
 
@@ -400,12 +492,17 @@ def evaluate_attacks(
         for budget, radii in runs:
             np.random.seed(spec.seed)  # ART draws from numpy's global generator
             t0 = time.perf_counter()
-            # Black-box attacks get labels too: they are data, not access to the model.
-            x_adv = (
-                make_attack(spec, estimator, budget, batch_size)
-                .generate(x=xs, y=eye[ys])
-                .astype(np.float32)
-            )
+            parts: dict[str, np.ndarray] = {}
+            if spec.name is A.autoattack:
+                outcome = run_autoattack(model, spec, xs, ys, float(budget or 0.0))
+                x_adv, parts = outcome.x_adv.astype(np.float32), dict(outcome.parts)
+            else:
+                # Black-box attacks get labels too: they are data, not access to the model.
+                x_adv = (
+                    make_attack(spec, estimator, budget, batch_size)
+                    .generate(x=xs, y=eye[ys])
+                    .astype(np.float32)
+                )
             adv_ok = np.argmax(black.predict(x_adv), axis=1) == ys  # judged on the attacked model
             size = _perturbation(xs, x_adv, norm)
             fooled = clean_ok & ~adv_ok
@@ -418,7 +515,7 @@ def evaluate_attacks(
                     attack=spec.name.value, kind=spec.kind, norm=norm, eps=float(eps), samples=n,
                     clean_acc=float(clean_ok.mean()), robust_acc=float(robust.mean()),
                     median_norm=median, seconds=seconds, positions=positions, clean=clean_ok,
-                    robust=robust, subset_hash=digest, steps=steps, restarts=restarts,
+                    robust=robust, subset_hash=digest, steps=steps, restarts=restarts, parts=parts,
                 ))  # fmt: skip
     return results
 

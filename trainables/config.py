@@ -182,8 +182,12 @@ class AttackName(enum.StrEnum):
     # transfer: crafted on a float surrogate trained on the same fold
     transfer_fgsm = "transfer_fgsm"
     transfer_pgd = "transfer_pgd"
-    # white-box ensemble: ART's AutoAttack (APGD-CE, APGD-DLR, Square on logits)
+    # white-box ensembles: the standard AutoAttack (Croce & Hein 2020, fra31/auto-attack
+    # version='standard': APGD-CE, APGD-T, FAB-T, Square; trainables/autoattack.py), and the
+    # cheaper, weaker ensemble robustgrid ran up to results revision 2 (ART's APGD-CE,
+    # untargeted APGD-DLR and Square): never reported as "AutoAttack"
     autoattack = "autoattack"
+    autoattack_art = "autoattack_art"
 
 
 WHITE_BOX = {
@@ -193,6 +197,7 @@ WHITE_BOX = {
     AttackName.cw_linf,
     AttackName.deepfool,
     AttackName.autoattack,
+    AttackName.autoattack_art,
 }
 BLACK_BOX = {AttackName.square, AttackName.hopskipjump, AttackName.boundary}
 TRANSFER = {AttackName.transfer_fgsm, AttackName.transfer_pgd}
@@ -215,6 +220,7 @@ NORM_CHOICES = {
     AttackName.square: {"inf", "2"},
     AttackName.hopskipjump: {"inf", "2"},
     AttackName.autoattack: {"inf", "2"},
+    AttackName.autoattack_art: {"inf", "2"},
 }
 
 OptionValue = int | float | bool | str
@@ -235,7 +241,9 @@ class AttackSpec(BaseModel):
     steps: int = Field(default=10, ge=1, le=10_000)  # PGD iterations (FGSM: ignored)
     # PGD random restarts (ART's num_random_init): 0 starts at the clean example;
     # r >= 1 runs r random starts and an example is robust only if it survives all.
-    # autoattack: APGD's random starts, max(1, restarts); its iterations are max_iter (100).
+    # autoattack (standard): one APGD restart, as the standard version (0 or 1 here); its
+    # APGD and FAB iterations are max_iter (100), Square's queries 50 x max_iter (5,000).
+    # autoattack_art: APGD's random starts, max(1, restarts).
     restarts: int = Field(default=0, ge=0, le=1000)
     step_ratio: float = Field(default=0.25, gt=0.0, le=1.0)  # PGD step = step_ratio * eps
     max_iter: int | None = Field(default=None, ge=1, le=100_000)  # other iterative attacks
@@ -259,6 +267,11 @@ class AttackSpec(BaseModel):
         if self.norm is not None and self.norm not in allowed:
             raise ValueError(
                 f"norm: {self.norm!r} is not available for {self.name.value} (choose {sorted(allowed)})"
+            )
+        if self.name is AttackName.autoattack and self.restarts > 1:
+            raise ValueError(
+                f"restarts: {self.restarts} for autoattack; the standard version runs 1 APGD "
+                "restart (0 or 1; autoattack_art takes more)"
             )
         if self.norm_value == "inf" and max(self.eps) > 1.0:
             raise ValueError(f"eps: {max(self.eps)} > 1 for an L-inf attack on inputs in [0, 1]")
