@@ -592,6 +592,19 @@ class Study(_Strict):
         from trainables.data import dataset_shape
 
         shape, classes = dataset_shape(self.dataset.name.value)
+        for i, a in enumerate(self.attacks):
+            # ART's L2 Square starts from a grid of square tiles as wide as h // 5 laid
+            # along both axes, which fails on a non-square input (49 x 10 MFCCs).
+            if (
+                a.name.value in ("square", "autoattack_art")
+                and a.norm_value == "2"
+                and shape[0] != shape[1]
+            ):
+                raise StudyError(
+                    f"attacks[{i}].norm: ART's L2 Square needs square inputs, and "
+                    f"{self.dataset.name.value}'s are {shape[0]} x {shape[1]}: use norm 'inf', "
+                    "or autoattack (its own Square fits any shape)"
+                )
         several = len(self.models) > 1
         base = {"sparsity": self.axes.sparsity[0], "clusters": self.axes.clusters[0],
                 "jr_weight": self.axes.jr_weight[0], "adversarial": 0, "jr_layers": 0}  # fmt: skip

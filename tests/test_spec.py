@@ -206,6 +206,33 @@ def test_attack_options_are_checked_against_art(tmp_path: Path) -> None:
     assert parse_study(ok, "s.yaml").trials()[0].attacks[0].options == {"binary_search_steps": 3}
 
 
+def test_standard_autoattack_options_and_arts_l2_square_on_mfccs() -> None:
+    bad = _with(["attacks"], [{"name": "autoattack", "eps": [0.1], "options": {"p_init": 0.3}}])
+    with pytest.raises(
+        StudyError,
+        match=r"options: \['p_init'\] are not parameters of the standard AutoAttack \(known: square_queries\)",
+    ):
+        parse_study(bad, "s.yaml")
+    ok = _with(
+        ["attacks"], [{"name": "autoattack", "eps": [0.1], "options": {"square_queries": 100}}]
+    )
+    assert parse_study(ok, "s.yaml").trials()[0].attacks[0].options == {"square_queries": 100}
+    kws = _with(["dataset"], "speech_commands")
+    for name in ("square", "autoattack_art"):
+        study = parse_study(
+            {**kws, "attacks": [{"name": name, "eps": [0.5], "norm": "2"}]}, "s.yaml"
+        )
+        with pytest.raises(
+            StudyError,
+            match=r"attacks\[0\]\.norm: ART's L2 Square needs square inputs, and speech_commands's are 49 x 10",
+        ):
+            study.check_models()
+    fine = parse_study(
+        {**kws, "attacks": [{"name": "autoattack", "eps": [0.5], "norm": "2"}]}, "s.yaml"
+    )
+    fine.check_models()  # the standard AutoAttack's own Square fits 49 x 10
+
+
 def test_per_layer_jr_is_an_axis_with_an_undefended_value() -> None:
     data = _with(["axes", "jr_layers"], ["none", {"all": 0.01}])
     study = parse_study(data)
