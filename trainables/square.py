@@ -15,7 +15,9 @@ one sign per example and channel; an example keeps the new point when its
 loss decreased or it became misclassified.  The window side follows the
 reference's ``p`` schedule and is clipped to the input's smaller side; its
 position is drawn within h and w separately (``floor(U * (h - s))``, as the
-reference's ``random_int``).
+reference's ``random_int``, which never draws ``h - s``: the last row and column
+are reached only by a window as long as that side, as in the reference and in
+the original Square code's ``randint(0, h - s)``).
 
 The whole query loop is one ``tf.while_loop`` in one ``tf.function``; each
 iteration gathers the still-unbroken examples, queries the model on those
