@@ -13,6 +13,7 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from trainables.fab import fab_targeted, projection_l2, projection_linf
 # ---------------------------------------------------------------- projections
 
 
-def _random_case(rng: np.random.Generator, n_features: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _random_case(rng: np.random.Generator, n_features: int) -> Case:
     """A point t in [0, 1]^D, a hyperplane (w, b); some w_i exactly 0, some t_i near a face."""
     t = rng.uniform(0, 1, n_features)
     t[rng.random(n_features) < 0.2] = rng.choice([0.0, 0.01, 0.99, 1.0])
@@ -34,7 +35,9 @@ def _random_case(rng: np.random.Generator, n_features: int) -> tuple[np.ndarray,
     if not w.any():
         w[0] = 1.0
     # Offsets from tiny (no face reached) to beyond the box (hyperplane misses it).
-    b = float(w @ t + rng.choice([-1, 1]) * np.abs(w).sum() * rng.choice([0.01, 0.1, 0.3, 0.6, 1.2]))
+    b = float(
+        w @ t + rng.choice([-1, 1]) * np.abs(w).sum() * rng.choice([0.01, 0.1, 0.3, 0.6, 1.2])
+    )
     return t, w, b
 
 
@@ -84,17 +87,21 @@ def _feasible(t: np.ndarray, w: np.ndarray, b: float) -> bool:
     return bool(lo < b < hi)
 
 
-def _project(fn: object, ts: list[np.ndarray], ws: list[np.ndarray], bs: list[float]) -> np.ndarray:
-    """All cases of one dimension in one batch (float64), as FAB calls the projections."""
-    out = fn(tf.constant(np.stack(ts)), tf.constant(np.stack(ws)), tf.constant(np.array(bs)))  # type: ignore[operator]
-    return np.asarray(out)
+Projection = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+Case = tuple[np.ndarray, np.ndarray, float]
+
+
+def _project(fn: Projection, cases: list[Case], dtype: tf.DType = tf.float64) -> np.ndarray:
+    """All cases of one dimension in one batch, as FAB calls the projections: d (cases, D)."""
+    t, w, b = (np.stack([case[i] for case in cases]) for i in range(3))
+    return np.asarray(fn(tf.constant(t, dtype), tf.constant(w, dtype), tf.constant(b, dtype)))
 
 
 @pytest.mark.parametrize("n_features", [2, 5, 12, 33])
 def test_projection_linf_is_the_lp_optimum(n_features: int) -> None:
     rng = np.random.default_rng(n_features)
     cases = [_random_case(rng, n_features) for _ in range(60)]
-    d_all = _project(projection_linf, *zip(*cases))  # type: ignore[arg-type]
+    d_all = _project(projection_linf, cases)
     kinds = set()
     for (t, w, b), d in zip(cases, d_all, strict=True):
         z = t + d
@@ -118,7 +125,7 @@ def test_projection_linf_is_the_lp_optimum(n_features: int) -> None:
 def test_projection_l2_is_the_qp_optimum(n_features: int) -> None:
     rng = np.random.default_rng(100 + n_features)
     cases = [_random_case(rng, n_features) for _ in range(60)]
-    d_all = _project(projection_l2, *zip(*cases))  # type: ignore[arg-type]
+    d_all = _project(projection_l2, cases)
     kinds = set()
     for (t, w, b), d in zip(cases, d_all, strict=True):
         z = t + d
@@ -135,18 +142,12 @@ def test_projection_l2_is_the_qp_optimum(n_features: int) -> None:
 
 
 @pytest.mark.parametrize("project", [projection_linf, projection_l2])
-def test_projection_float32_agrees_with_float64(project: object) -> None:
+def test_projection_float32_agrees_with_float64(project: Projection) -> None:
     """FAB runs the projections in float32: same answer as float64 up to float32 rounding."""
     rng = np.random.default_rng(7)
     cases = [_random_case(rng, 64) for _ in range(50)]
-    t, w, b = (np.stack(v) for v in zip(*cases))
-    d64 = np.asarray(project(tf.constant(t), tf.constant(w), tf.constant(b)))  # type: ignore[operator]
-    d32 = np.asarray(
-        project(  # type: ignore[operator]
-            tf.constant(t, tf.float32), tf.constant(w, tf.float32), tf.constant(b, tf.float32)
-        )
-    )
-    np.testing.assert_allclose(d32, d64, atol=2e-4)
+    d64 = _project(project, cases)
+    np.testing.assert_allclose(_project(project, cases, tf.float32), d64, atol=2e-4)
 
 
 # ---------------------------------------------------------------- linear models
@@ -179,13 +180,16 @@ def _linear_points(
     y = z.argmax(axis=1)
     runner_up = np.argsort(z, axis=1)[:, -2]
     v = kernel[:, runner_up].T - kernel[:, y].T  # (20n, D) normal of the y / runner-up boundary
-    dist_t = (z[np.arange(len(x)), y] - z[np.arange(len(x)), runner_up]) / np.linalg.norm(v, dual, axis=1)
+    dist_t = (z[np.arange(len(x)), y] - z[np.arange(len(x)), runner_up]) / np.linalg.norm(
+        v, dual, axis=1
+    )
     gaps = z[np.arange(len(x)), y][:, None] - z  # (20n, classes)
     normals = kernel[None, :, :] - kernel[:, y].T[:, :, None]  # (20n, D, classes)
     with np.errstate(divide="ignore", invalid="ignore"):
         dists = gaps / np.linalg.norm(normals, dual, axis=1)
     dists[np.arange(len(x)), y] = np.inf
-    keep = np.flatnonzero((dist_t < 0.25) & (dist_t > 0.01))[:n]  # the projection moves no coordinate by more
+    # Within 0.25 the projections move no coordinate out of [0.05, 0.95]: the box stays inactive.
+    keep = np.flatnonzero((dist_t < 0.25) & (dist_t > 0.01))[:n]
     assert len(keep) == n
     return x[keep], y[keep], dist_t[keep], dists[keep].min(axis=1)
 
@@ -351,4 +355,69 @@ def test_digits_seconds_per_100(digits_cnn: tuple[tf_keras.Model, np.ndarray, np
     b = fab_targeted(model, x, y, eps=0.1, norm="inf")
     np.testing.assert_array_equal(a, b)
     fooled = _check_contract(model, x, y, a, 0.1, "inf")
-    print(f"FAB-T digits_cnn 100 examples Linf eps 0.1: {seconds:.2f} s (incl. tracing), fooled {fooled.mean():.2f}")
+    print(
+        f"FAB-T digits_cnn 100 examples Linf eps 0.1: {seconds:.2f} s (incl. tracing), fooled {fooled.mean():.2f}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("norm", "eps"), [("inf", 0.1), ("2", 0.8)])
+def test_matches_reference_fab_t(norm: str, eps: float) -> None:
+    """The reference FABAttack_PT (targeted, 1 restart) on the same MLP, weights copied to torch.
+
+    Runs only where torch and pyautoattack are installed.  Both are float32 ports of one
+    algorithm, so they may part only where rounding tips an argmax: the robust masks must
+    agree on nearly every example and the adversarial points found by both lie as far.
+    """
+    torch = pytest.importorskip("torch")
+    fab_pt = pytest.importorskip("pyautoattack.fab_pt")
+    from sklearn.datasets import load_digits
+
+    tf_keras.utils.set_random_seed(4)
+    bunch = load_digits()
+    x_all = (bunch.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)
+    y_all = bunch.target.astype(np.int64)
+    inp = tf_keras.Input((8, 8, 1))
+    hidden = tf_keras.layers.Dense(32, activation="relu")(tf_keras.layers.Flatten()(inp))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(10)(hidden))
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(3e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x_all[:1500], y_all[:1500], epochs=10, batch_size=64, verbose=0)
+    x, y = x_all[1500:1600], y_all[1500:1600]
+
+    (k1, b1), (k2, b2) = model.layers[2].get_weights(), model.layers[3].get_weights()
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )  # Flatten of (n, 8, 8, 1) gives Keras's order: the kernels transpose as they are
+    with torch.no_grad():
+        for layer, k, b in ((net[1], k1, b1), (net[3], k2, b2)):
+            layer.weight.copy_(torch.from_numpy(k.T.copy()))
+            layer.bias.copy_(torch.from_numpy(b))
+    net.eval()
+    attack = fab_pt.FABAttack_PT(
+        net,
+        norm={"inf": "Linf", "2": "L2"}[norm],
+        n_restarts=1,
+        n_iter=100,
+        eps=eps,
+        seed=0,
+        targeted=True,
+        device="cpu",
+        n_target_classes=9,
+    )
+    ref = attack.perturb(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    ours = fab_targeted(model, x, y, eps=eps, norm=norm)
+
+    def fooled(adv: np.ndarray) -> np.ndarray:
+        changed = np.any((adv != x).reshape(len(x), -1), axis=1)
+        return changed & (model.predict(adv, verbose=0).argmax(axis=1) != y)
+
+    ref_fooled, our_fooled = fooled(ref), fooled(ours)
+    assert 0.2 < ref_fooled.mean() < 0.95  # an eps where the comparison says something
+    assert (ref_fooled == our_fooled).mean() >= 0.97
+    both = ref_fooled & our_fooled
+    np.testing.assert_allclose(
+        _norms(ours[both] - x[both], norm), _norms(ref[both] - x[both], norm), rtol=0.02
+    )

@@ -50,6 +50,7 @@ Deliberate differences, none of which changes what is computed:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -113,9 +114,9 @@ def projection_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         counter4 = tf.floor((lb + ub) / 2)
         counter2 = tf.cast(counter4, tf.int32)[:, None]  # (n, 1)
         indcurr = _gather_rows(indp, n_features - 1 - counter2)
-        b2 = (
-            _gather_rows(sb, counter2) - _gather_rows(s, counter2) * _gather_rows(p, indcurr)
-        )[:, 0]
+        b2 = (_gather_rows(sb, counter2) - _gather_rows(s, counter2) * _gather_rows(p, indcurr))[
+            :, 0
+        ]
         c = b - b2 > 0
         lb = tf.where(c, counter4, lb)
         ub = tf.where(c, ub, counter4)
@@ -213,7 +214,9 @@ def _np_norm_rows(v: np.ndarray, norm: str) -> np.ndarray:
     return np.sqrt((flat**2).sum(axis=1, dtype=np.float32))
 
 
-def _build_runner(model: tf_keras.Model, input_shape: tuple[int, ...], norm: str, n_iter: int):  # type: ignore[no-untyped-def]
+def _build_runner(
+    model: tf_keras.Model, input_shape: tuple[int, ...], norm: str, n_iter: int
+) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """One compiled ``attack_single_run`` (targeted) over a batch: returns (best adv, its norm)."""
     project = projection_linf if norm == "inf" else projection_l2
     spec_x = tf.TensorSpec([None, *input_shape], tf.float32)
@@ -249,7 +252,9 @@ def _build_runner(model: tf_keras.Model, input_shape: tuple[int, ...], norm: str
             alpha = tf.minimum(tf.maximum(a1 / (a1 + a2), 0.0), ALPHA_MAX)
             x1 = tf.clip_by_value((x1 + ETA * d1) * (1 - alpha) + (x0 + d2 * ETA) * alpha, 0.0, 1.0)
 
-            pred = tf.argmax(model(tf.reshape(x1, shape), training=False), axis=1, output_type=tf.int32)
+            pred = tf.argmax(
+                model(tf.reshape(x1, shape), training=False), axis=1, output_type=tf.int32
+            )
             is_adv = pred != y  # (bs,) success = any class but y, as the reference
             t = _norm_rows(x1 - x0, norm)
             better = is_adv & (t < res2)
@@ -267,7 +272,7 @@ def _build_runner(model: tf_keras.Model, input_shape: tuple[int, ...], norm: str
     return run
 
 
-def _build_predict(model: tf_keras.Model, input_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+def _build_predict(model: tf_keras.Model, input_shape: tuple[int, ...]) -> Callable[..., tf.Tensor]:
     @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
     def logits(x: tf.Tensor) -> tf.Tensor:
         return model(x, training=False)
