@@ -1,0 +1,345 @@
+"""The TensorFlow AutoAttack parts (APGD-CE, APGD-T, Square) and the standard ensemble.
+
+Oracles are computed here, independently of the attack code: a linear model's
+optimal perturbation in closed form, the targeted DLR loss by hand, the
+cross-entropy of every recorded iterate with numpy, and the number of
+examples that actually went through the model (a counting layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import trainables  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from trainables import apgd, autoattack, square
+
+
+def _ce_numpy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cross-entropy (n,) written out: logsumexp(z) - z_y."""
+    z = logits.astype(np.float64)
+    m = z.max(1)
+    return m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(len(z)), y]
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[tf_keras.Model, np.ndarray, np.ndarray]:
+    """The float digits CNN trained 4 epochs on sklearn digits; 200 held-out examples."""
+    from sklearn.datasets import load_digits
+
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)
+    y = d.target.astype(np.int64)
+    tf_keras.utils.set_random_seed(0)
+    model = build_model(TrialConfig(), (8, 8, 1), 10)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(3e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x[:1500], y[:1500], epochs=4, batch_size=64, verbose=0)
+    return model, x[1500:1700], y[1500:1700]
+
+
+def _linear(w: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> tf_keras.Model:
+    """logits = flatten(x) @ w + b."""
+    model = tf_keras.Sequential(
+        [tf_keras.Input(shape), tf_keras.layers.Flatten(), tf_keras.layers.Dense(w.shape[1])]
+    )
+    model.layers[-1].set_weights([w, b])
+    return model
+
+
+# --- (1) an independent oracle: a two-class linear model ---------------------------------
+
+
+def test_apgd_linf_finds_the_closed_form_optimum_of_a_linear_model() -> None:
+    # Two classes: CE = log(1 + exp(z_t - z_y)) grows with (w_t - w_y).x, which is separable, so
+    # the best point in the L-inf ball and [0, 1] is x_i = clip(x0_i - eps sign(w_y - w_t)_i, 0, 1).
+    rng = np.random.default_rng(1)
+    shape = (4, 4, 1)
+    w = rng.normal(size=(16, 2)).astype(np.float32)
+    b = np.array([10.0, 0.0], np.float32)  # class 0 by a wide margin: eps 0.05 cannot flip it
+    model = _linear(w, b, shape)
+    x = rng.uniform(0.0, 1.0, (6, *shape)).astype(np.float32)
+    x[:3] = np.where(rng.random(x[:3].shape) < 0.3, 0.0, x[:3])  # some coordinates on the box edge
+    y = np.zeros(6, np.int64)
+    eps = 0.05
+    d = (w[:, 0] - w[:, 1]).reshape(shape)
+    optimum = np.clip(x - eps * np.sign(d), 0.0, 1.0)
+    assert (model(x).numpy().argmax(1) == y).all() and (model(optimum).numpy().argmax(1) == y).all()
+    adv = apgd.apgd_ce(model, x, y, eps=eps, norm="inf", n_iter=10)
+    np.testing.assert_allclose(adv, optimum, atol=1e-6)
+
+
+def test_apgd_linf_success_on_a_linear_model_is_misclassified_and_in_the_ball() -> None:
+    rng = np.random.default_rng(2)
+    shape = (4, 4, 1)
+    w = rng.normal(size=(16, 2)).astype(np.float32)
+    b = -0.5 * w.sum(0)  # centred: the classes split the unit cube
+    model = _linear(w, b, shape)
+    x = rng.uniform(0.0, 1.0, (40, *shape)).astype(np.float32)
+    y = model(x).numpy().argmax(1)  # every example correct clean
+    eps = 0.1
+    # The true class's margin is sgn (d.x + b0 - b1), smallest at x - eps sign(sgn d) clipped to [0, 1].
+    d = w[:, 0] - w[:, 1]
+    sgn = np.where(y == 0, 1.0, -1.0)[:, None]
+    opt = np.clip(x.reshape(40, -1) - eps * np.sign(sgn * d), 0.0, 1.0)
+    flippable = sgn[:, 0] * (opt @ d + b[0] - b[1]) < 0
+    assert 0 < flippable.sum() < 40  # the case is informative both ways
+    adv = apgd.apgd_ce(model, x, y, eps=eps, norm="inf", n_iter=20)
+    fooled = model(adv).numpy().argmax(1) != y
+    np.testing.assert_array_equal(fooled, flippable)
+    assert np.abs(adv - x).max() <= eps + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
+
+
+def test_apgd_l2_reaches_the_closed_form_optimum_inside_the_box() -> None:
+    # With x0 = 0.5 and eps 0.2 the L2 ball lies inside [0, 1]: the optimum is x0 - eps d / ||d||.
+    rng = np.random.default_rng(3)
+    shape = (4, 4, 1)
+    w = rng.normal(size=(16, 2)).astype(np.float32)
+    model = _linear(w, np.array([5.0, 0.0], np.float32), shape)
+    x = np.full((3, *shape), 0.5, np.float32)
+    d = (w[:, 0] - w[:, 1]).reshape(shape)
+    optimum = x - 0.2 * d / np.linalg.norm(d)
+    adv = apgd.apgd_ce(model, x, np.zeros(3, np.int64), eps=0.2, norm="2", n_iter=100)
+    assert np.sqrt(((adv - x) ** 2).reshape(3, -1).sum(1)).max() <= 0.2 + 1e-5
+    np.testing.assert_allclose(adv, optimum, atol=2e-3)
+
+
+# --- (2) the best point over the iterations ------------------------------------------------
+
+
+def test_apgd_returns_the_highest_loss_point_over_its_iterates(digits: Any) -> None:
+    model, x, y = digits
+    keep = apgd.predict(model, x).argmax(1) == y
+    x, y = x[keep][:64], y[keep][:64]
+    x0 = apgd.random_start(x, 0.1, "inf", tf.random.Generator.from_seed(0))
+    run = apgd.apgd_run(
+        model, x, y, eps=0.1, norm="inf", n_iter=10, x_init=x0, record_iterates=True
+    )
+    assert run.iterates is not None and run.iterates.shape == (10, *x.shape)
+    points = np.concatenate([x0[None], run.iterates])  # (11, n, 8, 8, 1): start + every iterate
+    losses = np.stack([_ce_numpy(model(p).numpy(), y) for p in points])  # (11, n) by numpy
+    best = _ce_numpy(model(run.x_best).numpy(), y)
+    assert (best >= losses.max(0) - 1e-4).all()
+    # x_best is one of the visited points, one of highest loss (up to float noise between the
+    # compiled batch and this evaluation)
+    same = (points == run.x_best[None]).reshape(len(points), len(x), -1).all(2)  # (11, n)
+    assert same.any(0).all()
+    assert (np.where(same, losses, -np.inf).max(0) >= losses.max(0) - 1e-4).all()
+    # not vacuous: for some examples the last iterate is worse than the best one
+    assert (losses[-1] < best - 1e-3).any()
+    # iterates stay in the ball and [0, 1]; misclassified iterates were reported as successes
+    assert np.abs(points - x).max() <= 0.1 + 1e-6 and points.min() >= 0.0 and points.max() <= 1.0
+    wrong = np.stack([model(p).numpy().argmax(1) != y for p in points]).any(0)
+    np.testing.assert_array_equal(~run.acc, wrong)
+    assert (model(run.x_best_adv).numpy().argmax(1)[wrong] != y[wrong]).all()
+
+
+def test_apgd_breaks_an_undefended_digits_cnn_at_linf_0_3(digits: Any) -> None:
+    model, x, y = digits
+    clean = apgd.predict(model, x).argmax(1) == y
+    assert clean.mean() > 0.8
+    for fn in (apgd.apgd_ce, apgd.apgd_targeted):
+        adv = fn(model, x, y, eps=0.3, norm="inf", n_iter=50)
+        assert np.abs(adv - x).max() <= 0.3 + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
+        assert (apgd.predict(model, adv).argmax(1) == y).mean() <= 0.02
+        np.testing.assert_array_equal(adv[~clean], x[~clean])  # wrong clean: returned unchanged
+
+
+# --- (5) the targeted DLR loss by hand -----------------------------------------------------
+
+
+def test_targeted_dlr_loss_by_hand() -> None:
+    logits = np.array(
+        [
+            [3.0, 1.0, 2.0, 0.5, -1.0],  # sorted 3, 2, 1, 0.5: -(3 - 2) / (3 - 0.75) = -1 / 2.25
+            [
+                0.0,
+                4.0,
+                -2.0,
+                1.0,
+                2.0,
+            ],  # y=1, t=3; sorted 4, 2, 1, 0: -(4 - 1) / (4 - 0.5) = -3 / 3.5
+            [1.0, 1.0, 1.0, 1.0, 5.0],  # y=4, t=0; sorted 5, 1, 1, 1: -(5 - 1) / (5 - 1) = -1
+            [2.0, 6.0, 1.0, 0.0, 3.0],  # y=0, t=1 (the target leads); sorted 6, 3, 2, 1: 4 / 4.5
+        ],
+        np.float32,
+    )
+    y = np.array([0, 1, 4, 0])
+    t = np.array([2, 3, 0, 1])
+    got = apgd.dlr_targeted_loss(tf.constant(logits), tf.constant(y), tf.constant(t)).numpy()
+    np.testing.assert_allclose(got, [-1 / 2.25, -3 / 3.5, -1.0, 4 / 4.5], rtol=1e-6)
+
+
+def test_targets_are_the_top_wrong_classes() -> None:
+    assert list(apgd.target_ranks(10, 9)) == list(range(2, 11))
+    assert list(apgd.target_ranks(5, 9)) == [2, 3, 4, 5]  # fewer than 10 classes: all wrong ones
+    assert list(apgd.target_ranks(12, 9)) == list(range(2, 11))
+
+
+# --- (3) Square on non-square and small inputs ---------------------------------------------
+
+
+class _Count(tf_keras.layers.Layer):
+    """Identity that counts the examples passing through it (inside compiled loops too)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seen = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        self.seen.assign_add(tf.cast(tf.shape(x)[0], tf.int64))
+        return x
+
+
+def _counted_cnn(
+    shape: tuple[int, int, int], classes: int, seed: int
+) -> tuple[tf_keras.Model, _Count]:
+    tf_keras.utils.set_random_seed(seed)
+    inp = tf_keras.Input(shape)
+    count = _Count()
+    h = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu")(count(inp))
+    h = tf_keras.layers.GlobalAveragePooling2D()(h)
+    out = tf_keras.layers.Dense(classes)(tf_keras.layers.Dense(16, activation="relu")(h))
+    return tf_keras.Model(inp, out), count
+
+
+@pytest.mark.parametrize("shape", [(49, 10, 1), (8, 8, 1), (10, 49, 2)])
+@pytest.mark.parametrize(("norm", "eps"), [("inf", 0.05), ("2", 0.5)])
+def test_square_stays_in_budget_on_non_square_inputs(
+    shape: tuple[int, int, int], norm: str, eps: float
+) -> None:
+    model, count = _counted_cnn(shape, 12, 0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (16, *shape)).astype(np.float32)
+    y = model(x).numpy().argmax(1)
+    y[:2] = (y[:2] + 1) % 12  # two examples misclassified clean: fooled by the first query
+    n_queries = 60
+    seen0 = int(count.seen.numpy())
+    run = square.square_run(model, x, y, eps=eps, norm=norm, n_queries=n_queries, seed=0)
+    d = (run.x_best - x).reshape(16, -1)
+    size = np.abs(d).max(1) if norm == "inf" else np.sqrt((d**2).sum(1))
+    assert (size <= eps + 1e-5).all() and run.x_best.min() >= 0.0 and run.x_best.max() <= 1.0
+    # queries: the starting point, then one per iteration while not fooled (the reference's count)
+    assert (run.queries >= 1).all() and (run.queries <= n_queries + 1).all()
+    assert (run.queries[:2] == 1).all()
+    # the model saw exactly the counted queries: fooled examples were not queried again
+    assert int(count.seen.numpy()) - seen0 == int(run.queries.sum())
+    # the reported margins are the model's at x_best; an unfooled example used every query
+    logits = model(run.x_best).numpy()
+    margin = logits[np.arange(16), y] - np.where(np.eye(12, dtype=bool)[y], -np.inf, logits).max(1)
+    np.testing.assert_allclose(run.margin, margin, atol=1e-4)
+    assert (run.queries[run.margin > 0] == n_queries + 1).all()
+    # the perturbation reaches across the whole input, not only a top-left square (the last row and
+    # column only by a window as long as that side: the reference draws a corner in [0, h - s))
+    moved = np.abs(run.x_best - x).max(axis=(0, 3)) > 0  # (h, w)
+    assert moved[-2].any() and moved[:, -2].any()
+
+
+def test_square_window_sides_are_clipped_to_the_smaller_side() -> None:
+    # 49 x 10: sqrt(0.8 * 490) = 19.8 -> 20 > 10, clipped; later levels shrink it (p / 2**level).
+    assert square.side_table(49, 10, 1, 0.8, "inf")[:4] == [10, 10, 10, 7]
+    assert square.side_table(8, 8, 1, 0.8, "inf") == [7, 5, 4, 3, 2, 1, 1, 1, 1, 1]
+    assert square.side_table(8, 8, 1, 0.8, "2") == [7, 5, 5, 3, 3, 3, 3, 3, 3, 3]
+    assert square.p_selection(10, 0.8) == 0.8 and square.p_selection(11, 0.8) == 0.4
+    assert square.p_selection(8001, 0.8) == 0.8 / 512
+
+
+def test_square_breaks_an_undefended_digits_cnn(digits: Any) -> None:
+    model, x, y = digits
+    adv = square.square(model, x[:100], y[:100], eps=0.3, norm="inf", n_queries=300)
+    assert (apgd.predict(model, adv).argmax(1) == y[:100]).mean() <= 0.05
+
+
+# --- (4) the ensemble ----------------------------------------------------------------------
+
+
+def test_ensemble_attacks_only_the_survivors(digits: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = digits
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(name: str, fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        def wrapped(m: Any, xs: np.ndarray, ys: np.ndarray, **kw: Any) -> np.ndarray:
+            seen[name] = np.concatenate(
+                [seen.get(name, np.zeros((0, *x.shape[1:]), np.float32)), xs]
+            )
+            return fn(m, xs, ys, **kw)
+
+        return wrapped
+
+    for name, attr in (("apgd-ce", "apgd_ce"), ("apgd-t", "apgd_targeted"), ("square", "square")):
+        monkeypatch.setattr(autoattack, attr, spy(name, getattr(autoattack, attr)))
+    parts = ("apgd-ce", "apgd-t", "square")
+    out = autoattack.standard_autoattack(
+        model,
+        x,
+        y,
+        eps=0.08,
+        norm="inf",
+        parts=parts,
+        apgd_iter=20,
+        square_queries=100,
+        batch_size=64,
+    )
+    clean = apgd.predict(model, x).argmax(1) == y
+    before = clean
+    for name in parts:
+        # each part got exactly the examples robust before it (in index order) and nothing else
+        np.testing.assert_array_equal(seen.get(name, x[:0]), x[before])
+        assert not (out.parts[name] & ~before).any()  # cumulative masks only shrink
+        before = out.parts[name]
+        assert out.part_seconds[name] >= 0.0
+    np.testing.assert_array_equal(out.robust, out.parts["square"])
+    assert out.robust.sum() <= clean.sum() and 0 < out.parts["apgd-ce"].sum() < clean.sum()
+    # x_adv: in the ball and [0, 1], misclassified where not robust, the input where robust
+    assert (
+        np.abs(out.x_adv - x).max() <= 0.08 + 1e-6 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    )
+    pred = apgd.predict(model, out.x_adv).argmax(1)
+    assert (pred[clean & ~out.robust] != y[clean & ~out.robust]).all()
+    np.testing.assert_array_equal(out.x_adv[out.robust], x[out.robust])
+
+
+def test_clip_to_ball() -> None:
+    x = np.full((2, 3), 0.5, np.float32)
+    far = np.array([[2.0, 0.5, 0.5], [0.5, -1.0, 0.9]], np.float32)
+    np.testing.assert_allclose(
+        autoattack.clip_to_ball(far, x, 0.1, "inf"), [[0.6, 0.5, 0.5], [0.5, 0.4, 0.6]]
+    )
+    l2 = autoattack.clip_to_ball(far, x, 0.5, "2")
+    np.testing.assert_allclose(np.linalg.norm(l2 - x, axis=1), [0.5, 0.5], rtol=1e-5)
+
+
+# --- (6) determinism -----------------------------------------------------------------------
+
+
+def test_parts_are_deterministic_for_a_seed(digits: Any) -> None:
+    model, x, y = digits
+    x, y = x[:40], y[:40]
+    a = apgd.apgd_ce(model, x, y, eps=0.05, norm="2", n_iter=10, seed=3)
+    np.testing.assert_array_equal(
+        a, apgd.apgd_ce(model, x, y, eps=0.05, norm="2", n_iter=10, seed=3)
+    )
+    assert not np.array_equal(a, apgd.apgd_ce(model, x, y, eps=0.05, norm="2", n_iter=10, seed=4))
+    t = apgd.apgd_targeted(model, x, y, eps=0.03, norm="inf", n_iter=10, n_target_classes=3, seed=3)
+    t2 = apgd.apgd_targeted(
+        model, x, y, eps=0.03, norm="inf", n_iter=10, n_target_classes=3, seed=3
+    )
+    np.testing.assert_array_equal(t, t2)
+    for norm in ("inf", "2"):
+        s = square.square(model, x, y, eps=0.05, norm=norm, n_queries=30, seed=3)
+        np.testing.assert_array_equal(
+            s, square.square(model, x, y, eps=0.05, norm=norm, n_queries=30, seed=3)
+        )
+        assert not np.array_equal(
+            s, square.square(model, x, y, eps=0.05, norm=norm, n_queries=30, seed=4)
+        )

@@ -1,0 +1,382 @@
+"""APGD (Croce & Hein 2020) in TensorFlow: the standard AutoAttack's APGD-CE and APGD-T.
+
+A step-for-step port of the reference ``autopgd_base.py`` (fra31/auto-attack,
+packaged as pyautoattack 0.2.0), L-inf and L2, one restart (the standard
+version's ``n_restarts=1``):
+
+- start: L-inf ``x + eps * t / max|t|`` with ``t ~ U(-1, 1)``; L2 ``x + eps * t / ||t||``
+  with ``t ~ N(0, 1)``; then clipped to [0, 1];
+- step size ``2 eps``, momentum 0.75 (1.0 on the first step), checkpoints every
+  ``k`` steps starting at ``k = 0.22 n_iter`` and shrinking by ``0.03 n_iter``
+  down to ``0.06 n_iter``; at a checkpoint an example halves its step and
+  restarts from its best point (``x_best``, with that point's gradient) when
+  the loss grew on at most 75% of the last ``k`` steps, or when its step was
+  not halved at the previous checkpoint and its best loss has not improved;
+- ``x_best``: per example, the point of highest loss over the start and every
+  iterate; ``x_best_adv``: the last misclassified iterate;
+- APGD-T: the targeted DLR loss ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``,
+  one run per target rank 2 .. n_target_classes + 1 of the clean logits, each
+  on the examples still classified correctly.
+
+The whole iteration loop of one run is a single ``tf.while_loop`` inside a
+``tf.function`` (one graph call per run, not one per step).  The compiled
+functions are kept per model (dropped with the model) so repeated calls do
+not trace again.
+
+Deliberate deviations, all outside the attack's arithmetic:
+
+- random numbers come from ``tf.random.Generator.from_seed(seed)``, not
+  torch's generator: same distributions, other draws;
+- the reference returns the clean input for examples it does not fool; these
+  return that example's ``x_best`` (the highest-loss point; for APGD-T the
+  highest over the target runs), as INTERFACE.md asks;
+- the reference's checkpoint test reads ``loss_steps[-1]`` (the last row,
+  still zero) at the first checkpoint through Python's negative indexing;
+  the same row is read here by indexing modulo ``n_iter``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+Norm = Literal["inf", "2"]
+Loss = Literal["ce", "dlr-targeted"]
+ZERO = tf.UnconnectedGradients.ZERO
+F = TypeVar("F")
+
+# Momentum, step-halving threshold and checkpoint fractions of the reference.
+ALPHA_MOMENTUM = 0.75
+RHO = 0.75
+
+_FUNCTIONS: dict[tuple[int, Hashable], Any] = {}
+
+
+def per_model(model: tf_keras.Model, key: Hashable, build: Callable[[Callable[[], Any]], F]) -> F:
+    """``build(model_ref)`` made once per (model, key); forgotten when the model is collected.
+
+    The built function reaches the model through a weak reference, so the
+    cache does not keep a model alive.
+    """
+    entry = (id(model), key)
+    fn = _FUNCTIONS.get(entry)
+    if fn is None:
+        fn = build(weakref.ref(model))
+        _FUNCTIONS[entry] = fn
+        weakref.finalize(model, _FUNCTIONS.pop, entry, None)
+    return fn
+
+
+def check_norm(norm: str) -> Norm:
+    if norm not in ("inf", "2"):
+        raise ValueError(f"norm must be 'inf' or '2', got {norm!r}")
+    return norm  # type: ignore[return-value]
+
+
+def predict(model: tf_keras.Model, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Logits (n, classes) of ``model`` in inference mode, float32."""
+    fn = per_model(model, "logits", _logits_fn)
+    out = [fn(tf.constant(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _logits_fn(ref: Callable[[], Any]) -> Callable[[tf.Tensor], tf.Tensor]:
+    @tf.function(reduce_retracing=True)
+    def logits(x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(ref()(x, training=False), tf.float32)
+
+    return logits
+
+
+def dlr_targeted_loss(logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Targeted DLR (n,): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, pi sorting z down."""
+    z = tf.sort(logits, axis=1, direction="DESCENDING")  # (n, classes)
+    z_y = tf.gather(logits, y, axis=1, batch_dims=1)
+    z_t = tf.gather(logits, target, axis=1, batch_dims=1)
+    return -(z_y - z_t) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+
+
+def ce_loss(logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Per-example cross-entropy (n,) of the true labels (``target`` unused)."""
+    del target
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+
+
+LOSSES: dict[str, Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    "ce": ce_loss,
+    "dlr-targeted": dlr_targeted_loss,
+}
+
+
+def _rows(v: tf.Tensor, rank: int) -> tf.Tensor:
+    """(n,) -> (n, 1, ..., 1) to broadcast against an input batch of ``rank`` dims."""
+    return tf.reshape(v, [-1] + [1] * (rank - 1))
+
+
+def _l2(v: tf.Tensor, rank: int) -> tf.Tensor:
+    """Per-example L2 norm, kept as (n, 1, ..., 1)."""
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=list(range(1, rank)), keepdims=True))
+
+
+def normalize(v: tf.Tensor, norm: Norm, rank: int) -> tf.Tensor:
+    """The reference's ``normalize``: v / (||v|| + 1e-12) per example."""
+    axes = list(range(1, rank))
+    t = tf.reduce_max(tf.abs(v), axis=axes, keepdims=True) if norm == "inf" else _l2(v, rank)
+    return v / (t + 1e-12)
+
+
+@dataclass(frozen=True)
+class ApgdRun:
+    """One APGD run (the reference's ``attack_single_run``) on n examples.
+
+    x_best (n, *shape): highest-loss point; acc (n,) bool: never misclassified;
+    loss_best (n,); x_best_adv (n, *shape): last misclassified iterate (the start
+    where none); loss_steps (n_iter, n): the loss at each iterate; iterates
+    (n_iter, n, *shape) when recorded (a debug path for tests), else None.
+    """
+
+    x_best: np.ndarray
+    acc: np.ndarray
+    loss_best: np.ndarray
+    x_best_adv: np.ndarray
+    loss_steps: np.ndarray
+    iterates: np.ndarray | None
+
+
+def random_start(x: np.ndarray, eps: float, norm: Norm, gen: tf.random.Generator) -> np.ndarray:
+    """The reference's starting point, clipped to [0, 1]."""
+    rank = x.ndim
+    if norm == "inf":
+        t = 2.0 * gen.uniform(x.shape, dtype=tf.float32) - 1.0
+    else:
+        t = gen.normal(x.shape, dtype=tf.float32)
+    return np.asarray(tf.clip_by_value(x + eps * normalize(t, norm, rank), 0.0, 1.0), np.float32)
+
+
+def apgd_run(
+    model: tf_keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    eps: float,
+    norm: str,
+    loss: Loss = "ce",
+    n_iter: int = 100,
+    target: np.ndarray | None = None,
+    x_init: np.ndarray | None = None,
+    gen: tf.random.Generator | None = None,
+    record_iterates: bool = False,
+) -> ApgdRun:
+    """One APGD run from ``x_init`` (default: the reference's random start drawn from ``gen``)."""
+    norm = check_norm(norm)
+    x = np.asarray(x, np.float32)
+    if x_init is None:
+        x_init = random_start(x, eps, norm, gen or tf.random.Generator.from_seed(0))
+    if target is None:
+        target = np.zeros(len(x), np.int32)
+    shape = tuple(int(d) for d in x.shape[1:])
+    fn = per_model(
+        model, ("apgd", shape, norm, loss, record_iterates),
+        lambda ref: _apgd_graph(ref, shape, norm, loss, record_iterates),
+    )  # fmt: skip
+    n_iter_2 = max(int(0.22 * n_iter), 1)
+    n_iter_min = max(int(0.06 * n_iter), 1)
+    size_decr = max(int(0.03 * n_iter), 1)
+    out = fn(
+        tf.constant(x), tf.constant(np.asarray(y, np.int32)), tf.constant(np.asarray(target, np.int32)),
+        tf.constant(np.asarray(x_init, np.float32)), tf.constant(eps, tf.float32),
+        tf.constant(n_iter), tf.constant(n_iter_2), tf.constant(n_iter_min), tf.constant(size_decr),
+    )  # fmt: skip
+    x_best, acc, loss_best, x_best_adv, loss_steps, iterates = (t.numpy() for t in out)
+    return ApgdRun(
+        x_best, acc, loss_best, x_best_adv, loss_steps, iterates if record_iterates else None
+    )
+
+
+def _apgd_graph(
+    ref: Callable[[], Any], shape: tuple[int, ...], norm: Norm, loss: Loss, record: bool
+) -> Callable[..., tuple[tf.Tensor, ...]]:
+    """The compiled APGD run: one ``tf.function`` whose iteration loop is a ``tf.while_loop``."""
+    rank = len(shape) + 1
+    loss_fn = LOSSES[loss]
+    x_spec = tf.TensorSpec([None, *shape], tf.float32)
+    i_spec = tf.TensorSpec([None], tf.int32)
+    s_f = tf.TensorSpec([], tf.float32)
+    s_i = tf.TensorSpec([], tf.int32)
+
+    def loss_grad(
+        xa: tf.Tensor, y: tf.Tensor, t: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(xa)
+            logits = tf.cast(ref()(xa, training=False), tf.float32)  # (n, classes)
+            per = loss_fn(logits, y, t)  # (n,)
+            total = tf.reduce_sum(per)  # examples do not interact in inference mode
+        return logits, per, tape.gradient(total, xa, unconnected_gradients=ZERO)
+
+    def project(x: tf.Tensor, xa: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """The reference's projection onto the eps-ball around x, then onto [0, 1]."""
+        if norm == "inf":
+            return tf.clip_by_value(tf.minimum(tf.maximum(xa, x - eps), x + eps), 0.0, 1.0)
+        d = xa - x
+        return tf.clip_by_value(
+            x + normalize(d, norm, rank) * tf.minimum(eps, _l2(d, rank)), 0.0, 1.0
+        )
+
+    @tf.function(input_signature=[x_spec, i_spec, i_spec, x_spec, s_f, s_i, s_i, s_i, s_i])
+    def run(
+        x: tf.Tensor, y: tf.Tensor, target: tf.Tensor, x_init: tf.Tensor, eps: tf.Tensor,
+        n_iter: tf.Tensor, n_iter_2: tf.Tensor, n_iter_min: tf.Tensor, size_decr: tf.Tensor,
+    ) -> tuple[tf.Tensor, ...]:  # fmt: skip
+        n = tf.shape(x)[0]
+        x_adv = x_init
+        logits, loss_indiv, grad = loss_grad(x_adv, y, target)
+        acc = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)  # (n,)
+        step = 2.0 * eps * tf.ones([n], tf.float32)  # (n,) the reference's alpha * eps
+        its = tf.TensorArray(tf.float32, size=n_iter if record else 0, element_shape=[None, *shape])
+
+        def body(
+            i: tf.Tensor, x_adv: tf.Tensor, x_adv_old: tf.Tensor, grad: tf.Tensor,
+            x_best: tf.Tensor, grad_best: tf.Tensor, loss_best: tf.Tensor, step: tf.Tensor,
+            acc: tf.Tensor, x_best_adv: tf.Tensor, loss_steps: tf.Tensor, counter3: tf.Tensor,
+            k: tf.Tensor, loss_best_last: tf.Tensor, reduced_last: tf.Tensor, its: tf.TensorArray,
+        ) -> tuple[Any, ...]:  # fmt: skip
+            # gradient step with momentum (a = 1 on the first step: no momentum yet)
+            grad2 = x_adv - x_adv_old
+            x_adv_old = x_adv
+            a = tf.where(i > 0, ALPHA_MOMENTUM, 1.0)
+            st = _rows(step, rank)
+            if norm == "inf":
+                x1 = project(x, x_adv + st * tf.sign(grad), eps)
+            else:
+                x1 = project(x, x_adv + st * normalize(grad, norm, rank), eps)
+            x_adv = project(x, x_adv + (x1 - x_adv) * a + grad2 * (1.0 - a), eps)
+
+            logits, y1, grad = loss_grad(x_adv, y, target)
+            pred = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)
+            acc = tf.logical_and(acc, pred)
+            x_best_adv = tf.where(_rows(~pred, rank), x_adv, x_best_adv)
+            loss_steps = tf.tensor_scatter_nd_update(loss_steps, [[i]], y1[None])
+            if record:
+                its = its.write(i, x_adv)
+            better = y1 > loss_best
+            x_best = tf.where(_rows(better, rank), x_adv, x_best)
+            grad_best = tf.where(_rows(better, rank), grad, grad_best)
+            loss_best = tf.where(better, y1, loss_best)
+
+            # checkpoint: halve the step and restart from x_best where progress stalled
+            counter3 = counter3 + 1
+            check = tf.equal(counter3, k)
+            js = i - tf.range(k)  # the last k iterates; -1 wraps to the last row as in Python
+            up = tf.gather(loss_steps, tf.math.floormod(js, n_iter)) > tf.gather(
+                loss_steps, tf.math.floormod(js - 1, n_iter)
+            )  # (k, n)
+            n_up = tf.reduce_sum(tf.cast(up, tf.float32), axis=0)
+            fl_osc = tf.cast(n_up <= tf.cast(k, tf.float32) * RHO, tf.float32)
+            fl_no_impr = (1.0 - reduced_last) * tf.cast(loss_best_last >= loss_best, tf.float32)
+            fl_osc = tf.maximum(fl_osc, fl_no_impr)
+            halve = tf.logical_and(check, fl_osc > 0)
+            reduced_last = tf.where(check, fl_osc, reduced_last)
+            loss_best_last = tf.where(check, loss_best, loss_best_last)
+            step = tf.where(halve, step / 2.0, step)
+            x_adv = tf.where(_rows(halve, rank), x_best, x_adv)
+            grad = tf.where(_rows(halve, rank), grad_best, grad)
+            k = tf.where(check, tf.maximum(k - size_decr, n_iter_min), k)
+            counter3 = tf.where(check, 0, counter3)
+            return (
+                i + 1, x_adv, x_adv_old, grad, x_best, grad_best, loss_best, step, acc,
+                x_best_adv, loss_steps, counter3, k, loss_best_last, reduced_last, its,
+            )  # fmt: skip
+
+        state = (
+            tf.constant(0), x_adv, x_adv, grad, x_adv, grad, loss_indiv, step, acc, x_adv,
+            tf.zeros([n_iter, n], tf.float32), tf.constant(0), n_iter_2, loss_indiv,
+            tf.ones([n], tf.float32), its,
+        )  # fmt: skip
+        out = tf.while_loop(lambda i, *_: i < n_iter, body, state)
+        x_best, loss_best, acc, x_best_adv, loss_steps = out[4], out[6], out[8], out[9], out[10]
+        iterates = out[15].stack() if record else tf.zeros([0], tf.float32)
+        return x_best, acc, loss_best, x_best_adv, loss_steps, iterates
+
+    return run
+
+
+def apgd_ce(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
+    n_iter: int = 100, seed: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """APGD-CE (untargeted cross-entropy, one restart) on the clean-correct examples.
+
+    Returns x_adv (n, *shape) in the eps-ball and [0, 1]: the last misclassified
+    iterate where the attack succeeded, else the highest-loss point; examples
+    misclassified clean come back unchanged.
+    """
+    norm = check_norm(norm)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int32)
+    adv = x.copy()
+    todo = np.flatnonzero(predict(model, x).argmax(1) == y)  # the reference's ind_to_fool
+    if todo.size == 0:
+        return adv
+    gen = tf.random.Generator.from_seed(seed)
+    run = apgd_run(model, x[todo], y[todo], eps=eps, norm=norm, loss="ce", n_iter=n_iter, gen=gen)
+    adv[todo] = np.where(_rows_np(run.acc, x.ndim), run.x_best, run.x_best_adv)
+    return adv
+
+
+def target_ranks(n_classes: int, n_target_classes: int) -> range:
+    """Ranks (in the clean logits, 1 = highest) of the targets: 2 .. n_target_classes + 1, at most all wrong ones."""
+    return range(2, min(n_target_classes, n_classes - 1) + 2)
+
+
+def apgd_targeted(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
+    n_iter: int = 100, n_target_classes: int = 9, seed: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """APGD-T: APGD on the targeted DLR loss, one run per target class, each on the survivors.
+
+    Targets are the classes ranked 2 .. n_target_classes + 1 by the clean logits
+    (all classes - 1 when there are fewer).  The DLR loss reads the 4 highest
+    logits, so the model needs at least 4 classes.
+    """
+    norm = check_norm(norm)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int32)
+    adv = x.copy()
+    logits = predict(model, x)  # (n, classes)
+    if logits.shape[1] < 4:
+        raise ValueError(
+            f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}"
+        )
+    robust = logits.argmax(1) == y
+    best_loss = np.full(len(x), -np.inf, np.float32)
+    # One generator for all target runs, seeded once, as the reference seeds torch once.
+    gen = tf.random.Generator.from_seed(seed)
+    order = np.argsort(logits, axis=1, kind="stable")  # ascending, as torch's sort
+    for rank in target_ranks(logits.shape[1], n_target_classes):
+        todo = np.flatnonzero(robust)
+        if todo.size == 0:
+            break
+        target = order[todo, -rank]
+        run = apgd_run(
+            model, x[todo], y[todo], eps=eps, norm=norm, loss="dlr-targeted", n_iter=n_iter,
+            target=target, gen=gen,
+        )  # fmt: skip
+        fooled = ~run.acc
+        adv[todo[fooled]] = run.x_best_adv[fooled]
+        robust[todo[fooled]] = False
+        # Survivors keep their highest targeted-DLR point over the target runs.
+        better = run.acc & (run.loss_best > best_loss[todo])
+        adv[todo[better]] = run.x_best[better]
+        best_loss[todo[better]] = run.loss_best[better]
+    return adv
+
+
+def _rows_np(v: np.ndarray, rank: int) -> np.ndarray:
+    return v.reshape((-1,) + (1,) * (rank - 1))
