@@ -7,7 +7,7 @@ split, and attacks the same stratified, seeded subset of test examples with
 
   1. PGD-10, no random start (robustgrid's attack before issue 13),
   2. PGD-10 with ``--restarts`` random starts (robust only if it survives all),
-  3. ART's AutoAttack (APGD-CE, APGD-DLR, Square on logits),
+  3. the standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square on logits: trainables.autoattack),
 
 all through ``trainables.attacks.evaluate_attacks``, the trials' own path.
 It prints, per trial and eps, the three robust accuracies and how far the
