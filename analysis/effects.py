@@ -144,8 +144,9 @@ def _masks(
 ) -> dict[str, tuple[str, np.ndarray] | str]:
     """Per trial: (attack subset hash, per-example robust booleans), or why there are none.
 
-    'worst': an example counts as robust when it is robust under every attack
-    of the norm at eps (the masks ANDed; the attacks must share one subset).
+    'worst': the trial's stored worst row (every attack's mask ANDed over the
+    examples all of them attacked, trainables/worst.py), so two trials whose
+    attacks used different sample counts still pair on the common prefix.
     """
     want = pd.DataFrame({"key": list(dict.fromkeys(keys))})
     con.register("_mask_keys", want)
@@ -156,7 +157,7 @@ def _masks(
                    metric_samples AS n
             FROM rows JOIN _mask_keys USING (key)
             WHERE status = 'complete' AND attack <> 'none' AND abs(eps - $eps) < 1e-9
-                  AND attack_norm = $norm AND ($attack = 'worst' OR attack = $attack)
+                  AND attack_norm = $norm AND attack = $attack
             ORDER BY key, attack
             """,
             {"eps": eps, "norm": norm, "attack": attack},
@@ -172,7 +173,7 @@ def _masks(
             continue
         subsets = set(g["subset"])
         if len(subsets) > 1:
-            out[str(key)] = f"its attacks used different subsets {sorted(subsets)}"
+            out[str(key)] = f"its rows used different subsets {sorted(subsets)}"
             continue
         masks = [unpack_mask(m, int(n)) for m, n in zip(g["mask"], g["n"], strict=True)]
         if len({len(m) for m in masks}) > 1:
@@ -202,7 +203,9 @@ def mcnemar(
     It conditions on the two trained models (the examples vary, the training
     does not).  The two trials must have attacked the same examples
     (``meta_attack_subset``): a ValueError names both otherwise.  'worst':
-    robust under every attack of the norm at eps.
+    the stored worst rows, robust under every attack of the norm at eps on
+    the examples all of them attacked (the shortest attacked prefix: the same
+    for every trial of a study).
     """
     eps, norm = resolve(con, attack, eps, norm)
     masks = _masks(con, [key_a, key_b], attack, eps, norm)

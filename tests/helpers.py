@@ -84,6 +84,8 @@ def rows_for(
 ) -> list[dict[str, Any]]:
     """One row per (attack, eps) of ``robust``; every other keyword fills the columns it names.
 
+    An attack 'worst' is a stored per-example worst row (kind 'worst'), given by hand
+    like any other (the readers take it; nothing here derives it from the others).
     ``norms`` maps an attack to its norm ('inf' default, '2' for the L2 attacks);
     ``masks`` gives the per-example robust booleans of an (attack, eps) (their
     count is then ``metric_samples`` and their mean must be the robust accuracy);
@@ -100,6 +102,7 @@ def rows_for(
             key=key,
             fold=fold,
             attack=attack,
+            attack_kind="worst" if attack == "worst" else None,
             attack_norm=None if attack == "none" else norm,
             eps=eps,
             status=status,
