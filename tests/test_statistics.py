@@ -135,11 +135,12 @@ def _mask_table(tmp_path: Path) -> None:
     d = [i == 0 or 11 <= i < 16 for i in range(20)]
     for key, m, subset in [("A", a, "s1"), ("B", b, "s1"), ("C", c, "s1"), ("D", d, "s1"),
                            ("E", a, "s2")]:  # fmt: skip
+        acc = float(np.mean(m))
         sink(
             key,
-            rows_for(
-                key, {("pgd", 0.1): float(np.mean(m)), ("fgsm", 0.1): float(np.mean(m))}, 0.9,
-                100, masks={("pgd", 0.1): m, ("fgsm", 0.1): m}, subset=subset,
+            rows_for(  # the worst row: the AND of two equal masks, the same mask
+                key, {("pgd", 0.1): acc, ("fgsm", 0.1): acc, ("worst", 0.1): acc}, 0.9, 100,
+                masks={("pgd", 0.1): m, ("fgsm", 0.1): m, ("worst", 0.1): m}, subset=subset,
             ),
         )  # fmt: skip
 
@@ -159,7 +160,7 @@ def test_mcnemar_exact_against_hand_binomials(tmp_path: Path) -> None:
     # b = 1, c = 6 by hand: 2 (1 + 7) / 128 = 0.125
     assert analysis.mcnemar_exact(1, 6) == pytest.approx(0.125)
     assert analysis.mcnemar_exact(0, 0) == 1.0
-    # 'worst': robust under every attack (both attacks' masks are the same here).
+    # 'worst': the stored worst rows (the AND of the attacks' masks, the same mask here).
     assert analysis.mcnemar(con, "A", "D", "worst", 0.1) == r
     with pytest.raises(ValueError, match=r"trials 'A' and 'E' attacked different examples.*s1.*s2"):
         analysis.mcnemar(con, "A", "E", "pgd", 0.1)
@@ -432,10 +433,16 @@ def _norm_table(tmp_path: Path) -> None:
         ("a", 0.60, 0.10, 0.05, 100, 400),
         ("b", 0.50, 0.30, 0.20, 200, 300),
     ]:
-        sink(key, rows_for(
-            key, {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5}, 0.9, nbytes,
-            tflite_bytes=tfl, samples=100,
-        ))  # fmt: skip
+        # The worst rows, one per (norm, eps): each of these has a single attack, so equals it.
+        rows = rows_for(
+            key, {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5, ("worst", 0.1): pgd},
+            0.9, nbytes, tflite_bytes=tfl, samples=100,
+        )
+        rows += rows_for(
+            key, {("worst", 0.1): cw1, ("worst", 0.5): cw5}, 0.9, nbytes, tflite_bytes=tfl,
+            samples=100, norms={"worst": "2"},
+        )
+        sink(key, rows)  # fmt: skip
 
 
 def test_worst_never_mixes_norms(tmp_path: Path) -> None:
@@ -452,9 +459,11 @@ def test_worst_never_mixes_norms(tmp_path: Path) -> None:
     assert analysis.pareto.headline_eps(con, norm="2") == 0.5
     assert analysis.pareto.headline_eps(con, "cw_l2") == 0.5  # the attack's own norm
     front = analysis.pareto_front(con, "worst", 0.5, norm="2")
-    assert "worst attack (L2) at eps 0.5" in format_front(front, "worst", 0.5)
+    assert "worst case over the attacks (L2) at eps 0.5" in format_front(front, "worst", 0.5)
     curve = analysis.robustness_curve(con, by=[])
-    assert set(zip(curve.attack, curve.norm, strict=True)) == {("pgd", "inf"), ("cw_l2", "2")}
+    assert set(zip(curve.attack, curve.norm, strict=True)) == {
+        ("pgd", "inf"), ("cw_l2", "2"), ("worst", "inf"), ("worst", "2")
+    }  # fmt: skip
     with pytest.raises(ValueError, match="norm: '1' must be"):
         analysis.trial_points(con, norm="1")
 
@@ -577,14 +586,15 @@ def test_report_lists_trials_whose_masking_checks_fired(tmp_path: Path) -> None:
 
 def test_worst_warns_when_points_had_different_attack_sets(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "t", "r")
-    sink("both", rows_for("both", {("pgd", 0.1): 0.3, ("fgsm", 0.1): 0.5}, 0.9, 300))
-    sink("fgsm", rows_for("fgsm", {("fgsm", 0.1): 0.6}, 0.9, 400))
+    both = {("pgd", 0.1): 0.3, ("fgsm", 0.1): 0.5, ("worst", 0.1): 0.25}
+    sink("both", rows_for("both", both, 0.9, 300))
+    sink("fgsm", rows_for("fgsm", {("fgsm", 0.1): 0.6, ("worst", 0.1): 0.6}, 0.9, 400))
     con = analysis.connect(tmp_path)
     with pytest.warns(
         UserWarning, match=r"different attack sets: \[fgsm,pgd\] 1 point\(s\); \[fgsm\] 1"
     ):
         pts = analysis.trial_points(con, "worst", 0.1).set_index("key")
-    assert pts.loc["both", "attacks"] == "fgsm,pgd" and pts.loc["both", "robust_acc"] == 0.3
+    assert pts.loc["both", "attacks"] == "fgsm,pgd" and pts.loc["both", "robust_acc"] == 0.25
     assert pts.loc["fgsm", "attacks"] == "fgsm"
     import warnings
 
