@@ -730,8 +730,11 @@ def format_paper1(p: Paper1) -> str:
                 text = f"{r.robust_mean:.3f}±{_f(r.robust_sd)}"
                 row.append(text + (f" (n={int(r.n)})" if int(r.n) != n else ""))
             rows.append(row)
-        out += ["", f"dataset {ds}  (kinds: w white-box, b black-box, t transfer; worst: per "
-                "example, robust under every attack of its norm and eps)"]
+        out += [
+            "",
+            f"dataset {ds}  (kinds: w white-box, b black-box, t transfer; worst: per "
+            "example, robust under every attack of its norm and eps)",
+        ]
         out += _align(header, rows, left=2)
     out += ["", format_gain(p)]
     if p.notes:

@@ -108,8 +108,13 @@ def test_pareto_front_objectives_and_filters_equal_brute_force(tmp_path: Path) -
         sink(
             f"k{i:02d}",
             # one attack: its worst row equals it
-            rows_for(f"k{i:02d}", {("pgd", 0.1): robust, ("worst", 0.1): robust}, clean, nbytes,
-                     adv_training=adv),  # fmt: skip
+            rows_for(
+                f"k{i:02d}",
+                {("pgd", 0.1): robust, ("worst", 0.1): robust},
+                clean,
+                nbytes,
+                adv_training=adv,
+            ),
         )
         vals.append((f"k{i:02d}", robust, -nbytes, clean, adv))
     con = analysis.connect(tmp_path)

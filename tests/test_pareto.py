@@ -33,7 +33,8 @@ def test_hand_drawn_table(tmp_path: Path) -> None:
             ("d", 0.75, 0.90, 0.70, 3000),  # worst 0.70, same as c: both on the front (ties)
             ("e", 0.60, 0.60, 0.55, 5000),  # dominated by c
             ("f", 0.90, 0.95, 0.85, 9000),  # worst 0.85: front (most robust)
-            ("g", 0.95, 0.95, 0.80, 9500),  # min 0.95 would put it on the front; worst 0.80 does not
+            # g: the min 0.95 would put it on the front; its worst row 0.80 does not
+            ("g", 0.95, 0.95, 0.80, 9500),
         ],
     )
     con = connect(tmp_path)

@@ -267,7 +267,10 @@ def test_worst_objective_takes_one_norm() -> None:
         {"status": "complete", "attack": "cw_l2", "eps": 0.1, "metric_robust_acc": 0.05},
         {"status": "complete", "attack": "pgd", "eps": 0.1, "metric_robust_acc": 0.6},
     ]
-    assert headline(legacy, "cw_l2", 0.1, "2") == 0.05 and headline(legacy, "cw_l2", 0.1, "inf") is None
+    assert (
+        headline(legacy, "cw_l2", 0.1, "2") == 0.05
+        and headline(legacy, "cw_l2", 0.1, "inf") is None
+    )
     # ... and from before the worst rows (revision < 3, stale): no worst, never a min
     assert headline(legacy, "worst", 0.1, "inf") is None
 

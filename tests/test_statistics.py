@@ -435,12 +435,21 @@ def _norm_table(tmp_path: Path) -> None:
     ]:
         # The worst rows, one per (norm, eps): each of these has a single attack, so equals it.
         rows = rows_for(
-            key, {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5, ("worst", 0.1): pgd},
-            0.9, nbytes, tflite_bytes=tfl, samples=100,
+            key,
+            {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5, ("worst", 0.1): pgd},
+            0.9,
+            nbytes,
+            tflite_bytes=tfl,
+            samples=100,
         )
         rows += rows_for(
-            key, {("worst", 0.1): cw1, ("worst", 0.5): cw5}, 0.9, nbytes, tflite_bytes=tfl,
-            samples=100, norms={"worst": "2"},
+            key,
+            {("worst", 0.1): cw1, ("worst", 0.5): cw5},
+            0.9,
+            nbytes,
+            tflite_bytes=tfl,
+            samples=100,
+            norms={"worst": "2"},
         )
         sink(key, rows)  # fmt: skip
 

@@ -61,8 +61,7 @@ def test_worst_is_the_and_over_the_shortest_prefix() -> None:
 
     # The oracle: per position of the shortest subset, robust under all three L-inf attacks at 0.1.
     by_pos = [
-        {int(p): bool(m) for p, m in zip(r.positions, r.robust, strict=True)}
-        for r in results[:3]
+        {int(p): bool(m) for p, m in zip(r.positions, r.robust, strict=True)} for r in results[:3]
     ]
     expected = [all(d[p] for d in by_pos) for p in ORDER[:6]]
     w = got[("inf", 0.1)]
@@ -106,7 +105,12 @@ def test_worst_rows_carry_the_masks_and_intervals() -> None:
     rows = _rows_of(_complete_rows, res, worst)
     assert [r["attack"] for r in rows] == ["pgd", "square", "worst"]
     w = rows[-1]
-    assert (w["attack"], w["attack_kind"], w["attack_norm"], w["eps"]) == ("worst", "worst", "inf", 0.1)
+    assert (w["attack"], w["attack_kind"], w["attack_norm"], w["eps"]) == (
+        "worst",
+        "worst",
+        "inf",
+        0.1,
+    )
     assert w["metric_samples"] == 4 and w["metric_robust_acc"] == 0.5  # 1 0 0 1 by hand
     assert w["metric_robust_mask"] == "90"  # 1001 0000
     assert w["meta_attack_subset"] == _digest(np.array(ORDER[:4]))
@@ -163,7 +167,11 @@ def test_mcnemar_on_worst_pairs_the_common_prefix(tmp_path: Path) -> None:
             key, robust, 1.0, 100,
             masks={("pgd", 0.1): res[0].robust, ("square", 0.1): res[1].robust, ("worst", 0.1): w.robust},
         )  # fmt: skip
-        subsets = {"pgd": _digest(np.array(ORDER)), "square": _digest(np.array(ORDER[:4])), "worst": w.subset_hash}
+        subsets = {
+            "pgd": _digest(np.array(ORDER)),
+            "square": _digest(np.array(ORDER[:4])),
+            "worst": w.subset_hash,
+        }
         for r in rows:
             r["meta_attack_subset"] = subsets[str(r["attack"])]
         sink(key, rows)
@@ -177,4 +185,3 @@ def test_mcnemar_on_worst_pairs_the_common_prefix(tmp_path: Path) -> None:
     assert pts.samples.to_dict() == {"A": 4, "B": 4}
     got = scan(tmp_path, ("worst", None)).summaries
     assert (got["A"]["robust_acc"], got["B"]["robust_acc"]) == (0.75, 0.5)
-
