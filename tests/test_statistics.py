@@ -209,6 +209,46 @@ def test_corrected_t_repeated_cv_bouckaert_frank() -> None:
         analysis.corrected_t(d, 3)
 
 
+def test_corrected_t_seeded_holdouts_are_random_subsampling() -> None:
+    # 4 seeded holdouts of test fraction 0.2: n_test/n_train = 0.25.  d: mean 0.025; squared
+    # deviations 25 + 625 + 1225 + 225 = 2100 (x 1e-6): s^2 = 0.0007; variance
+    # (1/4 + 0.25) s^2 = 0.00035; t = 0.025 / 0.0187083 = 1.336306, 3 df.
+    d = [0.02, 0.05, -0.01, 0.04]
+    r = analysis.corrected_t(d, 1, repetitions=4, test_train=0.25)
+    assert r.t == pytest.approx(1.336306, abs=1e-6)
+    assert r.p_value == pytest.approx(2 * stats.t.sf(0.025 / math.sqrt(0.00035), 3), rel=1e-9)
+    assert r.half_ci95 == pytest.approx(stats.t.ppf(0.975, 3) * math.sqrt(0.00035))
+    assert "random subsampling" in r.test
+    # A fixed test split: the plain paired t, 0.025 / sqrt(0.0007 / 4) = 1.889822, said conditional.
+    fixed = analysis.corrected_t(d, 1, repetitions=4)
+    assert fixed.t == pytest.approx(1.889822, abs=1e-6) and "conditional" in fixed.test
+    with pytest.raises(ValueError, match="test_train"):
+        analysis.corrected_t(d, 1, repetitions=4, test_train=0.0)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_holdouts_over_seeds_corrected_or_conditional(tmp_path: Path, fixed: bool) -> None:
+    """reduction_effects(summary=True) over 4 seeds' holdouts (test fraction 0.2): each seed
+    attacked its own examples (a seeded split) or all the same ones (an official split)."""
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    deltas = [0.02, 0.05, -0.01, 0.04]
+    for seed, d in enumerate(deltas):
+        subset = "official" if fixed else f"split{seed}"
+        for bits, acc in (("float", 0.5), ("4", 0.5 + d)):
+            key = f"{bits}-{seed}"
+            sink(key, rows_for(
+                key, {("pgd", 0.1): acc, ("worst", 0.1): acc}, 0.9, 100, bits=bits, seed=seed,
+                folds=1, subset=subset, extra={"cfg_test_fraction": 0.2},
+            ))  # fmt: skip
+    con = analysis.connect(tmp_path)
+    row = analysis.reduction_effects(con, summary=True).iloc[0]
+    assert (row.seeds, row.units, row.folds) == (4, 4, 1)
+    if fixed:  # by hand, as above: the plain paired t, conditional on the split
+        assert row.t == pytest.approx(1.889822, abs=1e-6) and "conditional" in row.test
+    else:
+        assert row.t == pytest.approx(1.336306, abs=1e-6) and "random subsampling" in row.test
+
+
 def test_corrected_t_zero_spread_up_to_rounding() -> None:
     # Accuracies are counts / 300: k1/300 - k0/300 is 1/300 in every fold up to rounding
     # (s^2 ~ 1e-33, not 0): no spread, so t is undefined, not ~1e14.
