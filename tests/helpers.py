@@ -173,7 +173,8 @@ def brute_force_hv(values: np.ndarray, maximize: list[bool], ref: list[float]) -
 def config_rows(
     cfg: Any, robust: float, nbytes: int, *, study: str = "t", samples: int = 300
 ) -> list[dict[str, Any]]:
-    """One complete pgd (L-inf, eps 0.1) row of a real ``TrialConfig``, as the trainable writes it.
+    """One complete pgd (L-inf, eps 0.1) row of a real ``TrialConfig`` and its worst row (one
+    attack: the same figures), as the trainable writes them.
 
     The config columns and ``meta_config_json`` come from ``trainables.rows.base_row``
     (TF-free), so the analysis sees the production JSON; the metrics are filled in here.
@@ -196,7 +197,7 @@ def config_rows(
         metric_params=1000,
         meta_study=study,
     )
-    return [r]
+    return [r, {**r, "attack": "worst", "attack_kind": "worst"}]
 
 
 # ---------------------------------------------------------------------------

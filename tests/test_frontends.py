@@ -111,9 +111,12 @@ def test_store_answers_and_left_running_trials_are_complete(tmp_path: Path) -> N
     ParquetSink(str(tmp_path), study.name, "t")(
         key,
         rows_for(
-            key, {("fgsm", 0.1): 0.5, ("worst", 0.1): 0.5}, clean=0.9, nbytes=1234,
+            key,
+            {("fgsm", 0.1): 0.5, ("worst", 0.1): 0.5},
+            clean=0.9,
+            nbytes=1234,
             bits=left["point"]["bits"],
-        ),  # fmt: skip
+        ),
     )
     state = StudyState(study, tmp_path)
     ostudy = optuna_study(study, state, dead.inner._storage)
