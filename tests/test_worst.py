@@ -185,3 +185,49 @@ def test_mcnemar_on_worst_pairs_the_common_prefix(tmp_path: Path) -> None:
     assert pts.samples.to_dict() == {"A": 4, "B": 4}
     got = scan(tmp_path, ("worst", None)).summaries
     assert (got["A"]["robust_acc"], got["B"]["robust_acc"]) == (0.75, 0.5)
+
+
+STUDY = """
+name: worstcli
+dataset: digits
+model: digits_cnn
+train: {epochs: 1}
+axes:
+  bits: [float, 4]
+attacks:
+  - {name: fgsm, eps: [0.1], samples: 60}
+  - {name: pgd, eps: [0.1], samples: 30}
+artifacts: false
+"""
+
+
+def test_grid_status_and_pareto_show_the_worst_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both trials' worst rows sit below the minimum of their attacks (0.40 and 0.30): the
+    commands print the worst rows' figures, which the minimum could not give."""
+    from grid.cli import main
+    from grid.spec import load_study
+
+    path = tmp_path / "worstcli.yaml"
+    path.write_text(STUDY)
+    study = load_study(path)
+    folder = study.results_dir(str(tmp_path / "r"))
+    sink = ParquetSink(str(folder), study.name, "r")
+    figures = {"float": (0.50, 0.40, 0.35, 4000), "4": (0.45, 0.30, 0.25, 1000)}
+    for t in study.trials():
+        fgsm, pgd, worst, nbytes = figures[t.bits]
+        rows = rows_for(
+            t.key, {("fgsm", 0.1): fgsm, ("pgd", 0.1): pgd, ("worst", 0.1): worst}, 0.9, nbytes,
+            bits=t.bits, study=study.name,
+        )  # fmt: skip
+        sink(t.key, rows)
+    assert main(["status", str(path), "--results", str(tmp_path / "r")]) == 0
+    status = capsys.readouterr().out
+    assert "2 done" in status
+    assert "0.350" in status and "0.250" in status  # the worst rows, both on the front
+    assert "0.300" not in status and "0.400" not in status  # never the minimum
+    assert main(["pareto", str(folder)]) == 0
+    front = capsys.readouterr().out
+    assert "worst case over the attacks (L-inf) at eps 0.1" in front
+    assert "0.350" in front and "0.250" in front and "0.300" not in front
