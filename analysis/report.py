@@ -3,7 +3,7 @@
     grid report RESULTS [--out report.html] [--attack NAME] [--eps E]
 
 ``build_report``/``write_report`` also take ``norm`` ('inf' | '2': the
-attacks' norm, default L-inf for the worst attack) and ``size`` ('encoded' |
+attacks' norm, default L-inf for the worst rows) and ``size`` ('encoded' |
 'tflite': which bytes the points carry).
 
 Figures are embedded as PNG (base64), so the file can be mailed or archived.
