@@ -537,7 +537,8 @@ def test_size_objective_picks_the_bytes(tmp_path: Path) -> None:
 
 def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "t", "r")
-    sink("new", rows_for("new", {("pgd", 0.1): 0.5}, 0.9, 100))
+    sink("new", rows_for("new", {("pgd", 0.1): 0.5, ("worst", 0.1): 0.5}, 0.9, 100))
+    # before revision 3 a trial had no worst rows (its 'worst' was a min, computed by readers)
     sink("old", rows_for("old", {("pgd", 0.1): 0.9}, 0.9, 50, revision=RESULTS_REVISION - 1))
     # A file from before the revision column existed: revision 0.
     legacy = rows_for("legacy", {("pgd", 0.1): 0.95}, 0.9, 40)
@@ -547,7 +548,8 @@ def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
         pa.Table.from_pylist([{c: r[c] for c in cols} for r in legacy]),
         tmp_path / "rows" / "legacy.parquet",
     )
-    with pytest.warns(UserWarning, match=r"left out 2 stale trial\(s\) of revision\(s\) \[0, 1\]"):
+    stale_note = rf"left out 2 stale trial\(s\) of revision\(s\) \[0, {RESULTS_REVISION - 1}\]"
+    with pytest.warns(UserWarning, match=stale_note):
         con = analysis.connect(tmp_path)
     assert list(analysis.trial_points(con, "pgd", 0.1).key) == ["new"]
     assert con.execute("SELECT list(key) FROM trials").fetchone() == (["new"],)
@@ -557,6 +559,8 @@ def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
     }  # fmt: skip
     every = analysis.connect(tmp_path, stale=True)
     assert set(analysis.trial_points(every, "pgd", 0.1).key) == {"new", "old", "legacy"}
+    # read on purpose, the stale trials still give no 'worst' point: no worst rows, never a min
+    assert list(analysis.trial_points(every, "worst", 0.1).key) == ["new"]
 
 
 def test_reference_model_must_be_truly_float(tmp_path: Path) -> None:
