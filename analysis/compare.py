@@ -5,7 +5,11 @@ Definitions first:
 - **cell**: one (attack, norm, eps) the results hold, e.g. ``pgd@0.031``; its
   **kind** is the attack's: ``white`` (gradients of the attacked model),
   ``black`` (predictions only) or ``transfer`` (crafted on a float surrogate),
-  from the rows' ``attack_kind`` (from the attack's name for rows without it).
+  from the rows' ``attack_kind`` (from the attack's name for rows without it);
+  ``worst`` for the trials' worst rows (attack ``worst``: per example, robust
+  only if robust under every attack of the cell's norm and eps, over the
+  examples all of them attacked), a kind of its own, so the gain and the
+  second paper's tests are also given on the per-example worst case.
 - **fold mean**: a variant's robust accuracy in a cell, averaged over its
   complete trials there (its folds); **sd** their sample standard deviation
   (NaN for one fold); **n** how many trials.
@@ -71,8 +75,14 @@ from analysis.effects import _discordant, _masks, _paired_points, reduction_effe
 from analysis.inference import corrected_t, holm, mcnemar_exact
 from analysis.query import CONFIG_ID, where_clause
 from trainables.config import BLACK_BOX, TRANSFER, WHITE_BOX
+from trainables.rows import WORST
 
-KINDS = ("white", "black", "transfer")
+# 'worst': the trials' stored worst rows (per example, robust under every attack of the
+# cell's norm and eps, over the examples all of them attacked: trainables/worst.py).
+KINDS = ("white", "black", "transfer", "worst")
+KIND_NAMES = {"white": "white-box", "black": "black-box", "transfer": "transfer",
+              "worst": "worst case over the attacks"}  # fmt: skip
+_KIND_MARK = {"white": "w:", "black": "b:", "transfer": "t:", "worst": ""}  # column header prefix
 REFERENCE_MODELS = {
     "cifar10": "resnet8",
     "svhn": "resnet8",
@@ -86,6 +96,7 @@ _KIND_OF = {
     **{str(a): "white" for a in WHITE_BOX},
     **{str(a): "black" for a in BLACK_BOX},
     **{str(a): "transfer" for a in TRANSFER},
+    WORST: "worst",
 }
 _VARIANT_COLUMNS = [
     "model", "bits", "layer_bits", "sparsity", "clusters", "jr_layers", "jr_weight",
@@ -392,7 +403,7 @@ def paper1(
             shared = sorted(set(ka.index) & set(kb.index))
             if not shared:
                 if len(ka) or len(kb):
-                    notes.append(f"{ds}: no {kind}-box cell has both A and B")
+                    notes.append(f"{ds}: no {KIND_NAMES[kind]} cell has both A and B")
                 continue
             av, bv = ka[shared].to_numpy(float), kb[shared].to_numpy(float)
             ok = bv > 0
@@ -701,7 +712,7 @@ def format_paper1(p: Paper1) -> str:
             .sort_values(["_k", "attack", "norm", "eps"])
         )  # fmt: skip
         header = ["variant", "role", "n", "clean", "bytes", "tflite"] + [
-            f"{k[0]}:{c}" for k, c in zip(cells.kind, cells.cell, strict=True)
+            f"{_KIND_MARK[k]}{c}" for k, c in zip(cells.kind, cells.cell, strict=True)
         ]
         rows = []
         for name, vg in g.groupby("variant", sort=True):
@@ -719,7 +730,11 @@ def format_paper1(p: Paper1) -> str:
                 text = f"{r.robust_mean:.3f}±{_f(r.robust_sd)}"
                 row.append(text + (f" (n={int(r.n)})" if int(r.n) != n else ""))
             rows.append(row)
-        out += ["", f"dataset {ds}  (kinds: w white-box, b black-box, t transfer)"]
+        out += [
+            "",
+            f"dataset {ds}  (kinds: w white-box, b black-box, t transfer; worst: per "
+            "example, robust under every attack of its norm and eps)",
+        ]
         out += _align(header, rows, left=2)
     out += ["", format_gain(p)]
     if p.notes:
@@ -773,7 +788,7 @@ def format_paper2(df: pd.DataFrame, alpha: float = ALPHA) -> str:
             )  # fmt: skip
         header = ["adv", "reductions", "setting", "n", "robust", "uncompr.", "Δ", "p_adj",
                   "worst single", "its robust", "Δ worst", "p_adj", "verdict"]  # fmt: skip
-        out += ["", f"dataset {ds}, model {model}, attack {cell} ({g.kind.iloc[0]}-box)"]
+        out += ["", f"dataset {ds}, model {model}, attack {cell} ({KIND_NAMES[g.kind.iloc[0]]})"]
         out += _align(header, rows, left=3, last_left=True)
     return "\n".join(out)
 

@@ -144,8 +144,9 @@ def _masks(
 ) -> dict[str, tuple[str, np.ndarray] | str]:
     """Per trial: (attack subset hash, per-example robust booleans), or why there are none.
 
-    'worst': an example counts as robust when it is robust under every attack
-    of the norm at eps (the masks ANDed; the attacks must share one subset).
+    'worst': the trial's stored worst row (every attack's mask ANDed over the
+    examples all of them attacked, trainables/worst.py), so two trials whose
+    attacks used different sample counts still pair on the common prefix.
     """
     want = pd.DataFrame({"key": list(dict.fromkeys(keys))})
     con.register("_mask_keys", want)
@@ -156,7 +157,7 @@ def _masks(
                    metric_samples AS n
             FROM rows JOIN _mask_keys USING (key)
             WHERE status = 'complete' AND attack <> 'none' AND abs(eps - $eps) < 1e-9
-                  AND attack_norm = $norm AND ($attack = 'worst' OR attack = $attack)
+                  AND attack_norm = $norm AND attack = $attack
             ORDER BY key, attack
             """,
             {"eps": eps, "norm": norm, "attack": attack},
@@ -172,7 +173,7 @@ def _masks(
             continue
         subsets = set(g["subset"])
         if len(subsets) > 1:
-            out[str(key)] = f"its attacks used different subsets {sorted(subsets)}"
+            out[str(key)] = f"its rows used different subsets {sorted(subsets)}"
             continue
         masks = [unpack_mask(m, int(n)) for m, n in zip(g["mask"], g["n"], strict=True)]
         if len({len(m) for m in masks}) > 1:
@@ -202,7 +203,9 @@ def mcnemar(
     It conditions on the two trained models (the examples vary, the training
     does not).  The two trials must have attacked the same examples
     (``meta_attack_subset``): a ValueError names both otherwise.  'worst':
-    robust under every attack of the norm at eps.
+    the stored worst rows, robust under every attack of the norm at eps on
+    the examples all of them attacked (the shortest attacked prefix: the same
+    for every trial of a study).
     """
     eps, norm = resolve(con, attack, eps, norm)
     masks = _masks(con, [key_a, key_b], attack, eps, norm)
@@ -229,7 +232,9 @@ def _paired_points(
     ids = con.execute(
         f"""SELECT key, any_value({PAIR_ID}) AS pair_id,
                    any_value(cfg_layer_bits) AS layer_bits,
-                   any_value(cfg_activation_bits) AS activation_bits, any_value(cfg_seed) AS seed
+                   any_value(cfg_activation_bits) AS activation_bits, any_value(cfg_seed) AS seed,
+                   any_value(cfg_test_fraction) AS test_fraction,
+                   min(meta_attack_subset) AS test_subset
             FROM rows GROUP BY key"""
     ).df()
     pts = pts.merge(ids, on="key")
@@ -276,9 +281,13 @@ def reduction_effects(
     (each seed is its own partition: fold i of two seeds are different units),
     then the k r unit means (r seeds) are tested with the corrected repeated
     k-fold t (Bouckaert and Frank: variance (1/(k r) + 1/(k-1)) s^2, k r - 1
-    df): a config-fold pair is never an independent observation.  Columns
-    ``seeds`` (r) and ``units`` (the (seed, fold) means tested).  No McNemar
-    there (the configs share examples).
+    df): a config-fold pair is never an independent observation.  Holdouts
+    (k = 1) over r seeds: a seeded split per seed is random subsampling, tested
+    with Nadeau and Bengio's corrected t at n_test/n_train = f / (1 - f) (f the
+    test fraction); a fixed official test split (every seed attacked the same
+    examples) gets the plain paired t over the seeds, and ``test`` says its p is
+    conditional on that split.  Columns ``seeds`` (r), ``units`` (the (seed,
+    fold) means tested) and ``test``.  No McNemar there (the configs share examples).
 
     Compressed trials without a baseline of the same fold and otherwise
     identical config cannot be paired: they are left out with a warning naming
@@ -377,6 +386,24 @@ def _per_config(
     return df
 
 
+def _holdout_ratio(g: pd.DataFrame, folds: int) -> float | None:
+    """n_test/n_train of seeded holdouts, for the corrected t; None for a fixed test split.
+
+    Holdouts (``folds`` 1) over several seeds: where every seed's trials attacked the same
+    examples (one ``meta_attack_subset`` over the seeds: an official test split, fixed), the
+    seeds only vary the training, and the test is conditional on that split (None).  Otherwise
+    each seed drew its own split: random subsampling, n_test/n_train = f / (1 - f) with f the
+    test fraction.  Without recorded subsets (no attacks) the split is unknown: the corrected
+    ratio, the conservative choice (a larger variance)."""
+    if folds >= 2 or g._seed.nunique() < 2:
+        return None
+    subsets = g.groupby("_seed").test_subset.agg(lambda s: tuple(sorted(s.dropna().unique())))
+    if all(subsets) and len(set(subsets)) == 1:
+        return None  # the same test examples under every seed: a fixed split
+    f = float(g.test_fraction.mean())
+    return f / (1.0 - f) if 0.0 < f < 1.0 else None
+
+
 def _summary(paired: pd.DataFrame) -> pd.DataFrame:
     out = []
     paired = paired.assign(_seed=paired.seed.fillna(-1))
@@ -388,7 +415,9 @@ def _summary(paired: pd.DataFrame) -> pd.DataFrame:
         # partition, so fold i of one seed and fold i of another are different units.
         per_unit = g.groupby(["_seed", "fold"]).delta.mean()
         seeds = g._seed.nunique()
-        test = corrected_t(per_unit.to_numpy(), int(k), repetitions=seeds)
+        test = corrected_t(
+            per_unit.to_numpy(), int(k), repetitions=seeds, test_train=_holdout_ratio(g, int(k))
+        )
         out.append(
             {
                 "reductions": reductions,

@@ -88,7 +88,11 @@ ZERO_SPREAD = 1e-9
 
 
 def corrected_t(
-    deltas: Sequence[float] | np.ndarray, folds: int, repetitions: int = 1
+    deltas: Sequence[float] | np.ndarray,
+    folds: int,
+    repetitions: int = 1,
+    *,
+    test_train: float | None = None,
 ) -> CorrectedT:
     """Paired differences over folds (and repetitions of the k-fold split), tested against 0.
 
@@ -101,8 +105,14 @@ def corrected_t(
     so the plain 1/J underestimates the variance); J - 1 degrees of freedom.
     More than k r deltas: a ValueError (they cannot all be (repetition, fold)
     units).  Fewer than two pairs (a single holdout, ``folds`` = 1): NaN.
-    Several pairs from a holdout (independent repeats): the plain paired t
-    (test_train term 0).
+
+    Several holdouts (``folds`` = 1, one per seed): with ``test_train`` =
+    n_test/n_train, each seed drew its own random split, which is Nadeau and
+    Bengio's random subsampling: the same corrected t with that ratio.  Without
+    it the split is fixed (an official test split: every seed tests the same
+    examples): the plain paired t over the seeds (correction 0), whose p is
+    conditional on that one test split (it measures the training's variation,
+    not the test set's), and ``test`` says so.
 
     No spread (s^2 <= (1e-9 max(1, |mean|))^2, rounding included): p = 1.0 and
     t = 0 when the mean is 0 too (|mean| <= 1e-9: the reduction changed nothing;
@@ -111,6 +121,8 @@ def corrected_t(
     """
     if repetitions < 1:
         raise ValueError(f"repetitions: {repetitions} must be at least 1")
+    if test_train is not None and not (math.isfinite(test_train) and test_train > 0):
+        raise ValueError(f"test_train: {test_train} must be a positive n_test/n_train")
     d = np.asarray(deltas, dtype=float)
     j = len(d)
     units = max(folds, 1) * repetitions
@@ -122,13 +134,22 @@ def corrected_t(
     if j < 2:
         return CorrectedT(math.nan, math.nan, math.nan, f"none ({j} pair)")
     s2 = float(np.var(d, ddof=1))
-    ratio = 1.0 / (folds - 1) if folds >= 2 else 0.0
-    if folds < 2:
-        test = "paired t"
-    elif repetitions > 1:
-        test = f"corrected repeated t (Bouckaert-Frank, {repetitions} x {folds}-fold)"
+    if folds >= 2:
+        ratio = 1.0 / (folds - 1)
+        test = (
+            f"corrected repeated t (Bouckaert-Frank, {repetitions} x {folds}-fold)"
+            if repetitions > 1
+            else f"corrected t (Nadeau-Bengio, {folds}-fold)"
+        )
+    elif test_train is not None:
+        ratio = test_train
+        test = (
+            f"corrected t (Nadeau-Bengio, random subsampling: {j} seeded holdouts, "
+            f"n_test/n_train {test_train:.3g})"
+        )
     else:
-        test = f"corrected t (Nadeau-Bengio, {folds}-fold)"
+        ratio = 0.0
+        test = f"{CONDITIONAL} ({j} seeds)"
     mean = float(d.mean())
     if s2 <= (ZERO_SPREAD * max(1.0, abs(mean))) ** 2:
         if abs(mean) <= ZERO_SPREAD:
@@ -138,6 +159,10 @@ def corrected_t(
     half = float(stats.t.ppf(0.975, j - 1) * se)
     t = mean / se
     return CorrectedT(t, float(2.0 * stats.t.sf(abs(t), j - 1)), half, test)
+
+
+# The test of seeds over one fixed test split: its p says nothing about other test sets.
+CONDITIONAL = "paired t, p conditional on the fixed test split"
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -12,10 +12,14 @@ from analysis.inference import wilson_arrays
 from analysis.query import CONFIG_ID, NORMS, where_clause
 
 # One point per trial (key), or per config (over its folds): robust accuracy
-# under the attack at eps under one norm ('worst': the minimum over the
-# attacks of that norm, per fold, before the mean).  robust_k / samples are
-# the counts behind the robust accuracy (of the attack that attains the
-# minimum), clean_k / test_samples those behind the clean accuracy.
+# under the attack at eps under one norm.  'worst' is the trial's stored worst
+# row at that (norm, eps) (attack 'worst': every attack's per-example mask
+# ANDed over the examples all of them attacked, trainables/worst.py), never a
+# minimum of accuracies; ``attacks`` lists the attacks behind it (the other
+# rows there).  robust_k / samples are the counts behind the robust accuracy
+# (the worst row's: the common subset), clean_k / test_samples those behind
+# the clean accuracy.  Trials without the selected row (old results without
+# worst rows) give no point.
 _PER_TRIAL = """
     SELECT key, any_value(config_id) AS config_id, any_value(fold) AS fold,
            any_value(cfg_folds) AS cfg_folds,
@@ -24,14 +28,14 @@ _PER_TRIAL = """
            any_value(clusters) AS clusters, any_value(jr_weight) AS jr_weight,
            any_value(adv_training) AS adv_training,
            any_value(clean_acc) AS clean_acc,
-           min(robust_acc) AS robust_acc,
-           arg_min(struct_pack(k := robust_k, n := samples), robust_acc) AS _w,
+           min(robust_acc) FILTER (WHERE _selected) AS robust_acc,
+           arg_min(struct_pack(k := robust_k, n := samples), robust_acc) FILTER (WHERE _selected) AS _w,
            any_value(clean_k) AS clean_k, any_value(test_samples) AS test_samples,
            any_value(bytes) AS bytes, any_value(params) AS params,
            any_value(nonzero) AS nonzero, any_value(jacobian_fro2) AS jacobian_fro2,
-           string_agg(DISTINCT attack, ',' ORDER BY attack) AS attacks
+           string_agg(DISTINCT attack, ',' ORDER BY attack) FILTER (WHERE attack <> 'worst' OR $attack <> 'worst') AS attacks
     FROM (
-        SELECT key, attack, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
+        SELECT key, attack, attack = $attack OR attack = 'none' AS _selected, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
                cfg_model AS model, cfg_bits AS bits, cfg_sparsity AS sparsity, cfg_jr_layers AS jr_layers,
                cfg_clusters AS clusters, cfg_jr_weight AS jr_weight,
                cfg_adv_training AS adv_training, metric_clean_acc AS clean_acc,
@@ -48,6 +52,7 @@ _PER_TRIAL = """
               WHERE_EXTRA
     )
     GROUP BY key
+    HAVING bool_or(_selected)
 """.replace("CONFIG_ID", CONFIG_ID)
 
 _TRIAL_COLUMNS = """
@@ -86,8 +91,9 @@ def norm_label(norm: str) -> str:
 
 
 def describe(attack: str, eps: float, norm: str, size: str | None = None) -> str:
-    """'worst attack (L-inf) at eps 0.1' [+ '; size: encoded bytes ...'], for headers and titles."""
-    who = "worst attack" if attack == "worst" else attack
+    """'worst case over the attacks (L-inf) at eps 0.1' [+ '; size: encoded bytes ...'], for headers
+    and titles ('worst': per example, robust only if robust under every attack)."""
+    who = "worst case over the attacks" if attack == "worst" else attack
     text = f"{who} ({norm_label(norm)}) at eps {eps:g}"
     return text + (f"; size: {SIZE_LABELS[size]}" if size else "")
 
@@ -97,7 +103,7 @@ def _attack_rows(con: duckdb.DuckDBPyConnection, attack: str) -> list[tuple[str,
         (str(n), float(e))
         for n, e in con.execute(
             "SELECT DISTINCT attack_norm, eps FROM rows WHERE status = 'complete' "
-            "AND attack <> 'none' AND ($attack = 'worst' OR attack = $attack)",
+            "AND attack = $attack",
             {"attack": attack},
         ).fetchall()
     ]

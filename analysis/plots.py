@@ -204,7 +204,7 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
     )  # fmt: skip
     for ax, ds, here, ncol in zip(axes[:, 0], datasets, panels, ncols, strict=True):
         sub = kinds[kinds["dataset"] == ds]
-        present = [k for k in ("white", "black", "transfer") if k in set(sub["kind"])]
+        present = [k for k in ("white", "black", "transfer", "worst") if k in set(sub["kind"])]
         width = 0.8 / max(1, len(here))
         for j, v in enumerate(here):
             g = sub[sub["variant"] == v].set_index("kind")
@@ -219,7 +219,8 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
                 edgecolor="black" if role in ("A", "B") else "none", linewidth=1.2,
                 label=v + (f" [{role}]" if role else ""),
             )  # fmt: skip
-        names = {"white": "white-box", "black": "black-box", "transfer": "transfer"}
+        names = {"white": "white-box", "black": "black-box", "transfer": "transfer",
+                 "worst": "worst case\n(every attack)"}  # fmt: skip
         ax.set_xticks(range(len(present)), [names[k] for k in present])
         ax.set_ylabel("robust accuracy\n(fraction; bars: fold sd)")
         ax.set_ylim(0, 1)

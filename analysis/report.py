@@ -3,7 +3,7 @@
     grid report RESULTS [--out report.html] [--attack NAME] [--eps E]
 
 ``build_report``/``write_report`` also take ``norm`` ('inf' | '2': the
-attacks' norm, default L-inf for the worst attack) and ``size`` ('encoded' |
+attacks' norm, default L-inf for the worst rows) and ``size`` ('encoded' |
 'tflite': which bytes the points carry).
 
 Figures are embedded as PNG (base64), so the file can be mailed or archived.
@@ -340,7 +340,10 @@ def build_report(
             "adversarial training, seed, training); delta = robust accuracy minus the "
             "baseline's, averaged per (seed, fold) over the combination's configs; those means "
             "are tested with the corrected resampled t-test for repeated k-fold CV (Nadeau and "
-            "Bengio; Bouckaert and Frank; n/a for a single holdout); p_adjusted: Holm's "
+            "Bengio; Bouckaert and Frank; n/a for a single holdout; holdouts over seeds: "
+            "Nadeau and Bengio's random-subsampling correction where each seed drew its own "
+            "split, the plain paired t over the seeds where the test split is fixed, its p "
+            "conditional on that split, as the test column says); p_adjusted: Holm's "
             "correction over the table's tests.</p>"
         )
         parts.append(_table(eff))

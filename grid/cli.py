@@ -463,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="a study's results folder, a parent of several, or a Parquet glob"
     )
     par.add_argument(
-        "--attack", default="worst", help="attack name, or 'worst' (min over attacks; default)"
+        "--attack",
+        default="worst",
+        help="attack name, or 'worst' (per example: robust under every attack; default)",
     )
     par.add_argument(
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"

@@ -185,7 +185,9 @@ class SizeMeasure(enum.StrEnum):
 class Objective(_Strict):
     """What the Pareto front (and a search) optimises: robust accuracy up, bytes down."""
 
-    attack: str = "worst"  # 'worst' (min over the attacks of ``norm``) or an attack name
+    # 'worst' (per example: robust under every attack of ``norm``, the trial's stored worst
+    # rows, trainables/worst.py) or an attack name
+    attack: str = "worst"
     eps: float | None = Field(default=None, gt=0.0, le=1000.0)  # default: the largest eps
     norm: str | None = None  # 'inf' | '2': worst never mixes norms; default: inf, or the attack's
     clean: bool = False  # also maximise clean accuracy (a third objective)

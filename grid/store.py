@@ -52,7 +52,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainables.config import RESULTS_REVISION
-from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED
+from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED, WORST
 from trainables.trivial import TRIVIAL_LAYERS, TRIVIAL_STUDY_PREFIX
 
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
@@ -517,12 +517,12 @@ def scan_table(table: pa.Table, objective: tuple[Any, ...] | None = None) -> Sca
     cases = " ".join(f"WHEN '{a.value}' THEN '{n}'" for a, n in DEFAULT_NORM.items())
     row_norm = f"CASE WHEN coalesce(attack_norm, '') <> '' THEN attack_norm ELSE CASE attack {cases} ELSE 'inf' END END"
     q = "'" + str(attack).replace("'", "''") + "'"
+    # 'worst' is its own stored rows (trainables/worst.py), L-inf unless a norm is named.
     if norm is not None:
         norm_ok = f"{row_norm} = '{norm}'"
     else:
-        norm_ok = "true" if attack != "worst" else f"{row_norm} = 'inf'"
-    match = "true" if attack == "worst" else f"attack = {q}"
-    ok = f"status = '{STATUS_COMPLETE}' AND attack IS NOT NULL AND attack <> 'none' AND {match} AND {norm_ok}"
+        norm_ok = "true" if attack != WORST else f"{row_norm} = 'inf'"
+    ok = f"status = '{STATUS_COMPLETE}' AND attack = {q} AND {norm_ok}"
     target = "max(eps) OVER (PARTITION BY key)" if eps is None else repr(float(eps))
     got = con.execute(
         f"""

@@ -84,6 +84,8 @@ def rows_for(
 ) -> list[dict[str, Any]]:
     """One row per (attack, eps) of ``robust``; every other keyword fills the columns it names.
 
+    An attack 'worst' is a stored per-example worst row (kind 'worst'), given by hand
+    like any other (the readers take it; nothing here derives it from the others).
     ``norms`` maps an attack to its norm ('inf' default, '2' for the L2 attacks);
     ``masks`` gives the per-example robust booleans of an (attack, eps) (their
     count is then ``metric_samples`` and their mean must be the robust accuracy);
@@ -100,6 +102,7 @@ def rows_for(
             key=key,
             fold=fold,
             attack=attack,
+            attack_kind="worst" if attack == "worst" else None,
             attack_norm=None if attack == "none" else norm,
             eps=eps,
             status=status,
@@ -170,7 +173,8 @@ def brute_force_hv(values: np.ndarray, maximize: list[bool], ref: list[float]) -
 def config_rows(
     cfg: Any, robust: float, nbytes: int, *, study: str = "t", samples: int = 300
 ) -> list[dict[str, Any]]:
-    """One complete pgd (L-inf, eps 0.1) row of a real ``TrialConfig``, as the trainable writes it.
+    """One complete pgd (L-inf, eps 0.1) row of a real ``TrialConfig`` and its worst row (one
+    attack: the same figures), as the trainable writes them.
 
     The config columns and ``meta_config_json`` come from ``trainables.rows.base_row``
     (TF-free), so the analysis sees the production JSON; the metrics are filled in here.
@@ -193,7 +197,7 @@ def config_rows(
         metric_params=1000,
         meta_study=study,
     )
-    return [r]
+    return [r, {**r, "attack": "worst", "attack_kind": "worst"}]
 
 
 # ---------------------------------------------------------------------------

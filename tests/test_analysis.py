@@ -62,20 +62,23 @@ def test_schema_document_matches_the_files_a_study_writes(
 
 
 def _table(tmp_path: Path) -> analysis.query.duckdb.DuckDBPyConnection:
-    """Hand-drawn: 3 configs x 2 folds; pgd at 0.05 and 0.1, fgsm at 0.1."""
+    """Hand-drawn: 4 configs x 2 folds; pgd at 0.05 and 0.1, fgsm at 0.1, and the stored
+    worst rows (worst@0.05 = pgd@0.05, its only attack; worst@0.1 at most min(pgd, fgsm))."""
     sink = ParquetSink(str(tmp_path), "t", "r")
-    # (bits, sparsity, clusters, bytes, [(fold, pgd@0.05, pgd@0.1, fgsm@0.1, clean)])
+    # (bits, sparsity, clusters, bytes, [(fold, pgd@0.05, pgd@0.1, fgsm@0.1, worst@0.1, clean)])
     configs = [
-        ("float", 0.0, 0, 4000, [(0, 0.80, 0.50, 0.60, 0.95), (1, 0.70, 0.40, 0.50, 0.90)]),
-        ("4", 0.0, 0, 900, [(0, 0.75, 0.45, 0.40, 0.93), (1, 0.72, 0.38, 0.45, 0.92)]),
-        ("4", 0.5, 4, 500, [(0, 0.60, 0.30, 0.35, 0.85), (1, 0.62, 0.20, 0.25, 0.80)]),
-        ("float", 0.0, 8, 5000, [(0, 0.9, 0.9, 0.9, 0.99), (1, 0.9, 0.9, 0.9, 0.99)]),
-    ]
+        ("float", 0.0, 0, 4000, [(0, 0.80, 0.50, 0.60, 0.50, 0.95), (1, 0.70, 0.40, 0.50, 0.38, 0.90)]),
+        ("4", 0.0, 0, 900, [(0, 0.75, 0.45, 0.40, 0.40, 0.93), (1, 0.72, 0.38, 0.45, 0.36, 0.92)]),
+        ("4", 0.5, 4, 500, [(0, 0.60, 0.30, 0.35, 0.28, 0.85), (1, 0.62, 0.20, 0.25, 0.18, 0.80)]),
+        ("float", 0.0, 8, 5000, [(0, 0.9, 0.9, 0.9, 0.9, 0.99), (1, 0.9, 0.9, 0.9, 0.9, 0.99)]),
+    ]  # fmt: skip
     for bits, sp, cl, nbytes, folds in configs:
-        for fold, p5, p10, f10, clean in folds:
+        for fold, p5, p10, f10, w10, clean in folds:
             key = f"{bits}-{sp}-{cl}-{fold}"
+            robust = {("pgd", 0.05): p5, ("pgd", 0.1): p10, ("fgsm", 0.1): f10}
+            robust |= {("worst", 0.05): p5, ("worst", 0.1): w10}
             rows = rows_for(
-                key, {("pgd", 0.05): p5, ("pgd", 0.1): p10, ("fgsm", 0.1): f10}, clean, nbytes,
+                key, robust, clean, nbytes,
                 fold=fold, bits=bits, sparsity=sp, clusters=cl, folds=2, samples=100,
                 test_samples=200,
             )  # fmt: skip
@@ -87,8 +90,9 @@ def test_points_per_config_average_the_worst_attack_per_fold(tmp_path: Path) -> 
     con = _table(tmp_path)
     pts = trial_points(con, "worst", 0.1, per="config").set_index("bits")
     q = pts[(pts.sparsity == 0.5)].iloc[0]
-    assert q.robust_acc == pytest.approx((0.30 + 0.20) / 2)  # min(pgd, fgsm) per fold, then mean
-    assert q.robust_std == pytest.approx(np.std([0.30, 0.20], ddof=1))
+    # the stored worst row per fold (0.28, 0.18: below min(pgd, fgsm) 0.30, 0.20), then the mean
+    assert q.robust_acc == pytest.approx((0.28 + 0.18) / 2)
+    assert q.robust_std == pytest.approx(np.std([0.28, 0.18], ddof=1))
     assert q.folds == 2
     per_trial = trial_points(con, "pgd", 0.1)
     assert len(per_trial) == 8
@@ -103,7 +107,14 @@ def test_pareto_front_objectives_and_filters_equal_brute_force(tmp_path: Path) -
         nbytes, adv = int(rng.integers(1, 15)) * 100, ["none", "fgsm"][i % 2]
         sink(
             f"k{i:02d}",
-            rows_for(f"k{i:02d}", {("pgd", 0.1): robust}, clean, nbytes, adv_training=adv),
+            # one attack: its worst row equals it
+            rows_for(
+                f"k{i:02d}",
+                {("pgd", 0.1): robust, ("worst", 0.1): robust},
+                clean,
+                nbytes,
+                adv_training=adv,
+            ),
         )
         vals.append((f"k{i:02d}", robust, -nbytes, clean, adv))
     con = analysis.connect(tmp_path)

@@ -24,6 +24,7 @@ from grid.progress import LiveFront
 from grid.spec import Study, parse_study
 from grid.state import StudyState
 from grid.store import key_status
+from trainables.config import AttackSpec
 from trainables.rows import STATUS_COMPLETE
 from trainables.trivial import TRIVIAL, trivial_trial
 
@@ -132,6 +133,17 @@ def test_trivial_rows_are_complete_rows_of_the_real_schema() -> None:
     s = summarize(rows, ("worst", None))
     assert s["status"] == STATUS_COMPLETE and 0.5 <= s["clean_acc"] <= 1
     assert trivial_trial(cfg)[0]["metric_bytes"] == rows[0]["metric_bytes"]  # from the key
+    # With attacks: one worst row per (norm, eps), as a real trial writes, never above its attacks'.
+    attacked = cfg.model_copy(update={"attacks": (
+        AttackSpec(name="fgsm", eps=(0.05, 0.1)), AttackSpec(name="pgd", eps=(0.1,)),
+        AttackSpec(name="square", eps=(0.5,), norm="2"),
+    )})  # fmt: skip
+    rows = trivial_trial(attacked)
+    got = {(r["attack"], r["attack_norm"], r["eps"]): r["metric_robust_acc"] for r in rows}
+    worst = {k: v for k, v in got.items() if k[0] == "worst"}
+    assert set(worst) == {("worst", "inf", 0.05), ("worst", "inf", 0.1), ("worst", "2", 0.5)}
+    assert worst[("worst", "inf", 0.1)] <= min(got[("fgsm", "inf", 0.1)], got[("pgd", "inf", 0.1)])
+    assert summarize(rows, ("worst", None))["robust_acc"] == worst[("worst", "inf", 0.1)]
 
 
 @pytest.mark.slow

@@ -46,8 +46,14 @@ def test_pareto_command_reads_parquet_alone(
     folder, _ = smoke_run
     con = connect(folder)
     pts = con.execute(
-        "SELECT key, min(metric_robust_acc), any_value(metric_bytes) FROM rows WHERE eps = 0.1 GROUP BY key"
+        "SELECT key, metric_robust_acc, metric_bytes FROM rows WHERE eps = 0.1 AND attack = 'worst'"
     ).fetchall()
+    # The smoke study's attacks share their 100 examples: the AND is at most either attack's.
+    above = con.execute(
+        "SELECT count(*) FROM rows a JOIN rows w USING (key, eps) WHERE w.attack = 'worst' "
+        "AND a.attack NOT IN ('worst', 'none') AND w.metric_robust_acc > a.metric_robust_acc"
+    ).fetchone()
+    assert len(pts) == 16 and above == (0,)
     expected = brute_force_front([(k, a, b) for k, a, b in pts])
     assert set(pareto_front(con)["key"]) == expected
     proc = grid_cli("pareto", str(folder))

@@ -109,7 +109,14 @@ def test_store_answers_and_left_running_trials_are_complete(tmp_path: Path) -> N
     other = dead.suggest("other")["unit"]
     key = left["keys"][0]
     ParquetSink(str(tmp_path), study.name, "t")(
-        key, rows_for(key, {("fgsm", 0.1): 0.5}, clean=0.9, nbytes=1234, bits=left["point"]["bits"])
+        key,
+        rows_for(
+            key,
+            {("fgsm", 0.1): 0.5, ("worst", 0.1): 0.5},
+            clean=0.9,
+            nbytes=1234,
+            bits=left["point"]["bits"],
+        ),
     )
     state = StudyState(study, tmp_path)
     ostudy = optuna_study(study, state, dead.inner._storage)
@@ -320,6 +327,9 @@ def _results(tmp_path: Path) -> Path:
             key = f"{name}{fold}"
             rows = rows_for(key, {("fgsm", 0.1): acc}, 0.9, nbytes, fold=fold, folds=2, bits=bits,
                             jr_layers=jr, extra={"attack_kind": "white"})  # fmt: skip
+            # its worst row (one attack: equal to it)
+            rows += rows_for(key, {("worst", 0.1): acc}, 0.9, nbytes, fold=fold, folds=2,
+                             bits=bits, jr_layers=jr)  # fmt: skip
             sink(key, rows)
     return root
 
@@ -362,7 +372,9 @@ def test_compare_writes_latex_and_csv(tmp_path: Path, capsys: pytest.CaptureFixt
     p2_row = next(line for line in tex["paper2.tex"].splitlines() if "quantization" in line)
     assert "-0.075" in p2_row and "0.325" in p2_row
     gain = pd.read_csv(tmp_path / "csv" / "paper1_gain.csv")
-    assert gain.gain.tolist() == pytest.approx([0.375])
+    # per kind: white-box, and the worst rows (a kind of their own; one attack here: the same)
+    assert gain.kind.tolist() == ["white", "worst"]
+    assert gain.gain.tolist() == pytest.approx([0.375, 0.375])
 
 
 def test_latex_table_escapes_and_formats() -> None:

@@ -111,6 +111,72 @@ def test_white_above_black_counts_examples_not_rates() -> None:
     assert not _white_above(
         [white, result("black", list(range(100)), [False] * 10 + [True] * 90, eps=0.2)], "black"
     )
-    # a second white-box attack that breaks those examples makes the white side stronger
+    # each white-box attack is compared on its own: a second one that breaks those examples
+    # does not hide the first one's weakness (ANDing them first did, and AutoAttack's Square hid PGD)
     other = result("white", list(range(100)), [False] * 3 + [True] * 97)
-    assert not _white_above([white, other, black], "black")
+    assert _white_above([white, other, black], "black")
+    assert not _white_above([other, black], "black")  # the stronger one alone: no flag
+
+
+def _aa(parts: dict[str, list[bool]], positions: list[int]):  # type: ignore[no-untyped-def]
+    """An AutoAttack result with its parts' cumulative robust masks (clean everywhere)."""
+    from trainables.attacks import AttackResult
+
+    p = np.array(positions)
+    masks = {k: np.array(v) for k, v in parts.items()}
+    robust = masks[list(parts)[-1]]
+    return AttackResult(
+        attack="autoattack", kind="white", norm="inf", eps=0.1, samples=len(p), clean_acc=1.0,
+        robust_acc=float(robust.mean()), median_norm=None, seconds=0.0, positions=p,
+        clean=np.ones(len(p), bool), robust=robust, subset_hash="", parts=masks,
+    )  # fmt: skip
+
+
+def test_white_above_black_fires_where_autoattack_runs() -> None:
+    """Shattered gradients, by hand: the gradient parts leave 40 of 100 robust, Square breaks them.
+
+    AutoAttack's whole mask (Square included) is low, so ANDing every white-box attack could never
+    fire; its gradient parts on their own against its Square part, or PGD against a Square
+    attack, do."""
+    from trainables.attacks import AttackResult, _white_above
+
+    pos = list(range(100))
+    grad = [i < 40 for i in pos]  # robust after APGD-CE, APGD-T and FAB-T
+    masked = _aa({"apgd-ce": [i < 60 for i in pos], "apgd-t": [i < 45 for i in pos],
+                  "fab-t": grad, "square": [i < 5 for i in pos]}, pos)  # fmt: skip
+    assert _white_above([masked], "black")  # Square's kills inside AutoAttack: 35 > max(2, 2)
+    assert not _white_above([masked], "transfer")  # Square is black-box, not transfer
+    honest = _aa({"apgd-ce": [i < 10 for i in pos], "apgd-t": [i < 6 for i in pos],
+                  "fab-t": [i < 5 for i in pos], "square": [i < 4 for i in pos]}, pos)  # fmt: skip
+    assert not _white_above([honest], "black")  # Square broke 1: attack noise
+    # Without FAB-T the last APGD part is the gradient side.
+    no_fab = _aa(
+        {"apgd-ce": [i < 60 for i in pos], "apgd-t": grad, "square": [i < 5 for i in pos]}, pos
+    )
+    assert _white_above([no_fab], "black")
+
+    def plain(attack: str, kind: str, robust: list[bool], n: int = 100):  # type: ignore[no-untyped-def]
+        p = np.array(pos[:n])
+        return AttackResult(
+            attack=attack, kind=kind, norm="inf", eps=0.1, samples=n, clean_acc=1.0,
+            robust_acc=float(np.mean(robust)), median_norm=None, seconds=0.0, positions=p,
+            clean=np.ones(n, bool), robust=np.array(robust), subset_hash="",
+        )  # fmt: skip
+
+    # The issue's case: PGD 0.85 against Square 0.46 (here on Square's 50), with an honest
+    # AutoAttack (ART's, no parts recorded: its whole mask) in the study as well.
+    pgd = plain("pgd", "white", [i < 85 for i in pos])
+    square = plain("square", "black", [i < 23 for i in pos[:50]], n=50)
+    strong = plain("autoattack", "white", [i < 20 for i in pos])
+    assert _white_above([pgd, strong, square], "black")
+    assert not _white_above([strong, square], "black")  # AutoAttack is not weaker than Square
+
+
+def test_pgd_large_eps_counts_in_the_comment() -> None:
+    """The robust counts at which `pgd_large_eps` starts to fire, as trainables/attacks.py states
+    them (the analysis' own Wilson, an implementation independent of the trainable's)."""
+    from analysis.inference import wilson
+    from trainables.attacks import MASKING_PGD_ACC_FLOOR
+
+    for n, k in ((200, 8), (100, 5), (50, 3), (10, 2)):
+        assert wilson(k, n)[0] > MASKING_PGD_ACC_FLOOR >= wilson(k - 1, n)[0], (n, k)

@@ -185,7 +185,8 @@ def test_status_of_a_study_on_s3(s3: S3, capsys: pytest.CaptureFixture[str]) -> 
     loc = study.results_dir(f"{s3.uri}/r")
     assert str(loc) == f"{s3.uri}/r/{study.name}"
     t = study.trials()[0]
-    ParquetSink(str(loc), study.name, "r")(t.key, rows_for(t.key, {("fgsm", 0.1): 0.4}, 0.9, 100))
+    rows = rows_for(t.key, {("fgsm", 0.1): 0.4, ("worst", 0.1): 0.4}, 0.9, 100)  # its worst row
+    ParquetSink(str(loc), study.name, "r")(t.key, rows)
     assert (
         main(
             [

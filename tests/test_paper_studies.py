@@ -94,6 +94,7 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
     assert {r[4] for r in rows} == {"complete"}, {r[5] for r in rows}
     assert sorted({r[1] for r in rows}) == [0, 1]  # both folds
     expected = {(a.name.value, e) for a in study.attacks for e in a.eps}
+    expected |= {("worst", e) for a in study.attacks for e in a.eps}  # one per (norm, eps) run
     for fold in (0, 1):
         assert {(r[2], r[3]) for r in rows if r[1] == fold} == expected
     folders = list((tmp_path / "r" / study.name / "artifacts").iterdir())

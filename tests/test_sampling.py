@@ -83,7 +83,8 @@ def test_same_examples_for_every_trial_of_a_study_and_nested_across_attacks() ->
     )
     a = run_trial(TrialConfig(bits="4", epochs=1, attacks=attacks))
     b = run_trial(TrialConfig(bits="float", sparsity=0.5, epochs=1, attacks=attacks))
-    assert [r["status"] for r in a + b] == ["complete"] * 6, a[0]["reason"] + b[0]["reason"]
+    assert [r["status"] for r in a + b] == ["complete"] * 8, a[0]["reason"] + b[0]["reason"]
+    assert [r["attack"] for r in a] == ["fgsm", "fgsm", "fgsm", "worst"]  # one per (norm, eps)
     assert a[0]["key"] != b[0]["key"]
     subsets = [r["meta_attack_subset"] for r in a]
     assert subsets == [r["meta_attack_subset"] for r in b]  # different configs, same examples
@@ -100,3 +101,20 @@ def test_same_examples_for_every_trial_of_a_study_and_nested_across_attacks() ->
         m20 = np.unpackbits(np.frombuffer(bytes.fromhex(rows[1]["metric_robust_mask"]), np.uint8))
         assert np.array_equal(m40[:20], m20[:20])
         assert m40[:40].sum() == round(rows[0]["metric_robust_acc"] * 40)
+        # The worst row, by hand: the 20's positions that seed 1's 40 also holds (seed 0's order),
+        # robust where each of the three rows' masks says robust at that position.
+        subsets_pos = [order[:40], order[:20], stratified_order(split.y_test, 1)[:40]]
+        masks = [
+            np.unpackbits(np.frombuffer(bytes.fromhex(r["metric_robust_mask"]), np.uint8))
+            for r in rows[:3]
+        ]
+        common = [p for p in order[:20] if p in set(subsets_pos[2].tolist())]
+        expected = [
+            all(m[list(pos).index(p)] for m, pos in zip(masks, subsets_pos, strict=True))
+            for p in common
+        ]
+        worst = rows[3]
+        got = np.unpackbits(np.frombuffer(bytes.fromhex(worst["metric_robust_mask"]), np.uint8))
+        assert worst["metric_samples"] == len(common) and 0 < len(common) < 20
+        assert got[: len(common)].astype(bool).tolist() == expected
+        assert worst["meta_attack_subset"] == subset_digest(split.test_index[common])

@@ -157,7 +157,8 @@ def test_resumed_search_learns_from_the_store(tmp_path: Path) -> None:
     for p in stored:
         key = study.point_trials(p)[0].key
         robust, nbytes = _synthetic(space.point_label(p))
-        sink(key, rows_for(key, {("fgsm", 0.1): robust}, clean=0.9, nbytes=int(nbytes)))
+        one = {("fgsm", 0.1): robust, ("worst", 0.1): robust}  # one attack: its worst row equals it
+        sink(key, rows_for(key, one, clean=0.9, nbytes=int(nbytes)))
     state = StudyState(study, tmp_path)
     assert len(state.point_values()) == 3
     ostudy = optuna_study(study, state, first.inner._storage)

@@ -268,9 +268,11 @@ def test_worst_objective_takes_one_norm() -> None:
     assert parse_study(data).headline == ("worst", 1.0, "2", "tflite")
     from trainables.rows import headline
 
-    rows = [
+    rows = [  # with the trial's worst rows, one per (norm, eps): a single attack each, so equal
         {"status": "complete", "attack": "pgd", "attack_norm": "inf", "eps": 0.1, "metric_robust_acc": 0.4},
         {"status": "complete", "attack": "deepfool", "attack_norm": "2", "eps": 0.1, "metric_robust_acc": 0.2},
+        {"status": "complete", "attack": "worst", "attack_norm": "inf", "eps": 0.1, "metric_robust_acc": 0.4},
+        {"status": "complete", "attack": "worst", "attack_norm": "2", "eps": 0.1, "metric_robust_acc": 0.2},
     ]  # fmt: skip
     assert (
         headline(rows, "worst", 0.1, "inf") == 0.4
@@ -288,11 +290,16 @@ def test_worst_objective_takes_one_norm() -> None:
     ]
     assert headline(square, "square", None, "inf") == 0.6  # a named attack keeps to the norm too
     assert headline(square, "square", 0.1, "inf") == 0.6
-    legacy = [  # rows from before attack_norm: cw_l2 is L2 by default, never in an L-inf worst
+    legacy = [  # rows from before attack_norm: cw_l2 is L2 by default
         {"status": "complete", "attack": "cw_l2", "eps": 0.1, "metric_robust_acc": 0.05},
         {"status": "complete", "attack": "pgd", "eps": 0.1, "metric_robust_acc": 0.6},
     ]
-    assert headline(legacy, "worst", 0.1, "inf") == 0.6
+    assert (
+        headline(legacy, "cw_l2", 0.1, "2") == 0.05
+        and headline(legacy, "cw_l2", 0.1, "inf") is None
+    )
+    # ... and from before the worst rows (revision < 3, stale): no worst, never a min
+    assert headline(legacy, "worst", 0.1, "inf") is None
 
 
 def test_a_stored_config_rebuilds_the_same_trial() -> None:

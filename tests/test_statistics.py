@@ -135,11 +135,12 @@ def _mask_table(tmp_path: Path) -> None:
     d = [i == 0 or 11 <= i < 16 for i in range(20)]
     for key, m, subset in [("A", a, "s1"), ("B", b, "s1"), ("C", c, "s1"), ("D", d, "s1"),
                            ("E", a, "s2")]:  # fmt: skip
+        acc = float(np.mean(m))
         sink(
             key,
-            rows_for(
-                key, {("pgd", 0.1): float(np.mean(m)), ("fgsm", 0.1): float(np.mean(m))}, 0.9,
-                100, masks={("pgd", 0.1): m, ("fgsm", 0.1): m}, subset=subset,
+            rows_for(  # the worst row: the AND of two equal masks, the same mask
+                key, {("pgd", 0.1): acc, ("fgsm", 0.1): acc, ("worst", 0.1): acc}, 0.9, 100,
+                masks={("pgd", 0.1): m, ("fgsm", 0.1): m, ("worst", 0.1): m}, subset=subset,
             ),
         )  # fmt: skip
 
@@ -159,7 +160,7 @@ def test_mcnemar_exact_against_hand_binomials(tmp_path: Path) -> None:
     # b = 1, c = 6 by hand: 2 (1 + 7) / 128 = 0.125
     assert analysis.mcnemar_exact(1, 6) == pytest.approx(0.125)
     assert analysis.mcnemar_exact(0, 0) == 1.0
-    # 'worst': robust under every attack (both attacks' masks are the same here).
+    # 'worst': the stored worst rows (the AND of the attacks' masks, the same mask here).
     assert analysis.mcnemar(con, "A", "D", "worst", 0.1) == r
     with pytest.raises(ValueError, match=r"trials 'A' and 'E' attacked different examples.*s1.*s2"):
         analysis.mcnemar(con, "A", "E", "pgd", 0.1)
@@ -206,6 +207,46 @@ def test_corrected_t_repeated_cv_bouckaert_frank() -> None:
     assert analysis.corrected_t(d[:3], 3) == analysis.corrected_t(d[:3], 3, repetitions=1)
     with pytest.raises(ValueError, match=r"6 deltas.*3-fold"):  # more deltas than units
         analysis.corrected_t(d, 3)
+
+
+def test_corrected_t_seeded_holdouts_are_random_subsampling() -> None:
+    # 4 seeded holdouts of test fraction 0.2: n_test/n_train = 0.25.  d: mean 0.025; squared
+    # deviations 25 + 625 + 1225 + 225 = 2100 (x 1e-6): s^2 = 0.0007; variance
+    # (1/4 + 0.25) s^2 = 0.00035; t = 0.025 / 0.0187083 = 1.336306, 3 df.
+    d = [0.02, 0.05, -0.01, 0.04]
+    r = analysis.corrected_t(d, 1, repetitions=4, test_train=0.25)
+    assert r.t == pytest.approx(1.336306, abs=1e-6)
+    assert r.p_value == pytest.approx(2 * stats.t.sf(0.025 / math.sqrt(0.00035), 3), rel=1e-9)
+    assert r.half_ci95 == pytest.approx(stats.t.ppf(0.975, 3) * math.sqrt(0.00035))
+    assert "random subsampling" in r.test
+    # A fixed test split: the plain paired t, 0.025 / sqrt(0.0007 / 4) = 1.889822, said conditional.
+    fixed = analysis.corrected_t(d, 1, repetitions=4)
+    assert fixed.t == pytest.approx(1.889822, abs=1e-6) and "conditional" in fixed.test
+    with pytest.raises(ValueError, match="test_train"):
+        analysis.corrected_t(d, 1, repetitions=4, test_train=0.0)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_holdouts_over_seeds_corrected_or_conditional(tmp_path: Path, fixed: bool) -> None:
+    """reduction_effects(summary=True) over 4 seeds' holdouts (test fraction 0.2): each seed
+    attacked its own examples (a seeded split) or all the same ones (an official split)."""
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    deltas = [0.02, 0.05, -0.01, 0.04]
+    for seed, d in enumerate(deltas):
+        subset = "official" if fixed else f"split{seed}"
+        for bits, acc in (("float", 0.5), ("4", 0.5 + d)):
+            key = f"{bits}-{seed}"
+            sink(key, rows_for(
+                key, {("pgd", 0.1): acc, ("worst", 0.1): acc}, 0.9, 100, bits=bits, seed=seed,
+                folds=1, subset=subset, extra={"cfg_test_fraction": 0.2},
+            ))  # fmt: skip
+    con = analysis.connect(tmp_path)
+    row = analysis.reduction_effects(con, summary=True).iloc[0]
+    assert (row.seeds, row.units, row.folds) == (4, 4, 1)
+    if fixed:  # by hand, as above: the plain paired t, conditional on the split
+        assert row.t == pytest.approx(1.889822, abs=1e-6) and "conditional" in row.test
+    else:
+        assert row.t == pytest.approx(1.336306, abs=1e-6) and "random subsampling" in row.test
 
 
 def test_corrected_t_zero_spread_up_to_rounding() -> None:
@@ -432,10 +473,25 @@ def _norm_table(tmp_path: Path) -> None:
         ("a", 0.60, 0.10, 0.05, 100, 400),
         ("b", 0.50, 0.30, 0.20, 200, 300),
     ]:
-        sink(key, rows_for(
-            key, {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5}, 0.9, nbytes,
-            tflite_bytes=tfl, samples=100,
-        ))  # fmt: skip
+        # The worst rows, one per (norm, eps): each of these has a single attack, so equals it.
+        rows = rows_for(
+            key,
+            {("pgd", 0.1): pgd, ("cw_l2", 0.1): cw1, ("cw_l2", 0.5): cw5, ("worst", 0.1): pgd},
+            0.9,
+            nbytes,
+            tflite_bytes=tfl,
+            samples=100,
+        )
+        rows += rows_for(
+            key,
+            {("worst", 0.1): cw1, ("worst", 0.5): cw5},
+            0.9,
+            nbytes,
+            tflite_bytes=tfl,
+            samples=100,
+            norms={"worst": "2"},
+        )
+        sink(key, rows)  # fmt: skip
 
 
 def test_worst_never_mixes_norms(tmp_path: Path) -> None:
@@ -452,9 +508,11 @@ def test_worst_never_mixes_norms(tmp_path: Path) -> None:
     assert analysis.pareto.headline_eps(con, norm="2") == 0.5
     assert analysis.pareto.headline_eps(con, "cw_l2") == 0.5  # the attack's own norm
     front = analysis.pareto_front(con, "worst", 0.5, norm="2")
-    assert "worst attack (L2) at eps 0.5" in format_front(front, "worst", 0.5)
+    assert "worst case over the attacks (L2) at eps 0.5" in format_front(front, "worst", 0.5)
     curve = analysis.robustness_curve(con, by=[])
-    assert set(zip(curve.attack, curve.norm, strict=True)) == {("pgd", "inf"), ("cw_l2", "2")}
+    assert set(zip(curve.attack, curve.norm, strict=True)) == {
+        ("pgd", "inf"), ("cw_l2", "2"), ("worst", "inf"), ("worst", "2")
+    }  # fmt: skip
     with pytest.raises(ValueError, match="norm: '1' must be"):
         analysis.trial_points(con, norm="1")
 
@@ -479,7 +537,8 @@ def test_size_objective_picks_the_bytes(tmp_path: Path) -> None:
 
 def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "t", "r")
-    sink("new", rows_for("new", {("pgd", 0.1): 0.5}, 0.9, 100))
+    sink("new", rows_for("new", {("pgd", 0.1): 0.5, ("worst", 0.1): 0.5}, 0.9, 100))
+    # before revision 3 a trial had no worst rows (its 'worst' was a min, computed by readers)
     sink("old", rows_for("old", {("pgd", 0.1): 0.9}, 0.9, 50, revision=RESULTS_REVISION - 1))
     # A file from before the revision column existed: revision 0.
     legacy = rows_for("legacy", {("pgd", 0.1): 0.95}, 0.9, 40)
@@ -489,7 +548,8 @@ def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
         pa.Table.from_pylist([{c: r[c] for c in cols} for r in legacy]),
         tmp_path / "rows" / "legacy.parquet",
     )
-    with pytest.warns(UserWarning, match=r"left out 2 stale trial\(s\) of revision\(s\) \[0, 1\]"):
+    stale_note = rf"left out 2 stale trial\(s\) of revision\(s\) \[0, {RESULTS_REVISION - 1}\]"
+    with pytest.warns(UserWarning, match=stale_note):
         con = analysis.connect(tmp_path)
     assert list(analysis.trial_points(con, "pgd", 0.1).key) == ["new"]
     assert con.execute("SELECT list(key) FROM trials").fetchone() == (["new"],)
@@ -499,6 +559,8 @@ def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
     }  # fmt: skip
     every = analysis.connect(tmp_path, stale=True)
     assert set(analysis.trial_points(every, "pgd", 0.1).key) == {"new", "old", "legacy"}
+    # read on purpose, the stale trials still give no 'worst' point: no worst rows, never a min
+    assert list(analysis.trial_points(every, "worst", 0.1).key) == ["new"]
 
 
 def test_reference_model_must_be_truly_float(tmp_path: Path) -> None:
@@ -577,14 +639,15 @@ def test_report_lists_trials_whose_masking_checks_fired(tmp_path: Path) -> None:
 
 def test_worst_warns_when_points_had_different_attack_sets(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "t", "r")
-    sink("both", rows_for("both", {("pgd", 0.1): 0.3, ("fgsm", 0.1): 0.5}, 0.9, 300))
-    sink("fgsm", rows_for("fgsm", {("fgsm", 0.1): 0.6}, 0.9, 400))
+    both = {("pgd", 0.1): 0.3, ("fgsm", 0.1): 0.5, ("worst", 0.1): 0.25}
+    sink("both", rows_for("both", both, 0.9, 300))
+    sink("fgsm", rows_for("fgsm", {("fgsm", 0.1): 0.6, ("worst", 0.1): 0.6}, 0.9, 400))
     con = analysis.connect(tmp_path)
     with pytest.warns(
         UserWarning, match=r"different attack sets: \[fgsm,pgd\] 1 point\(s\); \[fgsm\] 1"
     ):
         pts = analysis.trial_points(con, "worst", 0.1).set_index("key")
-    assert pts.loc["both", "attacks"] == "fgsm,pgd" and pts.loc["both", "robust_acc"] == 0.3
+    assert pts.loc["both", "attacks"] == "fgsm,pgd" and pts.loc["both", "robust_acc"] == 0.25
     assert pts.loc["fgsm", "attacks"] == "fgsm"
     import warnings
 

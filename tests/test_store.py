@@ -71,22 +71,25 @@ OBJECTIVES = [
 def _fill(folder: Path) -> set[str]:
     """A store with every kind of key the readers tell apart; returns the keys of readable files."""
     sink = ParquetSink(str(folder), "s", "r")
-    pgd = {("none", 0.0): 0.9, ("pgd", 0.05): 0.6, ("pgd", 0.1): 0.4, ("fgsm", 0.1): 0.5}
+    # 'worst': the stored per-example worst rows, which can sit below every attack's own figure
+    pgd = {("none", 0.0): 0.9, ("pgd", 0.05): 0.6, ("pgd", 0.1): 0.4, ("fgsm", 0.1): 0.5,
+           ("worst", 0.05): 0.6, ("worst", 0.1): 0.35}  # fmt: skip
     sink("c0", rows_for("c0", pgd, 0.9, 100, tflite_bytes=80))
     sink("c1", rows_for("c1", pgd, 0.8, 90, fold=0, extra={"metric_masking_flags": "zero_grad"}))
     sink("f1", rows_for("f1", {("pgd", 0.1): 0.4}, 0.8, 90, status="failed", fold=1))
-    mixed = rows_for("mx", {("pgd", 0.1): 0.3}, 0.7, 50) + rows_for(
+    mixed = rows_for("mx", {("pgd", 0.1): 0.3, ("worst", 0.1): 0.3}, 0.7, 50) + rows_for(
         "mx", {("fgsm", 0.1): 0.2}, 0.7, 50, status="failed"
     )
     sink("mx", mixed)
     sink("st", rows_for("st", pgd, 0.9, 100, revision=1))
     sink("na", rows_for("na", {("none", 0.0): 0.95}, 0.95, 70))
-    two = rows_for("tn", {("square", 0.05): 0.5}, 0.9, 60, norms={"square": "inf"})
-    two += rows_for(
-        "tn", {("square", 0.5): 0.3, ("square", 1.0): 0.1}, 0.9, 60, norms={"square": "2"}
-    )
+    inf = {"square": "inf", "worst": "inf"}
+    two = rows_for("tn", {("square", 0.05): 0.5, ("worst", 0.05): 0.5}, 0.9, 60, norms=inf)
+    l2 = {("square", 0.5): 0.3, ("square", 1.0): 0.1, ("worst", 0.5): 0.3, ("worst", 1.0): 0.1}
+    two += rows_for("tn", l2, 0.9, 60, norms={"square": "2", "worst": "2"})
     sink("tn", two)
-    sink("fg", rows_for("fg", {("fgsm", 0.1): 0.5}, 0.9, 40, tflite_bytes=30))  # no pgd rows
+    # no pgd rows, and no worst rows (as a trial of an older revision): no 'worst' objective
+    sink("fg", rows_for("fg", {("fgsm", 0.1): 0.5}, 0.9, 40, tflite_bytes=30))
     # A file from before results revisions: no `revision` column at all.
     old = pa.Table.from_pylist(rows_for("ol", pgd, 0.9, 100), schema=SCHEMA).drop_columns(
         ["revision"]
@@ -147,6 +150,18 @@ def test_scan_equals_the_per_key_code(tmp_path: Path) -> None:
     assert scan(tmp_path, OBJECTIVES[2]).summaries["fg"]["status"] == "failed"
 
 
+def test_scan_reads_the_stored_worst_rows(tmp_path: Path) -> None:
+    """'worst' is the trial's worst row (0.35 here), not the minimum of its attacks' (0.4)."""
+    _fill(tmp_path)
+    got = scan(tmp_path, OBJECTIVES[0]).summaries
+    assert got["c0"]["robust_acc"] == 0.35 and got["c0"]["status"] == "complete"
+    assert scan(tmp_path, OBJECTIVES[1]).summaries["c0"]["robust_acc"] == 0.6
+    assert scan(tmp_path, OBJECTIVES[3]).summaries["tn"]["robust_acc"] == 0.1  # L2, largest eps
+    assert got["tn"]["robust_acc"] == 0.5  # L-inf by default: never the L2 rows
+    fg = got["fg"]  # attacks but no worst rows: no objective value, and the reason says so
+    assert fg["status"] == "failed" and "no rows for the objective's attack worst" in fg["reason"]
+
+
 def test_scan_and_read_rows_after_compaction(tmp_path: Path) -> None:
     keys = _fill(tmp_path)
     before = {k: read_rows(tmp_path, k) for k in keys}
@@ -167,7 +182,7 @@ def test_scan_and_read_rows_after_compaction(tmp_path: Path) -> None:
     _check_against_per_key_code(tmp_path, keys)
     # A crash between the steps leaves a key in both: its per-key file wins, here a newer one.
     sink = ParquetSink(str(tmp_path), "s", "r")
-    sink("c0", rows_for("c0", {("pgd", 0.1): 0.11}, 0.5, 7))
+    sink("c0", rows_for("c0", {("pgd", 0.1): 0.11, ("worst", 0.1): 0.11}, 0.5, 7))
     _check_against_per_key_code(tmp_path, keys)
     assert scan(tmp_path, OBJECTIVES[0]).summaries["c0"]["robust_acc"] == 0.11
     # The next compaction finishes the interrupted one: the key ends in one compacted file.

@@ -87,8 +87,15 @@ def test_rows_cover_every_attack_and_eps_and_respect_clean() -> None:
         attacks=ATTACKS,
     )
     rows = run_trial(cfg)
-    assert [r["status"] for r in rows] == ["complete"] * 3, rows[0]["reason"]
-    assert [(r["attack"], r["eps"]) for r in rows] == [("fgsm", 0.05), ("fgsm", 0.1), ("pgd", 0.1)]
+    assert [r["status"] for r in rows] == ["complete"] * 5, rows[0]["reason"]
+    assert [(r["attack"], r["eps"]) for r in rows] == [
+        ("fgsm", 0.05), ("fgsm", 0.1), ("pgd", 0.1), ("worst", 0.05), ("worst", 0.1)
+    ]  # fmt: skip
+    # The worst rows: per example, the AND of the attacks' masks (all on the same 120 here).
+    assert _mask(rows[3]).tolist() == _mask(rows[0]).tolist()  # fgsm alone at 0.05
+    assert (_mask(rows[4]) == (_mask(rows[1]) & _mask(rows[2]))).all()
+    assert rows[4]["meta_attack_subset"] == rows[1]["meta_attack_subset"]
+    assert {r["attack_kind"] for r in rows[3:]} == {"worst"}
     for r in rows:
         assert set(r) == set(COLUMNS)
         assert r["key"] == cfg.key
@@ -102,8 +109,8 @@ def test_rows_cover_every_attack_and_eps_and_respect_clean() -> None:
         assert r["meta_train_s"] > 0 and r["meta_total_s"] >= r["meta_train_s"]
         assert json.loads(r["meta_config_json"])["sparsity"] == 0.5
         _check_honest_numbers(r, n_test=360)
-    assert [r["cfg_attack_restarts"] for r in rows] == [None, None, 0]
-    assert [r["cfg_attack_steps"] for r in rows] == [None, None, 3]
+    assert [r["cfg_attack_restarts"] for r in rows] == [None, None, 0, None, None]
+    assert [r["cfg_attack_steps"] for r in rows] == [None, None, 3, None, None]
     assert len({r["meta_attack_subset"] for r in rows}) == 1  # same seed and samples
     # Same config, same rows: training, attacks, sampling and the masking check are seeded.
     again = run_trial(cfg)
@@ -203,7 +210,10 @@ def test_an_independent_pgd_reproduces_the_stored_robust_examples(tmp_path) -> N
         return tape.gradient(loss, t).numpy()
 
     clean = predict(x) == y
-    for row, eps in zip(rows, (0.05, 0.1), strict=True):
+    pgd = [r for r in rows if r["attack"] == "pgd"]
+    worst = [r for r in rows if r["attack"] == "worst"]  # one attack: the same examples
+    assert [_mask(w).tolist() for w in worst] == [_mask(r).tolist() for r in pgd]
+    for row, eps in zip(pgd, (0.05, 0.1), strict=True):
         e, step = np.float32(eps), np.float32(ratio * eps)
         adv = x.copy()
         for _ in range(steps):

@@ -356,8 +356,10 @@ NOT_IN_KEY = {"threads", "gpus", "gpu_memory", "data_path", "download", "data_md
 # unless asked).  History: 1 up to 7fa72bb's JR and first-N attack samples;
 # 2 exact JR gradients through batch norm, stratified seeded attack
 # subsets, grouped Speech Commands folds, logits for score-based attacks,
-# masking diagnostics.
-RESULTS_REVISION = 2
+# masking diagnostics; 3 per-example worst rows (attack 'worst': the AND of
+# the attacks' masks over their common prefix, no longer the minimum of
+# their accuracies), the standard AutoAttack, white_above_* per attack.
+RESULTS_REVISION = 3
 
 
 @dataclass(frozen=True)

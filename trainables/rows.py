@@ -19,6 +19,8 @@ from typing import Any
 
 from trainables.config import DEFAULT_NORM, RESULTS_REVISION, AdvMethod, AttackName, TrialConfig
 
+WORST = "worst"  # the attack (and attack_kind) of a trial's per-example worst-case rows
+
 SCHEMA_VERSION = 2
 
 STATUS_COMPLETE = "complete"
@@ -30,8 +32,10 @@ COLUMNS: dict[str, str] = {
     "revision": "int64",  # results revision (trainables.config.RESULTS_REVISION) the row was computed under
     "key": "string",  # 16 hex digits: hash of the trial's config (less threads)
     "fold": "int64",  # 0..cfg_folds-1
-    "attack": "string",  # trainables.config.AttackName, or 'none' (clean only); null on failed rows
-    "attack_kind": "string",  # 'white' | 'black' | 'transfer' | 'none'
+    # trainables.config.AttackName, 'worst' (per (norm, eps): every attack's mask ANDed over
+    # the examples all of them attacked, trainables/worst.py), or 'none' (clean only); null on failed rows
+    "attack": "string",
+    "attack_kind": "string",  # 'white' | 'black' | 'transfer' | 'worst' | 'none'
     "attack_norm": "string",  # 'inf' | '2': the norm of eps
     "eps": "float64",  # radius on the 0-1 input scale, in attack_norm; 0.0 for 'none'
     "status": "string",  # 'complete' | 'failed'
@@ -99,7 +103,7 @@ COLUMNS: dict[str, str] = {
     "meta_host": "string",
     "meta_started_at": "string",  # ISO 8601, UTC
     "meta_train_s": "float64",
-    "meta_attack_s": "float64",  # this row's attack at this eps
+    "meta_attack_s": "float64",  # this row's attack at this eps (0 on 'worst' rows: its attacks' rows hold it)
     "meta_total_s": "float64",  # whole trial
 }
 
@@ -217,23 +221,24 @@ def headline(
 ) -> float | None:
     """Robust accuracy under ``attack`` at ``eps`` (None: the largest) under one norm.
 
-    'worst' is the min over the attacks of ``norm`` (default 'inf'); a named
-    attack is taken under ``norm`` when given (Square, HopSkipJump and
-    AutoAttack run under either), else under its own.  L-inf and L2 radii
-    are never mixed.
+    'worst' reads the trial's stored worst rows (attack 'worst': the AND of
+    its attacks' per-example masks over the examples all of them attacked,
+    ``trainables.worst``), under ``norm`` (default 'inf'); a named attack is
+    taken under ``norm`` when given (Square, HopSkipJump and AutoAttack run
+    under either), else under its own.  L-inf and L2 radii are never mixed.
     """
+    want = norm if norm is not None else ("inf" if attack == WORST else None)
     ok = [
         r
         for r in rows
         if r["status"] == STATUS_COMPLETE
-        and r["attack"] not in (None, "none")
-        and (attack == "worst" or r["attack"] == attack)
-        and (row_norm(r) == norm if norm is not None else attack != "worst" or row_norm(r) == "inf")
+        and r["attack"] == attack
+        and (want is None or row_norm(r) == want)
     ]
     if eps is None and ok:
         eps = max(r["eps"] for r in ok)
     hits = [r["metric_robust_acc"] for r in ok if abs(r["eps"] - (eps or 0.0)) < 1e-9]
-    return min(hits) if hits else None
+    return min(hits) if hits else None  # one row per (attack, norm, eps): the min is that row
 
 
 # (attack or 'worst', eps or None, norm, size measure 'encoded' | 'tflite'); the first two suffice.

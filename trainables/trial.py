@@ -8,7 +8,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from trainables.attacks import (
     adversarial_examples,
     evaluate_attacks,
     masking_diagnostics,
+    subset_digest,
 )
 from trainables.config import AdvMethod, TrialConfig
 from trainables.data import Split, load_split
@@ -32,6 +33,7 @@ from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, build_model
 from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
+from trainables.worst import WorstCase, worst_cases
 
 Row = dict[str, Any]
 
@@ -198,7 +200,10 @@ def _complete_rows(
     masking: MaskingReport | None = None,
     tflite: tuple[int | None, float | None] = (None, None),
     hybrid: ans.Plan | None = None,
+    worst: Sequence[WorstCase] = (),
 ) -> list[Row]:
+    """The trial's rows: one per attack result, then one per worst case (attack 'worst'),
+    or one clean-only row when the study has no attacks."""
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
     clean_acc = clean_correct / n_test
@@ -248,6 +253,7 @@ def _complete_rows(
                 "meta_attack_s": 0.0,
             }
         ]
+    made: list[AttackResult | WorstCase] = [*results, *worst]
     return [
         {
             **common,
@@ -267,7 +273,7 @@ def _complete_rows(
             "meta_attack_subset": r.subset_hash,
             "meta_attack_s": r.seconds,
         }
-        for r in results
+        for r in made
     ]
 
 
@@ -310,6 +316,8 @@ def run_trial(
             surrogate=surrogate,
             test_index=split.test_index,
         )
+        # Per (norm, eps): the AND of the attacks' masks over the examples all of them attacked.
+        worst = worst_cases(results, lambda pos: subset_digest(split.test_index[pos]))
         masking = (
             masking_diagnostics(
                 model, split.x_test, split.y_test, split.num_classes, cfg.attacks, results
@@ -343,6 +351,7 @@ def run_trial(
             masking,
             tflite,
             hybrid,
+            worst,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from trainables.config import AttackSpec, TrialConfig
-from trainables.rows import STATUS_COMPLETE, base_row, wilson
+from trainables.rows import STATUS_COMPLETE, WORST, base_row, wilson
 
 TRIVIAL = "ROBUSTGRID_TRIVIAL_TRIALS"
 TRIVIAL_LAYERS = json.dumps({"trivial": True})  # meta_layers_json of a trivial trial's rows
@@ -50,16 +50,27 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
         meta_layers_json=TRIVIAL_LAYERS, meta_layer_bits_json="{}",
     )  # fmt: skip
     attacked: list[tuple[AttackSpec | None, float]] = [(a, e) for a in cfg.attacks for e in a.eps]
+    # (attack, kind, norm, eps, robust count) per row
+    drawn: list[tuple[str, str, str | None, float, int]] = [
+        (a.name.value, a.kind, a.norm_value, e, rng.randint(0, clean)) if a is not None
+        else ("none", "none", None, 0.0, rng.randint(0, clean))
+        for a, e in attacked or [(None, 0.0)]
+    ]  # fmt: skip
+    # One worst row per (norm, eps), as a real trial writes: drawn no higher than its attacks'.
+    lowest: dict[tuple[str, float], int] = {}
+    for _, _, norm, e, k in drawn:
+        if norm is not None:
+            lowest[(norm, e)] = min(k, lowest.get((norm, e), k))
+    drawn += [(WORST, WORST, nm, e, rng.randint(0, k)) for (nm, e), k in lowest.items()]
     rows = []
-    for attack, eps in attacked or [(None, 0.0)]:
-        robust = rng.randint(0, clean)
+    for name, kind, norm, eps, robust in drawn:
         rlo, rhi = wilson(robust, n)
         rows.append(
             {
                 **row,
-                "attack": attack.name.value if attack else "none",
-                "attack_kind": attack.kind if attack else "none",
-                "attack_norm": attack.norm_value if attack else None,
+                "attack": name,
+                "attack_kind": kind,
+                "attack_norm": norm,
                 "eps": eps,
                 "metric_attack_clean_acc": clean / n,
                 "metric_attack_clean_acc_lo": lo,
@@ -68,7 +79,7 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
                 "metric_robust_acc_lo": rlo,
                 "metric_robust_acc_hi": rhi,
                 "metric_samples": n,
-                "metric_masking_flags": "" if attack else None,
+                "metric_masking_flags": "" if norm is not None else None,
                 "meta_attack_s": 0.0,
             }
         )
