@@ -83,6 +83,29 @@ def test_every_flag_fires_on_a_masked_model(honest) -> None:  # type: ignore[no-
     assert pgd.robust_acc > 0.5 * pgd.clean_acc
 
 
+@pytest.mark.slow
+def test_white_above_black_fires_with_the_standard_autoattack_in_the_study(honest) -> None:  # type: ignore[no-untyped-def]
+    """The masked model with AutoAttack among its attacks (a real run of the ensemble): before,
+    AutoAttack counted white-box as a whole and its Square part hid every black-box break."""
+    from trainables.attacks import evaluate_attacks, masking_diagnostics
+
+    model, x, y = honest
+    masked = _rounding(model)
+    attacks = (
+        AttackSpec(name="autoattack", eps=(0.15,), max_iter=10, samples=N),
+        AttackSpec(name="square", eps=(0.15,), max_iter=200, samples=N),
+    )
+    results = evaluate_attacks(masked, x, y, 10, attacks)
+    report = masking_diagnostics(masked, x, y, 10, attacks, results)
+    assert "white_above_black" in report.flags
+    aa = next(r for r in results if r.attack == "autoattack")
+    assert list(aa.parts) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    # zero gradients: the gradient parts break (almost) nothing, the Square part does the work
+    gradient_kills = int(aa.clean.sum() - aa.parts["fab-t"].sum())
+    square_kills = int(aa.parts["fab-t"].sum() - aa.parts["square"].sum())
+    assert square_kills > max(2, gradient_kills)
+
+
 def test_white_above_black_counts_examples_not_rates() -> None:
     """The rule on hand-made outcomes: white-box robust where black-box broke, on common examples."""
     from trainables.attacks import AttackResult, _white_above

@@ -24,8 +24,14 @@ attacks the same examples, and attacks with the same seed attack nested
 subsets: per-example outcomes pair across configs and across attacks.
 
 Gradient masking (:func:`masking_diagnostics`): PGD at a large eps, the
-share of exactly-zero input gradients, and white-box attacks that leave
-examples robust which a black-box or transfer attack broke.
+share of exactly-zero input gradients, and a gradient-based attack (each
+one alone; AutoAttack's gradient parts together) that leaves examples
+robust which a black-box or transfer attack (AutoAttack's Square part
+included) broke.
+
+``autoattack`` is the standard AutoAttack, run by :mod:`trainables.autoattack`
+(compiled TensorFlow parts, checked against the reference implementation);
+the other attacks are ART's.
 """
 
 from __future__ import annotations
