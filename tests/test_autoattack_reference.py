@@ -6,8 +6,9 @@ TensorFlow, every attack step from the reference's code).  On a float and a 4-bi
 trained as trials train them, and on the first 100 examples of the trials' seeded stratified attack
 order, the two must give robust accuracies within one point (one example), for the whole standard
 ensemble at an L-inf and an L2 eps and for each part alone; the per-example agreement and the 2x2
-table are printed (``-s`` shows them).  Both sides' masks are re-judged by the Keras model at their
-own x_adv, inside the eps-ball (``compare``).
+table are printed (``-s`` shows them).  Square alone is held to the reference's own spread over
+three seeds instead (its test says why).  Both sides' masks are re-judged by the Keras model at
+their own x_adv, inside the eps-ball (``compare``).
 
 Skips, saying which, when torch and pyautoattack are not installed (tests/oracle-requirements.txt)
 or when this branch has no trainables.autoattack.
@@ -27,6 +28,7 @@ from tests.reference_autoattack import (
     compare,
     digits_model,
     load_reference,
+    reference_standard_autoattack,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,6 +40,7 @@ SEED = 0
 CASES = [("inf", 0.1), ("2", 0.5)]
 PARTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 TOLERANCE = 0.01 + 1e-9  # one point
+SQUARE_SEEDS = (SEED, 1, 2)  # the reference's seeds that bound Square alone (see its test)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,35 @@ def test_standard_autoattack_matches_the_reference(
 def test_each_part_matches_the_reference(
     trained: tuple[str, Any, Any, Any], ours: Any, part: str
 ) -> None:
+    """Each part alone (standard settings) on the clean-correct examples.
+
+    Square alone is a random search whose outcome on a marginal example depends on the draws, and
+    the two sides draw differently (torch's generator, TensorFlow's stateless one): on the 4-bit
+    model at L-inf 0.1 the reference's own robust accuracy over seeds 0-4 was 0.58, 0.60, 0.55,
+    0.58, 0.57 (ours 0.56, 0.55, 0.55, 0.58, 0.57).  One seed against one seed at one point would
+    test the draws, so Square alone must land within the reference's range over SQUARE_SEEDS,
+    widened by one point.  (In the ensemble Square only meets the survivors of the gradient parts,
+    and the one-point bar holds there.)
+    """
     bits, model, x, y = trained
     norm, eps = CASES[0]
     print(f"\n{bits} digits CNN, {norm}-norm eps {eps}, {part} alone")
-    _check(compare(model, x, y, eps=eps, norm=norm, seed=SEED, parts=(part,)))
+    comparison = compare(model, x, y, eps=eps, norm=norm, seed=SEED, parts=(part,))
+    if part != "square":
+        _check(comparison)
+        return
+    print("\n" + comparison.describe())
+    accs = [comparison.reference_acc] + [
+        float(
+            reference_standard_autoattack(model, x, y, eps=eps, norm=norm, seed=s, parts=(part,))[
+                1
+            ].mean()
+        )
+        for s in SQUARE_SEEDS[1:]
+    ]
+    print(f"reference square alone over seeds {SQUARE_SEEDS}: {accs}")
+    assert min(accs) > 0 and max(accs) < comparison.clean_acc, accs
+    assert min(accs) - TOLERANCE <= comparison.ours_acc <= max(accs) + TOLERANCE, (
+        comparison.describe(),
+        accs,
+    )
