@@ -161,7 +161,7 @@ def attack_options(name: AttackName) -> tuple[str, frozenset[str]]:
     or the standard AutoAttack's own."""
     if name is A.autoattack:
         return "the standard AutoAttack", AUTOATTACK_OPTIONS
-    cls = _CLASSES[name]
+    cls: Any = _CLASSES[name]
     return f"ART's {cls.__name__}", frozenset(cls.attack_params)
 
 
