@@ -71,7 +71,10 @@ def load_reference() -> tuple[ModuleType, ModuleType]:
                 "-r tests/oracle-requirements.txt"
             ) from None
         sys.path.insert(0, str(folder))
-        torch = importlib.import_module("torch")
+        try:
+            torch = importlib.import_module("torch")
+        except OSError as err:  # a CUDA build without its nvidia libraries: not usable here
+            raise ImportError(f"torch in {folder} does not load: {err}") from None
     try:
         pyautoattack = importlib.import_module("pyautoattack")
     except ImportError:
