@@ -8,6 +8,7 @@ examples that actually went through the model (a counting layer).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -366,6 +367,88 @@ def test_square_stays_in_budget_on_non_square_inputs(
     # column only by a window as long as that side: the reference draws a corner in [0, h - s))
     moved = np.abs(run.x_best - x).max(axis=(0, 3)) > 0  # (h, w)
     assert moved[-2].any() and moved[:, -2].any()
+
+
+def _reference_square_linf(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """square.SquareAttack.attack_single_run (L-inf, margin loss, p_init 0.8, no rescaling), torch ->
+    numpy, channels last.  Random numbers: the same stateless draws as trainables.square (the
+    only shared part), used as the reference uses torch.rand."""
+    n, h, w, c = x.shape
+    p_init, n_features = 0.8, c * h * w
+
+    def margin_and_loss(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = model(xs, training=False).numpy()
+        u = np.arange(len(xs))
+        y_corr = logits[u, ys].copy()
+        logits[u, ys] = -np.inf
+        m = y_corr - logits.max(-1)
+        return m, m
+
+    def p_selection(it: int) -> float:
+        if 10 < it <= 50:
+            return p_init / 2
+        if 50 < it <= 200:
+            return p_init / 4
+        if 200 < it <= 500:
+            return p_init / 8
+        if 500 < it <= 1000:
+            return p_init / 16
+        return p_init if it <= 10 else p_init / 32  # (n_queries <= 2000 here)
+
+    def draw(shape: list[int], counter: int) -> np.ndarray:
+        return tf.random.stateless_uniform(shape, tf.constant([seed, counter], tf.int64)).numpy()
+
+    x_best = np.clip(x + eps * np.sign(2 * draw([n, 1, w, c], -1) - 1), 0.0, 1.0).astype(np.float32)
+    margin_min, loss_min = margin_and_loss(x_best, y)
+    queries = np.ones(n, np.float32)
+    if (margin_min < 0.0).all():
+        return queries, x_best
+    for i_iter in range(n_queries):
+        idx_to_fool = np.flatnonzero(margin_min > 0.0)
+        x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
+        margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
+        p = p_selection(i_iter)
+        s = max(round(math.sqrt(p * n_features / c)), 1)
+        s = min(s, min(h, w))
+        u = draw([5 + c], 2 * i_iter)
+        vh = int(
+            u[0] * np.float32(h - s)
+        )  # random_int(0, h - s): low + (high - low) * rand, .long()
+        vw = int(u[1] * np.float32(w - s))
+        new_deltas = np.zeros((h, w, c), np.float32)
+        new_deltas[vh : vh + s, vw : vw + s, :] = 2.0 * eps * np.sign(2 * u[5:] - 1)
+        x_new = np.minimum(np.maximum(x_best_curr + new_deltas, x_curr - eps), x_curr + eps)
+        x_new = np.clip(x_new, 0.0, 1.0)
+        margin, loss = margin_and_loss(x_new, y_curr)
+        idx_improved = (loss < loss_min_curr).astype(np.float32)
+        loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
+        idx_improved = np.maximum(idx_improved, (margin <= 0.0).astype(np.float32))
+        margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
+        idx_improved = idx_improved.reshape(-1, 1, 1, 1)
+        x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
+        queries[idx_to_fool] += 1.0
+        if (margin_min <= 0.0).all():
+            break
+    return queries, x_best
+
+
+@pytest.mark.parametrize("case", ["digits 8x8", "random 49x10"])
+def test_square_linf_follows_the_reference_loop(digits: Any, case: str) -> None:
+    if case == "digits 8x8":
+        model, x, y = digits
+        keep = apgd.predict(model, x).argmax(1) == y
+        x, y, eps = x[keep][:48], y[keep][:48], 0.1
+    else:
+        model, _ = _counted_cnn((49, 10, 1), 12, 1)
+        x = np.random.default_rng(1).uniform(0.0, 1.0, (48, 49, 10, 1)).astype(np.float32)
+        y, eps = model(x).numpy().argmax(1), 0.02
+    run = square.square_run(model, x, y, eps=eps, norm="inf", n_queries=300, seed=7)
+    queries, x_best = _reference_square_linf(model, x, y, eps, 300, 7)
+    np.testing.assert_array_equal(run.queries, queries)
+    np.testing.assert_allclose(run.x_best, x_best, atol=1e-6)
+    assert 0 < (run.margin <= 0).sum() < len(x) and (queries > 51).any()  # several schedule levels
 
 
 def test_square_window_sides_are_clipped_to_the_smaller_side() -> None:
