@@ -451,6 +451,130 @@ def test_square_linf_follows_the_reference_loop(digits: Any, case: str) -> None:
     assert 0 < (run.margin <= 0).sum() < len(x) and (queries > 51).any()  # several schedule levels
 
 
+def _reference_eta(s: int, transpose: bool) -> np.ndarray:
+    """square.SquareAttack.eta / eta_rectangles (L2), torch -> numpy."""
+
+    def eta_rectangles(x: int, y: int) -> np.ndarray:
+        delta = np.zeros([x, y])
+        x_c, y_c = x // 2 + 1, y // 2 + 1
+        counter2 = [x_c - 1, y_c - 1]
+        for counter in range(0, max(x_c, y_c)):
+            delta[
+                max(counter2[0], 0) : min(counter2[0] + (2 * counter + 1), x),
+                max(0, counter2[1]) : min(counter2[1] + (2 * counter + 1), y),
+            ] += 1.0 / (counter + 1) ** 2
+            counter2[0] -= 1
+            counter2[1] -= 1
+        return delta / np.sqrt((delta**2).sum()) if delta.size else delta
+
+    delta = np.zeros([s, s])
+    delta[: s // 2] = eta_rectangles(s // 2, s)
+    delta[s // 2 :] = -1.0 * eta_rectangles(s - s // 2, s)
+    delta /= np.sqrt((delta**2).sum())
+    return delta.T if transpose else delta
+
+
+def _reference_square_l2(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """square.SquareAttack.attack_single_run (L2, margin loss, p_init 0.8), torch -> numpy, channels
+    last, for a square input (the reference's starting grid), with trainables.square's draws."""
+    n, h, w, c = x.shape
+    p_init, n_features = 0.8, c * h * w
+
+    def draw(shape: list[int], counter: int) -> np.ndarray:
+        return tf.random.stateless_uniform(shape, tf.constant([seed, counter], tf.int64)).numpy()
+
+    def margin_and_loss(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = model(xs, training=False).numpy()
+        u = np.arange(len(xs))
+        y_corr = logits[u, ys].copy()
+        logits[u, ys] = -np.inf
+        m = y_corr - logits.max(-1)
+        return m, m
+
+    def l2(v: np.ndarray) -> np.ndarray:
+        return np.sqrt((v**2).reshape(len(v), -1).sum(-1)).reshape(-1, 1, 1, 1)
+
+    # the starting grid; tiles past the border are the empty slices torch skips (s = 1 on 8 x 8)
+    delta_init = np.zeros_like(x)
+    s = h // 5
+    sp_init = (h - s * 5) // 2
+    corners = [
+        (sp_init + a * s, sp_init + b * s)
+        for a in range(h // s)
+        for b in range(w // s)
+        if sp_init + a * s + s <= h and sp_init + b * s + s <= w
+    ]
+    flips = draw([len(corners)], -2) > 0.5
+    signs = np.sign(2.0 * draw([len(corners), n, 1, 1, c], -3) - 1.0)
+    for t, (vh, vw) in enumerate(corners):
+        delta_init[:, vh : vh + s, vw : vw + s, :] += (
+            _reference_eta(s, flips[t])[None, :, :, None] * signs[t]
+        )
+    x_best = np.clip(x + delta_init / (l2(delta_init) + 1e-12) * eps, 0.0, 1.0).astype(np.float32)
+    margin_min, loss_min = margin_and_loss(x_best, y)
+    queries = np.ones(n, np.float32)
+    for i_iter in range(n_queries):
+        idx_to_fool = np.flatnonzero(margin_min > 0.0)
+        x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
+        margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
+        delta_curr = x_best_curr - x_curr
+        p = square.p_selection(i_iter, p_init)  # the schedule itself is checked by hand above
+        s = max(round(math.sqrt(p * n_features / c)), 3)
+        if s % 2 == 0:
+            s += 1
+        s = min(s, min(h, w))
+        u = draw([5 + c], 2 * i_iter)
+        vh, vw = int(u[0] * np.float32(h - s)), int(u[1] * np.float32(w - s))
+        norms_window_1 = np.sqrt(
+            (delta_curr[:, vh : vh + s, vw : vw + s, :] ** 2).sum(axis=(1, 2), keepdims=True)
+        )
+        vh2, vw2 = int(u[2] * np.float32(h - s)), int(u[3] * np.float32(w - s))
+        mask_image = np.zeros_like(x_curr)
+        mask_image[:, vh : vh + s, vw : vw + s, :] = 1.0
+        mask_image[:, vh2 : vh2 + s, vw2 : vw2 + s, :] = 1.0
+        norms_image = l2(x_best_curr - x_curr)
+        norms_windows = np.sqrt(((delta_curr * mask_image) ** 2).sum(axis=(1, 2), keepdims=True))
+        sign = np.sign(2.0 * draw([len(idx_to_fool), 1, 1, c], 2 * i_iter + 1) - 1.0)
+        new_deltas = np.ones([len(idx_to_fool), s, s, c]) * (
+            _reference_eta(s, u[4] > 0.5)[None, :, :, None] * sign
+        )
+        new_deltas += delta_curr[:, vh : vh + s, vw : vw + s, :] / (1e-12 + norms_window_1)
+        new_deltas = (
+            new_deltas
+            / (1e-12 + np.sqrt((new_deltas**2).sum(axis=(1, 2), keepdims=True)))
+            * np.sqrt(np.maximum(eps**2 - norms_image**2, 0.0) / c + norms_windows**2)
+        )
+        delta_curr[:, vh2 : vh2 + s, vw2 : vw2 + s, :] = 0.0
+        delta_curr[:, vh : vh + s, vw : vw + s, :] = new_deltas
+        x_new = np.clip(x_curr + delta_curr / (l2(delta_curr) + 1e-12) * eps, 0.0, 1.0).astype(
+            np.float32
+        )
+        margin, loss = margin_and_loss(x_new, y_curr)
+        idx_improved = (loss < loss_min_curr).astype(np.float32)
+        loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
+        idx_improved = np.maximum(idx_improved, (margin <= 0.0).astype(np.float32))
+        margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
+        idx_improved = idx_improved.reshape(-1, 1, 1, 1)
+        x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
+        queries[idx_to_fool] += 1.0
+        if (margin_min <= 0.0).all():
+            break
+    return queries, x_best
+
+
+def test_square_l2_follows_the_reference_loop(digits: Any) -> None:
+    model, x, y = digits
+    keep = apgd.predict(model, x).argmax(1) == y
+    x, y = x[keep][:48], y[keep][:48]
+    run = square.square_run(model, x, y, eps=1.0, norm="2", n_queries=300, seed=5)
+    queries, x_best = _reference_square_l2(model, x, y, 1.0, 300, 5)
+    np.testing.assert_array_equal(run.queries, queries)
+    np.testing.assert_allclose(run.x_best, x_best, atol=2e-5)
+    assert 0 < (run.margin <= 0).sum() < len(x) and (queries > 51).any()  # several schedule levels
+
+
 def test_square_window_sides_are_clipped_to_the_smaller_side() -> None:
     # 49 x 10: sqrt(0.8 * 490) = 19.8 -> 20 > 10, clipped; later levels shrink it (p / 2**level).
     assert square.side_table(49, 10, 1, 0.8, "inf")[:4] == [10, 10, 10, 7]
