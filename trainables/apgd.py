@@ -30,6 +30,8 @@ Deliberate deviations, all outside the attack's arithmetic:
 - the reference returns the clean input for examples it does not fool; these
   return that example's ``x_best`` (the highest-loss point; for APGD-T the
   highest over the target runs), as INTERFACE.md asks;
+- APGD-T's targets stop at the last wrong class when the model has fewer than
+  ``n_target_classes + 1`` classes (the reference indexes past the logits there);
 - the reference's checkpoint test reads ``loss_steps[-1]`` (the last row,
   still zero) at the first checkpoint through Python's negative indexing;
   the same row is read here by indexing modulo ``n_iter``.
