@@ -8,13 +8,14 @@ with -- on the same batches, six ways:
   plain          cross-entropy only (the peer);
   io JR          + input-output JR (``jr_weight``): one extra backward pass,
                  batch norms as JR steps trace them (``train.JR_BATCH_NORM``:
-                 the closed-form ``compact_batch_norm``);
-  io unfused     the same with Keras' unfused batch norm and exact moments
-                 (what JR steps traced before ``compact_batch_norm``; also
-                 exact);
+                 Keras' unfused path with exact moments);
+  io compact     the same with ``train.compact_batch_norm`` (closed-form
+                 first derivative; also exact; not the default);
   layer JR       + per-layer JR on every activation (``jr_layers: {all: w}``)
                  and on the logits: all outputs share one backward pass;
-  layer unfused  the same with the unfused batch norms;
+  layer main     the same with one random word per Rademacher sign (the
+                 code before issue 21; now ``jacobian.rademacher`` draws 32
+                 signs per word);
   layer before   the same penalty with one backward pass per regularized
                  output, normal draws and fused batch norms (the code
                  before per-layer JR shared one pass).
@@ -45,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+import trainables.jacobian as jacobian
 import trainables.train as train
 from trainables.config import TrialConfig
 from trainables.models import build_model
@@ -53,7 +55,8 @@ SHAPES = {"digits_cnn": (8, 8, 1), "resnet8": (32, 32, 3), "ds_cnn": (49, 10, 1)
 CLASSES = {"digits_cnn": 10, "resnet8": 10, "ds_cnn": 12}
 BATCH = {"digits_cnn": 64, "resnet8": 32, "ds_cnn": 100}  # default, stq_jr_cifar10, stq_jr_kws
 JR_WEIGHT, LAYER_WEIGHT = 0.05, 0.01
-KINDS = ("plain", "io JR", "io unfused", "layer JR", "layer unfused", "layer before")
+KINDS = ("plain", "io JR", "io compact", "layer JR", "layer main", "layer before")
+DEFAULT_KINDS = KINDS[:-1]  # "layer before" is slow (12x a plain DS-CNN step): ask for it
 
 
 def separate_passes_jr(
@@ -81,19 +84,27 @@ def separate_passes_jr(
     return outs[0], penalty
 
 
+def word_per_sign(shape: tf.Tensor, dtype: tf.DType, scale: float = 1.0) -> tf.Tensor:
+    """Rademacher signs drawn one random word each (the code before ``jacobian.rademacher``)."""
+    bits = tf.random.uniform(shape, maxval=2, dtype=tf.int32)
+    return tf.cast(2 * bits - 1, dtype) * scale
+
+
 @contextlib.contextmanager
 def variant(kind: str) -> Iterator[None]:
-    """Trace ``training_step`` with unfused batch norms ("unfused") or as before ("before")."""
-    saved = train.outputs_and_jr, train.JR_BATCH_NORM
-    if kind.endswith("unfused"):
-        train.JR_BATCH_NORM = "unfused"
+    """Trace ``training_step`` with the compact batch norm, old draws ("main"), or as before."""
+    saved = train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher
+    if kind.endswith("compact"):
+        train.JR_BATCH_NORM = "compact"
+    if kind == "layer main":
+        jacobian.rademacher = word_per_sign
     if kind == "layer before":
         train.JR_BATCH_NORM = "fused"
         train.outputs_and_jr = separate_passes_jr
     try:
         yield
     finally:
-        train.outputs_and_jr, train.JR_BATCH_NORM = saved
+        train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher = saved
 
 
 def build_step(
@@ -142,7 +153,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
     args = ap.parse_args()
     kinds = ["plain", *(k for k in args.kinds if k != "plain")]
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -327,9 +327,18 @@ def test_jr_training_step_follows_finite_differences_through_batch_norm(
 
     m32 = _bn_model("float32", "relu")
     m32.set_weights([w.astype(np.float32) for w in weights])
-    assert train.JR_BATCH_NORM == "compact"
     as_trained = _errors(step_grads(m32, tf.float32), fd, entries)  # as trials train
     in_float64 = _errors(step_grads(m64, tf.float64), fd, entries)
+    # and through the closed-form batch norm (train.compact_batch_norm)
+    monkeypatch.setattr(train, "JR_BATCH_NORM", "compact")
+    m32c = _bn_model("float32", "relu")
+    m32c.set_weights([w.astype(np.float32) for w in weights])
+    m64c = _bn_model("float64", "relu")
+    m64c.set_weights(weights)
+    compact32 = _errors(step_grads(m32c, tf.float32), fd, entries)
+    compact64 = _errors(step_grads(m64c, tf.float64), fd, entries)
+    assert max(compact32.values()) < 1e-4, compact32
+    assert max(compact64.values()) < 1e-6, compact64
     assert max(as_trained.values()) < 1e-4, as_trained
     assert max(in_float64.values()) < 1e-6, in_float64
     assert m32.get_layer("bn").fused and not m64.get_layer("bn").fused

@@ -73,8 +73,7 @@ def compact_batch_norm(
     from ops that are themselves differentiable: double backprop then
     differentiates these few ops (exactly: the mean stays inside the
     variance) instead of the autodiff graph of mean, variance and
-    normalisation, about a tenth as many elementwise ops on the JR step's
-    hot path.  Channels last; ``x`` (B, ..., C), ``gamma``/``beta`` (C,).
+    normalisation (a ResNet-8 io JR step runs 740 ops instead of 842).  Channels last; ``x`` (B, ..., C), ``gamma``/``beta`` (C,).
     Mean and variance come back without gradient (for the moving averages).
     """
     axes = list(range(x.shape.rank - 1))
@@ -133,11 +132,16 @@ def _compact_call(bn: tf_keras.layers.BatchNormalization) -> Callable[..., tf.Te
 
 # How JR steps trace their batch norms; all three differentiate twice exactly
 # (float64 finite differences, tests/test_defences.py):
-#   "compact"  ``compact_batch_norm`` (the fastest: io JR 2.27x -> see
-#              docs/performance.md, benchmarks/jr_cost.py);
-#   "unfused"  Keras' unfused path with ``_exact_moments``;
+#   "unfused"  Keras' unfused path with ``_exact_moments`` (the fastest
+#              measured: io JR 2.27x / 2.22x a plain step on ResNet-8 /
+#              DS-CNN, fused 2.40x / 2.70x, before issue 21);
+#   "compact"  ``compact_batch_norm``: 12% fewer ops, but within the noise of
+#              "unfused" in wall and CPU time (issue 21: CPU-time medians
+#              2.26x against 2.22x on ResNet-8, 2.53x against 2.50x on
+#              DS-CNN, 30 interleaved repeats; docs/performance.md), so not
+#              the default: it would change the step's rounding for nothing;
 #   "fused"    TensorFlow's fused kernel (float32 only).
-JR_BATCH_NORM: str = "compact"
+JR_BATCH_NORM: str = "unfused"
 
 
 def _compactable(bn: tf_keras.layers.BatchNormalization) -> bool:
