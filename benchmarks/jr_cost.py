@@ -29,6 +29,7 @@ brackets, their range.  Goals: io JR <= 1.8x, per-layer JR <= 2.5x a plain
 step.
 
     python benchmarks/jr_cost.py [--models digits_cnn resnet8 ds_cnn] [--steps 20] [--repeat 5]
+    python benchmarks/jr_cost.py --models resnet8 ds_cnn --steps 3 --repeat 15  # issue 21, loaded 2 cores
 """
 
 from __future__ import annotations
