@@ -7,23 +7,29 @@ with -- on the same batches, six ways:
 
   plain          cross-entropy only (the peer);
   io JR          + input-output JR (``jr_weight``): one extra backward pass,
-                 batch norms as JR steps trace them (``train.UNFUSE_IN_JR``);
-  io JR alt      the same with the other exact batch norm: unfused with
-                 exact moments if JR steps keep TensorFlow's fused kernel,
-                 else fused (both differentiate twice exactly; the faster
-                 one is what JR steps use);
+                 batch norms as JR steps trace them (``train.JR_BATCH_NORM``:
+                 Keras' unfused path with exact moments);
+  io compact     the same with ``train.compact_batch_norm`` (closed-form
+                 first derivative; also exact; not the default);
   layer JR       + per-layer JR on every activation (``jr_layers: {all: w}``)
                  and on the logits: all outputs share one backward pass;
-  layer alt      the same with the other exact batch norm;
+  layer main     the same with one random word per Rademacher sign (the
+                 code before issue 21; now ``jacobian.rademacher`` draws 32
+                 signs per word);
   layer before   the same penalty with one backward pass per regularized
                  output, normal draws and fused batch norms (the code
                  before per-layer JR shared one pass).
 
-Each step is traced first, then ``--steps`` steps are timed per repeat, the
-kinds interleaved; best of ``--repeat``.  Goals: io JR <= 1.8x, per-layer
-JR <= 2.5x a plain step.
+Each step is traced first, then each repeat times ``--steps`` steps of every
+kind, the kinds interleaved (order rotated per repeat).  Each repeat gives
+each kind's ratio to the plain step of the same repeat, in wall time and in
+the process's CPU time (the latter less sensitive to other processes on a
+shared machine); the table shows the median of the repeats' ratios and, in
+brackets, their range.  Goals: io JR <= 1.8x, per-layer JR <= 2.5x a plain
+step.
 
-    python benchmarks/jr_cost.py [--models digits_cnn resnet8 ds_cnn] [--steps 30] [--repeat 5]
+    python benchmarks/jr_cost.py [--models digits_cnn resnet8 ds_cnn] [--steps 20] [--repeat 5]
+    python benchmarks/jr_cost.py --models resnet8 ds_cnn --steps 3 --repeat 15  # issue 21, loaded 2 cores
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+import trainables.jacobian as jacobian
 import trainables.train as train
 from trainables.config import TrialConfig
 from trainables.models import build_model
@@ -49,7 +56,8 @@ SHAPES = {"digits_cnn": (8, 8, 1), "resnet8": (32, 32, 3), "ds_cnn": (49, 10, 1)
 CLASSES = {"digits_cnn": 10, "resnet8": 10, "ds_cnn": 12}
 BATCH = {"digits_cnn": 64, "resnet8": 32, "ds_cnn": 100}  # default, stq_jr_cifar10, stq_jr_kws
 JR_WEIGHT, LAYER_WEIGHT = 0.05, 0.01
-KINDS = ("plain", "io JR", "io JR alt", "layer JR", "layer alt", "layer before")
+KINDS = ("plain", "io JR", "io compact", "layer JR", "layer main", "layer before")
+DEFAULT_KINDS = KINDS[:-1]  # "layer before" is slow (12x a plain DS-CNN step): ask for it
 
 
 def separate_passes_jr(
@@ -77,19 +85,27 @@ def separate_passes_jr(
     return outs[0], penalty
 
 
+def word_per_sign(shape: tf.Tensor, dtype: tf.DType, scale: float = 1.0) -> tf.Tensor:
+    """Rademacher signs drawn one random word each (the code before ``jacobian.rademacher``)."""
+    bits = tf.random.uniform(shape, maxval=2, dtype=tf.int32)
+    return tf.cast(2 * bits - 1, dtype) * scale
+
+
 @contextlib.contextmanager
 def variant(kind: str) -> Iterator[None]:
-    """Trace ``training_step`` with the other batch norm ("alt") or as before ("before")."""
-    saved = train.outputs_and_jr, train.UNFUSE_IN_JR
-    if kind.endswith("alt"):
-        train.UNFUSE_IN_JR = not saved[1]
+    """Trace ``training_step`` with the compact batch norm, old draws ("main"), or as before."""
+    saved = train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher
+    if kind.endswith("compact"):
+        train.JR_BATCH_NORM = "compact"
+    if kind == "layer main":
+        jacobian.rademacher = word_per_sign
     if kind == "layer before":
-        train.UNFUSE_IN_JR = False
+        train.JR_BATCH_NORM = "fused"
         train.outputs_and_jr = separate_passes_jr
     try:
         yield
     finally:
-        train.outputs_and_jr, train.UNFUSE_IN_JR = saved
+        train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher = saved
 
 
 def build_step(
@@ -102,7 +118,7 @@ def build_step(
     layers = train.jr_layer_names(model, {"all": LAYER_WEIGHT})
     if kind == "plain":
         step, outputs = train.training_step(model, 1e-3), 0
-    elif kind.startswith("io JR"):
+    elif kind.startswith("io"):
         step, outputs = train.training_step(model, 1e-3, jr_weight=JR_WEIGHT), 1
     else:
         step = train.training_step(model, 1e-3, jr_weight=JR_WEIGHT, jr_layers=layers)
@@ -117,12 +133,18 @@ def seconds_per_step(
     step: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
     batches: list[tuple[tf.Tensor, tf.Tensor]],
     steps: int,
-) -> float:
-    t0 = time.perf_counter()
+) -> tuple[float, float]:
+    """(wall, process CPU) seconds per step."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for i in range(steps):
         loss = step(*batches[i % len(batches)])
     float(loss)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def summary(ratios: list[float]) -> str:
+    """Median [min-max]."""
+    return f"{np.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
 
 
 def main() -> None:
@@ -130,21 +152,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
     args = ap.parse_args()
+    kinds = ["plain", *(k for k in args.kinds if k != "plain")]
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     rng = np.random.default_rng(0)
     print(
         f"stochastic ternary weights, 8-bit activations, 1 thread; {args.steps} steps per "
-        f"repeat, best of {args.repeat}; ratios against the plain step"
-    )
-    alt = "fused" if train.UNFUSE_IN_JR else "unfused"
-    print(f"JR steps' batch norms: {'unfused' if train.UNFUSE_IN_JR else 'fused'}; alt: {alt}")
-    print(
-        f"{'model':<11}{'batch':>6}{'plain ms':>9}{'io JR':>7}{'alt':>7}"
-        f"{'outputs':>8}{'layer JR':>9}{'alt':>7}{'before':>7}   (ratios to plain)"
+        f"repeat, {args.repeat} repeats; ratio to the plain step of the same repeat: "
+        f"median [range]; JR steps' batch norms: {train.JR_BATCH_NORM}"
     )
     for name in args.models:
         batch = BATCH[name]
@@ -155,17 +174,21 @@ def main() -> None:
             )
             for _ in range(8)
         ]
-        steps = {kind: build_step(name, kind, batches) for kind in KINDS}
-        best = dict.fromkeys(KINDS, float("inf"))
+        steps = {kind: build_step(name, kind, batches) for kind in kinds}
+        times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
         for r in range(args.repeat):
-            for kind in KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]:  # rotate the order
-                best[kind] = min(best[kind], seconds_per_step(steps[kind][0], batches, args.steps))
-        ratio = {kind: best[kind] / best["plain"] for kind in KINDS}
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:  # rotate the order
+                times[kind].append(seconds_per_step(steps[kind][0], batches, args.steps))
+        plain_wall = [w for w, _ in times["plain"]]
         print(
-            f"{name:<11}{batch:>6}{best['plain'] * 1e3:>9.1f}{ratio['io JR']:>7.2f}"
-            f"{ratio['io JR alt']:>7.2f}{steps['layer JR'][1]:>8}"
-            f"{ratio['layer JR']:>9.2f}{ratio['layer alt']:>7.2f}{ratio['layer before']:>7.2f}"
+            f"{name} (batch {batch}): plain step {np.median(plain_wall) * 1e3:.1f} ms wall, "
+            f"{np.median([c for _, c in times['plain']]) * 1e3:.1f} ms CPU (medians)"
         )
+        for kind in kinds[1:]:
+            wall = [t[0] / p[0] for t, p in zip(times[kind], times["plain"], strict=True)]
+            cpu = [t[1] / p[1] for t, p in zip(times[kind], times["plain"], strict=True)]
+            outputs = f" ({steps[kind][1]} outputs)" if kind.startswith("layer") else ""
+            print(f"  {kind + outputs:<28} wall {summary(wall):<20} CPU {summary(cpu)}")
 
 
 if __name__ == "__main__":

@@ -165,12 +165,14 @@ def _at(grads: dict[str, np.ndarray], entries: list[tuple[Any, int]]) -> np.ndar
     )
 
 
-def _jr_grads(model: Any, x: np.ndarray, unfuse: bool | None) -> dict[str, np.ndarray]:
+def _jr_grads(model: Any, x: np.ndarray, kind: str | None) -> dict[str, np.ndarray]:
     """Gradient of the exact squared Jacobian norm (training mode) w.r.t. the weights.
 
-    ``unfuse``: None leaves the batch norms as built (Keras unfused in
-    float64, TensorFlow's fused kernel in float32); True/False: inside the
-    JR steps' ``_exact_batch_norm`` scope, unfusing / keeping fused ones.
+    ``kind``: None leaves the batch norms as built (Keras unfused in
+    float64, TensorFlow's fused kernel in float32); else inside the JR
+    steps' ``_exact_batch_norm`` scope of that kind ("compact": the closed-form
+    ``compact_batch_norm``; "unfused": unfused with exact moments; "fused":
+    fused ones kept, unfused ones with exact moments).
     """
     import contextlib
 
@@ -179,11 +181,7 @@ def _jr_grads(model: Any, x: np.ndarray, unfuse: bool | None) -> dict[str, np.nd
     from trainables.jacobian import exact_jacobian_sq_norm
     from trainables.train import _exact_batch_norm
 
-    scope = (
-        contextlib.nullcontext()
-        if unfuse is None
-        else _exact_batch_norm(model, True, unfuse=unfuse)
-    )
+    scope = contextlib.nullcontext() if kind is None else _exact_batch_norm(model, True, kind=kind)
     with scope, tf.GradientTape() as tape:
         jr = exact_jacobian_sq_norm(lambda t: model(t, training=True), tf.constant(x))
     grads = tape.gradient(jr, model.trainable_variables)
@@ -262,12 +260,17 @@ def test_jr_gradients_through_batch_norm_match_finite_differences(activation: st
 
     keras_unfused = _errors(_at(_jr_grads(m64, x, None), entries), fd, entries)
     fused = _errors(_at(_jr_grads(m32, x.astype(np.float32), None), entries), fd, entries)
-    exact64 = _errors(_at(_jr_grads(m64, x, False), entries), fd, entries)
-    unfused32 = _errors(_at(_jr_grads(m32, x.astype(np.float32), True), entries), fd, entries)
+    exact64 = _errors(_at(_jr_grads(m64, x, "fused"), entries), fd, entries)
+    unfused32 = _errors(_at(_jr_grads(m32, x.astype(np.float32), "unfused"), entries), fd, entries)
+    compact64 = _errors(_at(_jr_grads(m64, x, "compact"), entries), fd, entries)
+    compact32 = _errors(_at(_jr_grads(m32, x.astype(np.float32), "compact"), entries), fd, entries)
     assert max(exact64.values()) < 1e-6, exact64
+    assert max(compact64.values()) < 1e-6, compact64
     assert max(fused.values()) < 1e-4, fused
     assert max(unfused32.values()) < 1e-4, unfused32
-    assert m32.get_layer("bn").fused  # put back after tracing
+    assert max(compact32.values()) < 1e-4, compact32
+    assert m32.get_layer("bn").fused and not m64.get_layer("bn").fused  # put back after tracing
+    assert "_fused_batch_norm" not in vars(m64.get_layer("bn"))
     # Keras' unfused batch norm is what the oracle catches
     assert keras_unfused["conv/kernel:0"] > 1e-2 and keras_unfused["conv/bias:0"] > 1e-2
 
@@ -324,11 +327,22 @@ def test_jr_training_step_follows_finite_differences_through_batch_norm(
 
     m32 = _bn_model("float32", "relu")
     m32.set_weights([w.astype(np.float32) for w in weights])
-    as_trained = _errors(step_grads(m32, tf.float32), fd, entries)  # float32: JR unfuses
-    in_float64 = _errors(step_grads(m64, tf.float64), fd, entries)  # never fused in float64
+    as_trained = _errors(step_grads(m32, tf.float32), fd, entries)  # as trials train
+    in_float64 = _errors(step_grads(m64, tf.float64), fd, entries)
+    # and through the closed-form batch norm (train.compact_batch_norm)
+    monkeypatch.setattr(train, "JR_BATCH_NORM", "compact")
+    m32c = _bn_model("float32", "relu")
+    m32c.set_weights([w.astype(np.float32) for w in weights])
+    m64c = _bn_model("float64", "relu")
+    m64c.set_weights(weights)
+    compact32 = _errors(step_grads(m32c, tf.float32), fd, entries)
+    compact64 = _errors(step_grads(m64c, tf.float64), fd, entries)
+    assert max(compact32.values()) < 1e-4, compact32
+    assert max(compact64.values()) < 1e-6, compact64
     assert max(as_trained.values()) < 1e-4, as_trained
     assert max(in_float64.values()) < 1e-6, in_float64
-    assert m32.get_layer("bn").fused and "_calculate_mean_and_var" not in vars(m64.get_layer("bn"))
+    assert m32.get_layer("bn").fused and not m64.get_layer("bn").fused
+    assert not {"_calculate_mean_and_var", "_fused_batch_norm"} & set(vars(m64.get_layer("bn")))
 
 
 @pytest.mark.slow
@@ -372,12 +386,14 @@ def test_jr_gradients_through_resnet8_batch_norms_match_finite_differences() -> 
     fd = _finite_differences(lambda: float(jr()), entries)
     x32 = x.astype(np.float32)
     fused = _errors(_at(_jr_grads(model, x32, None), entries), fd, entries)
-    jr_step = _errors(_at(_jr_grads(model, x32, train.UNFUSE_IN_JR), entries), fd, entries)
-    exact64 = _errors(_at(_jr_grads(reference, x, False), entries), fd, entries)
+    jr_step = _errors(_at(_jr_grads(model, x32, train.JR_BATCH_NORM), entries), fd, entries)
+    exact64 = _errors(_at(_jr_grads(reference, x, "fused"), entries), fd, entries)
+    compact64 = _errors(_at(_jr_grads(reference, x, "compact"), entries), fd, entries)
     keras_unfused = _errors(_at(_jr_grads(reference, x, None), entries), fd, entries)
     assert max(fused.values()) < 1e-3, fused
     assert max(jr_step.values()) < 1e-3, jr_step
     assert max(exact64.values()) < 1e-6, exact64
+    assert max(compact64.values()) < 1e-6, compact64
     assert max(keras_unfused.values()) > 1e-2, keras_unfused
 
 

@@ -32,3 +32,24 @@ def test_estimator_mean_matches_exact_frobenius(bits: str) -> None:
     # One projection is noisy but unbiased: the spread shrinks with more projections.
     single = [float(logits_and_jr(fwd, x, n_proj=1)[1]) for _ in range(25)]
     assert np.std(single) > np.std(estimates)
+
+
+def test_rademacher_signs_are_fair_and_independent() -> None:
+    """Every entry +-scale; each of the 32 bit positions of a word fair; neighbours uncorrelated."""
+    import tensorflow as tf
+
+    from trainables.jacobian import rademacher
+
+    tf.random.set_seed(0)
+    odd = rademacher(
+        tf.constant([7, 13, 11]), tf.float32, 0.5
+    ).numpy()  # 1001: not a multiple of 32
+    assert odd.shape == (7, 13, 11) and set(np.unique(odd)) == {-0.5, 0.5}
+    n = 32 * 20_000
+    signs = rademacher(tf.constant([n]), tf.float64).numpy()
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    # per bit position j (entries 32 i + j): 20,000 fair signs, sd of the mean 0.0071
+    assert np.abs(signs.reshape(-1, 32).mean(axis=0)).max() < 0.03
+    # neighbours within a word and across words: sd of the mean product 0.00125
+    assert abs(np.mean(signs[:-1] * signs[1:])) < 0.006
+    assert abs(np.mean(signs[:-32] * signs[32:])) < 0.006

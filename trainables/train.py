@@ -59,19 +59,108 @@ def _exact_moments(
     return mean, variance
 
 
-# JR steps trace the batch norms unfused with ``_exact_moments`` rather than
-# through TensorFlow's fused kernel: both differentiate twice exactly
-# (float64 finite differences, tests/test_defences.py), and unfused is the
-# faster double backprop: io JR 2.27x / 2.22x a plain step on ResNet-8 /
-# DS-CNN, fused 2.40x / 2.70x; per-layer JR 2.68x / 2.91x, fused 2.83x /
-# 3.26x (benchmarks/jr_cost.py, one run on a loaded CPU; another run gave
-# the same order).
-UNFUSE_IN_JR = True
+def compact_batch_norm(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Training-mode batch norm over every axis but the last: (y, batch mean, biased variance).
+
+    The same function as Keras' batch norm in training mode (statistics of
+    this batch), with its first derivative written out in closed form,
+
+        dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)),
+        dgamma = sum(dy * xhat),  dbeta = sum(dy)     (sums over B, H, W),
+
+    from ops that are themselves differentiable: double backprop then
+    differentiates these few ops (exactly: the mean stays inside the
+    variance) instead of the autodiff graph of mean, variance and
+    normalisation (a ResNet-8 io JR step runs 740 ops instead of 842).  Channels last; ``x`` (B, ..., C), ``gamma``/``beta`` (C,).
+    Mean and variance come back without gradient (for the moving averages).
+    """
+    axes = list(range(x.shape.rank - 1))
+    stats: list[tf.Tensor] = []
+
+    @tf.custom_gradient
+    def norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> Any:
+        mean = tf.reduce_mean(x, axes, keepdims=True)  # (1, ..., C)
+        centred = x - mean
+        variance = tf.reduce_mean(tf.square(centred), axes, keepdims=True)
+        rstd = tf.math.rsqrt(variance + epsilon)  # 1 / sigma
+        xhat = centred * rstd
+        stats.extend([mean, variance])
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            n = tf.cast(tf.size(x) // tf.size(gamma), x.dtype)  # examples per channel
+            dbeta = tf.reduce_sum(dy, axes)  # (C,)
+            dgamma = tf.reduce_sum(dy * xhat, axes)  # (C,)
+            dx = (gamma * rstd) * (dy - dbeta / n - xhat * (dgamma / n))
+            return dx, dgamma, dbeta
+
+        return xhat * gamma + beta, grad
+
+    y = norm(x, gamma, beta)
+    mean, variance = (tf.stop_gradient(tf.reshape(t, [-1])) for t in stats)
+    return y, mean, variance
+
+
+def _compact_call(bn: tf_keras.layers.BatchNormalization) -> Callable[..., tf.Tensor]:
+    """A replacement for ``bn._fused_batch_norm`` that trains through ``compact_batch_norm``.
+
+    Outside training (``training`` not the constant True) it defers to the
+    layer's own method.  The moving averages update as Keras' unfused path
+    updates them (biased batch variance, ``_assign_moving_average``).
+    """
+    own = bn._fused_batch_norm
+
+    def call(inputs: tf.Tensor, mask: tf.Tensor | None = None, training: Any = None) -> tf.Tensor:
+        if training is not True:
+            return own(inputs, mask=mask, training=training)
+        if mask is not None:
+            raise ValueError("masked batch norm in a JR step is not supported")
+        c = inputs.shape[-1]
+        gamma = tf.convert_to_tensor(bn.gamma) if bn.scale else tf.ones([c], inputs.dtype)
+        beta = tf.convert_to_tensor(bn.beta) if bn.center else tf.zeros([c], inputs.dtype)
+        y, mean, variance = compact_batch_norm(inputs, gamma, beta, bn.epsilon)
+        momentum = tf.convert_to_tensor(bn.momentum)
+        bn.add_update(lambda: bn._assign_moving_average(bn.moving_mean, mean, momentum, None))
+        bn.add_update(
+            lambda: bn._assign_moving_average(bn.moving_variance, variance, momentum, None)
+        )
+        return y
+
+    return call
+
+
+# How JR steps trace their batch norms; all three differentiate twice exactly
+# (float64 finite differences, tests/test_defences.py):
+#   "unfused"  Keras' unfused path with ``_exact_moments`` (the fastest
+#              measured: io JR 2.27x / 2.22x a plain step on ResNet-8 /
+#              DS-CNN, fused 2.40x / 2.70x, before issue 21);
+#   "compact"  ``compact_batch_norm``: 12% fewer ops, but within the noise of
+#              "unfused" in wall and CPU time (issue 21: CPU-time medians
+#              2.26x against 2.22x on ResNet-8, 2.53x against 2.50x on
+#              DS-CNN, 30 interleaved repeats; docs/performance.md), so not
+#              the default: it would change the step's rounding for nothing;
+#   "fused"    TensorFlow's fused kernel (float32 only).
+JR_BATCH_NORM: str = "unfused"
+
+
+def _compactable(bn: tf_keras.layers.BatchNormalization) -> bool:
+    # compact_batch_norm covers the plain channels-last batch norm robustgrid builds
+    spec = bn.input_spec
+    return (
+        spec is not None
+        and spec.ndim is not None
+        and list(bn.axis) == [spec.ndim - 1]
+        and not bn.renorm
+        and not bn.synchronized
+        and bn.virtual_batch_size is None
+        and bn.adjustment is None
+    )
 
 
 @contextlib.contextmanager
 def _exact_batch_norm(
-    model: tf_keras.Model, active: bool, unfuse: bool | None = None
+    model: tf_keras.Model, active: bool, kind: str | None = None
 ) -> Iterator[None]:
     """Batch norms that double backprop differentiates exactly, while a JR step traces.
 
@@ -80,23 +169,36 @@ def _exact_batch_norm(
     (float64, or ``fused=False``) does not: ``tf.nn.moments`` holds the mean
     constant inside the variance (a JR gradient 2.7% off on a conv kernel,
     and non-zero on a conv bias feeding a batch norm, whose true gradient is
-    0).  This scope unfuses the fused ones if ``unfuse`` (default
-    ``UNFUSE_IN_JR``) and gives every unfused batch norm ``_exact_moments``;
-    all is put back on exit (it matters only while a step traces).
+    0).  ``kind`` (default ``JR_BATCH_NORM``): "compact" trains every
+    channels-last batch norm through ``compact_batch_norm`` (the others as
+    "unfused"); "unfused" unfuses the fused ones and gives every batch norm
+    ``_exact_moments``; "fused" keeps fused ones fused and gives the unfused
+    ones ``_exact_moments``.  All is put back on exit (it matters only while
+    a step traces).
     """
-    unfuse = UNFUSE_IN_JR if unfuse is None else unfuse
+    kind = JR_BATCH_NORM if kind is None else kind
+    if kind not in ("compact", "unfused", "fused"):
+        raise ValueError(f"unknown batch norm kind {kind!r}")
     norms = [
         m for m in model.submodules if active and isinstance(m, tf_keras.layers.BatchNormalization)
     ]
-    unfused = [bn for bn in norms if unfuse and bn.fused]
+    compact = [bn for bn in norms if kind == "compact" and _compactable(bn)]
+    was_fused = {id(bn): bn.fused for bn in compact}
+    for bn in compact:
+        bn._fused_batch_norm = _compact_call(bn)
+        bn.fused = True  # call() then goes to _fused_batch_norm, whatever the dtype
+    unfused = [bn for bn in norms if bn not in compact and kind == "unfused" and bn.fused]
     for bn in unfused:
         bn.fused = False
-    patched = [bn for bn in norms if not bn.fused]
+    patched = [bn for bn in norms if bn not in compact and not bn.fused]
     for bn in patched:
         bn._calculate_mean_and_var = _exact_moments
     try:
         yield
     finally:
+        for bn in compact:
+            del bn._fused_batch_norm
+            bn.fused = was_fused[id(bn)]
         for bn in patched:
             del bn._calculate_mean_and_var
         for bn in unfused:
