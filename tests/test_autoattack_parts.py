@@ -8,6 +8,7 @@ examples that actually went through the model (a counting layer).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,129 @@ def test_apgd_l2_reaches_the_closed_form_optimum_inside_the_box() -> None:
     adv = apgd.apgd_ce(model, x, np.zeros(3, np.int64), eps=0.2, norm="2", n_iter=100)
     assert np.sqrt(((adv - x) ** 2).reshape(3, -1).sum(1)).max() <= 0.2 + 1e-5
     np.testing.assert_allclose(adv, optimum, atol=2e-3)
+
+
+# --- faithfulness: a line-by-line numpy transliteration of the reference's loop ------------
+
+
+def _reference_apgd_ce(
+    model: tf_keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_init: np.ndarray,
+    eps: float,
+    norm: str,
+    n_iter: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """autopgd_base.APGDAttack.attack_single_run (loss 'ce'), torch -> numpy, Python loop and all.
+
+    Returns x_best, acc, x_best_adv, loss_steps.  Only the model's gradient comes from TensorFlow
+    (eager, one call per step).
+    """
+    n = len(x)
+    f32 = np.float32
+
+    def normalize(v: np.ndarray) -> np.ndarray:
+        flat = v.reshape(n, -1)
+        t = np.abs(flat).max(1) if norm == "inf" else np.sqrt((flat**2).sum(-1))
+        return v / (t.reshape(-1, 1, 1, 1) + f32(1e-12))
+
+    def l2_norm(v: np.ndarray) -> np.ndarray:
+        return np.sqrt((v**2).reshape(n, -1).sum(-1)).reshape(-1, 1, 1, 1)
+
+    def loss_grad(xa: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xt = tf.constant(xa)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            logits = model(xt, training=False)
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            total = tf.reduce_sum(loss)
+        return logits.numpy(), loss.numpy(), tape.gradient(total, xt).numpy()
+
+    n_iter_2, n_iter_min, size_decr = (
+        max(int(0.22 * n_iter), 1),
+        max(int(0.06 * n_iter), 1),
+        max(int(0.03 * n_iter), 1),
+    )
+    x_adv = x_init.copy()
+    x_best, x_best_adv = x_adv.copy(), x_adv.copy()
+    loss_steps = np.zeros((n_iter, n), f32)
+    logits, loss_indiv, grad = loss_grad(x_adv)
+    grad_best = grad.copy()
+    acc = logits.argmax(1) == y
+    loss_best = loss_indiv.copy()
+    step_size = f32(2.0 * eps) * np.ones((n, 1, 1, 1), f32)
+    x_adv_old = x_adv.copy()
+    counter3, k = 0, n_iter_2
+    loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones_like(loss_best)
+    for i in range(n_iter):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.copy()
+        a = f32(0.75 if i > 0 else 1.0)
+        if norm == "inf":
+            x_adv_1 = x_adv + step_size * np.sign(grad)
+            x_adv_1 = np.clip(np.minimum(np.maximum(x_adv_1, x - eps), x + eps), 0.0, 1.0)
+            x_adv_1 = np.clip(
+                np.minimum(
+                    np.maximum(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps
+                ),
+                0.0,
+                1.0,
+            )
+        else:
+            x_adv_1 = x_adv + step_size * normalize(grad)
+            x_adv_1 = np.clip(
+                x + normalize(x_adv_1 - x) * np.minimum(f32(eps), l2_norm(x_adv_1 - x)), 0.0, 1.0
+            )
+            x_adv_1 = x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a)
+            x_adv_1 = np.clip(
+                x + normalize(x_adv_1 - x) * np.minimum(f32(eps), l2_norm(x_adv_1 - x)), 0.0, 1.0
+            )
+        x_adv = x_adv_1.astype(f32)
+        logits, loss_indiv, grad = loss_grad(x_adv)
+        pred = logits.argmax(1) == y
+        acc = acc & pred
+        x_best_adv[~pred] = x_adv[~pred]
+        y1 = loss_indiv.copy()
+        loss_steps[i] = y1
+        ind = y1 > loss_best
+        x_best[ind], grad_best[ind], loss_best[ind] = x_adv[ind], grad[ind], y1[ind]
+        counter3 += 1
+        if counter3 == k:
+            t = np.zeros(n, f32)
+            for counter5 in range(k):  # loss_steps[-1] at the first checkpoint: Python wraps
+                t += loss_steps[i - counter5] > loss_steps[i - counter5 - 1]
+            fl_oscillation = (t <= k * 0.75).astype(f32)
+            fl_reduce_no_impr = (1.0 - reduced_last_check) * (loss_best_last_check >= loss_best)
+            fl_oscillation = np.maximum(fl_oscillation, fl_reduce_no_impr)
+            reduced_last_check = fl_oscillation.copy()
+            loss_best_last_check = loss_best.copy()
+            if fl_oscillation.sum() > 0:
+                ind_fl = fl_oscillation > 0
+                step_size[ind_fl] /= 2.0
+                x_adv[ind_fl] = x_best[ind_fl]
+                grad[ind_fl] = grad_best[ind_fl]
+            k = max(k - size_decr, n_iter_min)
+            counter3 = 0
+    return x_best, acc, x_best_adv, loss_steps
+
+
+@pytest.mark.parametrize(("norm", "eps", "n_iter"), [("inf", 0.1, 100), ("2", 1.0, 30)])
+def test_apgd_follows_the_reference_loop_step_for_step(
+    digits: Any, norm: str, eps: float, n_iter: int
+) -> None:
+    model, x, y = digits
+    x, y = x[:48], y[:48].astype(np.int32)
+    x0 = apgd.random_start(x, eps, norm, tf.random.Generator.from_seed(1))  # type: ignore[arg-type]
+    run = apgd.apgd_run(model, x, y, eps=eps, norm=norm, n_iter=n_iter, x_init=x0)
+    x_best, acc, x_best_adv, loss_steps = _reference_apgd_ce(model, x, y, x0, eps, norm, n_iter)
+    np.testing.assert_allclose(run.loss_steps, loss_steps, rtol=1e-4, atol=1e-5)
+    # float32 sums in another order drift by ~1e-5; a different iterate or a missed restart
+    # moves points by the step size (>= 1e-3 here)
+    np.testing.assert_allclose(run.x_best, x_best, atol=1e-4)
+    np.testing.assert_allclose(run.x_best_adv, x_best_adv, atol=1e-4)
+    np.testing.assert_array_equal(run.acc, acc)
+    assert 0 < (~acc).sum() < len(x)  # some fooled, some not: both outputs exercised
 
 
 # --- (2) the best point over the iterations ------------------------------------------------
@@ -243,6 +367,212 @@ def test_square_stays_in_budget_on_non_square_inputs(
     # column only by a window as long as that side: the reference draws a corner in [0, h - s))
     moved = np.abs(run.x_best - x).max(axis=(0, 3)) > 0  # (h, w)
     assert moved[-2].any() and moved[:, -2].any()
+
+
+def _reference_square_linf(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """square.SquareAttack.attack_single_run (L-inf, margin loss, p_init 0.8, no rescaling), torch ->
+    numpy, channels last.  Random numbers: the same stateless draws as trainables.square (the
+    only shared part), used as the reference uses torch.rand."""
+    n, h, w, c = x.shape
+    p_init, n_features = 0.8, c * h * w
+
+    def margin_and_loss(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = model(xs, training=False).numpy()
+        u = np.arange(len(xs))
+        y_corr = logits[u, ys].copy()
+        logits[u, ys] = -np.inf
+        m = y_corr - logits.max(-1)
+        return m, m
+
+    def p_selection(it: int) -> float:
+        if 10 < it <= 50:
+            return p_init / 2
+        if 50 < it <= 200:
+            return p_init / 4
+        if 200 < it <= 500:
+            return p_init / 8
+        if 500 < it <= 1000:
+            return p_init / 16
+        return p_init if it <= 10 else p_init / 32  # (n_queries <= 2000 here)
+
+    def draw(shape: list[int], counter: int) -> np.ndarray:
+        return tf.random.stateless_uniform(shape, tf.constant([seed, counter], tf.int64)).numpy()
+
+    x_best = np.clip(x + eps * np.sign(2 * draw([n, 1, w, c], -1) - 1), 0.0, 1.0).astype(np.float32)
+    margin_min, loss_min = margin_and_loss(x_best, y)
+    queries = np.ones(n, np.float32)
+    if (margin_min < 0.0).all():
+        return queries, x_best
+    for i_iter in range(n_queries):
+        idx_to_fool = np.flatnonzero(margin_min > 0.0)
+        x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
+        margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
+        p = p_selection(i_iter)
+        s = max(round(math.sqrt(p * n_features / c)), 1)
+        s = min(s, min(h, w))
+        u = draw([5 + c], 2 * i_iter)
+        vh = int(
+            u[0] * np.float32(h - s)
+        )  # random_int(0, h - s): low + (high - low) * rand, .long()
+        vw = int(u[1] * np.float32(w - s))
+        new_deltas = np.zeros((h, w, c), np.float32)
+        new_deltas[vh : vh + s, vw : vw + s, :] = 2.0 * eps * np.sign(2 * u[5:] - 1)
+        x_new = np.minimum(np.maximum(x_best_curr + new_deltas, x_curr - eps), x_curr + eps)
+        x_new = np.clip(x_new, 0.0, 1.0)
+        margin, loss = margin_and_loss(x_new, y_curr)
+        idx_improved = (loss < loss_min_curr).astype(np.float32)
+        loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
+        idx_improved = np.maximum(idx_improved, (margin <= 0.0).astype(np.float32))
+        margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
+        idx_improved = idx_improved.reshape(-1, 1, 1, 1)
+        x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
+        queries[idx_to_fool] += 1.0
+        if (margin_min <= 0.0).all():
+            break
+    return queries, x_best
+
+
+@pytest.mark.parametrize("case", ["digits 8x8", "random 49x10"])
+def test_square_linf_follows_the_reference_loop(digits: Any, case: str) -> None:
+    if case == "digits 8x8":
+        model, x, y = digits
+        keep = apgd.predict(model, x).argmax(1) == y
+        x, y, eps = x[keep][:48], y[keep][:48], 0.1
+    else:
+        model, _ = _counted_cnn((49, 10, 1), 12, 1)
+        x = np.random.default_rng(1).uniform(0.0, 1.0, (48, 49, 10, 1)).astype(np.float32)
+        y, eps = model(x).numpy().argmax(1), 0.02
+    run = square.square_run(model, x, y, eps=eps, norm="inf", n_queries=300, seed=7)
+    queries, x_best = _reference_square_linf(model, x, y, eps, 300, 7)
+    np.testing.assert_array_equal(run.queries, queries)
+    np.testing.assert_allclose(run.x_best, x_best, atol=1e-6)
+    assert 0 < (run.margin <= 0).sum() < len(x) and (queries > 51).any()  # several schedule levels
+
+
+def _reference_eta(s: int, transpose: bool) -> np.ndarray:
+    """square.SquareAttack.eta / eta_rectangles (L2), torch -> numpy."""
+
+    def eta_rectangles(x: int, y: int) -> np.ndarray:
+        delta = np.zeros([x, y])
+        x_c, y_c = x // 2 + 1, y // 2 + 1
+        counter2 = [x_c - 1, y_c - 1]
+        for counter in range(0, max(x_c, y_c)):
+            delta[
+                max(counter2[0], 0) : min(counter2[0] + (2 * counter + 1), x),
+                max(0, counter2[1]) : min(counter2[1] + (2 * counter + 1), y),
+            ] += 1.0 / (counter + 1) ** 2
+            counter2[0] -= 1
+            counter2[1] -= 1
+        return delta / np.sqrt((delta**2).sum()) if delta.size else delta
+
+    delta = np.zeros([s, s])
+    delta[: s // 2] = eta_rectangles(s // 2, s)
+    delta[s // 2 :] = -1.0 * eta_rectangles(s - s // 2, s)
+    delta /= np.sqrt((delta**2).sum())
+    return delta.T if transpose else delta
+
+
+def _reference_square_l2(
+    model: tf_keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """square.SquareAttack.attack_single_run (L2, margin loss, p_init 0.8), torch -> numpy, channels
+    last, for a square input (the reference's starting grid), with trainables.square's draws."""
+    n, h, w, c = x.shape
+    p_init, n_features = 0.8, c * h * w
+
+    def draw(shape: list[int], counter: int) -> np.ndarray:
+        return tf.random.stateless_uniform(shape, tf.constant([seed, counter], tf.int64)).numpy()
+
+    def margin_and_loss(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = model(xs, training=False).numpy()
+        u = np.arange(len(xs))
+        y_corr = logits[u, ys].copy()
+        logits[u, ys] = -np.inf
+        m = y_corr - logits.max(-1)
+        return m, m
+
+    def l2(v: np.ndarray) -> np.ndarray:
+        return np.sqrt((v**2).reshape(len(v), -1).sum(-1)).reshape(-1, 1, 1, 1)
+
+    # the starting grid; tiles past the border are the empty slices torch skips (s = 1 on 8 x 8)
+    delta_init = np.zeros_like(x)
+    s = h // 5
+    sp_init = (h - s * 5) // 2
+    corners = [
+        (sp_init + a * s, sp_init + b * s)
+        for a in range(h // s)
+        for b in range(w // s)
+        if sp_init + a * s + s <= h and sp_init + b * s + s <= w
+    ]
+    flips = draw([len(corners)], -2) > 0.5
+    signs = np.sign(2.0 * draw([len(corners), n, 1, 1, c], -3) - 1.0)
+    for t, (vh, vw) in enumerate(corners):
+        delta_init[:, vh : vh + s, vw : vw + s, :] += (
+            _reference_eta(s, flips[t])[None, :, :, None] * signs[t]
+        )
+    x_best = np.clip(x + delta_init / (l2(delta_init) + 1e-12) * eps, 0.0, 1.0).astype(np.float32)
+    margin_min, loss_min = margin_and_loss(x_best, y)
+    queries = np.ones(n, np.float32)
+    for i_iter in range(n_queries):
+        idx_to_fool = np.flatnonzero(margin_min > 0.0)
+        x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
+        margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
+        delta_curr = x_best_curr - x_curr
+        p = square.p_selection(i_iter, p_init)  # the schedule itself is checked by hand above
+        s = max(round(math.sqrt(p * n_features / c)), 3)
+        if s % 2 == 0:
+            s += 1
+        s = min(s, min(h, w))
+        u = draw([5 + c], 2 * i_iter)
+        vh, vw = int(u[0] * np.float32(h - s)), int(u[1] * np.float32(w - s))
+        norms_window_1 = np.sqrt(
+            (delta_curr[:, vh : vh + s, vw : vw + s, :] ** 2).sum(axis=(1, 2), keepdims=True)
+        )
+        vh2, vw2 = int(u[2] * np.float32(h - s)), int(u[3] * np.float32(w - s))
+        mask_image = np.zeros_like(x_curr)
+        mask_image[:, vh : vh + s, vw : vw + s, :] = 1.0
+        mask_image[:, vh2 : vh2 + s, vw2 : vw2 + s, :] = 1.0
+        norms_image = l2(x_best_curr - x_curr)
+        norms_windows = np.sqrt(((delta_curr * mask_image) ** 2).sum(axis=(1, 2), keepdims=True))
+        sign = np.sign(2.0 * draw([len(idx_to_fool), 1, 1, c], 2 * i_iter + 1) - 1.0)
+        new_deltas = np.ones([len(idx_to_fool), s, s, c]) * (
+            _reference_eta(s, u[4] > 0.5)[None, :, :, None] * sign
+        )
+        new_deltas += delta_curr[:, vh : vh + s, vw : vw + s, :] / (1e-12 + norms_window_1)
+        new_deltas = (
+            new_deltas
+            / (1e-12 + np.sqrt((new_deltas**2).sum(axis=(1, 2), keepdims=True)))
+            * np.sqrt(np.maximum(eps**2 - norms_image**2, 0.0) / c + norms_windows**2)
+        )
+        delta_curr[:, vh2 : vh2 + s, vw2 : vw2 + s, :] = 0.0
+        delta_curr[:, vh : vh + s, vw : vw + s, :] = new_deltas
+        x_new = np.clip(x_curr + delta_curr / (l2(delta_curr) + 1e-12) * eps, 0.0, 1.0).astype(
+            np.float32
+        )
+        margin, loss = margin_and_loss(x_new, y_curr)
+        idx_improved = (loss < loss_min_curr).astype(np.float32)
+        loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
+        idx_improved = np.maximum(idx_improved, (margin <= 0.0).astype(np.float32))
+        margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
+        idx_improved = idx_improved.reshape(-1, 1, 1, 1)
+        x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
+        queries[idx_to_fool] += 1.0
+        if (margin_min <= 0.0).all():
+            break
+    return queries, x_best
+
+
+def test_square_l2_follows_the_reference_loop(digits: Any) -> None:
+    model, x, y = digits
+    keep = apgd.predict(model, x).argmax(1) == y
+    x, y = x[keep][:48], y[keep][:48]
+    run = square.square_run(model, x, y, eps=1.0, norm="2", n_queries=300, seed=5)
+    queries, x_best = _reference_square_l2(model, x, y, 1.0, 300, 5)
+    np.testing.assert_array_equal(run.queries, queries)
+    np.testing.assert_allclose(run.x_best, x_best, atol=2e-5)
+    assert 0 < (run.margin <= 0).sum() < len(x) and (queries > 51).any()  # several schedule levels
 
 
 def test_square_window_sides_are_clipped_to_the_smaller_side() -> None:
