@@ -101,7 +101,7 @@ def predict(model: tf_keras.Model, x: np.ndarray, batch: int = 1024) -> np.ndarr
 
 
 def _logits_fn(ref: Callable[[], Any]) -> Callable[[tf.Tensor], tf.Tensor]:
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def logits(x: tf.Tensor) -> tf.Tensor:
         return tf.cast(ref()(x, training=False), tf.float32)
 
@@ -233,9 +233,10 @@ def _apgd_graph(
         with tf.GradientTape() as tape:
             tape.watch(xa)
             logits = tf.cast(ref()(xa, training=False), tf.float32)  # (n, classes)
-            per = tf.cond(
-                dlr, lambda: dlr_targeted_loss(logits, y, t), lambda: ce_loss(logits, y, t)
-            )  # (n,)
+            # Both losses, one selected: cheaper to trace than a tf.cond (whose gradient
+            # graph costs seconds); the unselected loss gets a zero upstream gradient and
+            # both have finite local derivatives (DLR's denominator is >= 1e-12).
+            per = tf.where(dlr, dlr_targeted_loss(logits, y, t), ce_loss(logits, y, t))  # (n,)
             total = tf.reduce_sum(per)  # examples do not interact in inference mode
         return logits, per, tape.gradient(total, xa, unconnected_gradients=ZERO)
 
@@ -250,7 +251,12 @@ def _apgd_graph(
 
     s_b = tf.TensorSpec([], tf.bool)
 
-    @tf.function(input_signature=[x_spec, i_spec, i_spec, x_spec, s_f, s_b, s_i, s_i, s_i, s_i])
+    # autograph=False: the loop is an explicit tf.while_loop; autograph's source
+    # conversion of this function and of every layer took most of the tracing time.
+    @tf.function(
+        input_signature=[x_spec, i_spec, i_spec, x_spec, s_f, s_b, s_i, s_i, s_i, s_i],
+        autograph=False,
+    )
     def run(
         x: tf.Tensor, y: tf.Tensor, target: tf.Tensor, x_init: tf.Tensor, eps: tf.Tensor,
         dlr: tf.Tensor, n_iter: tf.Tensor, n_iter_2: tf.Tensor, n_iter_min: tf.Tensor, size_decr: tf.Tensor,

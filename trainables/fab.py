@@ -242,7 +242,9 @@ def _runner(
     spec_y = tf.TensorSpec([None], tf.int32)
     n_features = math.prod(input_shape)  # static: the projections unroll their binary search
 
-    @tf.function(input_signature=[spec_x, spec_y, spec_y])
+    # autograph=False: the loop is an explicit tf.while_loop; autograph's source
+    # conversion (of this function and of every layer) dominated the tracing time.
+    @tf.function(input_signature=[spec_x, spec_y, spec_y], autograph=False)
     def run(x: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         bs = tf.shape(x)[0]
         x0 = tf.reshape(x, [-1, n_features])  # (bs, D) the clean points ("im2" / "x0")

@@ -213,7 +213,8 @@ def _square_graph(
         input_signature=[
             x_spec, tf.TensorSpec([None], tf.int32), x_spec, tf.TensorSpec([], tf.float32),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64),
-        ]
+        ],
+        autograph=False,  # an explicit tf.while_loop; autograph's conversion is slow to trace
     )  # fmt: skip
     def run(
         x: tf.Tensor,
