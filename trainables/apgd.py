@@ -236,7 +236,10 @@ def _apgd_graph(
             # Both losses, one selected: cheaper to trace than a tf.cond (whose gradient
             # graph costs seconds); the unselected loss gets a zero upstream gradient and
             # both have finite local derivatives (DLR's denominator is >= 1e-12).
-            per = tf.where(dlr, dlr_targeted_loss(logits, y, t), ce_loss(logits, y, t))  # (n,)
+            if logits.shape[1] is not None and logits.shape[1] < 4:
+                per = ce_loss(logits, y, t)  # (n,) DLR needs 4 classes (apgd_targeted refuses)
+            else:
+                per = tf.where(dlr, dlr_targeted_loss(logits, y, t), ce_loss(logits, y, t))
             total = tf.reduce_sum(per)  # examples do not interact in inference mode
         return logits, per, tape.gradient(total, xa, unconnected_gradients=ZERO)
 
@@ -262,11 +265,12 @@ def _apgd_graph(
         dlr: tf.Tensor, n_iter: tf.Tensor, n_iter_2: tf.Tensor, n_iter_min: tf.Tensor, size_decr: tf.Tensor,
     ) -> tuple[tf.Tensor, ...]:  # fmt: skip
         n = tf.shape(x)[0]
-        x_adv = x_init
-        logits, loss_indiv, grad = loss_grad(x_adv, y, target, dlr)
-        acc = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)  # (n,)
         step = 2.0 * eps * tf.ones([n], tf.float32)  # (n,) the reference's alpha * eps
-        its = tf.TensorArray(tf.float32, size=n_iter if record else 0, element_shape=[None, *shape])
+        # Iterate -1 is the reference's evaluation of the start (no step, no loss_steps
+        # row, no checkpoint): the model is traced once, in the loop body, not twice.
+        its = tf.TensorArray(
+            tf.float32, size=n_iter + 1 if record else 0, element_shape=[None, *shape]
+        )
 
         def body(
             i: tf.Tensor, x_adv: tf.Tensor, x_adv_old: tf.Tensor, grad: tf.Tensor,
@@ -274,6 +278,7 @@ def _apgd_graph(
             acc: tf.Tensor, x_best_adv: tf.Tensor, loss_steps: tf.Tensor, counter3: tf.Tensor,
             k: tf.Tensor, loss_best_last: tf.Tensor, reduced_last: tf.Tensor, its: tf.TensorArray,
         ) -> tuple[Any, ...]:  # fmt: skip
+            start = i < 0
             # gradient step with momentum (a = 1 on the first step: no momentum yet)
             grad2 = x_adv - x_adv_old
             x_adv_old = x_adv
@@ -283,22 +288,28 @@ def _apgd_graph(
                 x1 = project(x, x_adv + st * tf.sign(grad), eps)
             else:
                 x1 = project(x, x_adv + st * normalize(grad, norm, rank), eps)
-            x_adv = project(x, x_adv + (x1 - x_adv) * a + grad2 * (1.0 - a), eps)
+            x_adv = tf.where(
+                start, x_adv, project(x, x_adv + (x1 - x_adv) * a + grad2 * (1.0 - a), eps)
+            )
 
             logits, y1, grad = loss_grad(x_adv, y, target, dlr)
             pred = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)
             acc = tf.logical_and(acc, pred)
             x_best_adv = tf.where(_rows(~pred, rank), x_adv, x_best_adv)
-            loss_steps = tf.tensor_scatter_nd_update(loss_steps, [[i]], y1[None])
+            loss_steps = tf.where(
+                start, loss_steps,
+                tf.tensor_scatter_nd_update(loss_steps, [[tf.maximum(i, 0)]], y1[None]),
+            )  # fmt: skip
             if record:
-                its = its.write(i, x_adv)
-            better = y1 > loss_best
+                its = its.write(i + 1, x_adv)
+            better = y1 > loss_best  # all at the start (loss_best = -inf)
             x_best = tf.where(_rows(better, rank), x_adv, x_best)
             grad_best = tf.where(_rows(better, rank), grad, grad_best)
             loss_best = tf.where(better, y1, loss_best)
+            loss_best_last = tf.where(start, y1, loss_best_last)
 
             # checkpoint: halve the step and restart from x_best where progress stalled
-            counter3 = counter3 + 1
+            counter3 = counter3 + tf.cast(~start, tf.int32)
             check = tf.equal(counter3, k)
             js = i - tf.range(k)  # the last k iterates; -1 wraps to the last row as in Python
             up = tf.gather(loss_steps, tf.math.floormod(js, n_iter)) > tf.gather(
@@ -321,14 +332,15 @@ def _apgd_graph(
                 x_best_adv, loss_steps, counter3, k, loss_best_last, reduced_last, its,
             )  # fmt: skip
 
+        minus_inf = tf.fill([n], tf.constant(-np.inf, tf.float32))
         state = (
-            tf.constant(0), x_adv, x_adv, grad, x_adv, grad, loss_indiv, step, acc, x_adv,
-            tf.zeros([n_iter, n], tf.float32), tf.constant(0), n_iter_2, loss_indiv,
-            tf.ones([n], tf.float32), its,
+            tf.constant(-1), x_init, x_init, tf.zeros_like(x_init), x_init, tf.zeros_like(x_init),
+            minus_inf, step, tf.ones([n], tf.bool), x_init, tf.zeros([n_iter, n], tf.float32),
+            tf.constant(0), n_iter_2, minus_inf, tf.ones([n], tf.float32), its,
         )  # fmt: skip
         out = tf.while_loop(lambda i, *_: i < n_iter, body, state)
         x_best, loss_best, acc, x_best_adv, loss_steps = out[4], out[6], out[8], out[9], out[10]
-        iterates = out[15].stack() if record else tf.zeros([0], tf.float32)
+        iterates = out[15].stack()[1:] if record else tf.zeros([0], tf.float32)
         return x_best, acc, loss_best, x_best_adv, loss_steps, iterates
 
     return run
