@@ -44,6 +44,8 @@ Deliberate deviations, all outside the attack's arithmetic:
   point over all targets.  The cost: targets the reference skips for examples
   already fooled are run anyway (more gradient evaluations, less wall time).
   ``apgd_targeted(..., sequential_targets=True)`` keeps the reference's schedule;
+- APGD-T's targets stop at the last wrong class when the model has fewer than
+  ``n_target_classes + 1`` classes (the reference indexes past the logits there);
 - the reference's checkpoint test reads ``loss_steps[-1]`` (the last row,
   still zero) at the first checkpoint through Python's negative indexing;
   the same row is read here by indexing modulo ``n_iter``.
@@ -422,7 +424,7 @@ def apgd_targeted(
         first = fooled.argmax(0)  # the first rank that fooled each example (0 where none did)
         # Survivors keep their highest targeted-DLR point over the targets (the first such rank).
         top = loss_best.argmax(0)
-        any_fooled = fooled.any(0)
+        any_fooled = np.asarray(fooled.any(0))  # (m,)
         adv[todo] = np.where(
             _rows_np(any_fooled, x.ndim), x_best_adv[first, cols], x_best[top, cols]
         )
