@@ -46,8 +46,9 @@ Deliberate differences, none of which changes what is computed:
   in rank order that fooled it within eps.  FAB-T is deterministic and rows do
   not interact, so each example's result is the reference schedule's; the cost
   is the runs the reference skips for examples already fooled (more gradient
-  evaluations, less wall time).  ``sequential_targets=True`` keeps the
-  reference's schedule.  The compiled run is cached per model.
+  evaluations, less wall time).  Default only when the stacked batch is
+  small (``trainables.apgd.batch_targets``: on large inputs it measured no
+  faster); ``sequential_targets=True`` keeps the reference's schedule.  The compiled run is cached per model.
 - ``dist1`` / ``ind`` of the reference pick the closest of the hyperplanes
   given; the targeted run gives exactly one, so they are the identity here.
 - Ties in sorts (the projections' breakpoints, the targets' ranks) are broken
@@ -66,7 +67,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from trainables.apgd import per_model, predict
+from trainables.apgd import batch_targets, per_model, predict
 
 NORMS = ("inf", "2")
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the reference's defaults (standard AutoAttack keeps them)
@@ -304,7 +305,7 @@ def fab_targeted(
     n_target_classes: int = 9,
     seed: int = 0,
     batch_size: int = 1024,
-    sequential_targets: bool = False,
+    sequential_targets: bool | None = None,
 ) -> np.ndarray:
     """Standard AutoAttack's FAB-T: x (n, *shape) float32 in [0, 1], y (n,) int -> x_adv (n, *shape).
 
@@ -314,7 +315,8 @@ def fab_targeted(
     unchanged.  Targets: the ``min(n_target_classes, classes - 1)`` highest
     clean logits after the first.  ``seed`` is unused (FAB-T with one restart is
     deterministic); ``batch_size`` bounds memory only (rows per compiled call).
-    By default every target's run is in one batch (module docstring);
+    By default (None) every target's run is in one batch when that batch is
+    small (``trainables.apgd.batch_targets``; module docstring);
     ``sequential_targets=True`` runs the targets one after another on the
     survivors, as the reference.  Both give each example the same result.
     """
@@ -332,6 +334,8 @@ def fab_targeted(
     order = np.argsort(clean, axis=1, kind="stable")  # ascending: column -k is rank k
     n_targets = min(n_target_classes, clean.shape[1] - 1)
     ranks = list(range(2, n_targets + 2))
+    if sequential_targets is None:
+        sequential_targets = not batch_targets(int(robust.sum()) * len(ranks), input_shape)
     # Cached per model (and shape, norm, n_iter): a later call does not trace again.
     run = per_model(
         model, ("fab-t", input_shape, norm, int(n_iter)),
