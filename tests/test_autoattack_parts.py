@@ -310,6 +310,47 @@ def test_targets_are_the_top_wrong_classes() -> None:
     assert list(apgd.target_ranks(12, 9)) == list(range(2, 11))
 
 
+def test_batched_apgd_t_keeps_the_first_target_that_fooled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Targets in one batch: rows rank-major; each example keeps its first fooling target's point.
+
+    ``apgd_run`` is replaced by a stub whose outcome per (target rank, example)
+    is set here, so the selection is checked against the sequential rule
+    written out by hand: the first rank in order that fooled an example gives
+    its x_best_adv; an example no rank fooled gets x_best of its highest loss.
+    """
+    w = np.eye(4, 5, dtype=np.float32)  # 4 features -> 5 classes, logits = x @ w + b
+    b = np.array([0.0, 0.0, 0.0, 0.0, -1.0], np.float32)
+    model = _linear(w, b, (4,))
+    x = np.array([[0.9, 0.5, 0.3, 0.1], [0.1, 0.8, 0.4, 0.2], [0.2, 0.1, 0.9, 0.5]], np.float32)
+    y = np.array([0, 1, 2])
+    # Rank 2..5 targets of each example by hand (classes sorted by clean logit, top first).
+    want_targets = {0: [1, 2, 3, 4], 1: [2, 3, 0, 4], 2: [3, 0, 1, 4]}
+    # fooled[r, j]: whether the stub's run at rank index r fools example j.
+    fooled = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0]], bool)
+    loss = np.array([[1.0, 1.0, 0.5], [2.0, 1.0, 3.0], [0.0, 5.0, 3.0], [9.0, 0.0, 1.0]])
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def stub(model: Any, xs: np.ndarray, ys: np.ndarray, **kw: Any) -> apgd.ApgdRun:
+        seen.append((ys, kw["target"]))
+        r, j = np.divmod(np.arange(len(xs)), 3)
+        tag = (10 * r + j).astype(np.float32)[:, None] * np.ones((1, 4), np.float32)
+        return apgd.ApgdRun(
+            x_best=tag + 0.5, acc=~fooled[r, j], loss_best=loss[r, j].astype(np.float32),
+            x_best_adv=tag, loss_steps=np.zeros((1, len(xs)), np.float32), iterates=None,
+        )  # fmt: skip
+
+    monkeypatch.setattr(apgd, "apgd_run", stub)
+    adv = apgd.apgd_targeted(model, x, y, eps=0.1, norm="inf", n_iter=3, n_target_classes=9)
+    assert len(seen) == 1  # one batch
+    ys, targets = seen[0]
+    np.testing.assert_array_equal(ys, np.tile(y, 4))
+    np.testing.assert_array_equal(targets.reshape(4, 3).T, [want_targets[j] for j in range(3)])
+    # example 0: first fooled at rank index 1; example 1: at 2; example 2: never, top loss at 1
+    np.testing.assert_array_equal(adv[:, 0], [10 * 1 + 0, 10 * 2 + 1, 10 * 1 + 2 + 0.5])
+
+
 # --- (3) Square on non-square and small inputs ---------------------------------------------
 
 

@@ -213,7 +213,8 @@ def _square_graph(
         input_signature=[
             x_spec, tf.TensorSpec([None], tf.int32), x_spec, tf.TensorSpec([], tf.float32),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64),
-        ]
+        ],
+        autograph=False,  # an explicit tf.while_loop; autograph's conversion is slow to trace
     )  # fmt: skip
     def run(
         x: tf.Tensor,
@@ -224,8 +225,9 @@ def _square_graph(
         seed: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         n = tf.shape(x)[0]
-        margin0 = margin_of(x_init, y)
-        queries0 = tf.ones([n], tf.float32)
+        # Iteration -1 is the reference's first query, on the starting point of every
+        # example (margin +inf: all active; no window): the model is traced once, not twice.
+        inf = tf.fill([n], tf.constant(np.inf, tf.float32))
 
         def body(
             i: tf.Tensor,
@@ -240,6 +242,7 @@ def _square_graph(
             y_curr = tf.gather_nd(y, idx)
             mm_curr = tf.gather_nd(margin_min, idx)
             lm_curr = tf.gather_nd(loss_min, idx)
+            start = i < 0
             s = tf.gather(s_table, tf.reduce_sum(tf.cast(i > bounds, tf.int32)))
             u = tf.random.stateless_uniform([5 + c], _seed(seed, 2 * i))
             vh, vw = position(u[0:2], s)
@@ -276,9 +279,10 @@ def _square_graph(
                 delta = delta * (1.0 - mask2) * (1.0 - mask) + new  # new is 0 outside the window
                 d_norm = tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2, 3], keepdims=True))
                 x_new = tf.clip_by_value(x_curr + delta / (d_norm + 1e-12) * eps, 0.0, 1.0)
+            x_new = tf.where(start, xb_curr, x_new)
             margin = margin_of(x_new, y_curr)
             loss = margin  # the standard loss is the margin itself
-            improved = loss < lm_curr
+            improved = loss < lm_curr  # all at the start (loss_min = +inf)
             lm_new = tf.where(improved, loss, lm_curr)
             improved = improved | (margin <= 0.0)
             mm_new = tf.where(improved, margin, mm_curr)
@@ -296,7 +300,8 @@ def _square_graph(
         ) -> tf.Tensor:
             return (i < n_queries) & tf.reduce_any(margin_min > 0.0)
 
-        out = tf.while_loop(cond, body, (tf.constant(0), x_init, margin0, margin0, queries0))
+        queries0 = tf.zeros([n], tf.float32)
+        out = tf.while_loop(cond, body, (tf.constant(-1), x_init, inf, inf, queries0))
         return out[1], out[2], out[4]
 
     return run
