@@ -33,7 +33,13 @@ def test_every_attack_gives_a_row_per_eps() -> None:
     attacks = tuple({"name": n, "eps": e, "samples": 8, **kw} for n, e, kw in SUITE)
     rows = run_trial(TrialConfig(bits="4", epochs=2, attacks=attacks))
     assert rows[0]["status"] == "complete", rows[0]["reason"]
+    worst = [r for r in rows if r["attack"] == "worst"]
+    rows = [r for r in rows if r["attack"] != "worst"]
     assert [(r["attack"], r["eps"]) for r in rows] == [(n, e) for n, eps, _ in SUITE for e in eps]
+    # one per-example worst case per (norm, eps) at which attacks ran
+    assert sorted((r["attack_norm"], r["eps"]) for r in worst) == sorted(
+        {(r["attack_norm"], r["eps"]) for r in rows}
+    )
     assert {n.value for n in AttackName} == {n for n, _, _ in SUITE}  # the suite is the whole enum
     kinds = {r["attack"]: (r["attack_kind"], r["attack_norm"]) for r in rows}
     assert kinds["autoattack"] == ("white", "inf")

@@ -26,8 +26,13 @@ def test_one_complete_row_set_per_trial(
     ).fetchall()
     assert len(per_key) == study.grid_size == 16
     assert {k for k, _, _ in per_key} == {t.key for t in study.trials()}
-    assert all(n == 3 and ok for _, n, ok in per_key)  # fgsm x 2 eps + pgd x 1 eps
-    assert con.execute("SELECT count(*), sum(n_rows) FROM trials").fetchone() == (16, 48)
+    # fgsm x 2 eps + pgd x 1 eps, and the per-example worst case at each of the 2 eps
+    assert all(n == 5 and ok for _, n, ok in per_key)
+    assert con.execute("SELECT count(*), sum(n_rows) FROM trials").fetchone() == (16, 80)
+    worst = con.execute(
+        "SELECT eps, count(*) FROM rows WHERE attack = 'worst' GROUP BY eps ORDER BY eps"
+    ).fetchall()
+    assert worst == [(0.05, 16), (0.1, 16)]
     bad = con.execute(
         "SELECT count(*) FROM rows WHERE metric_robust_acc > metric_attack_clean_acc"
     ).fetchone()
@@ -80,7 +85,7 @@ def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
     con = connect(tmp_path / "cv-smoke")
     per_config = con.execute(
         "SELECT cfg_bits, count(DISTINCT key), list(fold ORDER BY fold), bool_and(status = 'complete') "
-        "FROM rows GROUP BY cfg_bits ORDER BY cfg_bits"
+        "FROM rows WHERE attack <> 'worst' GROUP BY cfg_bits ORDER BY cfg_bits"
     ).fetchall()
     assert per_config == [("4", 3, [0, 1, 2], True), ("float", 3, [0, 1, 2], True)]
     # The folds' test sets partition the data: rebuild them from the rows' own configs.
