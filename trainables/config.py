@@ -358,7 +358,8 @@ NOT_IN_KEY = {"threads", "gpus", "gpu_memory", "data_path", "download", "data_md
 # subsets, grouped Speech Commands folds, logits for score-based attacks,
 # masking diagnostics; 3 per-example worst rows (attack 'worst': the AND of
 # the attacks' masks over their common prefix, no longer the minimum of
-# their accuracies), the standard AutoAttack, white_above_* per attack.
+# their accuracies), the standard AutoAttack, white_above_* per attack,
+# attacks' published default budgets, per-layer JR's sign draws.
 RESULTS_REVISION = 3
 
 
