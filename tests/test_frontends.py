@@ -187,8 +187,12 @@ def _stored(folder: Path) -> dict[str, dict[str, Any]]:
     eps, one fold: the worst attack's robust accuracy is that row's)."""
     out = {}
     for path in glob.glob(str(folder / "rows" / "*.parquet")):
-        (row,) = pq.read_table(path).to_pylist()  # one attack at one eps
-        assert row["status"] == "complete" and row["attack"] == "fgsm"
+        rows = pq.read_table(path).to_pylist()
+        # one attack at one eps, and its worst-case row: equal, with one attack
+        (row,) = [r for r in rows if r["attack"] == "fgsm"]
+        (worst,) = [r for r in rows if r["attack"] == "worst"]
+        assert row["status"] == "complete" and len(rows) == 2
+        assert worst["metric_robust_acc"] == row["metric_robust_acc"]
         out[row["key"]] = {
             "bits": row["cfg_bits"], "sparsity": row["cfg_sparsity"],
             "clusters": row["cfg_clusters"], "jr_weight": row["cfg_jr_weight"],
