@@ -63,6 +63,8 @@ def _fill(study: Study, where: str) -> dict[str, list[dict[str, Any]]]:
             ("fgsm", 0.05): 0.7 - i / 100,
             ("fgsm", 0.1): 0.6 - i / 100,
             ("pgd", 0.1): 0.5 - i / 90,
+            ("worst", 0.05): 0.7 - i / 100,  # the per-example worst rows the trial stores
+            ("worst", 0.1): 0.5 - i / 90,
         }
         kind: dict[str, Any] = {"status": "failed"} if i in (3, 17) else {}
         if i == 8:
@@ -147,7 +149,7 @@ def test_compact_killed_at_every_step(tmp_path: Path) -> None:
                 for k, rows in written.items()}  # fmt: skip
     assert _brute_force(loc) == expected
     before = _readers(study_file, study, str(loc))
-    assert before["counts"] == [(30 * 3 + 2 * 3, 32), (29 * 3 + 2 * 3, 31)]
+    assert before["counts"] == [(30 * 5 + 2 * 5, 32), (29 * 5 + 2 * 5, 31)]
     assert "2 failed" in before["grid status"] and "masking" in before["grid status"]
 
     def compact(kill_at: str | None) -> None:
@@ -252,7 +254,7 @@ def test_grid_run_compacts_many_loose_keys(tmp_path: Path) -> None:
     assert len(trials) >= AUTO_COMPACT_KEYS
     sink = ParquetSink(str(study.results_dir()), study.name, "r")
     for i, t in enumerate(trials):
-        sink(t.key, rows_for(t.key, {("pgd", 0.1): 0.5 + i / 1e5}, 0.9, 1000 + i, fold=t.fold,
+        sink(t.key, rows_for(t.key, {("pgd", 0.1): 0.5 + i / 1e5, ("worst", 0.1): 0.5 + i / 1e5}, 0.9, 1000 + i, fold=t.fold,
                              study=study.name))  # fmt: skip
     loc = study.results_dir()
     before, status_before = key_status(loc), grid_cli("status", str(path)).stdout
