@@ -121,6 +121,10 @@ class PointSearcher(Searcher):
         told = [tid] if tid is not None else []  # None: a seed outside Optuna's space
         for waiting in [*told, *self.waiting.pop(label, [])]:
             self._tell(waiting, result, error)
+        if tid is None and label in self.known:  # the ans_hybrid seed: its widths, if in space
+            for key in self.state.keys[label]:
+                self.state.refresh(key)
+            tell_ans_widths(self.study, self.state, self.inner._ot_study)
 
     def save(self, checkpoint_path: str) -> None:
         raise NotImplementedError  # the state lives in optuna.journal and the store
@@ -221,7 +225,59 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
         )  # fmt: skip
     if study.search.layers is not None and study.search.seeds:
         enqueue_seeds(study, state, ostudy)
+        tell_ans_widths(study, state, ostudy)
     return ostudy
+
+
+ANS_ANSWER = "ans_hybrid's realised widths"  # the ``answered`` attribute of that told trial
+
+
+def tell_ans_widths(study: Study, state: StudyState, ostudy: Any) -> bool:
+    """Tell Optuna the ans_hybrid seed's realised per-layer widths with its values, once,
+    when every width is among that layer's choices (``add_trial``): the search learns from
+    the heuristic's assignment.  True when told (now or before)."""
+    import json
+
+    from optuna.trial import create_trial
+
+    from grid.store import read_rows
+
+    if state.ans is None or study.search.layers is None:
+        return False
+    label = space.point_label(state.ans)
+    vals = state.point_value(label) if label in state.keys else None
+    if vals is None:
+        return False
+    if any(t.user_attrs.get("answered") == ANS_ANSWER for t in ostudy.get_trials(deepcopy=False)):
+        return True
+    rows = read_rows(state.results_dir, state.keys[label][0]) or []
+    widths = json.loads((rows[0].get("meta_layer_bits_json") or "{}") if rows else "{}")
+    ls = study.layer_space()
+    full: dict[str, dict[str, Any]] = {
+        "bits": {n: widths.get(n) for n in ls.weight},
+        "sparsity": {n: state.ans["sparsity"] for n in ls.weight},
+        "clusters": {n: state.ans["clusters"] for n in ls.weight},
+        "activation_bits": {n: 8 for n in ls.chosen("activation_bits")},  # ans: 8-bit activations
+        "jr_weight": {n: 0.0 for n in ls.chosen("jr_weight")},
+    }
+    axes = {k: v for k, v in state.ans.items() if k != "bits"}
+    try:
+        point = space.canonical(study, ls, {"bits": "8", **axes}, full)
+        params = space.to_params(study, point)
+    except (ValueError, KeyError, TypeError):
+        return False  # a width outside the choices: nothing Optuna's space can say
+    attrs: dict[str, Any] = {"answered": ANS_ANSWER, "ans_key": state.keys[label][0]}
+    system: dict[str, Any] = {}
+    if study.objective.max_bytes is not None:
+        attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[state.obj.names.index("bytes")])
+        system[CONSTRAINTS_KEY] = (attrs[CONSTRAINT_ATTR],)
+    ostudy.add_trial(
+        create_trial(
+            params=params, distributions=space.distributions(study), values=vals,
+            user_attrs=attrs, system_attrs=system,
+        )
+    )  # fmt: skip
+    return True
 
 
 def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:

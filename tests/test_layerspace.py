@@ -32,6 +32,7 @@ DIGITS = [
     ("logits", "dense"),
 ]
 WEIGHT = ["conv1", "conv2", "logits"]
+REAL_MODEL_LAYERS = space.model_layers  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -317,3 +318,89 @@ def test_state_meets_stored_configs_of_its_space_and_counts_infeasible(tmp_path:
     doc = json.loads((folder / "search.json").read_text())
     assert doc["points_infeasible"] == 3 and doc["max_bytes"] == 5000
     assert {f["point"] for f in doc["front"]} == set(saved.labels) == brute
+
+
+@pytest.mark.slow
+def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasible_off(
+    tmp_path: Path,
+) -> None:
+    """issue 22, what it must show (1): validate, run, resume from the journal exactly once;
+    points over the budget are counted and never on the front (brute force over the rows)."""
+    import optuna
+
+    from analysis.query import connect
+    from grid.searcher import ANS_ANSWER, CONSTRAINTS_KEY
+    from grid.spec import load_study
+    from tests.helpers import STUDIES, grid_cli
+
+    study_file = tmp_path / "perlayer.yaml"
+    study_file.write_text((STUDIES / "perlayer.yaml").read_text())
+    study = load_study(study_file)
+    assert REAL_MODEL_LAYERS(study) == DIGITS  # the fast tests' layer list is the real build
+
+    checked = grid_cli("validate", str(study_file))
+    assert checked.returncode == 0, checked.stderr
+    assert "per-layer space of perlayer-smoke (digits_cnn): 18 distinct points" in checked.stdout
+    assert "seeds: 2 uniform + ans_hybrid" in checked.stdout
+    assert "flash budget: 5,000 B (encoded)" in checked.stdout
+
+    first = grid_cli("run", str(study_file), "--results", str(tmp_path))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    folder = tmp_path / study.name
+    assert len(list((folder / "rows").glob("*.parquet"))) == 4
+    # A bigger budget resumes the same Optuna study from its journal.
+    study_file.write_text(study_file.read_text().replace("trials: 4", "trials: 6"))
+    second = grid_cli("resume", str(study_file), "--results", str(tmp_path))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "6 trials, 4 already complete, 2 to run" in second.stdout
+    study = load_study(study_file)
+
+    con = connect(folder)
+    rows = con.execute(
+        "SELECT key, min(metric_robust_acc) FILTER (WHERE attack = 'worst'), "
+        "any_value(metric_bytes), count(*), any_value(cfg_bits), any_value(cfg_layer_bits), "
+        "any_value(meta_layer_bits_json) "
+        "FROM rows GROUP BY key"
+    ).fetchall()
+    assert len(rows) == 6 and all(r[3] == 2 for r in rows)  # exactly once: fgsm + worst
+    assert sum(r[4] == "ans_hybrid" for r in rows) == 1  # the ans_hybrid seed ran
+    uniform = {r[4] for r in rows if r[5] == "{}" and r[4] != "ans_hybrid"}
+    assert uniform == {"8", "ternary"}  # the uniform seeds (logits takes no 4 bits)
+    over = {r[0] for r in rows if r[2] > 5000}
+    feasible = [(r[0], r[1], r[2]) for r in rows if r[2] <= 5000]
+    assert over and feasible  # the 8-bit model is over 5,000 B, ternary within
+    brute = {
+        k for k, ra, ba in feasible
+        if not any(rb >= ra and bb <= ba and (rb > ra or bb < ba) for _, rb, bb in feasible)
+    }  # fmt: skip
+    saved = json.loads((folder / "search.json").read_text())
+    assert {k for f in saved["front"] for k in f["keys"]} == brute
+    assert saved["points_infeasible"] == len(over) and saved["points_complete"] == len(feasible)
+    assert saved["reference"][1] == 5000  # the box ends at the budget
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal"))
+    )
+    trials = optuna.load_study(study_name=study.name, storage=storage).trials
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    told = [t for t in done if t.user_attrs.get("answered") != ANS_ANSWER]
+    keys = {study.point_trials(space.to_point(study, t.params))[0].key for t in told}
+    assert keys == {r[0] for r in rows if r[4] != "ans_hybrid"}  # told each stored point
+    ans = next(r for r in rows if r[4] == "ans_hybrid")
+    for t in done:  # ans_hybrid's widths, when within the choices, told with its values
+        if t.user_attrs.get("answered") == ANS_ANSWER:
+            assert t.user_attrs["ans_key"] == ans[0] and t.values == pytest.approx(ans[1:3])
+            point = space.to_point(study, t.params)
+            widths = space.full_assignment(study, study.layer_space(), point)["bits"]
+            assert widths == json.loads(ans[6])  # the widths ans_hybrid built
+    for t in done:  # the constraint Optuna stored: bytes over the budget
+        assert t.system_attrs[CONSTRAINTS_KEY] == pytest.approx([t.values[1] - 5000])
+    assert sum(t.user_attrs.get("seed") == "uniform" for t in trials) == 2
+
+    status = grid_cli("status", str(study_file), "--results", str(tmp_path))
+    assert "6 done, 0 running, 0 failed, 0 to do" in status.stdout
+    assert f"budget 5,000 B (encoded): {len(over)} of 6 complete point(s) over it" in status.stdout
+    pareto = grid_cli("pareto", str(folder))
+    assert pareto.returncode == 0, pareto.stderr
+    assert f"budget 5,000 B (encoded): {len(over)} of 6 complete trial(s) over it" in pareto.stdout
+    assert not any(k in pareto.stdout for k in over) and all(k in pareto.stdout for k in brute)
