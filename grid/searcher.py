@@ -289,7 +289,10 @@ def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:
         space.point_label(space.to_point(study, t.system_attrs.get("fixed_params", {})))
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     }
-    done = set(state.point_values())
+    done = set(state.point_values()) | {  # in the store, or told Optuna before
+        space.point_label(space.to_point(study, t.params))
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
     for point in state.seeds:
         label = space.point_label(point)
         if label not in done and label not in waiting:

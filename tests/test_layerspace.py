@@ -404,3 +404,68 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     assert pareto.returncode == 0, pareto.stderr
     assert f"budget 5,000 B (encoded): {len(over)} of 6 complete trial(s) over it" in pareto.stdout
     assert not any(k in pareto.stdout for k in over) and all(k in pareto.stdout for k in brute)
+
+
+def _bytes(study: Study, point: dict[str, Any]) -> float:
+    """A made-up footprint: storage bits per weight layer (stands in for training)."""
+    if point["bits"] == "ans_hybrid":
+        return 300.0
+    full = space.full_assignment(study, study.layer_space(), point)
+    width = {"8": 8, "4": 4, "ternary": 2}
+    return sum(width[b] * 10 * (1 - full["sparsity"][n]) for n, b in full["bits"].items())
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3"])
+def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
+    sampler: str, tmp_path: Path
+) -> None:
+    from grid.searcher import CONSTRAINTS_KEY, BytesConstraint, optuna_searcher
+
+    study = layered({"all": {"bits": [8, 4, "ternary"], "sparsity": [0.0, 0.5]}},
+                    objective={"max_bytes": 150},
+                    search={"trials": 12, "sampler": sampler, "population": 4})  # fmt: skip
+    state = StudyState(study, tmp_path)
+    searcher = optuna_searcher(study, state)
+    assert isinstance(searcher.inner._sampler._constraints_func, BytesConstraint)
+    uniform, ans = space.seed_points(study)
+    assert ans is not None and len(uniform) == 6  # 3 widths x 2 sparsities = 12 // 2
+    seen = []
+    for i in range(study.budget):
+        config = searcher.suggest(f"t{i}")
+        unit = config["unit"]
+        assert unit["keys"] == [t.key for t in study.point_trials(unit["point"])]
+        seen.append(unit["label"])
+        result = {"robust_acc": 0.5, "bytes": _bytes(study, unit["point"]), "status": "complete"}
+        searcher.on_trial_complete(f"t{i}", result=result)
+    assert len(set(seen)) == study.budget
+    assert seen[0] == space.point_label(ans)  # outside Optuna's space: handed out first
+    assert set(seen[1:7]) == {space.point_label(p) for p in uniform}  # then the enqueued seeds
+    trials = searcher.inner._ot_study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) >= study.budget - 1
+    for t in done:  # feasible iff bytes <= max_bytes, as the sampler reads it
+        want = t.values[1] - 150
+        assert t.system_attrs[CONSTRAINTS_KEY] == pytest.approx((want,))
+        assert BytesConstraint()(t) == pytest.approx([want])
+    assert any(t.values[1] > 150 for t in done) and any(t.values[1] <= 150 for t in done)
+    # a new driver on the same journal: the seeds are not enqueued again
+    before = len(trials)
+    again = StudyState(study, tmp_path)
+    from grid.searcher import optuna_study
+
+    optuna_study(study, again, searcher.inner._storage)
+    assert len(searcher.inner._ot_study.get_trials(deepcopy=False)) == before
+
+
+def test_random_strategy_plans_distinct_per_layer_points(tmp_path: Path) -> None:
+    from grid.planning import plan
+
+    study = layered(SHOWCASE, search={"strategy": "random", "trials": 7})
+    state = StudyState(study, tmp_path)
+    planned = plan(study, state)
+    assert planned.total == 7 and len(planned.units) == 7
+    labels = [u.label for u in planned.units]
+    assert len(set(labels)) == 7
+    assert set(labels) == {space.point_label(p) for p in space.random_points(study, 7, 0)}
+    for u in planned.units:
+        assert list(u.keys) == [study.point_trials(u.point)[0].key]
