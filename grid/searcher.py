@@ -155,6 +155,16 @@ class BytesConstraint:
         return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
 
 
+def met(study: Study, state: StudyState, params: dict[str, Any]) -> str | None:
+    """The label of the point a journal trial's parameters stand for, met by ``state``;
+    None when they are not this study's (a journal of an earlier space: other layers or
+    choices), so such a trial is left alone rather than failing the run."""
+    try:
+        return state.meet(space.to_point(study, params))
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
 def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     """The study's Optuna study, brought in line with the store (created on first use).
 
@@ -189,7 +199,8 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     # A trial left RUNNING: complete when the store has the point's values (it finished
     # meanwhile), else failed.  (WAITING trials are enqueued seeds not yet asked: kept.)
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        known = state.point_value(state.meet(space.to_point(study, t.params)))
+        label = met(study, state, t.params)
+        known = state.point_value(label) if label is not None else None
         if known is None:
             ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         else:
@@ -198,7 +209,7 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
                 ostudy._storage.set_trial_user_attr(t._trial_id, CONSTRAINT_ATTR, over)
             ostudy.tell(t.number, known, skip_if_finished=True)
     told = {
-        state.meet(space.to_point(study, t.params))
+        met(study, state, t.params)
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
     values = state.point_values()

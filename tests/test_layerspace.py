@@ -7,10 +7,15 @@ checked against the real build in the slow test), so they import no TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import random
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +336,7 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     from analysis.query import connect
     from grid.searcher import ANS_ANSWER, CONSTRAINTS_KEY
     from grid.spec import load_study
-    from tests.helpers import STUDIES, grid_cli
+    from tests.helpers import GRID, STUDIES, grid_cli
 
     study_file = tmp_path / "perlayer.yaml"
     study_file.write_text((STUDIES / "perlayer.yaml").read_text())
@@ -344,10 +349,32 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     assert "seeds: 2 uniform + ans_hybrid" in checked.stdout
     assert "flash budget: 5,000 B (encoded)" in checked.stdout
 
-    first = grid_cli("run", str(study_file), "--results", str(tmp_path))
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # Killed (-9) mid-search, then resumed: the budget's points, each once.
     folder = tmp_path / study.name
-    assert len(list((folder / "rows").glob("*.parquet"))) == 4
+    stored = lambda: list((folder / "rows").glob("*.parquet"))  # noqa: E731
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [*GRID, "run", str(study_file), "--results", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while len(stored()) < 2:
+            assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the killed driver's local Ray
+            os.killpg(driver.pid, signal.SIGKILL)
+    killed = len(stored())
+    assert 2 <= killed < 4
+    first = grid_cli("resume", str(study_file), "--results", str(tmp_path))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"4 trials, {killed} already complete, {4 - killed} to run" in first.stdout
+    assert len(stored()) == 4
     # A bigger budget resumes the same Optuna study from its journal.
     study_file.write_text(study_file.read_text().replace("trials: 4", "trials: 6"))
     second = grid_cli("resume", str(study_file), "--results", str(tmp_path))
