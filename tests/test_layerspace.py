@@ -422,7 +422,10 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
             assert widths == json.loads(ans[6])  # the widths ans_hybrid built
     for t in done:  # the constraint Optuna stored: bytes over the budget
         assert t.system_attrs[CONSTRAINTS_KEY] == pytest.approx([t.values[1] - 5000])
-    assert sum(t.user_attrs.get("seed") == "uniform" for t in trials) == 2
+    # the uniform seeds, each complete once (one killed while running is enqueued again)
+    seeded = [space.to_point(study, t.params) for t in done if t.user_attrs.get("seed")]
+    assert sorted(p["bits"] for p in seeded) == ["8", "ternary"]
+    assert not any(p.get("layers") for p in seeded)
 
     status = grid_cli("status", str(study_file), "--results", str(tmp_path))
     assert "6 done, 0 running, 0 failed, 0 to do" in status.stdout
