@@ -376,6 +376,7 @@ def test_a_mixed_trial_records_its_assignment_in_its_rows() -> None:
     assert layers["conv1"]["weight_bits"] == 32 and layers["conv2"]["weight_bits"] == 4
     assert abs(layers["conv2"]["zero_fraction_stored"] - 0.75) <= 1 / 4608 + 1e-9
     assert layers["conv1"]["zero_fraction_stored"] == 0.0
+    assert row["metric_tflite_bytes"] is not None  # a float layer still exports to int8 TFLite
 
 
 def test_expected_cost_counts_per_layer_pruning_and_clustering() -> None:
