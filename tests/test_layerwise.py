@@ -483,3 +483,22 @@ def test_variant_labels_name_per_layer_settings() -> None:
         )
         == "digits_cnn 4 bits{conv1:float} act{act1:3} sparsity{conv2:0.75} clusters{conv2:4}"
     )
+
+
+@pytest.mark.slow
+def test_equal_per_layer_targets_train_exactly_as_the_uniform_config() -> None:
+    """Per-layer wrapping (clone_model, one schedule per layer) is tfmot's whole-model wrapping
+    when every layer has the same target: the same weights, bit for bit."""
+    from trainables.trial import train_compressed
+
+    common: dict[str, Any] = {
+        "bits": "4", "sparsity": 0.5, "clusters": 4, "epochs": 1, "fine_tune_epochs": 1,
+        "batch_size": 128,
+    }  # fmt: skip
+    uniform, _ = train_compressed(TrialConfig(**common))
+    per_layer, _ = train_compressed(
+        TrialConfig(**common, layer_sparsity={"conv1": 0.5, "conv2": 0.5, "logits": 0.5})
+    )
+    a, b = uniform.get_weights(), per_layer.get_weights()
+    assert len(a) == len(b) == 6  # kernel and bias of conv1, conv2, logits
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
