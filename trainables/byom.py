@@ -6,7 +6,8 @@ Definitions:
   into a tf_keras functional model: conv -> ``CQConv2D``, depthwise_conv ->
   ``CQDepthwiseConv2D``, dense -> ``CQDense`` (quantizers from ``Builder.q``
   with the He fan-in of the layer: kh*kw*C_in, kh*kw, or the input width),
-  activation -> ``Builder.act`` (ReLU quantized to the activation width),
+  activation -> ``Builder.act`` (ReLU quantized to its activation width:
+  ``layer_activation_bits[name]`` or the trial's),
   batch_norm / pools / dropout / flatten / add -> the plain Keras layers.
   Weight layers start from He-normal kernels (the scale the quantizers
   assume).  The last dense layer without ``units`` gets the dataset's classes.
@@ -267,6 +268,9 @@ class LayerInfo:
     output: tuple[int | None, ...]  # without the batch dimension
     params: int
     weight_bits: dict[str, int]  # bits label -> storage bits per weight (weight layers only)
+    # the type as a study's search.layers names it (trainables.models.normalised_kind):
+    # conv2d, depthwiseconv2d, dense, activation, batchnormalization, ...
+    spec_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ def model_report(
 ) -> ModelReport:
     """Build one model at each config (one per bits value) and describe it (see ModelReport)."""
     from trainables.footprint import model_footprint
-    from trainables.models import build_model
+    from trainables.models import build_model, normalised_kind
 
     footprint: dict[str, int] = {}
     widths: dict[str, dict[str, int]] = {}
@@ -341,6 +345,7 @@ def model_report(
             output=tuple(layer.output.shape[1:]),
             params=int(layer.count_params()),
             weight_bits=widths.get(layer.name, {}),
+            spec_kind=normalised_kind(layer),
         )
         for layer in first.layers
         if not isinstance(layer, tf_keras.layers.InputLayer)
