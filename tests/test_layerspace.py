@@ -341,7 +341,10 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     study_file = tmp_path / "perlayer.yaml"
     study_file.write_text((STUDIES / "perlayer.yaml").read_text())
     study = load_study(study_file)
-    assert REAL_MODEL_LAYERS(study) == DIGITS  # the fast tests' layer list is the real build
+    real = REAL_MODEL_LAYERS(study)  # the fast tests' layer list is the real build
+    assert [(n, k) for n, k, _ in real] == DIGITS
+    assert [n for n, _, takes in real if takes == "weight"] == WEIGHT
+    assert [n for n, _, takes in real if takes == "activation"] == ["act1", "act2"]
 
     checked = grid_cli("validate", str(study_file))
     assert checked.returncode == 0, checked.stderr
