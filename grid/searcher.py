@@ -18,7 +18,10 @@ from grid.spec import Study, StudyError
 from grid.state import StudyState
 from trainables.rows import STATUS_COMPLETE
 
-CONSTRAINTS_KEY = "constraints"  # optuna.study._constrained_optimization._CONSTRAINTS_KEY
+CONSTRAINT_ATTR = "bytes_over_budget"  # bytes - objective.max_bytes (> 0: infeasible)
+# Where Optuna keeps a trial's constraint named CONSTRAINT_ATTR (Trial.set_constraint's key;
+# optuna.study._constrained_optimization._CONSTRAINTS_KEY + ":" + name).
+CONSTRAINT_SYSTEM_ATTR = "constraints:bytes_over_budget"
 
 
 class PointSearcher(Searcher):
@@ -57,15 +60,17 @@ class PointSearcher(Searcher):
             trial.set_user_attr(name, value)
 
     def _tell(self, tid: str, result: dict[str, Any] | None, error: bool = False) -> None:
-        """Tell OptunaSearch a trial's result, its bytes over the budget first: the
-        sampler's constraints_func reads that user attribute when Optuna is told."""
+        """Tell OptunaSearch a trial's result, its bytes over the budget first (Optuna 5's
+        ``Trial.set_constraint``: TPE and NSGA-II/III read every trial's constraints)."""
         if (
             result
             and self.study.objective.max_bytes is not None
             and result.get("bytes") is not None
         ):
             over = bytes_over(self.study, float(result["bytes"]))
-            self.inner._ot_trials[tid].set_user_attr(CONSTRAINT_ATTR, over)
+            trial = self.inner._ot_trials[tid]
+            trial.set_user_attr(CONSTRAINT_ATTR, over)  # readable in optuna-dashboard
+            trial.set_constraint(CONSTRAINT_ATTR, over)
         self.inner.on_trial_complete(tid, result=result, error=error)
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
@@ -133,26 +138,10 @@ class PointSearcher(Searcher):
         raise NotImplementedError
 
 
-CONSTRAINT_ATTR = "bytes_over_budget"  # bytes - objective.max_bytes (> 0: infeasible)
-
-
 def bytes_over(study: Study, nbytes: float) -> float:
     """A point's bytes over the study's flash budget (> 0: infeasible)."""
     assert study.objective.max_bytes is not None
     return float(nbytes) - float(study.objective.max_bytes)
-
-
-class BytesConstraint:
-    """``constraints_func`` of the study's sampler: ``[bytes - max_bytes]`` (feasible <= 0).
-
-    Read from the user attribute the searcher sets before telling Optuna (Optuna calls it
-    in ``sampler.after_trial``, within ``study.tell``, on the trial as stored then; Ray's
-    OptunaSearch tells in ``on_trial_complete``).  A trial without it (pruned, failed) is
-    feasible: it has no values to rank anyway.
-    """
-
-    def __call__(self, trial: Any) -> list[float]:
-        return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
 
 
 def met(study: Study, state: StudyState, params: dict[str, Any]) -> str | None:
@@ -207,6 +196,7 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
             if budget:
                 over = bytes_over(study, known[by_bytes])
                 ostudy._storage.set_trial_user_attr(t._trial_id, CONSTRAINT_ATTR, over)
+                ostudy._storage.set_trial_system_attr(t._trial_id, CONSTRAINT_SYSTEM_ATTR, over)
             ostudy.tell(t.number, known, skip_if_finished=True)
     told = {
         met(study, state, t.params)
@@ -225,9 +215,9 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
         this = payload(point, state.trials[label]).config()["unit"]
         attrs: dict[str, Any] = {**unit_attrs(study, this), "answered": "store"}
         system: dict[str, Any] = {}
-        if budget:  # as Optuna stores a constraints_func's answer
+        if budget:  # as Trial.set_constraint stores it
             attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[by_bytes])
-            system[CONSTRAINTS_KEY] = (attrs[CONSTRAINT_ATTR],)
+            system[CONSTRAINT_SYSTEM_ATTR] = attrs[CONSTRAINT_ATTR]
         ostudy.add_trial(
             create_trial(
                 params=params, distributions=dists, values=vals, user_attrs=attrs,
@@ -281,7 +271,7 @@ def tell_ans_widths(study: Study, state: StudyState, ostudy: Any) -> bool:
     system: dict[str, Any] = {}
     if study.objective.max_bytes is not None:
         attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[state.obj.names.index("bytes")])
-        system[CONSTRAINTS_KEY] = (attrs[CONSTRAINT_ATTR],)
+        system[CONSTRAINT_SYSTEM_ATTR] = attrs[CONSTRAINT_ATTR]
     ostudy.add_trial(
         create_trial(
             params=params, distributions=space.distributions(study), values=vals,
@@ -311,13 +301,10 @@ def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:
 
 
 def sampler(study: Study) -> Any:
-    """The study's sampler; with a flash budget, constrained by it (TPE, NSGA-II/III)."""
-    import optuna
-
-    constraints = BytesConstraint() if study.objective.max_bytes is not None else None
-    with warnings.catch_warnings():  # constraints_func is experimental in TPE
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return space.make_sampler(study.search, study.search_seed, constraints)
+    """The study's sampler.  A flash budget needs nothing here: the searcher sets each
+    trial's constraint (``Trial.set_constraint``) and Optuna 5's TPE and NSGA-II/III rank
+    infeasible trials below feasible ones (``constraints_func``, deprecated in 5.0, unused)."""
+    return space.make_sampler(study.search, study.search_seed)
 
 
 def optuna_searcher(study: Study, state: StudyState) -> Any:

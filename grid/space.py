@@ -198,26 +198,23 @@ def to_params(study: Study, point: Mapping[str, Any]) -> dict[str, int]:
     return params
 
 
-def make_sampler(search: Search, seed: int, constraints: Any = None) -> optuna.samplers.BaseSampler:
-    """The study's Optuna sampler, seeded (several objectives need NSGA-II or multivariate TPE);
-    ``constraints``: its constraints_func (a flash budget), None for none."""
+def make_sampler(search: Search, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's Optuna sampler, seeded (several objectives need NSGA-II or multivariate TPE).
+
+    A flash budget is no argument here: the searcher sets each trial's constraint
+    (``Trial.set_constraint``), which these samplers read from the trials themselves."""
     import optuna
 
     name = search.sampler.value
     pop = search.population or 8
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=pop, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
     if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(
-            seed=seed, population_size=pop, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=pop)
     if name == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=search.startup_trials,
-            constraints_func=constraints,
-        )  # fmt: skip
+            seed=seed, multivariate=True, n_startup_trials=search.startup_trials
+        )
     raise ValueError(f"search.sampler: unknown sampler {name!r}")
 
 

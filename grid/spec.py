@@ -242,12 +242,13 @@ class Objective(_Strict):
     size: SizeMeasure = SizeMeasure.encoded
     reference: Reference = Reference()
     # A flash budget on ``size`` in bytes: a constraint, not an objective.  Points over it
-    # are stored and counted, never on the front (Optuna's constraints_func guides the search).
+    # are stored and counted, never on the front (each trial's Optuna constraint guides the search).
     max_bytes: int | None = Field(
         default=None,
         ge=1,
         le=10**12,
-        description="flash budget in bytes on `size`: a constraint (Optuna's constraints_func); "
+        description="flash budget in bytes on `size`: a constraint (each Optuna trial's, "
+        "Trial.set_constraint); "
         "points over it are stored and counted, never on the front; the hypervolume's bytes "
         "reference defaults to it",
     )
@@ -716,8 +717,11 @@ class Study(_Strict):
         extra: dict[str, Any] = {}
         if layers.get("bits"):
             layer_bits = {**layer_bits, **layers["bits"]}
-            # Mixed widths: activations at train.activation_bits or 8, not the base width
-            # (which is only the most common layer's).
+        if self.search.layers and point["bits"] != "float":
+            # One activation width for every quantized point of a per-layer search, uniform
+            # ones included (train.activation_bits, else 8): activations following the base
+            # width (only the most common layer's) would differ between a uniform point and
+            # a mixed one that changes a single layer, and confound the comparison.
             extra["activation_bits"] = self.train.activation_bits or 8
         for name in ("sparsity", "clusters", "activation_bits"):
             if layers.get(name):

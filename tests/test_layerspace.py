@@ -216,8 +216,11 @@ def test_distinct_assignments_have_distinct_keys_and_equal_ones_one_key() -> Non
 def test_uniform_assignment_is_the_uniform_grid_point_and_its_key() -> None:
     study = layered({"all": {"bits": [8, 4, "ternary"], "sparsity": [0.0, 0.5]}},
                     axes={"clusters": [0, 16]})  # fmt: skip
+    # A per-layer search holds activations at train.activation_bits, else 8, at every
+    # quantized point: a uniform one is the grid point of a study that says so.
     plain = parse_study({"name": "u", "dataset": "digits", "model": "digits_cnn",
-                         "train": {"epochs": 1}, "axes": {"bits": [8, 4, "ternary"],
+                         "train": {"epochs": 1, "activation_bits": 8},
+                         "axes": {"bits": [8, 4, "ternary"],
                          "sparsity": [0.0, 0.5], "clusters": [0, 16]}})  # fmt: skip
     grid_keys = {space.point_label(p): plain.point_trials(p)[0].key for p in space.points(plain)}
     ls = study.layer_space()
@@ -230,7 +233,7 @@ def test_uniform_assignment_is_the_uniform_grid_point_and_its_key() -> None:
         label = space.point_label(point)
         assert study.point_trials(point)[0].key == grid_keys[label]
         cfg = study.point_trials(point)[0]
-        assert (cfg.bits, cfg.sparsity, cfg.clusters, cfg.activation_bits) == (b, s, c, None)
+        assert (cfg.bits, cfg.sparsity, cfg.clusters, cfg.activation_bits) == (b, s, c, 8)
 
 
 def test_the_same_assignment_written_with_any_base_is_one_point() -> None:
@@ -334,7 +337,7 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     import optuna
 
     from analysis.query import connect
-    from grid.searcher import ANS_ANSWER, CONSTRAINTS_KEY
+    from grid.searcher import ANS_ANSWER, CONSTRAINT_ATTR
     from grid.spec import load_study
     from tests.helpers import GRID, STUDIES, grid_cli
 
@@ -424,7 +427,7 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
             widths = space.full_assignment(study, study.layer_space(), point)["bits"]
             assert widths == json.loads(ans[6])  # the widths ans_hybrid built
     for t in done:  # the constraint Optuna stored: bytes over the budget
-        assert t.system_attrs[CONSTRAINTS_KEY] == pytest.approx([t.values[1] - 5000])
+        assert t.constraints == {CONSTRAINT_ATTR: pytest.approx(t.values[1] - 5000)}
     # the uniform seeds, each complete once (one killed while running is enqueued again)
     seeded = [space.to_point(study, t.params) for t in done if t.user_attrs.get("seed")]
     assert sorted(p["bits"] for p in seeded) == ["8", "ternary"]
@@ -452,14 +455,13 @@ def _bytes(study: Study, point: dict[str, Any]) -> float:
 def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
     sampler: str, tmp_path: Path
 ) -> None:
-    from grid.searcher import CONSTRAINTS_KEY, BytesConstraint, optuna_searcher
+    from grid.searcher import CONSTRAINT_ATTR, optuna_searcher
 
     study = layered({"all": {"bits": [8, 4, "ternary"], "sparsity": [0.0, 0.5]}},
                     objective={"max_bytes": 150},
                     search={"trials": 12, "sampler": sampler, "population": 4})  # fmt: skip
     state = StudyState(study, tmp_path)
     searcher = optuna_searcher(study, state)
-    assert isinstance(searcher.inner._sampler._constraints_func, BytesConstraint)
     uniform, ans = space.seed_points(study)
     assert ans is not None and len(uniform) == 6  # 3 widths x 2 sparsities = 12 // 2
     seen = []
@@ -478,8 +480,7 @@ def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
     assert len(done) >= study.budget - 1
     for t in done:  # feasible iff bytes <= max_bytes, as the sampler reads it
         want = t.values[1] - 150
-        assert t.system_attrs[CONSTRAINTS_KEY] == pytest.approx((want,))
-        assert BytesConstraint()(t) == pytest.approx([want])
+        assert t.constraints == {CONSTRAINT_ATTR: pytest.approx(want)}
     assert any(t.values[1] > 150 for t in done) and any(t.values[1] <= 150 for t in done)
     # a new driver on the same journal: the seeds are not enqueued again
     before = len(trials)
