@@ -40,8 +40,16 @@ CONFIG_ID = (
     "concat_ws('|', meta_study, cfg_dataset, cfg_model, cfg_bits, cfg_sparsity, cfg_clusters, "
     "cfg_jr_weight, cfg_jr_layers, cfg_layer_bits, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, "
     "cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, "
-    "cfg_test_fraction, cfg_seed, cfg_folds, revision))"
+    "cfg_test_fraction, cfg_seed, cfg_folds, revision, "
+    # per-layer overrides: after revision, so ids of rows without them end as they did
+    "nullif(cfg_layer_sparsity, '{}'), nullif(cfg_layer_clusters, '{}'), "
+    "nullif(cfg_layer_activation_bits, '{}')))"
 )
+
+# Per-layer overrides (trainables.config.TrialConfig.layer_*): JSON objects, '{}' when none.
+LAYER_OVERRIDE_COLUMNS = (
+    "cfg_layer_bits", "cfg_layer_sparsity", "cfg_layer_clusters", "cfg_layer_activation_bits",
+)  # fmt: skip
 
 NORMS = ("inf", "2")
 # The norm of eps for rows that lack ``attack_norm`` (written before it existed):
@@ -256,6 +264,8 @@ def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:
     l2 = ", ".join(f"'{a}'" for a in _L2_BY_DEFAULT)
     replace = [
         "coalesce(revision, 0) AS revision",  # rows without a revision predate it: revision 0
+        # rows written before per-layer overrides existed had none: '{}', as a config without them
+        *(f"coalesce({c}, '{{}}') AS {c}" for c in LAYER_OVERRIDE_COLUMNS),
         "CASE WHEN attack_norm IS NOT NULL OR attack IS NULL OR attack = 'none' THEN attack_norm "
         f"WHEN attack IN ({l2}) THEN '2' ELSE 'inf' END AS attack_norm",
         # One label for two model specs (two layer lists both named my_cnn, a builder whose

@@ -267,6 +267,9 @@ class LayerInfo:
     output: tuple[int | None, ...]  # without the batch dimension
     params: int
     weight_bits: dict[str, int]  # bits label -> storage bits per weight (weight layers only)
+    # the type as a study's search.layers names it (trainables.models.normalised_kind):
+    # conv2d, depthwiseconv2d, dense, activation, batchnormalization, ...
+    spec_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,7 @@ def model_report(
 ) -> ModelReport:
     """Build one model at each config (one per bits value) and describe it (see ModelReport)."""
     from trainables.footprint import model_footprint
-    from trainables.models import build_model
+    from trainables.models import build_model, normalised_kind
 
     footprint: dict[str, int] = {}
     widths: dict[str, dict[str, int]] = {}
@@ -341,6 +344,7 @@ def model_report(
             output=tuple(layer.output.shape[1:]),
             params=int(layer.count_params()),
             weight_bits=widths.get(layer.name, {}),
+            spec_kind=normalised_kind(layer),
         )
         for layer in first.layers
         if not isinstance(layer, tf_keras.layers.InputLayer)

@@ -35,15 +35,41 @@ def prune(model: tf_keras.Model, sparsity: float, total_steps: int) -> tf_keras.
         )
 
 
+def prune_layers(
+    model: tf_keras.Model, targets: dict[str, float], total_steps: int
+) -> tf_keras.Model:
+    """Wrap each weight layer for magnitude pruning to ITS target (per-layer sparsity).
+
+    ``targets``: weight layer name -> final zero fraction; a layer at 0 (or not named) is left
+    unwrapped.  Each wrapped layer ramps to its own target on the same step schedule
+    (:func:`pruning_schedule`), so every layer reaches its target at the same step.
+    """
+
+    def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+        target = targets.get(layer.name, 0.0)
+        if not isinstance(layer, WEIGHT_LAYERS) or target <= 0.0:
+            return layer
+        return tfmot.sparsity.keras.prune_low_magnitude(
+            layer, pruning_schedule=pruning_schedule(target, total_steps)
+        )
+
+    with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
+        return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
 def strip_pruning(model: tf_keras.Model) -> tf_keras.Model:
     with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
         return tfmot.sparsity.keras.strip_pruning(model)
 
 
-def cluster(model: tf_keras.Model, clusters: int, preserve_sparsity: bool) -> tf_keras.Model:
+def cluster(
+    model: tf_keras.Model, clusters: int | dict[str, int], preserve_sparsity: bool | set[str]
+) -> tf_keras.Model:
     """Wrap clusterable kernels in ``clusters`` centroids.
 
-    With ``preserve_sparsity`` (after pruning) the pruned zeros stay zero and
+    ``clusters``: one count for every weight layer, or weight layer name -> its count (0 or not
+    named: left unwrapped).  ``preserve_sparsity``: for every layer, or the set of layers that
+    were pruned.  With it (after pruning) the pruned zeros stay zero and
     tfmot forces the smallest centroid to 0, so zero is one of the
     ``clusters`` values and a few small surviving weights may join it.
 
@@ -57,18 +83,26 @@ def cluster(model: tf_keras.Model, clusters: int, preserve_sparsity: bool) -> tf
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
         if not isinstance(layer, WEIGHT_LAYERS):
             return layer
+        k = clusters if isinstance(clusters, int) else clusters.get(layer.name, 0)
+        keep_zeros = (
+            preserve_sparsity
+            if isinstance(preserve_sparsity, bool)
+            else layer.name in preserve_sparsity
+        )
+        if k <= 0:
+            return layer
         kernel = kernel_of(layer).numpy()
         # tfmot splits the non-zero centroids between the negative and positive weights in
         # proportion to their counts: enough weights for k-1 of them is always enough.
-        candidates = int(np.count_nonzero(kernel)) if preserve_sparsity else kernel.size
-        needed = clusters - 1 if preserve_sparsity else clusters
+        candidates = int(np.count_nonzero(kernel)) if keep_zeros else kernel.size
+        needed = k - 1 if keep_zeros else k
         if candidates < needed:
             return layer
         return tfmot.clustering.keras.cluster_weights(
             layer,
-            number_of_clusters=clusters,
+            number_of_clusters=k,
             cluster_centroids_init=init,
-            preserve_sparsity=preserve_sparsity,
+            preserve_sparsity=keep_zeros,
         )
 
     with tf_keras.utils.custom_object_scope(CUSTOM_OBJECTS):
@@ -80,12 +114,13 @@ def strip_clustering(model: tf_keras.Model) -> tf_keras.Model:
         return tfmot.clustering.keras.strip_clustering(model)
 
 
-def zero_masks(model: tf_keras.Model) -> dict[str, np.ndarray]:
-    """Where each prunable kernel is zero (the pruning result), by layer name."""
+def zero_masks(model: tf_keras.Model, names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Where each prunable kernel is zero (the pruning result), by layer name
+    (``names``: only those layers, the pruned ones; None: every weight layer)."""
     return {
         layer.name: kernel_of(layer).numpy() == 0
         for layer in model.layers
-        if isinstance(layer, WEIGHT_LAYERS)
+        if isinstance(layer, WEIGHT_LAYERS) and (names is None or layer.name in names)
     }
 
 

@@ -346,6 +346,10 @@ Model = Annotated[
 ]
 
 
+# Per-layer override fields newer than the results they would otherwise re-key: in a config's
+# identity only when not empty (TrialConfig.identity).
+LAYER_OVERRIDES_OPTIONAL = ("layer_sparsity", "layer_clusters", "layer_activation_bits")
+
 NOT_IN_KEY = {"threads", "gpus", "gpu_memory", "data_path", "download", "data_md5"}
 
 # The results revision: the version of what a trial computes.  Bump it with
@@ -405,6 +409,12 @@ class TrialConfig(BaseModel):
     bits: Bits = "float"
     activation_bits: ActivationBits | None = None  # None: follow int bits, else 8
     layer_bits: dict[str, Bits] = Field(default_factory=dict)  # per-layer overrides of ``bits``
+    # Per-layer overrides of ``sparsity`` / ``clusters`` (weight layers) and ``activation_bits``
+    # (QActivation layers); a layer not named follows the config's value.  Left out of the
+    # identity while empty, so configs without them keep their keys.
+    layer_sparsity: dict[str, Sparsity] = Field(default_factory=dict)
+    layer_clusters: dict[str, Clusters] = Field(default_factory=dict)  # 0: that layer unclustered
+    layer_activation_bits: dict[str, ActivationBits] = Field(default_factory=dict)
     sparsity: Sparsity = 0.0
     clusters: Clusters = 0
     jr_weight: JRWeight = 0.0
@@ -485,10 +495,16 @@ class TrialConfig(BaseModel):
             raise ValueError(f"fold: {self.fold} must be below folds ({self.folds})")
         if self.ans is not None and self.bits != "ans_hybrid":
             raise ValueError(f"ans: hybrid settings belong to bits 'ans_hybrid', not {self.bits!r}")
-        if self.bits == "float" and self.layer_bits:
+        quantized = {k: v for k, v in self.layer_bits.items() if v != "float"}
+        if self.bits == "float" and quantized:
             raise ValueError(
-                f"layer_bits: {self.layer_bits} overrides layers of a quantized model; "
+                f"layer_bits: {quantized} overrides layers of a quantized model; "
                 "bits 'float' is float in every layer"
+            )
+        if self.bits == "float" and self.layer_activation_bits:
+            raise ValueError(
+                f"layer_activation_bits: {self.layer_activation_bits} sets activation widths of a "
+                "quantized model; bits 'float' has float activations"
             )
         return self
 
@@ -508,6 +524,34 @@ class TrialConfig(BaseModel):
             return self.activation_bits
         return int(self.bits) if self.bits.isdigit() else 8
 
+    def sparsity_of(self, layer: str) -> float:
+        """The pruning target of weight layer ``layer``: its override, else ``sparsity``."""
+        return self.layer_sparsity.get(layer, self.sparsity)
+
+    def clusters_of(self, layer: str) -> int:
+        """The cluster count of weight layer ``layer`` (0: unclustered): its override, else ``clusters``."""
+        return self.layer_clusters.get(layer, self.clusters)
+
+    def act_bits_of(self, layer: str) -> int | None:
+        """The width of activation layer ``layer`` (None: float): its override, else ``act_bits``."""
+        if self.act_bits is None:
+            return None
+        return self.layer_activation_bits.get(layer, self.act_bits)
+
+    @property
+    def pruned(self) -> bool:
+        """Some weight layer may be pruned: the base target or an override above 0.
+
+        (A layer named in neither follows ``sparsity``; whether every layer is named is
+        only known once the model is built, so a non-zero base counts.)
+        """
+        return self.sparsity > 0 or any(v > 0 for v in self.layer_sparsity.values())
+
+    @property
+    def clustered(self) -> bool:
+        """Some weight layer may be clustered: the base count or an override is non-zero."""
+        return self.clusters > 0 or any(v > 0 for v in self.layer_clusters.values())
+
     @property
     def model_label(self) -> str:
         """The model's readable name (``cfg_model``): built-in name, list name or import path."""
@@ -516,10 +560,16 @@ class TrialConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision.
 
-        ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid), so every other config's
-        identity, and key, is what it was before the field existed.
+        ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid), and the
+        per-layer ``layer_sparsity`` / ``layer_clusters`` / ``layer_activation_bits`` only when
+        not empty, so every other config's identity, and key, is what it was before the field
+        existed.
         """
-        exclude = NOT_IN_KEY | {k for k in ("builder_digest", "ans") if getattr(self, k) is None}
+        exclude = (
+            NOT_IN_KEY
+            | {k for k in ("builder_digest", "ans") if getattr(self, k) is None}
+            | {k for k in LAYER_OVERRIDES_OPTIONAL if not getattr(self, k)}
+        )
         return {**self.model_dump(mode="json", exclude=exclude), "revision": RESULTS_REVISION}
 
     @property

@@ -119,11 +119,16 @@ def activation(act_bits: int | None) -> Any:
 
 
 class Builder:
-    """Quantizers for each named layer: the trial's bits, or its per-layer override."""
+    """Quantizers for each named layer: the trial's bits, or its per-layer override.
+
+    ``used`` collects the weight layers that took quantizers (``q`` / ``bits``) and ``acts`` the
+    activation layers (``act``), so that overrides naming no such layer are refused.
+    """
 
     def __init__(self, cfg: TrialConfig) -> None:
         self.cfg = cfg
         self.used: set[str] = set()
+        self.acts: set[str] = set()
 
     def bits(self, name: str) -> str:
         self.used.add(name)
@@ -135,12 +140,41 @@ class Builder:
         return bits
 
     def q(self, name: str, fan_in: int, depthwise: bool = False) -> dict[str, Any]:
-        bits = self.bits(name)
+        bits = self.bits(name)  # "float" (a float layer, even in a quantized model): no quantizers
         key = "depthwise_quantizer" if depthwise else "kernel_quantizer"
         return {key: weight_quantizer(bits, fan_in), "bias_quantizer": bias_quantizer(bits)}
 
     def act(self, name: str) -> QActivation:
-        return QActivation(activation(self.cfg.act_bits), name=name)
+        """The activation layer ``name``: ReLU, quantized to its width (``layer_activation_bits``
+        or the trial's) in a quantized model."""
+        self.acts.add(name)
+        return QActivation(activation(self.cfg.act_bits_of(name)), name=name)
+
+
+# Per-layer override fields -> the kind of layer they name (the Builder's record of it).
+_WEIGHT_OVERRIDES = ("layer_bits", "layer_sparsity", "layer_clusters")
+
+
+def check_layer_names(cfg: TrialConfig, b: Builder) -> None:
+    """Refuse per-layer overrides naming no layer of the built model, field first."""
+    unknown = set(cfg.layer_bits) - b.used
+    if unknown:  # the message layer_bits always had
+        raise ValueError(
+            f"layer_bits: no layer named {sorted(unknown)} in {cfg.model_label} (layers: {sorted(b.used)})"
+        )
+    for field in _WEIGHT_OVERRIDES[1:]:
+        unknown = set(getattr(cfg, field)) - b.used
+        if unknown:
+            raise ValueError(
+                f"{field}: no weight layer named {sorted(unknown)} in {cfg.model_label} "
+                f"(layers: {sorted(b.used)})"
+            )
+    unknown = set(cfg.layer_activation_bits) - b.acts
+    if unknown:
+        raise ValueError(
+            f"layer_activation_bits: no activation layer named {sorted(unknown)} in "
+            f"{cfg.model_label} (activation layers: {sorted(b.acts)})"
+        )
 
 
 def build_model(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:
@@ -155,12 +189,34 @@ def build_model(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int
         from trainables.byom import build_custom
 
         model = build_custom(cfg, b, input_shape, num_classes)
-    unknown = set(cfg.layer_bits) - b.used
-    if unknown:
-        raise ValueError(
-            f"layer_bits: no layer named {sorted(unknown)} in {cfg.model_label} (layers: {sorted(b.used)})"
-        )
+    check_layer_names(cfg, b)
     return model
+
+
+def normalised_kind(layer: Any) -> str:
+    """A layer's type as a study names it: the class name lower-cased, QKeras' ``Q`` and
+    our clusterable ``CQ`` prefix dropped (CQConv2D -> conv2d, QActivation -> activation)."""
+    name = type(layer).__name__
+    for prefix in ("CQ", "Q"):
+        if name.startswith(prefix) and name[len(prefix) : len(prefix) + 1].isupper():
+            name = name[len(prefix) :]
+            break
+    return name.lower()
+
+
+def layer_kinds(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> dict[str, str]:
+    """Every weight layer and activation layer of ``cfg``'s model -> its normalised kind
+    (``conv2d``, ``depthwiseconv2d``, ``dense``, ``activation``), in the model's layer order.
+
+    Builds the untrained model (no training, no data): built-in models, layer lists and
+    imported builders alike.
+    """
+    model = build_model(cfg, input_shape, num_classes)
+    return {
+        layer.name: normalised_kind(layer)
+        for layer in model.layers
+        if isinstance(layer, (*WEIGHT_LAYERS, QActivation))
+    }
 
 
 def digits_cnn(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_keras.Model:

@@ -51,6 +51,9 @@ COLUMNS: dict[str, str] = {
     "cfg_jr_weight": "float64",  # input-output JR
     "cfg_jr_layers": "string",  # JSON {layer: weight} of per-layer JR; '{}' when none
     "cfg_layer_bits": "string",  # JSON {layer: bits} of per-layer quantizer overrides
+    "cfg_layer_sparsity": "string",  # JSON {weight layer: pruning target} overriding cfg_sparsity; '{}' none
+    "cfg_layer_clusters": "string",  # JSON {weight layer: clusters} overriding cfg_clusters (0: none); '{}' none
+    "cfg_layer_activation_bits": "string",  # JSON {activation layer: width} overriding cfg_activation_bits; '{}' none
     "cfg_adv_training": "string",  # 'none' | 'fgsm' | 'pgd'
     "cfg_adv_eps": "float64",  # 0-1 input scale; null without adversarial training
     "cfg_adv_steps": "int64",
@@ -98,6 +101,8 @@ COLUMNS: dict[str, str] = {
     "meta_config_json": "string",
     "meta_layers_json": "string",  # per-layer footprint
     "meta_layer_bits_json": "string",  # JSON {weight layer: bits label} as built (ans_hybrid: its assigned widths)
+    "meta_layer_sparsity_json": "string",  # JSON {weight layer: pruning target} as built (every weight layer)
+    "meta_layer_clusters_json": "string",  # JSON {weight layer: clusters asked, 0 none} as built (every weight layer)
     "meta_ans_json": "string",  # ans_hybrid: JSON {layer: adversarial noise sensitivity}; null otherwise
     "meta_versions_json": "string",
     "meta_host": "string",
@@ -154,6 +159,9 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
         cfg_jr_weight=cfg.jr_weight,
         cfg_jr_layers=json.dumps(cfg.jr_layers, sort_keys=True),
         cfg_layer_bits=json.dumps(cfg.layer_bits, sort_keys=True),
+        cfg_layer_sparsity=json.dumps(cfg.layer_sparsity, sort_keys=True),
+        cfg_layer_clusters=json.dumps(cfg.layer_clusters, sort_keys=True),
+        cfg_layer_activation_bits=json.dumps(cfg.layer_activation_bits, sort_keys=True),
         cfg_adv_training=cfg.adversarial.method.value,
         cfg_adv_eps=cfg.adversarial.eps if cfg.adversarial.method is not AdvMethod.none else None,
         cfg_adv_steps=cfg.adversarial.steps if cfg.adversarial.method is AdvMethod.pgd else None,

@@ -30,7 +30,7 @@ from trainables.data import Split, load_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.gpu import configure_gpus
 from trainables.jacobian import logits_and_jr
-from trainables.models import BIAS_BITS, build_model
+from trainables.models import BIAS_BITS, WEIGHT_LAYERS, build_model
 from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 from trainables.worst import WorstCase, worst_cases
@@ -92,22 +92,37 @@ def _fit(
     )
 
 
+def weight_layer_names(model: tf_keras.Model) -> list[str]:
+    """The model's weight layers (the ones bits, pruning and clustering apply to), in order."""
+    return [layer.name for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)]
+
+
 def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
-    """Build, prune, cluster and quantization-aware train; returns the stripped model."""
+    """Build, prune, cluster and quantization-aware train; returns the stripped model.
+
+    Each weight layer is pruned to its own target (``cfg.sparsity_of``) and clustered to its
+    own count (``cfg.clusters_of``; sparsity preserved where that layer was pruned).
+    """
     split = trial_split(cfg)
     tf_keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, split.input_shape, split.num_classes)
+    names = weight_layer_names(model)
+    pruned = {n for n in names if cfg.sparsity_of(n) > 0}
+    clusters = {n: cfg.clusters_of(n) for n in names if cfg.clusters_of(n) > 0}
     data = dataset(split.x_train, split.y_train, cfg.batch_size, cfg.seed)
     t0 = time.perf_counter()
-    if cfg.sparsity > 0:
+    if pruned:
         total = steps_per_epoch(len(split.x_train), cfg.batch_size) * cfg.epochs
-        model = compress.prune(model, cfg.sparsity, total)
+        if cfg.layer_sparsity:
+            model = compress.prune_layers(model, {n: cfg.sparsity_of(n) for n in pruned}, total)
+        else:  # one target: tfmot's whole-model wrapping, as every config before per-layer sparsity
+            model = compress.prune(model, cfg.sparsity, total)
     _fit(cfg, model, data, split, cfg.epochs, cfg.learning_rate)
-    if cfg.sparsity > 0:
+    if pruned:
         model = compress.strip_pruning(model)
-    if cfg.clusters:
-        masks = compress.zero_masks(model) if cfg.sparsity > 0 else {}
-        model = compress.cluster(model, cfg.clusters, preserve_sparsity=cfg.sparsity > 0)
+    if clusters:
+        masks = compress.zero_masks(model, pruned)  # the pruned layers' zeros
+        model = compress.cluster(model, clusters, preserve_sparsity=pruned)
         if cfg.fine_tune_epochs:
             _fit(
                 cfg,
@@ -116,10 +131,12 @@ def train_compressed(cfg: TrialConfig) -> tuple[tf_keras.Model, float]:
                 split,
                 cfg.fine_tune_epochs,
                 cfg.learning_rate * FINE_TUNE_LR_FACTOR,
+                # pruned layers clustering left unwrapped (unclustered or too few weights)
                 hold_zeros=compress.unclustered_pruned(model, masks),
             )
         model = compress.strip_clustering(model)
-        compress.keep_pruned_zeros_only(model, masks)
+        # only clustered layers hold centroids to move strays onto
+        compress.keep_pruned_zeros_only(model, {n: m for n, m in masks.items() if n in clusters})
     return model, time.perf_counter() - t0
 
 
@@ -149,6 +166,9 @@ def float_surrogate(cfg: TrialConfig) -> tf_keras.Model:
         update={
             "bits": "float",
             "layer_bits": {},
+            "layer_sparsity": {},
+            "layer_clusters": {},
+            "layer_activation_bits": {},
             "ans": None,
             "sparsity": 0.0,
             "clusters": 0,
@@ -172,6 +192,17 @@ def layer_bits(cfg: TrialConfig, fp: ModelFootprint, hybrid: ans.Plan | None) ->
     if hybrid is not None:
         return dict(hybrid.layer_bits)
     return {lf.name: cfg.layer_bits.get(lf.name, cfg.bits) for lf in fp.layers if lf.kernel_params}
+
+
+def layer_sparsity(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, float]:
+    """Each weight layer's pruning target as the trial built it (its override, else ``sparsity``)."""
+    return {lf.name: cfg.sparsity_of(lf.name) for lf in fp.layers if lf.kernel_params}
+
+
+def layer_clusters(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, int]:
+    """Each weight layer's cluster count as the trial asked it (0: unclustered; a layer with
+    fewer weights than centroids is left as it is, see compress.cluster)."""
+    return {lf.name: cfg.clusters_of(lf.name) for lf in fp.layers if lf.kernel_params}
 
 
 def _interval(prefix: str, successes: int, n: int) -> Row:
@@ -227,6 +258,8 @@ def _complete_rows(
         metric_tflite_acc=tflite[1],
         meta_layers_json=json.dumps(fp.layer_dicts()),
         meta_layer_bits_json=json.dumps(layer_bits(cfg, fp, hybrid), sort_keys=True),
+        meta_layer_sparsity_json=json.dumps(layer_sparsity(cfg, fp), sort_keys=True),
+        meta_layer_clusters_json=json.dumps(layer_clusters(cfg, fp), sort_keys=True),
         meta_ans_json=None if hybrid is None else json.dumps(hybrid.ans, sort_keys=True),
         meta_train_s=train_s,
         meta_total_s=total_s,

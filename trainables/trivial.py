@@ -47,7 +47,8 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
         metric_clean_acc_hi=hi, metric_test_samples=n, metric_params=params, metric_nonzero=params,
         metric_sparsity=0.0, metric_max_distinct=0, metric_bytes=nbytes, metric_bytes_dense=nbytes,
         metric_bytes_sparse=nbytes, metric_bytes_clustered=nbytes, meta_train_s=0.0,
-        meta_layers_json=TRIVIAL_LAYERS, meta_layer_bits_json="{}",
+        meta_layers_json=TRIVIAL_LAYERS, meta_layer_bits_json="{}", meta_layer_sparsity_json="{}",
+        meta_layer_clusters_json="{}",
     )  # fmt: skip
     attacked: list[tuple[AttackSpec | None, float]] = [(a, e) for a in cfg.attacks for e in a.eps]
     # (attack, kind, norm, eps, robust count) per row
