@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -144,6 +145,51 @@ class Axes(_Strict):
         return _unique(v, info.field_name)
 
 
+# The fields a key of ``search.layers`` may give: weight layers take bits / sparsity /
+# clusters, activation (QActivation) layers activation_bits, any of them a JR weight.
+LAYER_FIELDS = ("bits", "sparsity", "clusters", "activation_bits", "jr_weight")
+
+
+class LayerChoices(_Strict):
+    """One key of ``search.layers`` (``all``, a layer type or a layer name): each field's choices.
+
+    The values are the axes' own (the trial config's validators): bits labels incl. float
+    and ternary/binary, sparsity in [0, 1), clusters 0 or >= 2, activation widths 2-16, JR
+    weights >= 0 (a layer's JR weight goes to the trial's ``jr_layers``; 0 = no JR there).
+    """
+
+    bits: list[Bits] | None = Field(default=None, min_length=1, max_length=64)
+    sparsity: list[Sparsity] | None = Field(default=None, min_length=1, max_length=64)
+    clusters: list[Clusters] | None = Field(default=None, min_length=1, max_length=64)
+    activation_bits: list[ActivationBits] | None = Field(default=None, min_length=1, max_length=16)
+    jr_weight: list[JRWeight] | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("bits", "sparsity", "clusters", "activation_bits", "jr_weight")
+    @classmethod
+    def _no_duplicates(cls, v: list[Any] | None, info: Any) -> list[Any] | None:
+        return None if v is None else _unique(v, info.field_name)
+
+    @field_validator("bits")
+    @classmethod
+    def _a_width(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and "ans_hybrid" in v:
+            raise ValueError(
+                "'ans_hybrid' is not a width a layer can be given (an int, float, ternary, "
+                "binary...); search.seeds runs the ans_hybrid assignment"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _some_choice(self) -> LayerChoices:
+        if not self.model_fields_set:
+            raise ValueError(f"no choices: give one of {', '.join(LAYER_FIELDS)}")
+        return self
+
+    def given(self) -> dict[str, list[Any]]:
+        """The fields this key gives, in LAYER_FIELDS order."""
+        return {f: getattr(self, f) for f in LAYER_FIELDS if getattr(self, f) is not None}
+
+
 class Attack(AttackSpec):
     """An attack in the study file: the trial's AttackSpec, with strict types."""
 
@@ -174,7 +220,9 @@ class Reference(_Strict):
 
     robust_acc: float = Field(default=0.0, ge=0.0, lt=1.0)
     clean_acc: float = Field(default=0.0, ge=0.0, lt=1.0)
-    bytes: int | None = Field(default=None, ge=1)  # default: 1.1 x the float32 model (4 B/param)
+    # default: objective.max_bytes when the study has a budget, else 1.1 x the float32
+    # model (4 B/param)
+    bytes: int | None = Field(default=None, ge=1)
 
 
 class SizeMeasure(enum.StrEnum):
@@ -193,6 +241,9 @@ class Objective(_Strict):
     clean: bool = False  # also maximise clean accuracy (a third objective)
     size: SizeMeasure = SizeMeasure.encoded
     reference: Reference = Reference()
+    # A flash budget on ``size`` in bytes: a constraint, not an objective.  Points over it
+    # are stored and counted, never on the front (Optuna's constraints_func guides the search).
+    max_bytes: int | None = Field(default=None, ge=1, le=10**12)
 
     @field_validator("norm")
     @classmethod
@@ -223,6 +274,11 @@ class Search(_Strict):
     seed: Seed | None = None  # default: the study's seed
     population: int | None = Field(default=None, ge=2, le=10_000)  # NSGA-II/III population
     startup_trials: int = Field(default=10, ge=1, le=10_000)  # TPE's random start
+    # The per-layer space: keys ``all``, a layer type (conv2d, dense, activation...) or a
+    # layer name; a type overrides ``all`` and a name its type, field by field.
+    layers: dict[str, LayerChoices] | None = Field(default=None, min_length=1, max_length=1024)
+    # Optuna: the uniform assignments and the ans_hybrid one run first (they count as trials).
+    seeds: bool = True
 
     @model_validator(mode="after")
     def _budget_needs_a_search(self) -> Search:
@@ -407,12 +463,21 @@ class Study(_Strict):
             raise ValueError(
                 f"objective.eps: {o.eps} is not an eps of the objective's attacks {sorted(set(pool))}"
             )
-        if self.search.trials is not None and self.search.trials > self.points:
+        self._check_layers()
+        if (
+            self.search.layers is None
+            and self.search.trials is not None
+            and self.search.trials > self.points
+        ):
             raise ValueError(
                 f"search.trials: {self.search.trials} is more than the {self.points} distinct points "
                 "of the axes' cross product"
             )
-        if self.train.ans_hybrid is not None and "ans_hybrid" not in self.axes.bits:
+        if (
+            self.train.ans_hybrid is not None
+            and "ans_hybrid" not in self.axes.bits
+            and not self.search.layers
+        ):
             raise ValueError(
                 f"train.ans_hybrid: settings for bits 'ans_hybrid', which axes.bits {list(self.axes.bits)} "
                 "does not have"
@@ -441,11 +506,68 @@ class Study(_Strict):
                 except ValueError as err:
                     msg = str(err).removeprefix("builder: ")
                     raise ValueError(f"{where} = {m.builder!r}: {msg}") from None
-        if self.grid_size > MAX_TRIALS:
+        if self.search.layers is None and self.grid_size > MAX_TRIALS:
             raise ValueError(
                 f"axes: the cross product has {self.grid_size} trials, more than {MAX_TRIALS}"
             )
         return self
+
+    def _check_layers(self) -> None:
+        """What ``search.layers`` says that can be checked without the model (the rest:
+        :meth:`layer_space`, before any trial)."""
+        s = self.search
+        if s.layers is None:
+            return
+        if s.strategy == Strategy.grid:
+            raise ValueError(
+                "search.layers: a per-layer space is searched, not enumerated: "
+                "set search.strategy to optuna or random (strategy grid refuses it)"
+            )
+        if s.trials is None:
+            raise ValueError(
+                "search.trials: a per-layer space needs a budget (distinct points, seeds included)"
+            )
+        if len(self.models) > 1:
+            raise ValueError(
+                "search.layers: one model per study (axes.model gives several; the layers "
+                "differ from model to model)"
+            )
+        given = {f for c in s.layers.values() for f in c.given()}
+        if "jr_weight" in given and (self.train.jr_layers or self.axes.jr_layers != [{}]):
+            raise ValueError(
+                "search.layers jr_weight and train.jr_layers / axes.jr_layers: give per-layer JR "
+                "in one place"
+            )
+        if "bits" in given and self.train.layer_bits:
+            raise ValueError(
+                "search.layers bits and train.layer_bits: give per-layer bits in one place"
+            )
+        if "ans_hybrid" in self.axes.bits:
+            raise ValueError(
+                "axes.bits: 'ans_hybrid' with search.layers: its point runs as a seed "
+                "(search.seeds), settings in train.ans_hybrid"
+            )
+
+    _layer_space: Any = PrivateAttr(default=None)
+
+    def layer_space(self) -> Any:
+        """The per-layer space resolved against the model (``grid.space.LayerSpace``), or None.
+
+        Builds the model once (TensorFlow); an unknown layer name or type, a field a layer
+        cannot take, or a budget over the space's size raises :class:`StudyError`.
+        """
+        if self.search.layers is None:
+            return None
+        if self._layer_space is None:
+            from grid.space import resolve_layers
+
+            self._layer_space = resolve_layers(self)
+        return self._layer_space
+
+    @property
+    def layer_jr(self) -> bool:
+        """Whether search.layers gives JR weights (the point's then set ``jr_layers``)."""
+        return any(c.jr_weight is not None for c in (self.search.layers or {}).values())
 
     @property
     def models(self) -> list[Any]:
@@ -460,7 +582,14 @@ class Study(_Strict):
 
     @property
     def points(self) -> int:
-        """Distinct points: the axes' cross product."""
+        """Distinct points: the axes' cross product (times the layer choices, for a per-layer space)."""
+        if self.search.layers is not None:
+            return int(self.layer_space().size)
+        return self.axes_points
+
+    @property
+    def axes_points(self) -> int:
+        """The axes' cross product."""
         a = self.axes
         return (
             len(self.models)
@@ -562,6 +691,20 @@ class Study(_Strict):
         # Per-layer bit-widths override a quantized model's layers; a float point is float
         # throughout (so the float baseline really is one).
         layer_bits = self.train.layer_bits if point["bits"] != "float" else {}
+        # A per-layer point's overrides (grid.space: canonical, empty ones left out, so a
+        # uniform assignment is the plain grid point's config, key included).
+        layers: dict[str, dict[str, Any]] = point.get("layers") or {}
+        extra: dict[str, Any] = {}
+        if layers.get("bits"):
+            layer_bits = {**layer_bits, **layers["bits"]}
+            # Mixed widths: activations at train.activation_bits or 8, not the base width
+            # (which is only the most common layer's).
+            extra["activation_bits"] = self.train.activation_bits or 8
+        for name in ("sparsity", "clusters", "activation_bits"):
+            if layers.get(name):
+                extra[f"layer_{name}"] = dict(layers[name])
+        if self.layer_jr:
+            jr_layers = dict(layers.get("jr_weight") or {})  # only non-zero weights
         first = TrialConfig.model_validate(
             {
                 **common,
@@ -575,6 +718,7 @@ class Study(_Strict):
                 "layer_bits": layer_bits,
                 "ans": self.train.ans_hybrid if point["bits"] == "ans_hybrid" else None,
                 "fold": 0,
+                **extra,
             }
         )
         # The other folds differ in ``fold`` alone (0..folds-1, within the field's bounds since
