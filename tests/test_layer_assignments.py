@@ -180,3 +180,47 @@ def test_report_and_compare_show_the_section_and_read_the_budget(
     assert ["2,900", "0.990", "0.900", "per-layer", "no", "8", "4", "8"] in [
         x.split() for x in printed.splitlines()
     ]
+
+
+def test_sparsity_and_clusters_per_layer_are_read_and_shown(tmp_path: Path) -> None:
+    """Bits uniform, sparsity / clusters per layer: per-layer points all the same. One config
+    gives its assignment in the built JSON, one only as overrides (rows without the built JSON)."""
+    sink = ParquetSink(str(tmp_path), "sc", "r")
+    eight = json.dumps(dict.fromkeys(LAYERS, "8"), sort_keys=True)
+    common = {"meta_layer_bits_json": eight, "meta_layers_json": _layers_json(LAYERS)}
+    built = {
+        "cfg_layer_sparsity": json.dumps({"conv2": 0.75}),
+        "cfg_layer_clusters": json.dumps({"logits": 8}),
+        "meta_layer_sparsity_json": json.dumps({"conv1": 0.0, "conv2": 0.75, "logits": 0.0}),
+        "meta_layer_clusters_json": json.dumps({"conv1": 0, "conv2": 0, "logits": 8}),
+    }
+    overrides_only = {"cfg_layer_sparsity": json.dumps({"conv1": 0.0, "logits": 0.0})}
+    cases = [
+        ("uni", 0.6, 2000, {}, 0.0),
+        ("built", 0.7, 1500, built, 0.0),
+        ("over", 0.5, 900, overrides_only, 0.5),  # study-wide 0.5 but conv1 and logits at 0
+        ("bad", 0.4, 1600, {"cfg_layer_clusters": json.dumps({"conv1": 16})}, 0.0),
+    ]
+    for key, robust, nbytes, extra, sparsity in cases:
+        rows = rows_for(
+            key, {("pgd", 0.1): robust, ("worst", 0.1): robust}, 0.9, nbytes, bits="8",
+            sparsity=sparsity, samples=100, extra={**common, **extra},
+        )  # fmt: skip
+        sink(key, rows)
+    (a,) = per_layer(analysis.connect(tmp_path))
+    assign = dict(zip(a.points.key, a.points.assignment, strict=True))
+    assert assign["built"]["conv2"] == {"bits": "8", "sparsity": 0.75, "clusters": 0}
+    assert assign["built"]["logits"] == {"bits": "8", "sparsity": 0.0, "clusters": 8}
+    assert [assign["over"][n]["sparsity"] for n in LAYERS] == [0.0, 0.5, 0.0]
+    assert assign["bad"]["conv1"]["clusters"] == 16
+    assert set(a.points.key[a.points.uniform]) == {"uni"}
+    # Front (brute force): over (0.5, 900), built (0.7, 1500); uni (0.6, 2000) and bad dominated.
+    assert (
+        set(a.front.key)
+        == _brute_front([(k, r, b) for k, r, b, _, _ in cases])
+        == {"over", "built"}
+    )
+    table = front_table(a).set_index("key")
+    assert table.loc["built", "conv2"] == "8 s0.75" and table.loc["built", "logits"] == "8 c8"
+    assert table.loc["over", "conv2"] == "8 s0.5" and table.loc["over", "conv1"] == "8"
+    assert not table.uniform_dominates.any()  # the uniform point is dominated by both
