@@ -59,6 +59,13 @@ def _describe(study: Study) -> str:
     models = f"models {labels} x " if len(labels) > 1 else ""
     jr = [", ".join(f"{k}:{v:g}" for k, v in m.items()) or "none" for m in a.jr_layers]
     layers_jr = f"x jr_layers {jr} " if len(jr) > 1 else ""
+    if study.search.layers is not None:
+        return (
+            f"study {study.name}: per-layer search ({study.search.strategy.value}, "
+            f"{study.budget} of {study.points:,} points x {study.folds} fold(s)) on "
+            f"{study.dataset.name.value}/{'+'.join(labels)}; attacks: {attacks}; "
+            f"results -> {study.results_dir()}"
+        )
     return (
         f"study {study.name}: {study.grid_size} trials = {models}bits {list(a.bits)} x sparsity {list(a.sparsity)} "
         f"x clusters {list(a.clusters)} x jr_weight {list(a.jr_weight)} x adversarial {adv} {layers_jr}x {study.folds} fold(s) "
@@ -131,7 +138,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         describe_point,
         describe_values,
         objectives,
-        point_label,
         random_points,
     )
     from grid.spec import Strategy
@@ -147,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = study.search
     if s.strategy == Strategy.random:
         picked = random_points(study, study.budget, study.search_seed)
-        keys = [k for p in picked for k in state.keys[point_label(p)]]
+        keys = [k for p in picked for k in state.keys[state.meet(p)]]
     else:
         keys = [k for ks in state.keys.values() for k in ks]
     total = study.budget * study.folds
@@ -167,6 +173,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if state.stale:
         print(stale_note(state.stale))
+    budget = state.budget_line()
+    if budget:
+        print(budget)
     front = state.front()
     obj = objectives(study)
     print(front.describe(obj))
@@ -246,6 +255,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for report in reports:
         print()
         print(report.table())
+    ls = study.layer_space()  # the model's layers against search.layers (did-you-mean)
+    if ls is not None:
+        axes = f" x {ls.axes_size:,} axes point(s)" if ls.axes_size > 1 else ""
+        seeds = ""
+        if study.search.strategy.value == "optuna" and study.search.seeds:
+            from grid.space import seed_points
+
+            uniform, ans = seed_points(study)
+            seeds = f"; seeds: {len(uniform)} uniform" + (" + ans_hybrid" if ans else "")
+        print(
+            f"\nper-layer space of {study.name} ({ls.model}): {ls.size:,} distinct points "
+            f"(the layers' choices{axes}); budget {study.budget} trials{seeds}"
+        )
+        print(ls.table())
+    if study.objective.max_bytes is not None:
+        print(
+            f"flash budget: {study.objective.max_bytes:,} B ({study.objective.size.value}), "
+            "a constraint: points over it are kept off the front"
+        )
     return 0
 
 

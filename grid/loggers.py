@@ -26,6 +26,7 @@ trial (``grid.searcher``), so optuna-dashboard shows real values too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -62,7 +63,10 @@ def point_attrs(study: Study, point: Mapping[str, Any]) -> dict[str, Attr]:
     point has no model axis).
     """
     a = study.axes
+    # A per-layer point's overrides, as its label has them (optuna-dashboard, MLflow params).
+    layers = {"layers": json.dumps(point["layers"], sort_keys=True)} if point.get("layers") else {}
     return {
+        **layers,
         "bits": str(point["bits"]),
         "sparsity": float(point["sparsity"]),
         "clusters": int(point["clusters"]),

@@ -116,6 +116,9 @@ def announce(
     summary.front = state.save(strategy.value)
     if summary.front.points:
         out.write(summary.front.describe(state.obj) + "\n")
+    budget = state.budget_line()
+    if budget:
+        out.write(budget + "\n")
     out.flush()
     return summary
 
@@ -131,6 +134,12 @@ def point_line(study: Study, unit: TrialPayload) -> str:
     layered = study.axes.jr_layers[int(p.get("jr_layers", 0))]
     if layered:
         extra += " jr_layers=" + ",".join(f"{k}:{v:g}" for k, v in layered.items())
+    if p.get("layers"):  # a per-layer point: its overrides of the base values
+        extra += " layers " + " ".join(
+            f"{f}:"
+            + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.items())
+            for f, o in p["layers"].items()
+        )
     if len(unit.keys) == 1 and study.folds > 1:
         extra += f" fold={unit.trials[0].fold + 1}/{study.folds}"
     elif study.folds > 1:
@@ -151,19 +160,20 @@ class LiveFront:
 
     def __init__(self, state: StudyState, start: space.Front) -> None:
         self.state, self.front = state, start
-        self.counted = set(state.point_values())  # complete points so far
+        # complete points so far within the flash budget (points over it are never on the front)
+        self.counted = {k for k, v in state.point_values().items() if state.feasible(v)}
 
     def add(self, label: str) -> space.Front:
         """The front once ``label``'s point may have completed (unchanged if it has not)."""
         st = self.state
         value = st.point_value(label)
-        if value is None or label in self.counted:
+        if value is None or label in self.counted or not st.feasible(value):
             return self.front
         self.counted.add(label)
         members = {k: st.point_value(k) for k in self.front.labels}
         if any(v is None for v in members.values()):  # a front point lost its rows: start over
             self.front = st.front()
-            self.counted = set(st.point_values())
+            self.counted = {k for k, v in st.point_values().items() if st.feasible(v)}
             return self.front
         members[label] = value
         f = space.front(members, st.obj, st.params)  # type: ignore[arg-type]  # None excluded

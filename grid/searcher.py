@@ -18,6 +18,8 @@ from grid.spec import Study, StudyError
 from grid.state import StudyState
 from trainables.rows import STATUS_COMPLETE
 
+CONSTRAINTS_KEY = "constraints"  # optuna.study._constrained_optimization._CONSTRAINTS_KEY
+
 
 class PointSearcher(Searcher):
     """Tune searcher around OptunaSearch that never hands Tune a point twice.
@@ -43,6 +45,10 @@ class PointSearcher(Searcher):
         self.ids: dict[str, str] = {}  # tune trial id -> inner trial id
         self.waiting: dict[str, list[str]] = {}  # label -> inner trial ids of the same point
         self.redraws = 0
+        # Points outside Optuna's space run first, told to no sampler: the ans_hybrid seed.
+        ans = state.ans if study.search.layers is not None and study.search.seeds else None
+        self.extra = [ans] if ans is not None else []
+        self.total = study.points + len(self.extra)  # distinct points there are
 
     def _record(self, tid: str, unit: dict[str, Any], answered: str) -> None:
         """The point's real axis values and keys as the Optuna trial's user attributes."""
@@ -50,26 +56,45 @@ class PointSearcher(Searcher):
         for name, value in {**unit_attrs(self.study, unit), "answered": answered}.items():
             trial.set_user_attr(name, value)
 
+    def _tell(self, tid: str, result: dict[str, Any] | None, error: bool = False) -> None:
+        """Tell OptunaSearch a trial's result, its bytes over the budget first: the
+        sampler's constraints_func reads that user attribute when Optuna is told."""
+        if (
+            result
+            and self.study.objective.max_bytes is not None
+            and result.get("bytes") is not None
+        ):
+            over = bytes_over(self.study, float(result["bytes"]))
+            self.inner._ot_trials[tid].set_user_attr(CONSTRAINT_ATTR, over)
+        self.inner.on_trial_complete(tid, result=result, error=error)
+
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True  # the space comes from the study file
 
     def suggest(self, trial_id: str) -> Any:  # a config, None, or Searcher.FINISHED
-        if len(self.known) + len(self.running) >= len(self.state.points):
+        if len(self.known) + len(self.running) >= self.total:
             return Searcher.FINISHED  # every point is done or under way
+        while self.extra:  # the seeds Optuna cannot propose run first
+            point = self.extra.pop(0)
+            label = self.state.meet(point)
+            if label in self.known or label in self.running.values():
+                continue
+            self.running[trial_id] = label
+            return payload(point, self.state.trials[label]).config()
         for attempt in range(self.MAX_REDRAWS):
             tid = f"{trial_id}/{attempt}"
             params = self.inner.suggest(tid)
             if not isinstance(params, dict):
                 return params
             point = space.to_point(self.study, params)
-            label = space.point_label(point)
+            label = self.state.meet(point)
             config = payload(point, self.state.trials[label]).config()
             this = config["unit"]  # the payload as Tune carries it (JSON)
             if label in self.known:
                 self.redraws += 1
                 self._record(tid, this, "store")
                 result = dict(zip(self.state.obj.names, self.known[label], strict=True))
-                self.inner.on_trial_complete(tid, result=result)
+                self._tell(tid, result)
                 continue
             if label in self.running.values():
                 self.redraws += 1
@@ -89,18 +114,41 @@ class PointSearcher(Searcher):
     ) -> None:
         tid = self.ids.pop(trial_id, None)
         label = self.running.pop(trial_id, None)
-        if tid is None or label is None:
+        if label is None:
             return
         if result and not error and result.get("status") == STATUS_COMPLETE:
             self.known[label] = [float(result[n]) for n in self.state.obj.names]
-        for waiting in [tid, *self.waiting.pop(label, [])]:
-            self.inner.on_trial_complete(waiting, result=result, error=error)
+        told = [tid] if tid is not None else []  # None: a seed outside Optuna's space
+        for waiting in [*told, *self.waiting.pop(label, [])]:
+            self._tell(waiting, result, error)
 
     def save(self, checkpoint_path: str) -> None:
         raise NotImplementedError  # the state lives in optuna.journal and the store
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError
+
+
+CONSTRAINT_ATTR = "bytes_over_budget"  # bytes - objective.max_bytes (> 0: infeasible)
+
+
+def bytes_over(study: Study, nbytes: float) -> float:
+    """A point's bytes over the study's flash budget (> 0: infeasible)."""
+    assert study.objective.max_bytes is not None
+    return float(nbytes) - float(study.objective.max_bytes)
+
+
+class BytesConstraint:
+    """``constraints_func`` of the study's sampler: ``[bytes - max_bytes]`` (feasible <= 0).
+
+    Read from the user attribute the searcher sets before telling Optuna (Optuna calls it
+    in ``sampler.after_trial``, within ``study.tell``, on the trial as stored then; Ray's
+    OptunaSearch tells in ``on_trial_complete``).  A trial without it (pruned, failed) is
+    feasible: it has no values to rank anyway.
+    """
+
+    def __call__(self, trial: Any) -> list[float]:
+        return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
 
 
 def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
@@ -120,7 +168,7 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     ]
     ostudy = optuna.create_study(
         storage=storage, study_name=study.name, directions=directions, load_if_exists=True,
-        sampler=space.make_sampler(study.search, study.search_seed),
+        sampler=sampler(study),
     )  # fmt: skip
     have = [d.name.lower() for d in ostudy.directions]
     if have != directions:
@@ -132,33 +180,74 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ostudy.set_metric_names(list(state.obj.names))
-    values = state.point_values()
-    stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-    for t in stale:  # complete when the store has the point's values (it finished meanwhile)
-        known = values.get(space.point_label(space.to_point(study, t.params)))
+    budget = study.objective.max_bytes is not None
+    by_bytes = state.obj.names.index("bytes")
+    # A trial left RUNNING: complete when the store has the point's values (it finished
+    # meanwhile), else failed.  (WAITING trials are enqueued seeds not yet asked: kept.)
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        known = state.point_value(state.meet(space.to_point(study, t.params)))
         if known is None:
             ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         else:
+            if budget:
+                over = bytes_over(study, known[by_bytes])
+                ostudy._storage.set_trial_user_attr(t._trial_id, CONSTRAINT_ATTR, over)
             ostudy.tell(t.number, known, skip_if_finished=True)
     told = {
-        space.point_label(space.to_point(study, t.params))
+        state.meet(space.to_point(study, t.params))
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
+    values = state.point_values()
     dists = space.distributions(study)
-    by_label = {space.point_label(p): p for p in state.points}
     for label, vals in values.items():
-        if label not in told:
-            point = by_label[label]
-            this = payload(point, state.trials[label]).config()["unit"]
-            ostudy.add_trial(
-                create_trial(
-                    params=space.to_params(study, point),
-                    distributions=dists,
-                    values=vals,
-                    user_attrs={**unit_attrs(study, this), "answered": "store"},
-                )
+        if label in told:
+            continue
+        point = state.point_of(label)
+        try:
+            params = space.to_params(study, point)
+        except ValueError:
+            continue  # a seed outside Optuna's space (the ans_hybrid point)
+        this = payload(point, state.trials[label]).config()["unit"]
+        attrs: dict[str, Any] = {**unit_attrs(study, this), "answered": "store"}
+        system: dict[str, Any] = {}
+        if budget:  # as Optuna stores a constraints_func's answer
+            attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[by_bytes])
+            system[CONSTRAINTS_KEY] = (attrs[CONSTRAINT_ATTR],)
+        ostudy.add_trial(
+            create_trial(
+                params=params, distributions=dists, values=vals, user_attrs=attrs,
+                system_attrs=system,
             )
+        )  # fmt: skip
+    if study.search.layers is not None and study.search.seeds:
+        enqueue_seeds(study, state, ostudy)
     return ostudy
+
+
+def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:
+    """Enqueue the uniform assignments not yet complete nor already waiting: Optuna's first
+    trials (``enqueue_trial``), so the search starts from the uniform points."""
+    from optuna.trial import TrialState
+
+    waiting = {
+        space.point_label(space.to_point(study, t.system_attrs.get("fixed_params", {})))
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    }
+    done = set(state.point_values())
+    for point in state.seeds:
+        label = space.point_label(point)
+        if label not in done and label not in waiting:
+            ostudy.enqueue_trial(space.to_params(study, point), user_attrs={"seed": "uniform"})
+
+
+def sampler(study: Study) -> Any:
+    """The study's sampler; with a flash budget, constrained by it (TPE, NSGA-II/III)."""
+    import optuna
+
+    constraints = BytesConstraint() if study.objective.max_bytes is not None else None
+    with warnings.catch_warnings():  # constraints_func is experimental in TPE
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return space.make_sampler(study.search, study.search_seed, constraints)
 
 
 def optuna_searcher(study: Study, state: StudyState) -> Any:
@@ -170,7 +259,6 @@ def optuna_searcher(study: Study, state: StudyState) -> Any:
     optuna_study(study, state, storage)
     inner = OptunaSearch(
         space=space.distributions(study), metric=list(state.obj.names), mode=state.obj.modes,
-        sampler=space.make_sampler(study.search, study.search_seed),
-        study_name=study.name, storage=storage,
+        sampler=sampler(study), study_name=study.name, storage=storage,
     )  # fmt: skip
     return PointSearcher(inner, study, state)

@@ -198,19 +198,26 @@ def to_params(study: Study, point: Mapping[str, Any]) -> dict[str, int]:
     return params
 
 
-def make_sampler(search: Search, seed: int) -> optuna.samplers.BaseSampler:
-    """The study's Optuna sampler, seeded (several objectives need NSGA-II or multivariate TPE)."""
+def make_sampler(search: Search, seed: int, constraints: Any = None) -> optuna.samplers.BaseSampler:
+    """The study's Optuna sampler, seeded (several objectives need NSGA-II or multivariate TPE);
+    ``constraints``: its constraints_func (a flash budget), None for none."""
     import optuna
 
     name = search.sampler.value
+    pop = search.population or 8
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=search.population or 8)
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=pop, constraints_func=constraints
+        )
     if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=search.population or 8)
+        return optuna.samplers.NSGAIIISampler(
+            seed=seed, population_size=pop, constraints_func=constraints
+        )
     if name == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=search.startup_trials
-        )
+            seed=seed, multivariate=True, n_startup_trials=search.startup_trials,
+            constraints_func=constraints,
+        )  # fmt: skip
     raise ValueError(f"search.sampler: unknown sampler {name!r}")
 
 
@@ -441,10 +448,9 @@ def model_layers(study: Study) -> list[tuple[str, str]]:
 
     shape, classes = dataset_shape(study.dataset.name.value)
     cfg = TrialConfig(dataset=study.dataset.name, model=study.models[0], bits="8")
-    try:
-        from trainables.models import layer_kinds  # issue22-trial's lookup, when merged
-    except ImportError:
-        layer_kinds = None
+    import trainables.models as models
+
+    layer_kinds = getattr(models, "layer_kinds", None)  # issue22-trial's lookup, when merged
     if layer_kinds is not None:
         return [(n, normalize_kind(k)) for n, k in layer_kinds(cfg, shape, classes).items()]
     import tf_keras
@@ -482,9 +488,9 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
     role = {n: (k in WEIGHT_KINDS if k != ACTIVATION_KIND else False) for n, k in found}
     usable = {n for n, k in found if k in WEIGHT_KINDS or k == ACTIVATION_KIND}
     levels: list[tuple[int, str, Any, str]] = []  # (0 all / 1 type / 2 name, matched, choices, key)
-    for key, choices in spec.items():
+    for key, given in spec.items():
         if key == "all":
-            levels.append((0, key, choices, key))
+            levels.append((0, key, given, key))
         elif key in names:
             if key not in usable:
                 kind = dict(found)[key]
@@ -493,7 +499,7 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
                     f"activation layer: nothing to choose (layers that take choices: "
                     f"{', '.join(n for n in names if n in usable)})"
                 )
-            levels.append((2, key, choices, key))
+            levels.append((2, key, given, key))
         elif normalize_kind(key) in kinds:
             kind = normalize_kind(key)
             if kind not in WEIGHT_KINDS and kind != ACTIVATION_KIND:
@@ -501,7 +507,7 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
                     f"search.layers.{key}: {kind} layers have no weights and are no activation "
                     "layers: nothing to choose"
                 )
-            levels.append((1, kind, choices, key))
+            levels.append((1, kind, given, key))
         else:
             known = ["all", *kinds, *names]
             close = difflib.get_close_matches(key, known, n=1)
@@ -516,10 +522,10 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
         if name not in usable:
             continue
         fits = FITS[role[name]]
-        for level, match, given, key in levels:
+        for level, match, these, key in levels:
             if not (level == 0 or (level == 1 and match == kind) or (level == 2 and match == name)):
                 continue
-            for field, values in given.given().items():
+            for field, values in these.given().items():
                 if field in fits:
                     choices[(name, field)] = tuple(rank_order(field, values))
                 elif level > 0:
@@ -638,9 +644,9 @@ def _layer_to_point(study: Study, ls: LayerSpace, params: Mapping[str, Any]) -> 
     full: Assignment = {f: {} for f in LAYER_FIELDS}
     for name, _, weight in ls.layers:
         for field in FITS[weight]:
-            values = ls.choices.get((name, field))
-            if values is not None:
-                full[field][name] = values[int(params.get(param_name(name, field), 0))]
+            these = ls.choices.get((name, field))
+            if these is not None:
+                full[field][name] = these[int(params.get(param_name(name, field), 0))]
             elif field in WEIGHT_FIELDS:
                 full[field][name] = axes[field]  # a layer not matched follows the axis
     return canonical(study, ls, axes, full)
@@ -656,7 +662,7 @@ def _layer_to_params(study: Study, ls: LayerSpace, point: Mapping[str, Any]) -> 
         if len(values) > 1:
             params[param_name(name, field)] = values.index(v)
     ordered = ordered_values(study)
-    for field, values in ordered.items():
+    for field, axis in ordered.items():
         if field in WEIGHT_FIELDS:
             rest = {full[field][n] for n in ls.weight if (n, field) not in ls.choices}
             if len(rest) > 1:
@@ -666,9 +672,9 @@ def _layer_to_params(study: Study, ls: LayerSpace, point: Mapping[str, Any]) -> 
             v = rest.pop()
         else:
             v = point[field]
-        if v not in values:
-            raise ValueError(f"{field}: {v!r} is not among the axis' values {values}")
-        params[field] = values.index(v)
+        if v not in axis:
+            raise ValueError(f"{field}: {v!r} is not among the axis' values {axis}")
+        params[field] = axis.index(v)
     for name in _indexed(study):
         params[name] = int(point.get(name, 0))
     return params
@@ -701,7 +707,7 @@ def config_point(study: Study, cfg: TrialConfig) -> Point | None:
                    "jr_weight": cfg.jr_weight, "adversarial": adv, "jr_layers": jr}  # fmt: skip
     if cfg.bits == "ans_hybrid" or ls is None:
         return axes
-    per = {
+    per: dict[str, dict[str, Any]] = {
         "bits": cfg.layer_bits,
         "sparsity": cfg.layer_sparsity,
         "clusters": cfg.layer_clusters,

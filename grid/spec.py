@@ -243,7 +243,14 @@ class Objective(_Strict):
     reference: Reference = Reference()
     # A flash budget on ``size`` in bytes: a constraint, not an objective.  Points over it
     # are stored and counted, never on the front (Optuna's constraints_func guides the search).
-    max_bytes: int | None = Field(default=None, ge=1, le=10**12)
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**12,
+        description="flash budget in bytes on `size`: a constraint (Optuna's constraints_func); "
+        "points over it are stored and counted, never on the front; the hypervolume's bytes "
+        "reference defaults to it",
+    )
 
     @field_validator("norm")
     @classmethod
@@ -276,9 +283,21 @@ class Search(_Strict):
     startup_trials: int = Field(default=10, ge=1, le=10_000)  # TPE's random start
     # The per-layer space: keys ``all``, a layer type (conv2d, dense, activation...) or a
     # layer name; a type overrides ``all`` and a name its type, field by field.
-    layers: dict[str, LayerChoices] | None = Field(default=None, min_length=1, max_length=1024)
+    layers: dict[str, LayerChoices] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="per-layer space (strategy optuna or random; needs `trials`): keys `all`, "
+        "a layer type (conv2d, depthwiseconv2d, dense, activation) or a layer name, each "
+        "{bits, sparsity, clusters, activation_bits, jr_weight: [choices]}; per field a name "
+        "overrides its type, a type overrides `all`; layers not matched follow the axes",
+    )
     # Optuna: the uniform assignments and the ans_hybrid one run first (they count as trials).
-    seeds: bool = True
+    seeds: bool = Field(
+        default=True,
+        description="optuna with `layers`: the uniform assignments (at most half the budget) "
+        "and the ans_hybrid one run first, counted in `trials`",
+    )
 
     @model_validator(mode="after")
     def _budget_needs_a_search(self) -> Search:

@@ -61,15 +61,112 @@ class StudyState:
         self.values: dict[str, list[float]] = {}  # complete key -> objective values
         self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
         self.params: int | None = None
-        self.points = space.points(study)
-        self.trials, self.keys = space.grid_trials(study, self.points)
-        ours = {k for ks in self.keys.values() for k in ks}
-        for key, st in list(self.status.items()):
-            if st == STATUS_COMPLETE and key in ours:
-                self._apply(key, stored.summaries[key])
+        self.max_bytes = study.objective.max_bytes  # the flash budget (None: no constraint)
+        self.summaries = stored.summaries  # stored key -> its summary, for points met later
+        self.by_label: dict[str, space.Point] = {}
+        if study.search.layers is None:
+            # A plain study's space is enumerated: every point, its trials and keys at once
+            # (10^5 trials in seconds: tests/test_scale.py).
+            self.points = space.points(study)
+            self.trials, self.keys = space.grid_trials(study, self.points)
+            ours = {k for ks in self.keys.values() for k in ks}
+            for key, st in list(self.status.items()):
+                if st == STATUS_COMPLETE and key in ours:
+                    self._apply(key, stored.summaries[key])
+        else:
+            # A per-layer space is never enumerated: the state holds the points it meets
+            # (seeds or the random sample, the store's; the searcher's proposals and the
+            # journal's as it meets them), their trials and keys computed as they come.
+            self.points, self.trials, self.keys = [], {}, {}
+            self.seeds, self.ans = space.seed_points(study)
+            first = (
+                space.random_points(study, study.budget, study.search_seed)
+                if study.search.strategy == Strategy.random
+                else [*self.seeds, *([self.ans] if self.ans else [])]
+                if study.search.seeds
+                else []
+            )
+            for p in first:
+                self.meet(p)
+            self._meet_stored()
         previous = read_json(self.results_dir, "search.json") or {}
         self.history: list[list[float]] = previous.get("history", [])
         self.journal_pushed_at: float | None = None  # perf_counter of the last upload
+
+    def meet(self, point: space.Point) -> str:
+        """Take ``point`` into the state (its trials, keys and stored results); its label."""
+        label = space.point_label(point)
+        if label in self.keys:
+            return label
+        trials = self.study.point_trials(dict(point))
+        keys = trials[0].fold_keys(t.fold for t in trials)
+        self.points.append(dict(point))
+        self.by_label[label] = dict(point)
+        self.trials[label], self.keys[label] = trials, keys
+        for key in keys:
+            if self.status.get(key) == STATUS_COMPLETE and key in self.summaries:
+                self._apply(key, self.summaries[key])
+        return label
+
+    def point_of(self, label: str) -> space.Point:
+        """The point of a label the state knows."""
+        if not self.by_label:
+            self.by_label = {space.point_label(p): p for p in self.points}
+        return self.by_label[label]
+
+    def _meet_stored(self) -> None:
+        """Meet the points of the store's complete trials that belong to this per-layer study:
+        each stored config mapped back to its canonical point, kept when that point is in the
+        space (or the ans_hybrid seed) and its trial key is the stored one."""
+        import json
+
+        from grid.store import read_many
+
+        done = {k for k, v in self.status.items() if v == STATUS_COMPLETE}
+        if not done:
+            return
+        table = read_many(self.results_dir, ["meta_config_json"])
+        seen = {k for ks in self.keys.values() for k in ks}  # ours already
+        ans = space.point_label(self.ans) if self.ans else None
+        for key, blob in zip(
+            table.column("key").to_pylist(),
+            table.column("meta_config_json").to_pylist(),
+            strict=True,
+        ):
+            if key in seen or key not in done or not blob:
+                continue
+            seen.add(key)
+            try:
+                cfg = TrialConfig.from_dict(json.loads(blob))
+                point = space.config_point(self.study, cfg)
+            except ValueError:
+                continue  # another study's config
+            if point is None:
+                continue
+            label = space.point_label(point)
+            if label != ans and not space.in_space(self.study, point):
+                continue
+            trials = self.study.point_trials(point)
+            if trials[0].fold_keys([cfg.fold])[0] == key:
+                self.meet(point)
+
+    def feasible(self, values: list[float]) -> bool:
+        """Whether a point's objectives are within the flash budget (always, without one)."""
+        return self.max_bytes is None or values[self.obj.names.index("bytes")] <= self.max_bytes
+
+    def infeasible(self) -> int:
+        """Complete points over the flash budget."""
+        return sum(1 for v in self.point_values().values() if not self.feasible(v))
+
+    def budget_line(self) -> str | None:
+        """``budget 4,096 B (encoded): 7 of 31 complete points over it, off the front``."""
+        if self.max_bytes is None:
+            return None
+        n, over = len(self.point_values()), self.infeasible()
+        return (
+            f"budget {self.max_bytes:,} B ({self.study.headline[3]}): {over} of {n} complete "
+            "point(s) over it, off the front"
+        )
 
     def refresh(self, key: str) -> bool:
         """Re-read ``key``'s rows from the store; True when it is complete."""
@@ -124,7 +221,9 @@ class StudyState:
         return [sum(col) / len(col) for col in zip(*vals, strict=True)]
 
     def front(self) -> space.Front:
-        return space.front(self.point_values(), self.obj, self.params)
+        """The front of the complete points within the flash budget."""
+        values = {k: v for k, v in self.point_values().items() if self.feasible(v)}
+        return space.front(values, self.obj, self.params)
 
     def save(self, strategy: str, front: space.Front | None = None) -> space.Front:
         """Store the front (recomputed unless given) with the hypervolume's history in search.json.
@@ -151,7 +250,9 @@ class StudyState:
             "reference": list(f.reference),
             "hypervolume": f.hypervolume,
             "hypervolume_normalized": f.normalized,
-            "points_complete": f.points,
+            "points_complete": f.points,  # within the budget, when there is one
+            "max_bytes": self.max_bytes,
+            "points_infeasible": self.infeasible() if self.max_bytes is not None else 0,
             "front": [
                 {"point": label, "keys": self.keys[label], "values": self.point_value(label)}
                 for label in f.labels
