@@ -179,13 +179,14 @@ def study_trials(study: Study) -> list[TrialConfig]:
         return study.trials()
     from grid import space
 
+    budget = study.search.trials or 0  # a per-layer space always has one (spec)
     uniform, hybrid = space.seed_points(study)
     chosen = {space.point_label(p): p for p in [*uniform, *([hybrid] if hybrid else [])]}
-    for p in space.random_assignments(study, study.search.trials, seed=0):
-        if len(chosen) >= study.search.trials:
+    for p in space.random_assignments(study, budget, seed=0):
+        if len(chosen) >= budget:
             break
         chosen.setdefault(space.point_label(p), p)
-    points = list(chosen.values())[: study.search.trials]
+    points = list(chosen.values())[:budget]
     return [t for p in points for t in study.point_trials(p)]
 
 
