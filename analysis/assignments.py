@@ -138,14 +138,14 @@ def _is_uniform(assign: dict[str, dict[str, Any]]) -> bool:
     return all(c == cells[0] for c in cells[1:])
 
 
-def budget_from(results: str | Path) -> float | None:
+def budget_from(results: str | Path) -> int | None:
     """A flash budget the study recorded: ``max_bytes`` in a search.json (top level or under
     'objective' / 'headline' / 'budget') of the results folder or its studies; None when none
     says (several different budgets: an error, pass one)."""
     root = Path(str(results))
     if "://" in str(results) or not root.exists():
         return None
-    found: set[float] = set()
+    found: set[int] = set()
     files = [root / "search.json", *sorted(root.glob("*/search.json"))]
     for path in files:
         if not path.is_file():
@@ -155,7 +155,7 @@ def budget_from(results: str | Path) -> float | None:
             continue
         for holder in (data, data.get("objective"), data.get("headline"), data.get("budget")):
             if isinstance(holder, dict) and holder.get("max_bytes") is not None:
-                found.add(float(holder["max_bytes"]))
+                found.add(int(holder["max_bytes"]))
     if len(found) > 1:
         raise ValueError(
             f"max_bytes: the studies under {results} record different budgets "

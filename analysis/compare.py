@@ -100,7 +100,7 @@ _KIND_OF = {
 }
 _VARIANT_COLUMNS = [
     "model", "bits", "layer_bits", "sparsity", "clusters", "jr_layers", "jr_weight",
-    "adv_training", "adv_eps",
+    "adv_training", "adv_eps", "layer_sparsity", "layer_clusters", "layer_activation_bits",
 ]  # fmt: skip
 _REDUCTION_ORDER = {"quantization": 0, "pruning": 1, "clustering": 2}
 
@@ -134,10 +134,15 @@ def variant_label(
     sparsity: float = 0.0,
     clusters: int = 0,
     layer_bits: object = "{}",
+    layer_sparsity: object = "{}",
+    layer_clusters: object = "{}",
+    layer_activation_bits: object = "{}",
 ) -> str:
     """The readable label of a variant: ``'<model> <bits>'`` plus what it adds.
 
-    ``bits{conv1:8}`` per-layer bits, ``sparsity 0.5``, ``clusters 16``,
+    ``bits{conv1:8}`` per-layer bits, ``act{act1:4}`` per-layer activation widths,
+    ``sparsity 0.5``, ``sparsity{conv2:0.75}`` per-layer, ``clusters 16``,
+    ``clusters{conv2:4}`` per-layer,
     ``+JR(all=0.01)`` per-layer JR, ``+ioJR(0.1)`` input-output JR,
     ``+adv(pgd 0.03)`` adversarial training.
     """
@@ -145,10 +150,19 @@ def variant_label(
     lb = _json_map(layer_bits)
     if lb:
         parts.append("bits{" + ",".join(f"{k}:{_num(v)}" for k, v in sorted(lb.items())) + "}")
+    la = _json_map(layer_activation_bits)
+    if la:
+        parts.append("act{" + ",".join(f"{k}:{_num(v)}" for k, v in sorted(la.items())) + "}")
     if sparsity and sparsity > 0:
         parts.append(f"sparsity {sparsity:g}")
+    ls = _json_map(layer_sparsity)
+    if ls:
+        parts.append("sparsity{" + ",".join(f"{k}:{_num(v)}" for k, v in sorted(ls.items())) + "}")
     if clusters and clusters > 0:
         parts.append(f"clusters {int(clusters)}")
+    lc = _json_map(layer_clusters)
+    if lc:
+        parts.append("clusters{" + ",".join(f"{k}:{_num(v)}" for k, v in sorted(lc.items())) + "}")
     jl = _json_map(jr_layers)
     if jl:
         parts.append("+JR(" + ",".join(f"{k}={_num(v)}" for k, v in sorted(jl.items())) + ")")
@@ -174,6 +188,12 @@ def _is_undefended_float(r: pd.Series) -> bool:
         and r.adv_training == "none"
         and not (r.sparsity and r.sparsity > 0)
         and not (r.clusters and r.clusters > 0)
+        and not any(
+            float(str(v)) > 0 for v in _json_map(getattr(r, "layer_sparsity", "{}")).values()
+        )
+        and not any(
+            float(str(v)) > 0 for v in _json_map(getattr(r, "layer_clusters", "{}")).values()
+        )
     )
 
 
@@ -228,6 +248,9 @@ _PAPER1_SQL = f"""
     SELECT key, any_value({CONFIG_ID}) AS config_id, any_value(fold) AS fold,
            any_value(cfg_dataset) AS dataset, any_value(cfg_model) AS model,
            any_value(cfg_bits) AS bits, any_value(coalesce(cfg_layer_bits, '{{}}')) AS layer_bits,
+           any_value(coalesce(cfg_layer_sparsity, '{{}}')) AS layer_sparsity,
+           any_value(coalesce(cfg_layer_clusters, '{{}}')) AS layer_clusters,
+           any_value(coalesce(cfg_layer_activation_bits, '{{}}')) AS layer_activation_bits,
            any_value(coalesce(cfg_sparsity, 0)) AS sparsity,
            any_value(coalesce(cfg_clusters, 0)) AS clusters,
            any_value(coalesce(cfg_jr_layers, '{{}}')) AS jr_layers,
@@ -272,7 +295,8 @@ def _trial_cells(con: duckdb.DuckDBPyConnection, where: str | None) -> pd.DataFr
         variant_label(
             r.model, r.bits, jr_layers=r.jr_layers, jr_weight=r.jr_weight,
             adv_training=r.adv_training, adv_eps=r.adv_eps, sparsity=r.sparsity,
-            clusters=r.clusters, layer_bits=r.layer_bits,
+            clusters=r.clusters, layer_bits=r.layer_bits, layer_sparsity=r.layer_sparsity,
+            layer_clusters=r.layer_clusters, layer_activation_bits=r.layer_activation_bits,
         )
         for r in df.itertuples()
     ]  # fmt: skip
@@ -483,17 +507,27 @@ def _cells(con: duckdb.DuckDBPyConnection, where: str | None) -> list[tuple[str,
 def _single_mask(pts: pd.DataFrame, combo: pd.Series, part: str) -> pd.Series:
     """The trials that apply only ``part`` of ``combo``'s reductions, at combo's setting."""
     same = pts.pair_id == combo.pair_id
+    # per-layer overrides: '{}' (none) or NULL in rows written before they existed
+    no_ls = pts.layer_sparsity.fillna("{}") == "{}"
+    no_lc = pts.layer_clusters.fillna("{}") == "{}"
     if part == "quantization":
         act = pts.activation_bits.isna() if pd.isna(combo.activation_bits) else (
             pts.activation_bits == combo.activation_bits
         )  # fmt: skip
         return (
             same & (pts.bits == combo.bits) & (pts.layer_bits == combo.layer_bits) & act
-            & (pts.sparsity == 0) & (pts.clusters == 0)
+            & (pts.layer_activation_bits == combo.layer_activation_bits)
+            & (pts.sparsity == 0) & (pts.clusters == 0) & no_ls & no_lc
         )  # fmt: skip
     if part == "pruning":
-        return same & (pts.bits == "float") & (pts.sparsity == combo.sparsity) & (pts.clusters == 0)
-    return same & (pts.bits == "float") & (pts.sparsity == 0) & (pts.clusters == combo.clusters)
+        return (
+            same & (pts.bits == "float") & (pts.sparsity == combo.sparsity)
+            & (pts.layer_sparsity == combo.layer_sparsity) & (pts.clusters == 0) & no_lc
+        )  # fmt: skip
+    return (
+        same & (pts.bits == "float") & (pts.sparsity == 0) & no_ls
+        & (pts.clusters == combo.clusters) & (pts.layer_clusters == combo.layer_clusters)
+    )  # fmt: skip
 
 
 def _versus_worst_single(

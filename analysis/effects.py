@@ -25,12 +25,15 @@ from analysis.query import AXIS_COLUMNS, CONFIG_ID, NORMS, check_columns, where_
 # activation width), and fold, share it, so each can be paired with the
 # uncompressed baseline of the same fold.  A float baseline always has
 # activation_bits null and layer_bits {} (trainables.config.TrialConfig forbids
-# layer_bits with bits float), so they are stripped like bits.  Everything else
+# layer_bits with bits float), so they are stripped like bits; so are the per-layer
+# overrides of the reductions (layer_sparsity, layer_clusters, layer_activation_bits),
+# which a baseline never has.  Everything else
 # stays in it: JR (input-output and per layer), adversarial training, seed,
 # training settings, folds and the results revision.
 PAIR_ID = (
     "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace("
-    "regexp_replace(regexp_replace(meta_config_json, "
+    "regexp_replace(regexp_replace(regexp_replace(meta_config_json, "
+    """'"layer_(sparsity|clusters|activation_bits)": [{][^}]*[}](, )?', '', 'g'), """
     """'"ans": [{][^}]*[}](, )?', ''), """  # ans_hybrid's settings: part of its quantization
     """'"layer_bits": [{][^}]*[}](, )?', ''), '"activation_bits": (null|[0-9]+)(, )?', ''), """
     """'"bits": "[^"]*"(, )?', ''), '"clusters": [0-9]+(, )?', ''), """
@@ -40,7 +43,10 @@ PAIR_ID = (
     "cfg_batch_size, cfg_learning_rate, cfg_test_fraction, cfg_seed, cfg_folds, revision))"
 )
 
-BASELINE = "cfg_bits = 'float' AND cfg_sparsity = 0 AND cfg_clusters = 0"
+BASELINE = (
+    "cfg_bits = 'float' AND cfg_sparsity = 0 AND cfg_clusters = 0 "
+    "AND cfg_layer_sparsity = '{}' AND cfg_layer_clusters = '{}'"
+)
 
 # The reference model of compare_to_baseline, condition by condition: truly
 # float (no per-layer bits either), unpruned, unclustered, without JR of any
@@ -50,7 +56,9 @@ REFERENCE = {
     "float (cfg_bits 'float')": "cfg_bits = 'float'",
     "default layer bits (cfg_layer_bits '{}')": "cfg_layer_bits = '{}'",
     "unpruned (cfg_sparsity 0)": "cfg_sparsity = 0",
+    "no layer pruned (cfg_layer_sparsity '{}')": "cfg_layer_sparsity = '{}'",
     "unclustered (cfg_clusters 0)": "cfg_clusters = 0",
+    "no layer clustered (cfg_layer_clusters '{}')": "cfg_layer_clusters = '{}'",
     "without input-output JR (cfg_jr_weight 0)": "cfg_jr_weight = 0",
     "without per-layer JR (cfg_jr_layers '{}')": "cfg_jr_layers = '{}'",
     "without adversarial training (cfg_adv_training 'none')": "cfg_adv_training = 'none'",
@@ -125,14 +133,32 @@ def robustness_curve(
     return df.drop(columns=["_k", "_n"])
 
 
-def reductions_of(bits: str, sparsity: float, clusters: int) -> str:
-    """'quantization', 'pruning', 'clustering', combined with '+', or 'none'."""
+def _json_values(text: object) -> list[float]:
+    """The values of a per-layer override column (JSON object; NULL / '' / NaN: none)."""
+    if not isinstance(text, str) or not text:
+        return []
+    value = json.loads(text)
+    return [float(v) for v in value.values()] if isinstance(value, dict) else []
+
+
+def reductions_of(
+    bits: str,
+    sparsity: float,
+    clusters: int,
+    layer_sparsity: object = "{}",
+    layer_clusters: object = "{}",
+) -> str:
+    """'quantization', 'pruning', 'clustering', combined with '+', or 'none'.
+
+    A per-layer override counts: a layer pruned (``cfg_layer_sparsity``) is pruning even at
+    ``sparsity`` 0, a layer clustered is clustering.
+    """
     parts = [
         name
         for name, on in (
             ("quantization", bits != "float"),
-            ("pruning", sparsity > 0),
-            ("clustering", clusters > 0),
+            ("pruning", sparsity > 0 or any(v > 0 for v in _json_values(layer_sparsity))),
+            ("clustering", clusters > 0 or any(v > 0 for v in _json_values(layer_clusters))),
         )
         if on
     ]
@@ -232,6 +258,9 @@ def _paired_points(
     ids = con.execute(
         f"""SELECT key, any_value({PAIR_ID}) AS pair_id,
                    any_value(cfg_layer_bits) AS layer_bits,
+                   any_value(cfg_layer_sparsity) AS layer_sparsity,
+                   any_value(cfg_layer_clusters) AS layer_clusters,
+                   any_value(cfg_layer_activation_bits) AS layer_activation_bits,
                    any_value(cfg_activation_bits) AS activation_bits, any_value(cfg_seed) AS seed,
                    any_value(cfg_test_fraction) AS test_fraction,
                    min(meta_attack_subset) AS test_subset
@@ -240,14 +269,23 @@ def _paired_points(
     pts = pts.merge(ids, on="key")
     pts["cfg_folds"] = pts["cfg_folds"].fillna(1).astype(int)
     pts["reductions"] = [
-        reductions_of(b, s, c) for b, s, c in zip(pts.bits, pts.sparsity, pts.clusters, strict=True)
+        reductions_of(b, s, c, ls, lc)
+        for b, s, c, ls, lc in zip(
+            pts.bits,
+            pts.sparsity,
+            pts.clusters,
+            pts.layer_sparsity,
+            pts.layer_clusters,
+            strict=True,
+        )
     ]
     return pts
 
 
 _CONFIG_COLUMNS = [
     "reductions", "dataset", "model", "bits", "sparsity", "clusters", "jr_weight", "jr_layers",
-    "layer_bits", "activation_bits", "adv_training", "seed",
+    "layer_bits", "activation_bits", "adv_training", "seed", "layer_sparsity", "layer_clusters",
+    "layer_activation_bits",
 ]  # fmt: skip
 
 
@@ -542,7 +580,8 @@ _JR_FREE_COLUMNS = (
     "concat_ws('|', cfg_dataset, cfg_model, cfg_bits, cfg_layer_bits, cfg_activation_bits, "
     "cfg_sparsity, cfg_clusters, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, "
     "cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, cfg_test_fraction, "
-    "cfg_seed, cfg_folds)"
+    "cfg_seed, cfg_folds, nullif(cfg_layer_sparsity, '{}'), nullif(cfg_layer_clusters, '{}'), "
+    "nullif(cfg_layer_activation_bits, '{}'))"
 )
 
 

@@ -58,8 +58,13 @@ _L2_BY_DEFAULT = ("cw_l2", "deepfool", "hopskipjump", "boundary")
 _SQL_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
 
 # The axes an analyst groups by, as the rows name them (one definition: trainables.config.AXES;
-# with the dataset, so "each config" never pools two datasets).
-AXIS_COLUMNS = ("cfg_dataset", *(c for a in AXES for c in a.columns))
+# with the dataset, so "each config" never pools two datasets, and the per-layer overrides,
+# so it never pools two per-layer assignments).
+AXIS_COLUMNS = (
+    "cfg_dataset",
+    *(c for a in AXES for c in a.columns),
+    *(c for c in LAYER_OVERRIDE_COLUMNS if c not in {c for a in AXES for c in a.columns}),
+)
 
 
 def parquet_glob(results: str | Path) -> str:

@@ -284,6 +284,9 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
     return parts
 
 
+_SIZE_COLUMN = {"encoded": "metric_bytes", "tflite": "metric_tflite_bytes"}  # row columns
+
+
 def build_report(
     con: duckdb.DuckDBPyConnection,
     title: str,
@@ -293,10 +296,11 @@ def build_report(
     norm: str | None = None,
     size: str = "encoded",
     export: Export | None = None,
-    max_bytes: float | None = None,
+    max_bytes: int | None = None,
 ) -> str:
-    """The report's HTML for the results behind ``con`` (tables and figures also to ``export``);
-    ``max_bytes``: a flash budget whose excess points the per-layer section keeps off its fronts."""
+    """The report's HTML for the results behind ``con`` (tables and figures also to ``export``;
+    ``max_bytes``: a flash budget, points over it left off the fronts, the per-layer
+    section's too, and counted)."""
     eps, norm = resolve(con, attack, eps, norm)
     what = describe(attack, eps, norm)
     counts = con.execute(
@@ -310,7 +314,15 @@ def build_report(
         "SELECT count(DISTINCT key) FROM all_rows WHERE key NOT IN (SELECT key FROM rows)"
     ).fetchone()
     points = trial_points(con, attack, eps, per="config", norm=norm, size=size)
-    front = pareto_front(con, attack, eps, per="config", norm=norm, size=size)
+    within = None if max_bytes is None else f"{_SIZE_COLUMN[size]} <= {int(max_bytes)}"
+    front = pareto_front(con, attack, eps, per="config", norm=norm, size=size, where=within)
+    budget = ""
+    if max_bytes is not None:  # a constraint: points over it are stored, never on the front
+        over = int((points["bytes"] > max_bytes).sum())
+        budget = (
+            f"; budget {max_bytes:,} B ({html.escape(size)}): {over} of {len(points)} complete "
+            "point(s) over it, off the front"
+        )
     if export is not None:
         export.table(
             "pareto_front", front, f"Pareto front: robust accuracy ({what}) up, bytes down"
@@ -323,6 +335,7 @@ def build_report(
             if stale and stale[0]
             else ""
         )
+        + budget
         + f"; robust accuracy under the {html.escape(what)} (input scale 0-1); "
         f"size: {html.escape(SIZE_LABELS[size])}; "
         "points are configs, the mean over their folds, with the 95% Wilson interval of the "
@@ -433,7 +446,7 @@ def write_report(
     size: str = "encoded",
     stale: bool = False,
     export: Export | None = None,
-    max_bytes: float | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """``build_report`` of ``results`` into ``out``; the flash budget, unless given, is the one
     the studies' search.json records (analysis.assignments.budget_from), else none."""

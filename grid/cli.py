@@ -28,6 +28,27 @@ from grid.spec import Study, StudyError, load_study
 EXIT_BAD_INPUT = 2
 
 
+SIZE_COLUMNS = {"encoded": "metric_bytes", "tflite": "metric_tflite_bytes"}
+
+
+def study_budget(results: str) -> int | None:
+    """The flash budget (objective.max_bytes) a study's results folder was run under, from
+    its search.json; None for no budget, or a folder that is not one study's."""
+    from grid.store import Location, read_json
+
+    try:
+        saved = read_json(Location(results), "search.json") or {}
+    except (OSError, ValueError):
+        return None
+    budget = saved.get("max_bytes")
+    return int(budget) if isinstance(budget, int) and budget > 0 else None
+
+
+def budget_where(max_bytes: int | None, size: str) -> str | None:
+    """The row predicate that keeps a front within a flash budget (None: no budget)."""
+    return None if max_bytes is None else f"{SIZE_COLUMNS[size]} <= {int(max_bytes)}"
+
+
 def _print_front(
     results: str,
     attack: str,
@@ -35,14 +56,26 @@ def _print_front(
     norm: str | None = None,
     size: str = "encoded",
     stale: bool = False,
+    max_bytes: int | None = None,
 ) -> int:
     from analysis.pareto import format_front, pareto_front, resolve
     from analysis.query import connect
 
     con = connect(results, stale=stale)
     eps, norm = resolve(con, attack, eps, norm)
-    front = pareto_front(con, attack, eps, norm=norm, size=size)
+    front = pareto_front(
+        con, attack, eps, norm=norm, size=size, where=budget_where(max_bytes, size)
+    )
     print(format_front(front, attack, eps, norm, size))
+    if max_bytes is not None:  # points over a flash budget are never on the front
+        got = con.execute(
+            f"SELECT count(DISTINCT key) FILTER (WHERE {SIZE_COLUMNS[size]} > {int(max_bytes)}), "
+            "count(DISTINCT key) FROM rows WHERE status = 'complete'"
+        ).fetchone()
+        over, n = got if got is not None else (0, 0)
+        print(
+            f"budget {max_bytes:,} B ({size}): {over} of {n} complete trial(s) over it, off the front"
+        )
     return 0
 
 
@@ -126,7 +159,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
     print()
     attack, eps, norm, size = study.headline
     if summary.completed or summary.skipped:
-        _print_front(str(results_dir), attack, eps, norm, size)
+        _print_front(str(results_dir), attack, eps, norm, size, max_bytes=study.objective.max_bytes)
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130
@@ -278,7 +311,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    return _print_front(args.results, args.attack, args.eps, args.norm, args.size, args.stale)
+    budget = args.max_bytes if args.max_bytes is not None else study_budget(args.results)
+    return _print_front(
+        args.results, args.attack, args.eps, args.norm, args.size, args.stale, budget or None
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -294,6 +330,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             figures=Path(args.figures) if args.figures else None,
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         )
+    budget = args.max_bytes if args.max_bytes is not None else study_budget(args.results)
     out = write_report(
         args.results,
         args.out,
@@ -303,6 +340,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         size=args.size,
         stale=args.stale,
         export=export,
+        max_bytes=budget or None,
     )
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     for path in export.written if export else []:
@@ -441,6 +479,12 @@ def selection_options(cmd: argparse.ArgumentParser) -> None:
         "--stale",
         action="store_true",
         help="include rows of another results revision (left out by default)",
+    )
+    cmd.add_argument(
+        "--max-bytes",
+        type=int,
+        help="flash budget: points over it are left off the front (default: the study's "
+        "objective.max_bytes, from its search.json; 0: none)",
     )
 
 

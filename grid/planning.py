@@ -53,11 +53,12 @@ def expected_cost(cfg: TrialConfig) -> float:
     quantized ones about 1.5x the time of the same float trial).
     """
     step = 1.0 + (1.0 if cfg.jr_weight > 0 or cfg.jr_layers else 0.0)
-    step += (0.5 if cfg.sparsity > 0 else 0.0) + (0.3 if cfg.bits != "float" else 0.0)
+    # per-layer targets count: any pruned layer wraps the model, any clustered one fine-tunes it
+    step += (0.5 if cfg.pruned else 0.0) + (0.3 if cfg.bits != "float" else 0.0)
     adv = cfg.adversarial
     if adv.method.value != "none":
         step += adv.ratio * (adv.steps if adv.method.value == "pgd" else 1)
-    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clusters else 0)
+    epochs = cfg.epochs + (cfg.fine_tune_epochs if cfg.clustered else 0)
     return epochs * step
 
 

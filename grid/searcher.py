@@ -121,6 +121,10 @@ class PointSearcher(Searcher):
         told = [tid] if tid is not None else []  # None: a seed outside Optuna's space
         for waiting in [*told, *self.waiting.pop(label, [])]:
             self._tell(waiting, result, error)
+        if tid is None and label in self.known:  # the ans_hybrid seed: its widths, if in space
+            for key in self.state.keys[label]:
+                self.state.refresh(key)
+            tell_ans_widths(self.study, self.state, self.inner._ot_study)
 
     def save(self, checkpoint_path: str) -> None:
         raise NotImplementedError  # the state lives in optuna.journal and the store
@@ -149,6 +153,16 @@ class BytesConstraint:
 
     def __call__(self, trial: Any) -> list[float]:
         return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
+
+
+def met(study: Study, state: StudyState, params: dict[str, Any]) -> str | None:
+    """The label of the point a journal trial's parameters stand for, met by ``state``;
+    None when they are not this study's (a journal of an earlier space: other layers or
+    choices), so such a trial is left alone rather than failing the run."""
+    try:
+        return state.meet(space.to_point(study, params))
+    except (KeyError, IndexError, ValueError):
+        return None
 
 
 def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
@@ -185,7 +199,8 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
     # A trial left RUNNING: complete when the store has the point's values (it finished
     # meanwhile), else failed.  (WAITING trials are enqueued seeds not yet asked: kept.)
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        known = state.point_value(state.meet(space.to_point(study, t.params)))
+        label = met(study, state, t.params)
+        known = state.point_value(label) if label is not None else None
         if known is None:
             ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         else:
@@ -194,7 +209,7 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
                 ostudy._storage.set_trial_user_attr(t._trial_id, CONSTRAINT_ATTR, over)
             ostudy.tell(t.number, known, skip_if_finished=True)
     told = {
-        state.meet(space.to_point(study, t.params))
+        met(study, state, t.params)
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
     values = state.point_values()
@@ -221,7 +236,59 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
         )  # fmt: skip
     if study.search.layers is not None and study.search.seeds:
         enqueue_seeds(study, state, ostudy)
+        tell_ans_widths(study, state, ostudy)
     return ostudy
+
+
+ANS_ANSWER = "ans_hybrid's realised widths"  # the ``answered`` attribute of that told trial
+
+
+def tell_ans_widths(study: Study, state: StudyState, ostudy: Any) -> bool:
+    """Tell Optuna the ans_hybrid seed's realised per-layer widths with its values, once,
+    when every width is among that layer's choices (``add_trial``): the search learns from
+    the heuristic's assignment.  True when told (now or before)."""
+    import json
+
+    from optuna.trial import create_trial
+
+    from grid.store import read_rows
+
+    if state.ans is None or study.search.layers is None:
+        return False
+    label = space.point_label(state.ans)
+    vals = state.point_value(label) if label in state.keys else None
+    if vals is None:
+        return False
+    if any(t.user_attrs.get("answered") == ANS_ANSWER for t in ostudy.get_trials(deepcopy=False)):
+        return True
+    rows = read_rows(state.results_dir, state.keys[label][0]) or []
+    widths = json.loads((rows[0].get("meta_layer_bits_json") or "{}") if rows else "{}")
+    ls = study.layer_space()
+    full: dict[str, dict[str, Any]] = {
+        "bits": {n: widths.get(n) for n in ls.weight},
+        "sparsity": {n: state.ans["sparsity"] for n in ls.weight},
+        "clusters": {n: state.ans["clusters"] for n in ls.weight},
+        "activation_bits": {n: 8 for n in ls.chosen("activation_bits")},  # ans: 8-bit activations
+        "jr_weight": {n: 0.0 for n in ls.chosen("jr_weight")},
+    }
+    axes = {k: v for k, v in state.ans.items() if k != "bits"}
+    try:
+        point = space.canonical(study, ls, {"bits": "8", **axes}, full)
+        params = space.to_params(study, point)
+    except (ValueError, KeyError, TypeError):
+        return False  # a width outside the choices: nothing Optuna's space can say
+    attrs: dict[str, Any] = {"answered": ANS_ANSWER, "ans_key": state.keys[label][0]}
+    system: dict[str, Any] = {}
+    if study.objective.max_bytes is not None:
+        attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[state.obj.names.index("bytes")])
+        system[CONSTRAINTS_KEY] = (attrs[CONSTRAINT_ATTR],)
+    ostudy.add_trial(
+        create_trial(
+            params=params, distributions=space.distributions(study), values=vals,
+            user_attrs=attrs, system_attrs=system,
+        )
+    )  # fmt: skip
+    return True
 
 
 def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:
@@ -233,7 +300,10 @@ def enqueue_seeds(study: Study, state: StudyState, ostudy: Any) -> None:
         space.point_label(space.to_point(study, t.system_attrs.get("fixed_params", {})))
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     }
-    done = set(state.point_values())
+    done = set(state.point_values()) | {  # in the store, or told Optuna before
+        space.point_label(space.to_point(study, t.params))
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
     for point in state.seeds:
         label = space.point_label(point)
         if label not in done and label not in waiting:

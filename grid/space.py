@@ -437,38 +437,40 @@ def _choice_text(values: Sequence[Any] | None) -> str:
     )
 
 
-def model_layers(study: Study) -> list[tuple[str, str]]:
-    """(name, normalised kind) of every layer of the study's model, as built (TensorFlow).
+def model_layers(study: Study) -> list[tuple[str, str, str]]:
+    """(name, normalised kind, what it takes) of every layer of the study's model, as built
+    (TensorFlow): ``weight`` (a quantized conv / depthwise / dense layer), ``activation``
+    (QActivation) or ``""`` (nothing to choose: flatten, pooling, a plain Keras layer).
 
-    Built at 8 bits, so the activation layers exist (a float build is the same layers).
+    Built at 8 bits, so the activation layers exist (a float build has the same layers);
+    the kinds and roles are ``trainables.models.layer_kinds``'s.
     """
+    import tf_keras
+    from qkeras import QActivation
+
     from trainables.config import TrialConfig
     from trainables.data import dataset_shape
-    from trainables.modelspec import LayerList
+    from trainables.models import WEIGHT_LAYERS, build_model, normalised_kind
 
     shape, classes = dataset_shape(study.dataset.name.value)
     cfg = TrialConfig(dataset=study.dataset.name, model=study.models[0], bits="8")
-    import trainables.models as models
-
-    layer_kinds = getattr(models, "layer_kinds", None)  # issue22-trial's lookup, when merged
-    if layer_kinds is not None:
-        return [(n, normalize_kind(k)) for n, k in layer_kinds(cfg, shape, classes).items()]
-    import tf_keras
-
-    from trainables.models import build_model
-
     model = build_model(cfg, shape, classes)
-    spec = cfg.model
-    types = {str(s.name): s.type for s in spec.layers} if isinstance(spec, LayerList) else {}
+
+    def takes(layer: Any) -> str:
+        if isinstance(layer, WEIGHT_LAYERS):
+            return "weight"
+        return "activation" if isinstance(layer, QActivation) else ""
+
     return [
-        (layer.name, normalize_kind(types.get(layer.name, type(layer).__name__)))
+        (layer.name, normalised_kind(layer), takes(layer))
         for layer in model.layers
         if not isinstance(layer, tf_keras.layers.InputLayer)
     ]
 
 
-def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None) -> LayerSpace:
-    """``search.layers`` against the model's layers (``found``: (name, kind); default: built).
+def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None) -> LayerSpace:
+    """``search.layers`` against the model's layers (``layers``: (name, kind[, what it takes]),
+    as :func:`model_layers` gives them; default: built).
 
     Keys: ``all``, a layer type (matched case-insensitively, ``Q``/``CQ`` dropped) or a
     layer name; per field a name overrides its type, a type overrides ``all``.  Raises
@@ -481,12 +483,19 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
     from trainables.modelspec import model_label
 
     spec = study.search.layers or {}
-    found = list(found if found is not None else model_layers(study))
+    listed = list(layers if layers is not None else model_layers(study))
+    takes = {
+        item[0]: item[2] if len(item) > 2
+        else "weight" if item[1] in WEIGHT_KINDS
+        else "activation" if item[1] == ACTIVATION_KIND else ""
+        for item in listed
+    }  # fmt: skip
+    found: list[tuple[str, str]] = [(str(item[0]), str(item[1])) for item in listed]
     label = model_label(study.models[0])
     names = [n for n, _ in found]
     kinds = list(dict.fromkeys(k for _, k in found))
-    role = {n: (k in WEIGHT_KINDS if k != ACTIVATION_KIND else False) for n, k in found}
-    usable = {n for n, k in found if k in WEIGHT_KINDS or k == ACTIVATION_KIND}
+    role = {n: takes[n] == "weight" for n, _ in found}
+    usable = {n for n, _ in found if takes[n]}
     levels: list[tuple[int, str, Any, str]] = []  # (0 all / 1 type / 2 name, matched, choices, key)
     for key, given in spec.items():
         if key == "all":
@@ -502,7 +511,7 @@ def resolve_layers(study: Study, found: Sequence[tuple[str, str]] | None = None)
             levels.append((2, key, given, key))
         elif normalize_kind(key) in kinds:
             kind = normalize_kind(key)
-            if kind not in WEIGHT_KINDS and kind != ACTIVATION_KIND:
+            if not any(takes[n] for n, k in found if k == kind):
                 raise StudyError(
                     f"search.layers.{key}: {kind} layers have no weights and are no activation "
                     "layers: nothing to choose"

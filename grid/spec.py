@@ -804,9 +804,15 @@ class Study(_Strict):
         return reports
 
     def trials(self) -> list[TrialConfig]:
-        """The whole grid: every point's trials, in file order (bits outermost, fold innermost)."""
-        from grid.space import points
+        """The whole grid: every point's trials, in file order (bits outermost, fold innermost).
 
+        A per-layer study is never enumerated: the trials of ``budget`` distinct random
+        assignments (seeded), a sample of what its search runs (for sizing)."""
+        from grid.space import points, random_points
+
+        if self.search.layers is not None:
+            pts = random_points(self, self.budget, self.search_seed)
+            return [t for p in pts for t in self.point_trials(p)]
         return [t for p in points(self) for t in self.point_trials(p)]
 
 

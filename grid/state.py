@@ -115,14 +115,15 @@ class StudyState:
         return self.by_label[label]
 
     def _meet_stored(self) -> None:
-        """Meet the points of the store's complete trials that belong to this per-layer study:
+        """Meet the points of the store's trials that belong to this per-layer study:
         each stored config mapped back to its canonical point, kept when that point is in the
         space (or the ans_hybrid seed) and its trial key is the stored one."""
         import json
 
         from grid.store import read_many
 
-        done = {k for k, v in self.status.items() if v == STATUS_COMPLETE}
+        # complete and failed ones (``grid status`` lists a point's failures too)
+        done = {k for k, v in self.status.items() if v in (STATUS_COMPLETE, STATUS_FAILED)}
         if not done:
             return
         table = read_many(self.results_dir, ["meta_config_json"])

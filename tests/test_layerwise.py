@@ -376,3 +376,129 @@ def test_a_mixed_trial_records_its_assignment_in_its_rows() -> None:
     assert layers["conv1"]["weight_bits"] == 32 and layers["conv2"]["weight_bits"] == 4
     assert abs(layers["conv2"]["zero_fraction_stored"] - 0.75) <= 1 / 4608 + 1e-9
     assert layers["conv1"]["zero_fraction_stored"] == 0.0
+    assert row["metric_tflite_bytes"] is not None  # a float layer still exports to int8 TFLite
+
+
+def test_expected_cost_counts_per_layer_pruning_and_clustering() -> None:
+    from grid.planning import expected_cost
+
+    # 8 epochs at 1.3 (quantized) plain-step units; + 0.5 a step when a layer is pruned;
+    # + 2 fine-tune epochs when a layer is clustered
+    assert expected_cost(TrialConfig(bits="4")) == pytest.approx(8 * 1.3)
+    assert expected_cost(TrialConfig(bits="4", layer_sparsity={"conv2": 0.5})) == pytest.approx(
+        8 * 1.8
+    )
+    assert expected_cost(TrialConfig(bits="4", layer_clusters={"conv2": 4})) == pytest.approx(
+        10 * 1.3
+    )
+    assert expected_cost(TrialConfig(bits="4", layer_clusters={"conv2": 0})) == pytest.approx(
+        8 * 1.3
+    )
+
+
+# ---------------------------------------------------------------------------
+# Analysis: per-layer variants are configs of their own, and pair with their baseline
+
+
+def test_analysis_keeps_per_layer_variants_apart_and_reads_old_files(tmp_path: Any) -> None:
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import analysis
+    from analysis.query import AXIS_COLUMNS
+    from grid.store import SCHEMA, ParquetSink
+    from tests.helpers import config_rows
+
+    base = TrialConfig()
+    variants = {
+        "base": (base, 0.50),
+        "conv2@0.5": (TrialConfig(layer_sparsity={"conv2": 0.5}), 0.45),
+        "conv2@0.75": (TrialConfig(layer_sparsity={"conv2": 0.75}), 0.40),
+        "uniform@0.5": (TrialConfig(sparsity=0.5), 0.35),
+        "conv2k4": (TrialConfig(layer_clusters={"conv2": 4}), 0.30),
+    }
+    sink = ParquetSink(str(tmp_path / "new"), "new", "r")
+    for cfg, robust in variants.values():
+        sink(cfg.key, config_rows(cfg, robust, 1000, study="new"))
+    # the same default config in a file written before the per-layer columns existed
+    old = [
+        {k: v for k, v in r.items() if not k.startswith(("cfg_layer_", "meta_layer_"))}
+        for r in config_rows(base, 0.50, 1000, study="old")
+    ]
+    fields = [f for f in SCHEMA if f.name in old[0]]
+    (tmp_path / "old" / "rows").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(old, schema=pa.schema(fields)),
+        tmp_path / "old" / "rows" / f"{base.key}.parquet",
+    )
+    con = analysis.connect(tmp_path)
+    by_study = con.execute(
+        f"SELECT meta_study, cfg_layer_sparsity, cfg_layer_clusters, cfg_layer_activation_bits, "
+        f"{analysis.query.CONFIG_ID} FROM rows WHERE key = '{base.key}' AND attack = 'pgd' "
+        "ORDER BY meta_study"
+    ).fetchall()
+    # the old file's columns read as '{}' (it had no overrides), and its config is the same one
+    assert [r[:4] for r in by_study] == [("new", "{}", "{}", "{}"), ("old", "{}", "{}", "{}")]
+    assert by_study[0][4] == by_study[1][4]
+    ids = con.execute(
+        f"SELECT count(DISTINCT {analysis.query.CONFIG_ID}) FROM rows WHERE meta_study = 'new'"
+    ).fetchone()
+    assert ids == (len(variants),)
+    # grouping by the axes' columns (the default "each config") keeps the variants apart too
+    groups = con.execute(
+        f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(AXIS_COLUMNS)} FROM rows "
+        "WHERE meta_study = 'new')"
+    ).fetchone()
+    assert groups == (len(variants),)
+    # each per-layer variant is a reduction paired with the float, unpruned baseline
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        eff = analysis.reduction_effects(con, "pgd", 0.1, where="meta_study = 'new'")
+    got = {
+        (r.reductions, r.layer_sparsity, r.layer_clusters): round(r.delta, 9)
+        for r in eff.itertuples()
+    }
+    assert got == {
+        ("pruning", '{"conv2": 0.5}', "{}"): -0.05,
+        ("pruning", '{"conv2": 0.75}', "{}"): -0.10,
+        ("pruning", "{}", "{}"): -0.15,
+        ("clustering", "{}", '{"conv2": 4}'): -0.20,
+    }
+
+
+def test_variant_labels_name_per_layer_settings() -> None:
+    from analysis.compare import variant_label
+
+    assert variant_label("digits_cnn", "4") == "digits_cnn 4"
+    assert (
+        variant_label(
+            "digits_cnn",
+            "4",
+            layer_bits='{"conv1": "float"}',
+            layer_sparsity='{"conv2": 0.75}',
+            layer_clusters='{"conv2": 4}',
+            layer_activation_bits='{"act1": 3}',
+        )
+        == "digits_cnn 4 bits{conv1:float} act{act1:3} sparsity{conv2:0.75} clusters{conv2:4}"
+    )
+
+
+@pytest.mark.slow
+def test_equal_per_layer_targets_train_exactly_as_the_uniform_config() -> None:
+    """Per-layer wrapping (clone_model, one schedule per layer) is tfmot's whole-model wrapping
+    when every layer has the same target: the same weights, bit for bit."""
+    from trainables.trial import train_compressed
+
+    common: dict[str, Any] = {
+        "bits": "4", "sparsity": 0.5, "clusters": 4, "epochs": 1, "fine_tune_epochs": 1,
+        "batch_size": 128,
+    }  # fmt: skip
+    uniform, _ = train_compressed(TrialConfig(**common))
+    per_layer, _ = train_compressed(
+        TrialConfig(**common, layer_sparsity={"conv1": 0.5, "conv2": 0.5, "logits": 0.5})
+    )
+    a, b = uniform.get_weights(), per_layer.get_weights()
+    assert len(a) == len(b) == 6  # kernel and bias of conv1, conv2, logits
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

@@ -6,7 +6,8 @@ Definitions:
   into a tf_keras functional model: conv -> ``CQConv2D``, depthwise_conv ->
   ``CQDepthwiseConv2D``, dense -> ``CQDense`` (quantizers from ``Builder.q``
   with the He fan-in of the layer: kh*kw*C_in, kh*kw, or the input width),
-  activation -> ``Builder.act`` (ReLU quantized to the activation width),
+  activation -> ``Builder.act`` (ReLU quantized to its activation width:
+  ``layer_activation_bits[name]`` or the trial's),
   batch_norm / pools / dropout / flatten / add -> the plain Keras layers.
   Weight layers start from He-normal kernels (the scale the quantizers
   assume).  The last dense layer without ``units`` gets the dataset's classes.

@@ -151,7 +151,8 @@ class Builder:
         return QActivation(activation(self.cfg.act_bits_of(name)), name=name)
 
 
-# Per-layer override fields -> the kind of layer they name (the Builder's record of it).
+# Per-layer override fields that name weight layers (Builder.used); layer_activation_bits
+# names activation layers (Builder.acts).
 _WEIGHT_OVERRIDES = ("layer_bits", "layer_sparsity", "layer_clusters")
 
 
