@@ -127,3 +127,25 @@ def test_per_layer_studies_search_each_layer_under_a_flash_budget() -> None:
     assert len(set(layers["all"].bits or [])) >= 4  # per-layer weight quantizer
     assert layers["activation"].jr_weight and 0.0 in layers["activation"].jr_weight
     assert paper.layer_space().size > 10**6  # searched, never enumerated
+
+
+def test_the_mixed_precision_benchmark_writes_valid_studies_of_equal_budgets() -> None:
+    """benchmarks/mixed_precision.py's four methods per model: the same data, model, training,
+    attack and budget; per-layer and random search the same per-layer choices."""
+    import argparse
+
+    from benchmarks.mixed_precision import METHODS, SETUPS, method_study
+    from grid.spec import parse_study
+
+    args = argparse.Namespace(trials=5, epochs=1, sampler="tpe", model_tag="m")
+    for name, setup in SETUPS.items():
+        studies = {m: parse_study(method_study(m, setup, 0, args, 4000.0), m) for m in METHODS}
+        assert {s.dataset.name.value for s in studies.values()} == {setup.dataset}, name
+        assert {s.objective.max_bytes for s in studies.values()} == {4000}
+        assert {(s.objective.attack, s.objective.eps) for s in studies.values()} == {
+            ("worst", setup.eps)
+        }
+        pl, rnd = studies["per-layer"].search, studies["random"].search
+        assert pl.layers == rnd.layers and pl.trials == rnd.trials == 5
+        assert pl.seeds and not rnd.seeds
+        assert studies["uniform"].budget <= 5 and studies["ans_hybrid"].axes.bits == ["ans_hybrid"]
