@@ -86,19 +86,21 @@ STQ_DIGITS = {
 
 @dataclass(frozen=True)
 class Setup:
-    """A model's dataset, its study ``model`` entry and the attack's L-inf radius."""
+    """A model's dataset, its study ``model`` entry, the attack's L-inf radius, the batch size and
+    the folds (Speech Commands: 2, so that no speaker is in training and test)."""
 
     dataset: str
     model: Any
     eps: float
     batch_size: int
+    folds: int = 1
 
 
 SETUPS = {
     "digits_cnn": Setup("digits", "digits_cnn", 0.1, 64),
     "stq_digits": Setup("digits", STQ_DIGITS, 0.1, 64),
     "resnet8": Setup("cifar10", "resnet8", 0.031, 32),
-    "ds_cnn": Setup("speech_commands", "ds_cnn", 0.05, 16),
+    "ds_cnn": Setup("speech_commands", "ds_cnn", 0.05, 16, folds=2),
 }
 
 
@@ -135,6 +137,7 @@ def base_study(name: str, setup: Setup, seed: int, epochs: int, max_bytes: float
         "dataset": setup.dataset,
         "model": setup.model,
         "seed": seed,
+        "folds": setup.folds,
         "train": {
             "epochs": epochs,
             "fine_tune_epochs": 1,
