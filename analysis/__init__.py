@@ -6,6 +6,7 @@ statistics (Wilson, McNemar, corrected t, Holm) in ``analysis.inference``.
 """
 
 from analysis import pareto
+from analysis.assignments import per_layer
 from analysis.effects import (
     compare_to_baseline,
     jr_effects,
@@ -30,6 +31,7 @@ __all__ = [
     "pareto",
     "pareto_front",
     "parquet_glob",
+    "per_layer",
     "reduction_effects",
     "resolve",
     "robustness_curve",

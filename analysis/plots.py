@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -19,6 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from trainables.config import weight_bits
+
+if TYPE_CHECKING:
+    from analysis.assignments import LayerAssignments
 
 OKABE_ITO = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
@@ -296,4 +300,81 @@ def jr_on_off(effects: pd.DataFrame, title: str = "", path: str | Path | None = 
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "JR on against off at equal compression", fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def layer_assignments(
+    a: LayerAssignments, title: str = "", path: str | Path | None = None
+) -> Figure:
+    """Left: the front's points (columns, by bytes) x the weight layers (rows), each cell coloured
+    by that layer's bits and annotated with its sparsity (s) and cluster count (c).  Right: the
+    same front and the uniform points' front in the objective plane (robust accuracy against
+    bytes), the points over the budget drawn hollow and the budget as a line."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    front = a.front
+    labels = sorted(
+        {str(s[layer]["bits"]) for s in a.points.assignment for layer in s}, key=bits_order
+    )
+    rank = {b: i for i, b in enumerate(labels)}  # widest (float) first
+    cmap = ListedColormap(
+        plt.get_cmap(CMAP)(np.linspace(0.95, 0.1, max(len(labels), 2)))[: len(labels)]
+    )
+    norm = BoundaryNorm(np.arange(len(labels) + 1) - 0.5, len(labels))
+    n_cols = max(len(front), 1)
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(min(0.9 * n_cols + 3.5, 16) + 5.5, 0.45 * len(a.layers) + 3.2),
+        gridspec_kw={"width_ratios": [min(0.9 * n_cols + 3.5, 16), 5.5]},
+    )  # fmt: skip
+    grid = np.full((len(a.layers), n_cols), np.nan)  # (layers, front points)
+    for j, assign in enumerate(front.assignment):
+        for i, layer in enumerate(a.layers):
+            if layer in assign:
+                grid[i, j] = rank[str(assign[layer]["bits"])]
+                extra = []
+                if assign[layer]["sparsity"]:
+                    extra.append(f"s{assign[layer]['sparsity']:g}")
+                if assign[layer]["clusters"]:
+                    extra.append(f"c{assign[layer]['clusters']}")
+                text = str(assign[layer]["bits"]) + ("\n" + " ".join(extra) if extra else "")
+                dark = rank[str(assign[layer]["bits"])] >= len(labels) / 2  # cividis: dark end
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")  # fmt: skip
+    im = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto")
+    ax.set_yticks(range(len(a.layers)), a.layers)
+    ax.set_xticks(
+        range(len(front)),
+        [f"{b:,.0f} B\n{r:.2f}{'' if u else ' *'}" for b, r, u in
+         zip(front.bytes, front.robust_acc, front.uniform, strict=True)],
+        fontsize=7,
+    )  # fmt: skip
+    ax.set_xlabel("front points: bytes, robust accuracy (* per-layer assignment)")
+    ax.set_ylabel("weight layer (model order)")
+    bar = fig.colorbar(im, ax=ax, ticks=range(len(labels)), fraction=0.05)
+    bar.ax.set_yticklabels(labels)
+    bar.set_label("weight bits", fontsize=8, labelpad=2)
+    ax.set_title(title or f"{a.dataset} / {a.model}: per-layer assignments on the front")
+
+    pts = a.points
+    ok, over = pts[pts.feasible], pts[~pts.feasible]
+    bx.scatter(ok.bytes, ok.robust_acc, s=14, color="#999999", alpha=0.7, label="points")
+    if not over.empty:
+        bx.scatter(over.bytes, over.robust_acc, s=18, facecolors="none", edgecolors="#999999",
+                   label="over budget")  # fmt: skip
+    for f, colour, name in ((front, OKABE_ITO[3], "front (all)"),
+                            (a.uniform_front, OKABE_ITO[0], "uniform front")):  # fmt: skip
+        f = f.sort_values("bytes")
+        bx.step(f.bytes, f.robust_acc, where="post", color=colour, lw=1.3, label=name)
+        bx.scatter(f.bytes, f.robust_acc, s=36, color=colour)
+    if a.max_bytes is not None:
+        bx.axvline(a.max_bytes, color="black", ls="--", lw=1, label=f"budget {a.max_bytes:,.0f} B")
+    bx.set_xscale("log")
+    size = a.attrs.get("size", "encoded")
+    bx.set_xlabel(
+        f"model size (bytes: {'TFLite int8' if size == 'tflite' else 'smallest encoding'}; log)"
+    )
+    bx.set_ylabel("robust accuracy (fraction)")
+    bx.grid(True, which="both", alpha=0.3)
+    bx.legend(fontsize=7, loc="lower right")
+    bx.set_title("fronts in the objective plane")
     return _save(fig, path)

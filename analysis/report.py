@@ -173,6 +173,49 @@ def _jr_on_off(
     return parts
 
 
+def _per_layer(
+    con: duckdb.DuckDBPyConnection,
+    attack: str,
+    eps: float,
+    norm: str,
+    size: str,
+    max_bytes: float | None,
+    export: Export | None = None,
+) -> list[str]:
+    """Per-layer assignments on the front against the uniform front (analysis.assignments);
+    nothing for a study without per-layer rows."""
+    from analysis.assignments import front_table, per_layer, summary
+
+    found = per_layer(con, attack, eps, norm=norm, size=size, max_bytes=max_bytes)
+    if not found:
+        return []
+    parts = [
+        "<h2>Per-layer assignments</h2>",
+        '<p class="note">Each weight layer\'s bits (colour), sparsity (s) and cluster count (c) '
+        "for the points of the front, ordered by bytes; beside it, the front of every point and "
+        "the front of the uniform points (every layer the same bits, sparsity and clusters) in "
+        "the objective plane. Points over the flash budget are kept off both fronts. "
+        "uniform_dominates: some uniform point within budget is at least as robust and as small "
+        "(better in one).</p>",
+    ]
+    for a in found:
+        name = f"per_layer_{a.dataset}_{a.model}"
+        table = front_table(a)
+        parts += [
+            f"<p>{html.escape(summary(a))}</p>",
+            _img(
+                plots.layer_assignments(a),
+                f"per-layer assignments: {a.dataset} {a.model}",
+                export,
+                name,
+            ),
+            _table(_ci(table)),
+        ]
+        if export is not None:
+            export.table(name, table, f"{a.dataset} / {a.model}: the front's per-layer assignments")
+    return parts
+
+
 def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> list[str]:
     """The papers' comparisons (analysis.compare): the gain table and a figure each; why not, else."""
     from analysis.compare import CompareError, paper1, paper2
@@ -256,7 +299,8 @@ def build_report(
     max_bytes: int | None = None,
 ) -> str:
     """The report's HTML for the results behind ``con`` (tables and figures also to ``export``;
-    ``max_bytes``: a flash budget, points over it left off the front and counted)."""
+    ``max_bytes``: a flash budget, points over it left off the fronts, the per-layer
+    section's too, and counted)."""
     eps, norm = resolve(con, attack, eps, norm)
     what = describe(attack, eps, norm)
     counts = con.execute(
@@ -307,6 +351,7 @@ def build_report(
             "pareto",
         ),
         _table(_ci(front)),
+        *_per_layer(con, attack, eps, norm, size, max_bytes, export),
         *_masking(con, export),
         "<h2>Robustness against eps</h2>",
     ]
@@ -403,8 +448,14 @@ def write_report(
     export: Export | None = None,
     max_bytes: int | None = None,
 ) -> Path:
+    """``build_report`` of ``results`` into ``out``; the flash budget, unless given, is the one
+    the studies' search.json records (analysis.assignments.budget_from), else none."""
+    from analysis.assignments import budget_from
+
     con = connect(results, stale=stale)
     out = Path(out)
+    if max_bytes is None:
+        max_bytes = budget_from(results)
     text = build_report(
         con, f"robustgrid report: {Path(str(results)).name}", attack, eps, norm=norm, size=size,
         export=export, max_bytes=max_bytes,

@@ -10,7 +10,10 @@ Measures, in this one run, on this machine, for each model the studies use
   * the trials per second Tune's driver sustains with trivial trials (the
     peer of the studies' trial rate).
 
-Then, for the embedded paper studies (5 folds, full axes), each trial's
+Then, for the embedded paper studies (5 folds, full axes; the per-layer variant
+``stq_jr_cifar10_mixed``: its search budget of distinct assignments, the seeds
+(uniform assignments and ans_hybrid) and, standing in for the sampler's proposals whose
+assignments are not known before the run, seeded random assignments), each trial's
 training (epochs x steps x its step's cost, + fine-tuning, + adversarial
 training's PGD on its share of each batch) and white-box attacks (FGSM, PGD,
 transfer PGD with its float surrogate) are summed into CPU-hours, and the
@@ -41,9 +44,10 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdo
 import numpy as np
 
 if TYPE_CHECKING:
+    from grid.spec import Study
     from trainables.config import TrialConfig
 
-STUDIES = ("compounded_cifar10", "stq_jr_cifar10")
+STUDIES = ("compounded_cifar10", "stq_jr_cifar10", "stq_jr_cifar10_mixed")
 CIFAR_TRAIN = 50_000  # CIFAR-10's training set; 5 folds train on 4/5 of it
 SLOTS = (1, 8, 32, 128, 512)
 MEASURED_ATTACKS = {"fgsm", "pgd", "transfer_pgd"}
@@ -168,6 +172,24 @@ def trial_seconds(
     return seconds
 
 
+def study_trials(study: Study) -> list[TrialConfig]:
+    """Every trial of a grid study; a per-layer search's: its budget of points x folds (the
+    seeds, then seeded random assignments standing in for the sampler's proposals)."""
+    if study.search.layers is None:
+        return study.trials()
+    from grid import space
+
+    budget = study.search.trials or 0  # a per-layer space always has one (spec)
+    uniform, hybrid = space.seed_points(study)
+    chosen = {space.point_label(p): p for p in [*uniform, *([hybrid] if hybrid else [])]}
+    for p in space.random_assignments(study, budget, seed=0):
+        if len(chosen) >= budget:
+            break
+        chosen.setdefault(space.point_label(p), p)
+    points = list(chosen.values())[:budget]
+    return [t for p in points for t in study.point_trials(p)]
+
+
 def fmt(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
@@ -212,15 +234,14 @@ def main() -> None:
     )
     needs = []
     for study in studies:
-        secs = [trial_seconds(cfg, costs, study.folds) for cfg in study.trials()]
+        trials = study_trials(study)
+        secs = [trial_seconds(cfg, costs, study.folds) for cfg in trials]
         needs.append(max(SLOTS) * len(secs) / sum(secs))  # trials/s finishing at N slots
         cpus = study.resources.cpus_per_trial
         total, longest = sum(secs), max(secs)
         walls = "".join(f"{fmt(max(total / n, longest)):>10}" for n in SLOTS)
         bound = rate * min(secs)  # slots the driver keeps busy at its measured trial rate
-        left_out = sorted(
-            {s.name.value for c in study.trials() for s in c.attacks} - MEASURED_ATTACKS
-        )
+        left_out = sorted({s.name.value for c in trials for s in c.attacks} - MEASURED_ATTACKS)
         print(
             f"{study.name:<22}{len(secs):>7}{fmt(total / len(secs)):>10} / {fmt(longest):<7}"
             f"{total * cpus / 3600:>9,.0f}{walls}{bound:>16,.0f}"

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from grid.spec import Study, StudyError, load_study
 
@@ -346,6 +348,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_layer_text(args: argparse.Namespace, con: Any) -> list[Any]:
+    """Print each (dataset, model)'s per-layer assignments section (analysis.assignments) when
+    the rows hold per-layer assignments; the sections (none: an empty list, nothing printed)."""
+    from analysis.assignments import budget_from, format_per_layer, per_layer
+
+    try:
+        found = per_layer(con, where=args.where, max_bytes=budget_from(args.results))
+    except ValueError as err:  # no worst rows to rank by: say so, the papers' tables stand
+        print(f"\nPer-layer assignments: none: {err}")
+        return []
+    for a in found:
+        print()
+        print(format_per_layer(a))
+    return found
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import (
         CompareError,
@@ -384,10 +402,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise
             failed.append(str(err))
             print(f"Paper 2: no table: {err}")
-    if p1 is None and p2 is None:
+    layered = _per_layer_text(args, con) if args.paper == "both" else []
+    if p1 is None and p2 is None and not layered:
         raise ValueError("no comparison could be made: " + "; ".join(failed))
     if args.csv:
         for path in write_csvs(args.csv, p1, p2):
+            print(f"wrote {path}")
+        for a in layered:
+            from analysis.assignments import front_table
+
+            path = Path(args.csv) / f"per_layer_{a.dataset}_{a.model}.csv"
+            front_table(a).to_csv(path, index=False)
             print(f"wrote {path}")
     if args.latex:
         for path in write_latex(args.latex, p1, p2):

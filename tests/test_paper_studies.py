@@ -105,3 +105,47 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
         for folder in folders:
             lo, hi = json.loads((folder / "manifest.json").read_text())["feature_range"]
             assert lo < hi
+
+
+def test_per_layer_studies_search_each_layer_under_a_flash_budget() -> None:
+    """mixed_showcase (digits) and the first paper's per-layer variant: one model, a per-layer
+    space, a budget, the worst case at one L-inf eps; the paper's variant searches each layer's
+    weight quantizer and each activation's JR weight, 5 folds, on the STQ-class model."""
+    show, paper = load_study("mixed_showcase"), load_study("stq_jr_cifar10_mixed")
+    assert show.dataset.name.value == "digits" and [str(m) for m in show.models] == ["digits_cnn"]
+    assert show.search.layers is not None and show.search.trials <= 60
+    every = show.search.layers["all"]
+    assert (every.bits, every.sparsity, every.clusters) == (
+        ["8", "4", "ternary"], [0.0, 0.5, 0.75], [0, 8],
+    )  # fmt: skip
+    assert show.objective.max_bytes and show.objective.attack == "worst"
+    assert {a.name for a in show.attacks} >= {"autoattack"}
+    assert {e for a in show.attacks for e in a.eps} == {show.objective.eps}
+    assert [str(m) for m in paper.models] == ["stq_cnn"] and paper.folds == 5
+    assert paper.dataset.name.value == "cifar10" and paper.objective.max_bytes == 410_000
+    layers = paper.search.layers or {}
+    assert len(set(layers["all"].bits or [])) >= 4  # per-layer weight quantizer
+    assert layers["activation"].jr_weight and 0.0 in layers["activation"].jr_weight
+    assert paper.layer_space().size > 10**6  # searched, never enumerated
+
+
+def test_the_mixed_precision_benchmark_writes_valid_studies_of_equal_budgets() -> None:
+    """benchmarks/mixed_precision.py's four methods per model: the same data, model, training,
+    attack and budget; per-layer and random search the same per-layer choices."""
+    import argparse
+
+    from benchmarks.mixed_precision import METHODS, SETUPS, method_study
+    from grid.spec import parse_study
+
+    args = argparse.Namespace(trials=5, epochs=1, sampler="tpe", model_tag="m")
+    for name, setup in SETUPS.items():
+        studies = {m: parse_study(method_study(m, setup, 0, args, 4000.0), m) for m in METHODS}
+        assert {s.dataset.name.value for s in studies.values()} == {setup.dataset}, name
+        assert {s.objective.max_bytes for s in studies.values()} == {4000}
+        assert {(s.objective.attack, s.objective.eps) for s in studies.values()} == {
+            ("worst", setup.eps)
+        }
+        pl, rnd = studies["per-layer"].search, studies["random"].search
+        assert pl.layers == rnd.layers and pl.trials == rnd.trials == 5
+        assert pl.seeds and not rnd.seeds
+        assert studies["uniform"].budget <= 5 and studies["ans_hybrid"].axes.bits == ["ans_hybrid"]
