@@ -465,18 +465,22 @@ def model_layers(study: Study) -> list[tuple[str, str, str]]:
     ]
 
 
+class LayerSpaceError(ValueError):
+    """A per-layer space the model cannot take; ``Study.layer_space`` raises it as a
+    ``StudyError`` (grid.space must not import grid.spec: tests/test_layout.py)."""
+
+
 def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None) -> LayerSpace:
     """``search.layers`` against the model's layers (``layers``: (name, kind[, what it takes]),
     as :func:`model_layers` gives them; default: built).
 
     Keys: ``all``, a layer type (matched case-insensitively, ``Q``/``CQ`` dropped) or a
     layer name; per field a name overrides its type, a type overrides ``all``.  Raises
-    :class:`grid.spec.StudyError` naming the field and the value (did-you-mean for an
+    :class:`LayerSpaceError` (``grid.spec`` raises it as its StudyError) naming the field and the value (did-you-mean for an
     unknown layer), before any trial.
     """
     import difflib
 
-    from grid.spec import StudyError
     from trainables.modelspec import model_label
 
     spec = study.search.layers or {}
@@ -500,7 +504,7 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
         elif key in names:
             if key not in usable:
                 kind = dict(found)[key]
-                raise StudyError(
+                raise LayerSpaceError(
                     f"search.layers.{key}: layer {key!r} ({kind}) has no weights and is no "
                     f"activation layer: nothing to choose (layers that take choices: "
                     f"{', '.join(n for n in names if n in usable)})"
@@ -509,7 +513,7 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
         elif normalize_kind(key) in kinds:
             kind = normalize_kind(key)
             if not any(takes[n] for n, k in found if k == kind):
-                raise StudyError(
+                raise LayerSpaceError(
                     f"search.layers.{key}: {kind} layers have no weights and are no activation "
                     "layers: nothing to choose"
                 )
@@ -518,7 +522,7 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
             known = ["all", *kinds, *names]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise StudyError(
+            raise LayerSpaceError(
                 f"search.layers.{key}: no layer or layer type {key!r} in model {label} "
                 f"(layers: {', '.join(names)}; types: {', '.join(kinds)}; or all){hint}"
             )
@@ -535,18 +539,18 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
                 if field in fits:
                     choices[(name, field)] = tuple(rank_order(field, values))
                 elif level > 0:
-                    raise StudyError(
+                    raise LayerSpaceError(
                         f"search.layers.{key}.{field} = {values!r}: {name} is "
                         f"{'a weight' if role[name] else 'an activation'} layer ({kind}); "
                         f"it takes {', '.join(fits)}"
                     )
     weight = [n for n, _ in found if n in usable and role[n]]
     if not weight:
-        raise StudyError(f"search.layers: model {label} has no weight layer to search")
+        raise LayerSpaceError(f"search.layers: model {label} has no weight layer to search")
     for field in WEIGHT_FIELDS:
         axis = getattr(study.axes, field)
         if len(axis) > 1 and all((n, field) in choices for n in weight):
-            raise StudyError(
+            raise LayerSpaceError(
                 f"axes.{field}: {list(axis)} varies, but search.layers gives every weight layer "
                 f"its own {field}: give it in one place"
             )
@@ -557,7 +561,7 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
         axes_size=study.axes_points,
     )
     if study.search.trials is not None and study.search.trials > space.size:
-        raise StudyError(
+        raise LayerSpaceError(
             f"search.trials: {study.search.trials} is more than the {space.size:,} distinct "
             "points of the per-layer space"
         )

@@ -579,9 +579,12 @@ class Study(_Strict):
         if self.search.layers is None:
             return None
         if self._layer_space is None:
-            from grid.space import resolve_layers
+            from grid.space import LayerSpaceError, resolve_layers
 
-            self._layer_space = resolve_layers(self)
+            try:
+                self._layer_space = resolve_layers(self)
+            except LayerSpaceError as err:
+                raise StudyError(str(err)) from None
         return self._layer_space
 
     @property

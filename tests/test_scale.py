@@ -24,7 +24,14 @@ STUDIES = sorted(p.stem for p in (Path(space.__file__).parent / "studies").glob(
 @pytest.mark.parametrize("name", STUDIES)
 def test_grid_trials_and_keys_are_those_of_each_trial_validated_and_keyed_alone(name: str) -> None:
     study = load_study(name)  # models, ans_hybrid, per-layer JR, adversarial training, folds
-    pts = space.points(study)
+    # A per-layer search is never enumerated: its seeds and a seeded sample of assignments.
+    per_layer = study.search.layers is not None
+    if per_layer:
+        uniform, ans = space.seed_points(study)
+        pts = [*uniform, *([ans] if ans else []), *space.random_points(study, 40, seed=1)]
+        pts = list({space.point_label(p): p for p in pts}.values())
+    else:
+        pts = space.points(study)
     trials, keys = space.grid_trials(study, pts)
     assert list(trials) == [space.point_label(p) for p in pts]
     for label, ts in trials.items():
@@ -34,7 +41,8 @@ def test_grid_trials_and_keys_are_those_of_each_trial_validated_and_keyed_alone(
             assert TrialConfig.model_validate(t.model_dump()) == t
             blob = json.dumps(t.identity(), sort_keys=True, separators=(",", ":"))
             assert key == t.key == hashlib.sha256(blob.encode()).hexdigest()[:16]
-    assert len({k for ks in keys.values() for k in ks}) == study.grid_size
+    want = len(pts) * study.folds if per_layer else study.grid_size
+    assert len({k for ks in keys.values() for k in ks}) == want
 
 
 @pytest.mark.parametrize("seed", range(40))
