@@ -300,3 +300,26 @@ def write_builder_package(root: Path, name: str = "byom_pkg") -> Path:
     (pkg / "__init__.py").write_text('"""A researcher\'s own models."""\n')
     (pkg / "models.py").write_text(textwrap.dedent(BUILDER))
     return pkg
+
+
+# A layer list with every layer type (tests/test_byom.py, tests/test_layerwise.py).
+EVERY_LAYER: dict[str, Any] = {
+    "name": "every_layer",
+    "layers": [
+        {"type": "conv", "filters": 8, "kernel": 3},  # conv1   8x8x8   3*3*1*8+8 = 80
+        {"type": "batch_norm"},  # bn1     4*8 = 32 (2 trainable x 8, 2 moving x 8)
+        {"type": "activation"},  # act1
+        {"type": "depthwise_conv", "kernel": [3, 3]},  # dw1     3*3*8+8 = 80
+        {"type": "activation"},  # act2
+        {"type": "add", "from": "act1"},  # add1    act1 + act2
+        {"type": "max_pool", "pool": 2},  # maxpool1 4x4x8
+        {"type": "conv", "filters": 8, "kernel": 1, "strides": 1},  # conv2  1*1*8*8+8 = 72
+        {"type": "avg_pool", "pool": 2},  # avgpool1 2x2x8
+        {"type": "global_avg_pool", "name": "gap"},  # gap  8
+        {"type": "dropout", "rate": 0.1},  # drop1
+        {"type": "flatten"},  # flatten1 8
+        {"type": "dense", "units": 12},  # dense1  8*12+12 = 108
+        {"type": "activation"},  # act3
+        {"type": "dense"},  # logits  12*10+10 = 130
+    ],
+}

@@ -15,30 +15,10 @@ import trainables  # noqa: F401
 from grid.cli import main
 from grid.space import distributions, point_label, points, to_params, to_point
 from grid.spec import StudyError, parse_study
-from tests.helpers import config_rows, write_builder_package
+from tests.helpers import EVERY_LAYER, config_rows, write_builder_package
 from trainables.config import TrialConfig
 
 # Every layer type once; names left to the defaults except where `add` refers to one.
-EVERY_LAYER: dict[str, Any] = {
-    "name": "every_layer",
-    "layers": [
-        {"type": "conv", "filters": 8, "kernel": 3},  # conv1   8x8x8   3*3*1*8+8 = 80
-        {"type": "batch_norm"},  # bn1     4*8 = 32 (2 trainable x 8, 2 moving x 8)
-        {"type": "activation"},  # act1
-        {"type": "depthwise_conv", "kernel": [3, 3]},  # dw1     3*3*8+8 = 80
-        {"type": "activation"},  # act2
-        {"type": "add", "from": "act1"},  # add1    act1 + act2
-        {"type": "max_pool", "pool": 2},  # maxpool1 4x4x8
-        {"type": "conv", "filters": 8, "kernel": 1, "strides": 1},  # conv2  1*1*8*8+8 = 72
-        {"type": "avg_pool", "pool": 2},  # avgpool1 2x2x8
-        {"type": "global_avg_pool", "name": "gap"},  # gap  8
-        {"type": "dropout", "rate": 0.1},  # drop1
-        {"type": "flatten"},  # flatten1 8
-        {"type": "dense", "units": 12},  # dense1  8*12+12 = 108
-        {"type": "activation"},  # act3
-        {"type": "dense"},  # logits  12*10+10 = 130
-    ],
-}
 EVERY_LAYER_PARAMS = 80 + 32 + 80 + 72 + 108 + 130
 
 

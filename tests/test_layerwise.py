@@ -180,8 +180,7 @@ def test_layer_kinds_of_built_in_list_and_imported_models(
     import sys
     from pathlib import Path
 
-    from tests.helpers import write_builder_package
-    from tests.test_byom import EVERY_LAYER
+    from tests.helpers import EVERY_LAYER, write_builder_package
     from trainables.byom import model_report
     from trainables.models import layer_kinds
 
