@@ -714,3 +714,61 @@ def test_parts_are_deterministic_for_a_seed(digits: Any) -> None:
         assert not np.array_equal(
             s, square.square(model, x, y, eps=0.05, norm=norm, n_queries=30, seed=4)
         )
+
+
+def _digits_cnn(seed: int, bits: str = "4") -> tf_keras.Model:
+    from trainables.config import TrialConfig
+    from trainables.models import build_model
+
+    tf_keras.utils.set_random_seed(seed)
+    return build_model(TrialConfig(model="digits_cnn", bits=bits), (8, 8, 1), 10)
+
+
+def test_models_of_one_architecture_share_graphs_and_keep_their_own_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second model of an architecture runs on the first one's graphs (nothing traced again)
+    and gets exactly the outcome graphs of its own give it, before and after the first runs again."""
+    a, b = _digits_cnn(0), _digits_cnn(1)
+    key = apgd.architecture_key(a)
+    assert key is not None and key == apgd.architecture_key(b)
+    assert apgd.architecture_key(_digits_cnn(0, "float")) != key  # other quantizers, other graphs
+    x = np.random.default_rng(0).random((12, 8, 8, 1), dtype=np.float32)
+
+    def attack(m: tf_keras.Model) -> autoattack.AutoAttackOutcome:
+        y = apgd.predict(m, x).argmax(1)  # every example clean-correct
+        return autoattack.standard_autoattack(
+            m, x, y, eps=0.03, norm="inf", apgd_iter=4, fab_iter=4, square_queries=30
+        )
+
+    apgd.clear_graphs()
+    shared_a = attack(a)
+    built = len(apgd._SHARED)
+    shared_b = attack(b)
+    again_a = attack(a)
+    assert built > 0 and len(apgd._SHARED) == built and not apgd._FUNCTIONS
+    assert not np.array_equal(shared_a.x_adv, shared_b.x_adv)  # b's own weights were used
+    # some examples went through every part, so every shared graph was exercised
+    assert shared_b.parts["fab-t"].any() or shared_b.parts["apgd-t"].any()
+
+    monkeypatch.setattr(apgd, "SHARED_LAYER_MODULES", ("no layer module",))
+    apgd.clear_graphs()
+    for shared, own in ((shared_b, attack(b)), (again_a, attack(a)), (shared_a, attack(a))):
+        assert np.array_equal(shared.x_adv, own.x_adv)
+        assert np.array_equal(shared.robust, own.robust)
+    assert apgd._FUNCTIONS and not apgd._SHARED
+    apgd.clear_graphs()
+
+
+def test_models_outside_the_trusted_layers_keep_graphs_of_their_own() -> None:
+    """A Lambda layer's code is not in its config: such a model is never matched to another."""
+    inp = tf_keras.Input((8, 8, 1))
+    out = tf_keras.layers.Dense(10)(
+        tf_keras.layers.Flatten()(tf_keras.layers.Lambda(lambda t: 2 * t)(inp))
+    )
+    model = tf_keras.Model(inp, out)
+    assert apgd.architecture_key(model) is None
+    apgd.clear_graphs()
+    apgd.predict(model, np.zeros((2, 8, 8, 1), np.float32))
+    assert len(apgd._FUNCTIONS) == 1 and not apgd._SHARED
+    apgd.clear_graphs()

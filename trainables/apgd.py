@@ -21,8 +21,9 @@ version's ``n_restarts=1``):
 
 The whole iteration loop of one run is a single ``tf.while_loop`` inside a
 ``tf.function`` (one graph call per run, not one per step).  The compiled
-functions are kept per model (dropped with the model) so repeated calls do
-not trace again.
+functions are kept per architecture (``per_model``: every later model of the
+same architecture in the process, e.g. a Ray worker's later trials, runs on
+them with its own weights, nothing traced again), else per model.
 
 Deliberate deviations, all outside the attack's arithmetic:
 
@@ -55,8 +56,11 @@ Deliberate deviations, all outside the attack's arithmetic:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -76,20 +80,147 @@ RHO = 0.75
 
 _FUNCTIONS: dict[tuple[int, Hashable], Any] = {}
 
+# Graphs shared across models of one architecture (see ``per_model``).  A Ray worker runs
+# many trials (reuse_actors) and each builds a fresh model: tracing every attack graph
+# again per trial cost ~1-2 s per graph.  Shared graphs run on a private clone of the
+# model (the architecture's "template") whose variables are assigned the calling model's
+# values before every call, so each call computes exactly what the model's own graph
+# would (same ops, same weights); a model is matched only after its template gave
+# identical logits on a probe batch.
+SHARED_LAYER_MODULES = ("tf_keras.", "qkeras.", "trainables.")  # layer classes trusted to clone
+MAX_ARCHITECTURES = 8  # templates kept (least recently used dropped): per-layer searches vary them
+_TEMPLATES: OrderedDict[str, tf_keras.Model] = OrderedDict()
+_SHARED: dict[tuple[str, Hashable], Any] = {}
+_ARCH_OF: dict[int, str | None] = {}  # id(model) -> its architecture key (None: not shared)
+_VERIFIED: dict[int, int] = {}  # id(model) -> id(template) its probe matched
+
+
+def _layers(model: tf_keras.Model) -> list[Any]:
+    """Every layer of ``model``, nested models' layers included, in order."""
+    out: list[Any] = []
+    for layer in model.layers:
+        out.append(layer)
+        if isinstance(layer, tf_keras.Model):
+            out.extend(_layers(layer))
+    return out
+
+
+def architecture_key(model: tf_keras.Model) -> str | None:
+    """A digest of ``model``'s computation up to its weights' values, or None when not shareable.
+
+    Only graph networks (Functional / Sequential) whose layers all come from tf_keras,
+    QKeras or this package (no Lambda layers: their code is not in the config) are
+    shared.  The key is the model's config with every layer name replaced by its
+    position (fresh models get fresh automatic names), plus its weights' shapes and dtypes.
+    """
+    if not getattr(model, "_is_graph_network", False) or len(model.inputs) != 1:
+        return None
+    layers = _layers(model)
+    for layer in layers:
+        if isinstance(layer, tf_keras.layers.Lambda) or not type(layer).__module__.startswith(
+            SHARED_LAYER_MODULES
+        ):
+            return None
+    try:
+        text = json.dumps(
+            [type(model).__module__, type(model).__qualname__, model.get_config()], sort_keys=True
+        )
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+    for i, name in enumerate([model.name, *(layer.name for layer in layers)]):
+        text = text.replace(json.dumps(name), f'"#layer{i}"')
+    weights = [(tuple(v.shape), v.dtype.name) for v in model.weights]
+    return hashlib.sha256(f"{text}|{weights}".encode()).hexdigest()
+
+
+def _sync(template: tf_keras.Model, model: tf_keras.Model) -> None:
+    """Give the template ``model``'s current weight values (same order: a clone's)."""
+    for t, v in zip(template.weights, model.weights, strict=True):
+        t.assign(v)
+
+
+def _template_for(model: tf_keras.Model) -> tf_keras.Model | None:
+    """The verified template of ``model``'s architecture (made on first sight), or None."""
+    key = id(model)
+    if key not in _ARCH_OF:
+        _ARCH_OF[key] = architecture_key(model)
+        weakref.finalize(model, _ARCH_OF.pop, key, None)
+        weakref.finalize(model, _VERIFIED.pop, key, None)
+    arch = _ARCH_OF[key]
+    if arch is None:
+        return None
+    template = _TEMPLATES.get(arch)
+    if template is None:
+        try:
+            template = tf_keras.models.clone_model(model)
+        except Exception:  # any layer that cannot be rebuilt from its config: not shared
+            _ARCH_OF[key] = None
+            return None
+        _TEMPLATES[arch] = template
+        while len(_TEMPLATES) > MAX_ARCHITECTURES:
+            old, _ = _TEMPLATES.popitem(last=False)
+            for entry in [e for e in _SHARED if e[0] == old]:
+                del _SHARED[entry]
+    _TEMPLATES.move_to_end(arch)
+    if _VERIFIED.get(key) != id(template):
+        # The probe: the template with the model's weights must give the model's own logits
+        # (both eager, so the same kernels), else this model keeps graphs of its own.
+        _sync(template, model)
+        shape = tuple(int(d) for d in model.input_shape[1:])
+        probe = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
+        if not np.array_equal(
+            np.asarray(template(probe, training=False)), np.asarray(model(probe, training=False))
+        ):
+            _ARCH_OF[key] = None
+            return None
+        _VERIFIED[key] = id(template)
+    return template
+
+
+def clear_graphs() -> None:
+    """Forget every cached graph and template (benchmarks time a cold start with it)."""
+    _FUNCTIONS.clear()
+    _TEMPLATES.clear()
+    _SHARED.clear()
+    _ARCH_OF.clear()
+    _VERIFIED.clear()
+
 
 def per_model(model: tf_keras.Model, key: Hashable, build: Callable[[Callable[[], Any]], F]) -> F:
-    """``build(model_ref)`` made once per (model, key); forgotten when the model is collected.
+    """``build(model_ref)`` made once per (architecture, key), else once per (model, key).
 
-    The built function reaches the model through a weak reference, so the
-    cache does not keep a model alive.
+    Models of one shareable architecture (``architecture_key``) share one built
+    function, run on the architecture's template after the template's variables
+    are assigned this model's values (on every call).  Other models get their own,
+    reaching the model through a weak reference and forgotten with it.
     """
+    template = _template_for(model)
+    if template is not None:
+        arch = _ARCH_OF[id(model)]
+        assert arch is not None
+        shared: Any = _SHARED.get((arch, key))
+        if shared is None:
+            held: tf_keras.Model = template  # the template lives as long as its graphs
+
+            def template_ref() -> tf_keras.Model:
+                return held
+
+            shared = build(template_ref)
+            _SHARED[(arch, key)] = shared
+        fn: Callable[..., Any] = shared
+
+        def synced(*args: Any, **kwargs: Any) -> Any:
+            _sync(template, model)  # every call: the model's values now, whoever ran last
+            return fn(*args, **kwargs)
+
+        return synced  # type: ignore[return-value]
     entry = (id(model), key)
-    fn = _FUNCTIONS.get(entry)
-    if fn is None:
-        fn = build(weakref.ref(model))
-        _FUNCTIONS[entry] = fn
+    own: Any = _FUNCTIONS.get(entry)
+    if own is None:
+        own = build(weakref.ref(model))
+        _FUNCTIONS[entry] = own
         weakref.finalize(model, _FUNCTIONS.pop, entry, None)
-    return fn
+    return own
 
 
 def check_norm(norm: str) -> Norm:
@@ -202,7 +333,7 @@ def apgd_run(
     shape = tuple(int(d) for d in x.shape[1:])
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    # One graph for both losses (the loss is an argument): one trace per model, not two.
+    # One graph for both losses (the loss is an argument): one trace per architecture, not two.
     fn = per_model(
         model, ("apgd", shape, norm, record_iterates),
         lambda ref: _apgd_graph(ref, shape, norm, record_iterates),

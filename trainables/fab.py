@@ -48,7 +48,8 @@ Deliberate differences, none of which changes what is computed:
   is the runs the reference skips for examples already fooled (more gradient
   evaluations, less wall time).  Default only when the stacked batch is
   small (``trainables.apgd.batch_targets``: on large inputs it measured no
-  faster); ``sequential_targets=True`` keeps the reference's schedule.  The compiled run is cached per model.
+  faster); ``sequential_targets=True`` keeps the reference's schedule.  The compiled run is cached
+  per architecture (``trainables.apgd.per_model``).
 - ``dist1`` / ``ind`` of the reference pick the closest of the hyperplanes
   given; the targeted run gives exactly one, so they are the identity here.
 - Ties in sorts (the projections' breakpoints, the targets' ranks) are broken
@@ -336,7 +337,8 @@ def fab_targeted(
     ranks = list(range(2, n_targets + 2))
     if sequential_targets is None:
         sequential_targets = not batch_targets(int(robust.sum()) * len(ranks), input_shape)
-    # Cached per model (and shape, norm, n_iter): a later call does not trace again.
+    # Cached per architecture (and shape, norm, n_iter): a later call, or a later model of the
+    # same architecture, does not trace again.
     run = per_model(
         model, ("fab-t", input_shape, norm, int(n_iter)),
         lambda ref: _runner(ref, input_shape, norm, int(n_iter)),
