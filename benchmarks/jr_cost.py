@@ -16,6 +16,11 @@ with -- on the same batches, six ways:
   layer main     the same with one random word per Rademacher sign (the
                  code before issue 21; now ``jacobian.rademacher`` draws 32
                  signs per word);
+  plain qkeras / io qkeras / layer qkeras
+                 plain, io JR, layer JR with QKeras' own quantized_relu
+                 gradient (``train.CHEAP_ACTIVATION_GRADIENTS`` off: a SelectV2
+                 and a ReluGrad per activation, where the default takes one
+                 select with the same values, ``train._relu_ste``);
   layer before   the same penalty with one backward pass per regularized
                  output, normal draws and fused batch norms (the code
                  before per-layer JR shared one pass).
@@ -56,7 +61,10 @@ SHAPES = {"digits_cnn": (8, 8, 1), "resnet8": (32, 32, 3), "ds_cnn": (49, 10, 1)
 CLASSES = {"digits_cnn": 10, "resnet8": 10, "ds_cnn": 12}
 BATCH = {"digits_cnn": 64, "resnet8": 32, "ds_cnn": 100}  # default, stq_jr_cifar10, stq_jr_kws
 JR_WEIGHT, LAYER_WEIGHT = 0.05, 0.01
-KINDS = ("plain", "io JR", "io compact", "layer JR", "layer main", "layer before")
+KINDS = (
+    "plain", "io JR", "io compact", "layer JR", "layer main", "plain qkeras", "io qkeras",
+    "layer qkeras", "layer before",
+)  # fmt: skip
 DEFAULT_KINDS = KINDS[:-1]  # "layer before" is slow (12x a plain DS-CNN step): ask for it
 
 
@@ -95,6 +103,9 @@ def word_per_sign(shape: tf.Tensor, dtype: tf.DType, scale: float = 1.0) -> tf.T
 def variant(kind: str) -> Iterator[None]:
     """Trace ``training_step`` with the compact batch norm, old draws ("main"), or as before."""
     saved = train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher
+    cheap = train.CHEAP_ACTIVATION_GRADIENTS
+    if kind.endswith("qkeras"):
+        train.CHEAP_ACTIVATION_GRADIENTS = False
     if kind.endswith("compact"):
         train.JR_BATCH_NORM = "compact"
     if kind == "layer main":
@@ -106,6 +117,7 @@ def variant(kind: str) -> Iterator[None]:
         yield
     finally:
         train.outputs_and_jr, train.JR_BATCH_NORM, jacobian.rademacher = saved
+        train.CHEAP_ACTIVATION_GRADIENTS = cheap
 
 
 def build_step(
@@ -116,7 +128,7 @@ def build_step(
     cfg = TrialConfig(model=name, bits="stochastic_ternary", activation_bits=8)
     model = build_model(cfg, SHAPES[name], CLASSES[name])
     layers = train.jr_layer_names(model, {"all": LAYER_WEIGHT})
-    if kind == "plain":
+    if kind.startswith("plain"):
         step, outputs = train.training_step(model, 1e-3), 0
     elif kind.startswith("io"):
         step, outputs = train.training_step(model, 1e-3, jr_weight=JR_WEIGHT), 1
@@ -189,6 +201,12 @@ def main() -> None:
             cpu = [t[1] / p[1] for t, p in zip(times[kind], times["plain"], strict=True)]
             outputs = f" ({steps[kind][1]} outputs)" if kind.startswith("layer") else ""
             print(f"  {kind + outputs:<28} wall {summary(wall):<20} CPU {summary(cpu)}")
+        if "plain qkeras" in times:  # QKeras' activation gradient in both steps: the old ratios
+            for kind in ("io qkeras", "layer qkeras"):
+                if kind in times:
+                    base = times["plain qkeras"]
+                    cpu = [t[1] / p[1] for t, p in zip(times[kind], base, strict=True)]
+                    print(f"  {kind + ' / plain qkeras':<28} CPU {summary(cpu)}")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,72 @@ def test_rademacher_signs_are_fair_and_independent() -> None:
     # neighbours within a word and across words: sd of the mean product 0.00125
     assert abs(np.mean(signs[:-1] * signs[1:])) < 0.006
     assert abs(np.mean(signs[:-32] * signs[32:])) < 0.006
+
+
+def test_cheap_quantized_relu_gradient_is_the_original_ops() -> None:
+    """``train._relu_ste`` against QKeras' own quantized_relu: values, first derivatives and the
+    second derivatives double backprop takes (through the upstream gradient), at the kinks too."""
+    import tensorflow as tf
+    from qkeras.quantizers import quantized_relu
+
+    import trainables.train as train
+
+    for bits in (2, 4, 8):
+        q = quantized_relu(bits, 0)
+        top = 1.0 - 2.0**-bits
+        x = tf.constant(
+            np.concatenate([np.linspace(-1.0, 2.0, 601), [0.0, top, np.nextafter(top, 2.0), 1.0]]),
+            tf.float32,
+        )
+        dy0 = np.random.default_rng(bits).normal(size=x.shape).astype(np.float32)
+        results = []
+        for fn in (q, train._relu_ste(q)):
+            dy = tf.Variable(dy0)
+            with tf.GradientTape(persistent=True) as outer:
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    outer.watch(x)
+                    y = fn(x)
+                g = inner.gradient(y, x, output_gradients=dy.read_value())
+                s = tf.reduce_sum(g**2)
+            second_dy = outer.gradient(s, dy)
+            second_x = outer.gradient(s, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            results.append([np.asarray(t) for t in (y, g, second_dy, second_x)])
+        for original, cheap in zip(*results, strict=True):
+            assert np.array_equal(original, cheap)
+        assert results[0][1].any() and not results[0][1].all()  # the mask is neither 0 nor 1
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "ds_cnn"])
+def test_training_steps_are_unchanged_by_the_cheap_activation_gradient(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain, input-output JR and per-layer JR steps (8-bit activations; DS-CNN's batch norms):
+    the same losses and weights, bit for bit, with QKeras' activation gradient and with ours."""
+    import tensorflow as tf
+    import tf_keras
+
+    import trainables.train as train
+    from trainables.models import build_model
+
+    shape, classes = {"digits_cnn": ((8, 8, 1), 10), "ds_cnn": ((49, 10, 1), 12)}[model]
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((8, *shape), dtype=np.float32))
+    y = tf.constant(rng.integers(0, classes, 8))
+    for kind in ("plain", "io", "layer"):
+        runs = []
+        for cheap in (False, True):
+            monkeypatch.setattr(train, "CHEAP_ACTIVATION_GRADIENTS", cheap)
+            tf_keras.utils.set_random_seed(0)
+            m = build_model(TrialConfig(model=model, bits="4", activation_bits=8), shape, classes)
+            assert any(train._plain_quantized_relu(getattr(k, "quantizer", None)) for k in m.layers)
+            kw: dict = {} if kind == "plain" else {"jr_weight": 0.05}
+            if kind == "layer":
+                kw["jr_layers"] = train.jr_layer_names(m, {"all": 0.01})
+            tf.random.set_seed(1)
+            step = train.training_step(m, 1e-3, **kw)
+            losses = [float(step(x, y)) for _ in range(2)]
+            runs.append((losses, m.get_weights()))
+        assert runs[0][0] == runs[1][0], kind
+        for a, b in zip(runs[0][1], runs[1][1], strict=True):
+            assert np.array_equal(a, b), kind

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
+from qkeras import QActivation
+from qkeras.quantizers import quantized_relu
 
 from trainables.jacobian import logits_and_jr, outputs_and_jr
 
@@ -205,6 +207,74 @@ def _exact_batch_norm(
             bn.fused = True
 
 
+def _plain_quantized_relu(q: Any) -> bool:
+    """QKeras' ``quantized_relu`` as robustgrid builds it (``activation``: bits, integer 0):
+    straight-through, no sigmoid, no leak, no stochastic rounding, clipped at its top level."""
+    return (
+        type(q) is quantized_relu
+        and not q.use_sigmoid
+        and q.negative_slope == 0.0
+        and not q.use_stochastic_rounding
+        and q.relu_upper_bound is None
+        and q.is_quantized_clip
+        and q.use_ste
+        and q.qnoise_factor == 1.0
+        and not q.use_variables
+    )
+
+
+def _relu_ste(q: Any) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``q`` (a plain ``quantized_relu``) with the same values and the same gradient, cheaper.
+
+    QKeras' straight-through output is ``x_u + stop_gradient(xq - x_u)`` with
+    ``x_u = where(x <= top, relu(x), top)``: its gradient is ``dy`` where
+    ``0 < x <= top`` and 0 elsewhere, which TensorFlow builds as a SelectV2 and
+    a ReluGrad (and their own gradients again in a JR step's double backprop).
+    Here the forward is ``q``'s own ops (the same values) and the gradient that
+    mask applied in one select; the mask does not depend on anything
+    differentiable, so the second derivatives are the original's (zero through
+    x, the mask through dy).  Tested against the original op's gradients and
+    a JR step's weights (tests/test_jacobian.py).
+    """
+    non_sign_bits = q.bits  # negative_slope == 0: no sign bit
+    top = np.float32(2.0**q.integer) - np.float32(2.0 ** (q.integer - non_sign_bits))
+
+    @tf.custom_gradient
+    def relu_ste(x: tf.Tensor) -> Any:
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            return tf.where((x > 0.0) & (x <= top), dy, tf.zeros_like(dy))
+
+        return q(x), grad
+
+    return relu_ste
+
+
+# Whether training steps trace plain quantized_relu activations as ``_relu_ste`` (the same
+# values and gradients; benchmarks/jr_cost.py switches it off to time QKeras' own).
+CHEAP_ACTIVATION_GRADIENTS: bool = True
+
+
+@contextlib.contextmanager
+def _cheap_activation_gradients(model: tf_keras.Model) -> Iterator[None]:
+    """While a step traces, plain float32 ``quantized_relu`` activations take ``_relu_ste``."""
+    layers = [
+        m
+        for m in model.submodules
+        if CHEAP_ACTIVATION_GRADIENTS
+        and isinstance(m, QActivation)
+        and m.compute_dtype == "float32"
+        and _plain_quantized_relu(m.quantizer)
+    ]
+    saved = [layer.quantizer for layer in layers]
+    for layer, q in zip(layers, saved, strict=True):
+        layer.quantizer = _relu_ste(q)
+    try:
+        yield
+    finally:
+        for layer, q in zip(layers, saved, strict=True):
+            layer.quantizer = q
+
+
 def training_step(
     model: tf_keras.Model,
     learning_rate: float,
@@ -235,7 +305,12 @@ def training_step(
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         jr = probe is not None or jr_weight > 0.0
-        with tf.GradientTape() as tape, _training_phase(), _exact_batch_norm(model, jr):
+        with (
+            tf.GradientTape() as tape,
+            _training_phase(),
+            _exact_batch_norm(model, jr),
+            _cheap_activation_gradients(model),
+        ):
             if probe is not None:
                 logits, penalty = outputs_and_jr(
                     lambda t: probe(t, training=True), x, weights, jr_projections
