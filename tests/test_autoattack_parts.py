@@ -724,6 +724,7 @@ def _digits_cnn(seed: int, bits: str = "4") -> tf_keras.Model:
     return build_model(TrialConfig(model="digits_cnn", bits=bits), (8, 8, 1), 10)
 
 
+@pytest.mark.slow
 def test_models_of_one_architecture_share_graphs_and_keep_their_own_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -89,7 +89,7 @@ def test_cheap_quantized_relu_gradient_is_the_original_ops() -> None:
         assert results[0][1].any() and not results[0][1].all()  # the mask is neither 0 nor 1
 
 
-@pytest.mark.parametrize("model", ["digits_cnn", "ds_cnn"])
+@pytest.mark.parametrize("model", ["digits_cnn", pytest.param("ds_cnn", marks=pytest.mark.slow)])
 def test_training_steps_are_unchanged_by_the_cheap_activation_gradient(
     model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
