@@ -157,9 +157,11 @@ def _run(study: Study, args: argparse.Namespace) -> int:
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    attack, eps, norm, size = study.headline
+    h = study.headline
     if summary.completed or summary.skipped:
-        _print_front(str(results_dir), attack, eps, norm, size, max_bytes=study.objective.max_bytes)
+        _print_front(
+            str(results_dir), h.attack, h.eps, h.norm, h.size, max_bytes=study.objective.max_bytes
+        )
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130
