@@ -239,6 +239,18 @@ def mcnemar(
     return McNemar(b, c, mcnemar_exact(b, c))
 
 
+def _config_text(con: duckdb.DuckDBPyConnection, key: str) -> str:
+    """A trial's config as a message shows it: its stored JSON less the fold (else its id)."""
+    got = con.execute(
+        f"SELECT any_value(meta_config_json), any_value({CONFIG_ID}) FROM rows WHERE key = ?", [key]
+    ).fetchall()  # all: a pending result would block the connection's next register
+    row = got[0] if got else None
+    if row is None or not row[0]:
+        return str(row[1] if row else key)
+    config = {k: v for k, v in json.loads(row[0]).items() if k != "fold"}
+    return json.dumps(config, sort_keys=True)
+
+
 def _paired_points(
     con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str, where: str | None
 ) -> pd.DataFrame:
@@ -344,7 +356,7 @@ def reduction_effects(
             f"reduction_effects: {orphans.config_id.nunique()} compressed config(s) have no "
             f"baseline trial (float, sparsity 0, clusters 0, same fold, otherwise identical) "
             f"for {len(orphans)} trial(s), left out: e.g. trial {orphans.key.iloc[0]!r} of "
-            f"config {orphans.config_id.iloc[0]}",
+            f"config {_config_text(con, str(orphans.key.iloc[0]))}",
             UserWarning,
             stacklevel=2,
         )
