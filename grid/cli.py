@@ -169,6 +169,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from grid.planning import tally
     from grid.space import (
         describe_point,
         describe_values,
@@ -192,11 +193,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         keys = [k for ks in state.keys.values() for k in ks]
     total = study.budget * study.folds
-    done = sum(1 for k in keys if state.status.get(k) == "complete")
-    failed = sum(1 for k in keys if state.status.get(k) == "failed")
     live = read_json(folder, "status.json") or {}
     pid = live_driver(folder)
-    running = len(live.get("running") or []) if pid else 0
+    now = list(live.get("running") or []) if pid else []  # a search's new points: not in keys
+    tallied = tally([*keys, *now], state.status, set(now))
+    done, failed, running = tallied.complete, tallied.failed, tallied.running
     if s.strategy == Strategy.optuna:
         done = min(done, total)  # the store may hold more points than this budget
     todo = max(0, total - done - failed - running)
