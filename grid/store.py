@@ -33,6 +33,12 @@ one object upload (an object appears whole or not at all).  A reader never
 sees a partial file, and a retried trial replaces its own row set instead of
 adding a second one.  A failed write (full disk, lost connection) leaves the
 previous file as it was.
+
+The store's parts, each importable from here as before: ``grid.location`` (locations
+and the JSON state files), ``grid.sink`` (the row sink and artifacts), ``grid.reads``
+(listing, batched reads, :func:`scan`, key states); compaction is this module's own.
+The dedupe rule and the compacted files' prefix are ``trainables.rowfiles``' (the
+analysis reads through the same module without importing grid).
 """
 
 from __future__ import annotations
