@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trainables import identity
 from trainables.config import RESULTS_REVISION, AdvMethod, TrialConfig
-from trainables.headline import STATUS_COMPLETE, WORST, Headline
+
+# The status and attack words rows use, re-exported: the headline's module states them.
+from trainables.headline import STATUS_COMPLETE as STATUS_COMPLETE
+from trainables.headline import WORST as WORST
+from trainables.headline import Headline
 
 if TYPE_CHECKING:
     from trainables.footprint import ModelFootprint
-
-__all__ = ["STATUS_COMPLETE", "STATUS_FAILED", "WORST"]  # the status and attack words rows use
 
 # 3: the identity columns (meta_config_id, meta_baseline_pair_id, meta_jr_pair_id)
 SCHEMA_VERSION = 3
