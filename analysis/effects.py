@@ -20,28 +20,16 @@ from analysis.inference import McNemar, corrected_t, holm, mcnemar_exact, unpack
 from analysis.pareto import describe, resolve, trial_points
 from analysis.query import AXIS_COLUMNS, CONFIG_ID, NORMS, check_columns, where_clause
 
-# A trial's identity less its reductions and fold: trials that differ only in
-# bits / sparsity / clusters and the quantization settings (per-layer bits,
-# activation width), and fold, share it, so each can be paired with the
-# uncompressed baseline of the same fold.  A float baseline always has
-# activation_bits null and layer_bits {} (trainables.config.TrialConfig forbids
-# layer_bits with bits float), so they are stripped like bits; so are the per-layer
-# overrides of the reductions (layer_sparsity, layer_clusters, layer_activation_bits),
-# which a baseline never has.  Everything else
-# stays in it: JR (input-output and per layer), adversarial training, seed,
-# training settings, folds and the results revision.
-PAIR_ID = (
-    "coalesce(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace("
-    "regexp_replace(regexp_replace(regexp_replace(meta_config_json, "
-    """'"layer_(sparsity|clusters|activation_bits)": [{][^}]*[}](, )?', '', 'g'), """
-    """'"ans": [{][^}]*[}](, )?', ''), """  # ans_hybrid's settings: part of its quantization
-    """'"layer_bits": [{][^}]*[}](, )?', ''), '"activation_bits": (null|[0-9]+)(, )?', ''), """
-    """'"bits": "[^"]*"(, )?', ''), '"clusters": [0-9]+(, )?', ''), """
-    """'"fold": [0-9]+(, )?', ''), '"sparsity": [0-9.e+-]+(, )?', ''), """
-    "concat_ws('|', cfg_dataset, cfg_model, cfg_jr_weight, cfg_jr_layers, "
-    "cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, "
-    "cfg_batch_size, cfg_learning_rate, cfg_test_fraction, cfg_seed, cfg_folds, revision))"
-)
+# A trial's identity less its reductions and fold (trainables/identity.py): trials that
+# differ only in bits / sparsity / clusters and the quantization settings (per-layer bits,
+# activation width, ans_hybrid's settings, per-layer pruning and clustering), and fold,
+# share it, so each can be paired with the uncompressed baseline of the same fold.
+# Everything else stays in it: JR (input-output and per layer), adversarial training,
+# seed, training settings, folds and the results revision.  A column: written by the
+# worker, filled on read for older rows (analysis.query.fill_identities).
+PAIR_ID = "meta_baseline_pair_id"
+# The config less its JR settings (and fold): JR on and off at equal compression share it.
+JR_PAIR_ID = "meta_jr_pair_id"
 
 BASELINE = (
     "cfg_bits = 'float' AND cfg_sparsity = 0 AND cfg_clusters = 0 "
@@ -251,6 +239,18 @@ def mcnemar(
     return McNemar(b, c, mcnemar_exact(b, c))
 
 
+def _config_text(con: duckdb.DuckDBPyConnection, key: str) -> str:
+    """A trial's config as a message shows it: its stored JSON less the fold (else its id)."""
+    got = con.execute(
+        f"SELECT any_value(meta_config_json), any_value({CONFIG_ID}) FROM rows WHERE key = ?", [key]
+    ).fetchall()  # all: a pending result would block the connection's next register
+    row = got[0] if got else None
+    if row is None or not row[0]:
+        return str(row[1] if row else key)
+    config = {k: v for k, v in json.loads(row[0]).items() if k != "fold"}
+    return json.dumps(config, sort_keys=True)
+
+
 def _paired_points(
     con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str, where: str | None
 ) -> pd.DataFrame:
@@ -356,7 +356,7 @@ def reduction_effects(
             f"reduction_effects: {orphans.config_id.nunique()} compressed config(s) have no "
             f"baseline trial (float, sparsity 0, clusters 0, same fold, otherwise identical) "
             f"for {len(orphans)} trial(s), left out: e.g. trial {orphans.key.iloc[0]!r} of "
-            f"config {orphans.config_id.iloc[0]}",
+            f"config {_config_text(con, str(orphans.key.iloc[0]))}",
             UserWarning,
             stacklevel=2,
         )
@@ -571,28 +571,6 @@ def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
     )
 
 
-_JR_FIELDS = ("jr_weight", "jr_layers", "fold")
-
-
-# Rows without meta_config_json (written by hand, or before it existed): the config columns
-# other than JR and fold.
-_JR_FREE_COLUMNS = (
-    "concat_ws('|', cfg_dataset, cfg_model, cfg_bits, cfg_layer_bits, cfg_activation_bits, "
-    "cfg_sparsity, cfg_clusters, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, cfg_adv_ratio, "
-    "cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, cfg_test_fraction, "
-    "cfg_seed, cfg_folds, nullif(cfg_layer_sparsity, '{}'), nullif(cfg_layer_clusters, '{}'), "
-    "nullif(cfg_layer_activation_bits, '{}'))"
-)
-
-
-def _jr_pair_id(config_json: object, columns: object, revision: object) -> str:
-    """The config without its JR settings (and fold): JR on and off at equal compression share it."""
-    if not isinstance(config_json, str):
-        return f"{revision}|{columns}"
-    rest = {k: v for k, v in json.loads(config_json).items() if k not in _JR_FIELDS}
-    return f"{revision}|{json.dumps(rest, sort_keys=True)}"
-
-
 def jr_effects(
     con: duckdb.DuckDBPyConnection,
     attack: str = "worst",
@@ -617,14 +595,8 @@ def jr_effects(
     """
     eps, norm = resolve(con, attack, eps, norm)
     pts = trial_points(con, attack, eps, where, norm=norm)
-    ids = con.execute(
-        f"SELECT key, any_value(meta_config_json) AS cj, any_value({_JR_FREE_COLUMNS}) AS cols, "
-        "any_value(revision) AS rev FROM rows GROUP BY key"
-    ).df()
-    ids["pair_id"] = [
-        _jr_pair_id(c, cols, r) for c, cols, r in zip(ids.cj, ids.cols, ids.rev, strict=True)
-    ]
-    pts = pts.merge(ids[["key", "pair_id"]], on="key")
+    ids = con.execute(f"SELECT key, any_value({JR_PAIR_ID}) AS pair_id FROM rows GROUP BY key").df()
+    pts = pts.merge(ids, on="key")
     pts["cfg_folds"] = pts["cfg_folds"].fillna(1).astype(int)
     layers = pts.jr_layers.fillna("{}").map(lambda j: bool(json.loads(j)) if j else False)
     on_mask = (pts.jr_weight.fillna(0) > 0) | layers

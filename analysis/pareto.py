@@ -10,6 +10,7 @@ import pandas as pd
 
 from analysis.inference import wilson_arrays
 from analysis.query import CONFIG_ID, NORMS, where_clause
+from trainables.headline import EPS_TOL, SIZES, WORST, WORST_NORM, reads_sql
 
 # One point per trial (key), or per config (over its folds): robust accuracy
 # under the attack at eps under one norm.  'worst' is the trial's stored worst
@@ -35,7 +36,7 @@ _PER_TRIAL = """
            any_value(nonzero) AS nonzero, any_value(jacobian_fro2) AS jacobian_fro2,
            string_agg(DISTINCT attack, ',' ORDER BY attack) FILTER (WHERE attack <> 'worst' OR $attack <> 'worst') AS attacks
     FROM (
-        SELECT key, attack, attack = $attack OR attack = 'none' AS _selected, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
+        SELECT key, attack, SELECTED OR attack = 'none' AS _selected, CONFIG_ID AS config_id, fold, cfg_folds, cfg_dataset AS dataset,
                cfg_model AS model, cfg_bits AS bits, cfg_sparsity AS sparsity, cfg_jr_layers AS jr_layers,
                cfg_clusters AS clusters, cfg_jr_weight AS jr_weight,
                cfg_adv_training AS adv_training, metric_clean_acc AS clean_acc,
@@ -46,14 +47,14 @@ _PER_TRIAL = """
                SIZE AS bytes, metric_params AS params, metric_nonzero AS nonzero,
                metric_jacobian_fro2 AS jacobian_fro2
         FROM rows
-        WHERE status = 'complete' AND abs(eps - $eps) < 1e-9
+        WHERE status = 'complete' AND abs(eps - $eps) < EPS_TOL
               AND ($attack = 'worst' OR attack = $attack)
               AND (attack = 'none' OR attack_norm = $norm)
               WHERE_EXTRA
     )
     GROUP BY key
     HAVING bool_or(_selected)
-""".replace("CONFIG_ID", CONFIG_ID)
+"""
 
 _TRIAL_COLUMNS = """
     SELECT * EXCLUDE (_w), _w.k AS robust_k, _w.n AS samples FROM (PER_TRIAL)
@@ -78,7 +79,6 @@ _PER_CONFIG = """
 
 DIRECTIONS = {"max", "min"}
 DEFAULT_OBJECTIVES = {"robust_acc": "max", "bytes": "min"}
-SIZES = {"encoded": "metric_bytes", "tflite": "metric_tflite_bytes"}
 SIZE_LABELS = {
     "encoded": "encoded bytes (smallest encoding, a lower bound)",
     "tflite": "TFLite bytes (deployable int8 flatbuffer)",
@@ -145,12 +145,12 @@ def resolve(
         if attack == "worst" and clean and clean[0]:
             if eps is not None and abs(eps) > 1e-9:
                 raise ValueError(f"eps: {eps:g}: the results hold clean rows only (eps 0)")
-            return 0.0, norm or "inf"
+            return 0.0, norm or WORST_NORM
         raise _no_rows(con, attack)
     norms = sorted({n for n, _ in pairs})
     if norm is None:
-        if attack == "worst":
-            norm = "inf"
+        if attack == WORST:
+            norm = WORST_NORM
         elif len(norms) > 1:
             raise ValueError(
                 f"norm: attack {attack!r} was run under norms {norms}: pass norm= one of them"
@@ -192,10 +192,17 @@ def _points_sql(per: str, where: str | None, size: str = "encoded") -> str:
         raise ValueError(f"per: {per!r} must be 'trial' or 'config'")
     if size not in SIZES:
         raise ValueError(f"size: {size!r} must be 'encoded' or 'tflite'")
-    trials = _TRIAL_COLUMNS.replace(
-        "PER_TRIAL",
-        _PER_TRIAL.replace("WHERE_EXTRA", where_clause(where)).replace("SIZE", SIZES[size]),
+    # The headline's rows (trainables/headline.py), at the resolved eps and norm; ``rows``
+    # has attack_norm filled by the same rule (analysis.query).
+    selected = reads_sql("$attack", "$norm", "$eps", row_norm="attack_norm")
+    per_trial = (
+        _PER_TRIAL.replace("SELECTED", selected)
+        .replace("EPS_TOL", repr(EPS_TOL))
+        .replace("CONFIG_ID", CONFIG_ID)
+        .replace("SIZE", SIZES[size])
+        .replace("WHERE_EXTRA", where_clause(where))  # the user's text last: never rewritten
     )
+    trials = _TRIAL_COLUMNS.replace("PER_TRIAL", per_trial)
     return trials if per == "trial" else _PER_CONFIG.replace("TRIALS", trials)
 
 

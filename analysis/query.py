@@ -26,25 +26,18 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-# TF-free (pydantic only): the results revision, and the columns of the schema.
-# The compacted files' prefix is the store's (grid/store.py: its one dedupe rule).
+# TF-free (pydantic only): the results revision, the columns of the schema, the headline's
+# rule (the norm of rows without attack_norm), the identity columns, and the store's files
+# (trainables/rowfiles.py: its one dedupe rule).
+from trainables import identity
 from trainables.config import AXES, RESULTS_REVISION
+from trainables.headline import norm_sql
+from trainables.rowfiles import compacted_rows_kept, dedupe_sql, is_compacted, key_of
 from trainables.rows import COLUMNS
 
-COMPACTED_PREFIX = "compacted-"
-
-# A config's identity over its folds: the trial's config JSON without the fold
-# (rows without it, written by other tools, fall back to the axes' columns).
-CONFIG_ID = (
-    """coalesce(regexp_replace(meta_config_json, '"fold": [0-9]+(, )?', ''), """
-    "concat_ws('|', meta_study, cfg_dataset, cfg_model, cfg_bits, cfg_sparsity, cfg_clusters, "
-    "cfg_jr_weight, cfg_jr_layers, cfg_layer_bits, cfg_adv_training, cfg_adv_eps, cfg_adv_steps, "
-    "cfg_adv_ratio, cfg_epochs, cfg_fine_tune_epochs, cfg_batch_size, cfg_learning_rate, "
-    "cfg_test_fraction, cfg_seed, cfg_folds, revision, "
-    # per-layer overrides: after revision, so ids of rows without them end as they did
-    "nullif(cfg_layer_sparsity, '{}'), nullif(cfg_layer_clusters, '{}'), "
-    "nullif(cfg_layer_activation_bits, '{}')))"
-)
+# A config's identity over its folds (trainables/identity.py): written by the worker,
+# filled on read for older rows (:func:`fill_identities`).
+CONFIG_ID = "meta_config_id"
 
 # Per-layer overrides (trainables.config.TrialConfig.layer_*): JSON objects, '{}' when none.
 LAYER_OVERRIDE_COLUMNS = (
@@ -52,9 +45,6 @@ LAYER_OVERRIDE_COLUMNS = (
 )  # fmt: skip
 
 NORMS = ("inf", "2")
-# The norm of eps for rows that lack ``attack_norm`` (written before it existed):
-# the attack's own, as trainables.config.DEFAULT_NORM gives it.
-_L2_BY_DEFAULT = ("cw_l2", "deepfool", "hopskipjump", "boundary")
 _SQL_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
 
 # The axes an analyst groups by, as the rows name them (one definition: trainables.config.AXES;
@@ -120,23 +110,14 @@ def _remote_dataset(uri: str) -> list[Any]:
         frags = [fmt.make_fragment(p, filesystem=fs, file_size=sizes.get(p)) for p in paths]
         return ds.FileSystemDataset(frags, frags[0].physical_schema, fmt, filesystem=fs)
 
-    per_key = [f for f in files if not _compacted(f)]
+    per_key = [f for f in files if not is_compacted(f)]
     parts = [dataset(per_key)] if per_key else []
     # The store's one rule: a key's per-key file, when present, wins over its compacted rows.
-    for folder in sorted({f.rsplit("/", 1)[0] for f in files if _compacted(f)}):
-        own = [_stem(f) for f in per_key if f.rsplit("/", 1)[0] == folder]
-        merged = dataset([f for f in files if _compacted(f) and f.rsplit("/", 1)[0] == folder])
-        parts.append(merged.filter(~ds.field("key").isin(own)) if own else merged)
+    for folder in sorted({f.rsplit("/", 1)[0] for f in files if is_compacted(f)}):
+        own = [key_of(f) for f in per_key if f.rsplit("/", 1)[0] == folder]
+        merged = dataset([f for f in files if is_compacted(f) and f.rsplit("/", 1)[0] == folder])
+        parts.append(merged.filter(compacted_rows_kept(own)) if own else merged)
     return parts
-
-
-def _compacted(path: str) -> bool:
-    """A compacted file of the store (grid.store.COMPACTED_PREFIX): many keys' rows."""
-    return path.rsplit("/", 1)[-1].startswith(COMPACTED_PREFIX)
-
-
-def _stem(path: str) -> str:
-    return path.rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
 def _readable_files(glob: str) -> str:
@@ -193,6 +174,7 @@ def connect(
     # Read the files once: every view below (and each query of a report) would read them all
     # again through raw_rows, which at 10^4 per-key files is 10^4 file opens per query.
     con.execute("CREATE OR REPLACE TEMP TABLE raw_rows_read AS SELECT * FROM raw_rows")
+    fill_identities(con, "raw_rows_read")
     con.execute("CREATE OR REPLACE VIEW raw_rows AS SELECT * FROM raw_rows_read")
     _rows_views(con, stale)
     pairs = con.execute(
@@ -236,6 +218,69 @@ def connect(
     return con
 
 
+# Rows without meta_config_json (written by other tools): their ids come from these
+# columns; the per-attack and derived ones (cfg_weight_bits follows cfg_bits) stay out.
+_NOT_IDENTITY = {"cfg_attack_steps", "cfg_attack_restarts", "cfg_weight_bits"}
+
+
+def fill_identities(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Give rows written before the identity columns existed (no column, or NULL) their ids,
+    once on read, in place in ``table``.
+
+    The ids are trainables/identity.py's, over ``meta_config_json`` parsed as JSON: equal to
+    what the worker writes for the same config.  Rows without it (written by other tools) get
+    ids over their config columns, fold, revision and (for ``meta_config_id``) study.  One
+    JSON parse per trial, not per row.
+    """
+    have = set(columns(con, table))
+    for c in identity.IDS:
+        if c not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {c} VARCHAR")
+    missing = " OR ".join(f"{c} IS NULL" for c in identity.IDS)
+    config_cols = sorted(c for c in have if c.startswith("cfg_") and c not in _NOT_IDENTITY)
+    extra = [c for c in ("meta_config_json", "meta_study", "revision", "fold") if c in have]
+    picked = ", ".join(f"any_value({c}) AS {c}" for c in [*extra, *config_cols])
+    cur = con.execute(
+        f"SELECT key, {picked or 'NULL AS none'} FROM {table} WHERE {missing} GROUP BY key"
+        + (", meta_study" if "meta_study" in have else "")
+    )
+    names = [d[0] for d in cur.description or []]
+    todo = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    if not todo:
+        return
+    import json
+
+    import pyarrow as pa
+
+    filled: dict[str, list[Any]] = {"key": [], "study": [], **{c: [] for c in identity.IDS}}
+    for row in todo:
+        blob = row.get("meta_config_json")
+        if blob:
+            ids = identity.id_columns(json.loads(blob))
+        else:
+            config = {c.removeprefix("cfg_"): row[c] for c in config_cols}
+            config.update(
+                study=row.get("meta_study"), revision=row.get("revision") or 0, fold=row.get("fold")
+            )
+            ids = {
+                c: identity.digest(config, without | ({"study"} if c != CONFIG_ID else set()))
+                for c, without in identity.IDS.items()
+            }
+        filled["key"].append(row["key"])
+        filled["study"].append(row.get("meta_study"))
+        for c, v in ids.items():
+            filled[c].append(v)
+    con.register("_identity_fill", pa.table(filled))
+    same_study = (
+        f" AND {table}.meta_study IS NOT DISTINCT FROM f.study" if "meta_study" in have else ""
+    )
+    sets = ", ".join(f"{c} = coalesce({table}.{c}, f.{c})" for c in identity.IDS)
+    con.execute(
+        f"UPDATE {table} SET {sets} FROM _identity_fill f WHERE {table}.key = f.key{same_study}"
+    )
+    con.unregister("_identity_fill")
+
+
 def _deduped(source: str, pattern: str, glob: str) -> str:
     """The rows of ``source`` under the store's one rule (grid/store.py): a key's per-key file,
     when present (readable or not), wins over its rows in a compacted file of the same folder.
@@ -246,16 +291,10 @@ def _deduped(source: str, pattern: str, glob: str) -> str:
     import glob as globbing
 
     read = f"read_parquet({source}, union_by_name = true"
-    if not any(Path(f).name.startswith(COMPACTED_PREFIX) for f in globbing.iglob(glob)):
+    if not any(is_compacted(f) for f in globbing.iglob(glob)):
         return f"SELECT * FROM {read})"
-    return f"""
-        SELECT * EXCLUDE (_rg_file) FROM {read}, filename = '_rg_file') r
-        WHERE NOT starts_with(parse_filename(r._rg_file), '{COMPACTED_PREFIX}')
-           OR NOT EXISTS (
-               SELECT 1 FROM glob({pattern}) g
-               WHERE NOT starts_with(parse_filename(g.file), '{COMPACTED_PREFIX}')
-                 AND parse_dirpath(g.file) = parse_dirpath(r._rg_file)
-                 AND parse_filename(g.file, true) = r.key)"""
+    kept = dedupe_sql(f"{read}, filename = '_rg_file')", pattern, "_rg_file")
+    return f"SELECT * EXCLUDE (_rg_file) FROM ({kept})"
 
 
 def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:
@@ -266,13 +305,14 @@ def _rows_views(con: duckdb.DuckDBPyConnection, stale: bool) -> None:
         for name, kind in COLUMNS.items()
         if name not in have
     ]
-    l2 = ", ".join(f"'{a}'" for a in _L2_BY_DEFAULT)
     replace = [
         "coalesce(revision, 0) AS revision",  # rows without a revision predate it: revision 0
         # rows written before per-layer overrides existed had none: '{}', as a config without them
         *(f"coalesce({c}, '{{}}') AS {c}" for c in LAYER_OVERRIDE_COLUMNS),
+        # rows without attack_norm (written before it existed): the headline's rule, the
+        # attack's default norm (trainables/headline.py); clean-only and failed rows have none
         "CASE WHEN attack_norm IS NOT NULL OR attack IS NULL OR attack = 'none' THEN attack_norm "
-        f"WHEN attack IN ({l2}) THEN '2' ELSE 'inf' END AS attack_norm",
+        f"ELSE {norm_sql()} END AS attack_norm",
         # One label for two model specs (two layer lists both named my_cnn, a builder whose
         # source changed): each spec gets its own label, so grouping by model never mixes them.
         "CASE WHEN cfg_model_spec IS NOT NULL AND cfg_model IN (SELECT cfg_model FROM filled_rows "

@@ -35,9 +35,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from grid.store import ParquetSink, as_location, compact, key_status, list_rows, scan
+from trainables.headline import Headline
 from trainables.rows import summarize
 
-HEADLINE = ("worst", None, "inf", "encoded")
+HEADLINE = Headline("worst", None, "inf", "encoded")
 
 
 def template_rows(folder: Path, given: str | None) -> list[dict[str, Any]]:

@@ -157,9 +157,11 @@ def _run(study: Study, args: argparse.Namespace) -> int:
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    attack, eps, norm, size = study.headline
+    h = study.headline
     if summary.completed or summary.skipped:
-        _print_front(str(results_dir), attack, eps, norm, size, max_bytes=study.objective.max_bytes)
+        _print_front(
+            str(results_dir), h.attack, h.eps, h.norm, h.size, max_bytes=study.objective.max_bytes
+        )
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130
@@ -167,6 +169,7 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from grid.planning import tally
     from grid.space import (
         describe_point,
         describe_values,
@@ -190,11 +193,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         keys = [k for ks in state.keys.values() for k in ks]
     total = study.budget * study.folds
-    done = sum(1 for k in keys if state.status.get(k) == "complete")
-    failed = sum(1 for k in keys if state.status.get(k) == "failed")
     live = read_json(folder, "status.json") or {}
     pid = live_driver(folder)
-    running = len(live.get("running") or []) if pid else 0
+    now = list(live.get("running") or []) if pid else []  # a search's new points: not in keys
+    tallied = tally([*keys, *now], state.status, set(now))
+    done, failed, running = tallied.complete, tallied.failed, tallied.running
     if s.strategy == Strategy.optuna:
         done = min(done, total)  # the store may hold more points than this budget
     todo = max(0, total - done - failed - running)

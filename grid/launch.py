@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from grid import preflight
-from grid.planning import Plan, concurrency, missing, plan
+from grid.planning import RunPlan, concurrency, missing, plan
 from grid.progress import RunSummary, announce, progress_callback
 from grid.ray_start import ray_driver
 from grid.spec import Strategy, Study
@@ -119,7 +119,7 @@ def compact_loose(results_dir: Location, state: StudyState, out: TextIO) -> None
 TUNE_PART, TUNE_PART_PER_SLOT = 1000, 50
 
 
-def parts(planned: Plan, slots: int) -> list[Plan]:
+def parts(planned: RunPlan, slots: int) -> list[RunPlan]:
     """The run as Tune runs: the whole plan for a search, else parts of its trials in order."""
     size = max(TUNE_PART, TUNE_PART_PER_SLOT * slots)
     if not planned.units or len(planned.units) <= size:
@@ -131,7 +131,7 @@ def parts(planned: Plan, slots: int) -> list[Plan]:
 
 
 def make_tuner(
-    study: Study, state: StudyState, planned: Plan, summary: RunSummary, sink: ParquetSink,
+    study: Study, state: StudyState, planned: RunPlan, summary: RunSummary, sink: ParquetSink,
     out: TextIO, t0: float | None = None, searcher: Any = None,
 ) -> Any:  # fmt: skip
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""

@@ -8,10 +8,12 @@ its searcher proposes points as it learns, within the study's budget.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from grid import space
+from grid.reads import STATUS_STALE
 from grid.spec import Strategy, Study
 from trainables.config import TrialConfig
 from trainables.ray_adapter import TrialPayload
@@ -21,7 +23,57 @@ if TYPE_CHECKING:
     from grid.state import StudyState
 
 
-class Plan(NamedTuple):
+RUNNING = "running"
+TODO = "todo"
+
+
+def key_class(status: str | None, running: bool = False) -> str:
+    """What a trial key counts as, from its stored status (``grid.reads.key_state``: None
+    when the store has no readable rows) and whether a live driver runs it now.
+
+    'complete' (every row complete, this results revision): done, never run again;
+    'failed': ran and failed (a run retries it); 'running': in flight, not yet stored;
+    'stale' (rows of another revision) and 'todo' (no rows): to run.
+    """
+    if status in (STATUS_COMPLETE, STATUS_FAILED):
+        return status
+    if running:
+        return RUNNING
+    return STATUS_STALE if status == STATUS_STALE else TODO
+
+
+@dataclass(frozen=True)
+class KeyTally:
+    """A set of trial keys counted by :func:`key_class`."""
+
+    complete: int = 0
+    failed: int = 0
+    stale: int = 0
+    running: int = 0
+    todo: int = 0  # never run (stale ones are counted apart)
+
+    @property
+    def total(self) -> int:
+        return self.complete + self.failed + self.stale + self.running + self.todo
+
+
+def tally(
+    keys: Iterable[str], status: Mapping[str, str], running: Collection[str] = ()
+) -> KeyTally:
+    """Count ``keys`` (each once) by :func:`key_class` over the store's ``status`` and the
+    keys a live driver runs: the one rule ``plan``, ``missing`` and ``grid status`` use."""
+    counts = dict.fromkeys((STATUS_COMPLETE, STATUS_FAILED, STATUS_STALE, RUNNING, TODO), 0)
+    for key in dict.fromkeys(keys):
+        counts[key_class(status.get(key), key in running)] += 1
+    return KeyTally(
+        counts[STATUS_COMPLETE], counts[STATUS_FAILED], counts[STATUS_STALE], counts[RUNNING],
+        counts[TODO],
+    )  # fmt: skip
+
+
+class RunPlan(NamedTuple):
+    """A run's work: its Tune trials (grid/random) and how many trials it answers for."""
+
     units: list[TrialPayload]  # Tune trials for a grid/random run, longest first (none for optuna)
     total: int  # trials this run answers for: the grid, or the search budget x folds
     skipped: int  # of which already complete in the store
@@ -62,14 +114,13 @@ def expected_cost(cfg: TrialConfig) -> float:
     return epochs * step
 
 
-def plan(study: Study, state: StudyState) -> Plan:
+def plan(study: Study, state: StudyState) -> RunPlan:
     """The Tune trials of a grid/random run, the trials this run answers for, and those complete."""
     strategy = study.search.strategy
-    done = {k for k, v in state.status.items() if v == STATUS_COMPLETE}
     if strategy == Strategy.optuna:
         complete_points = len(state.point_values())
         total = study.budget * study.folds
-        return Plan([], total, min(complete_points, study.budget) * study.folds)
+        return RunPlan([], total, min(complete_points, study.budget) * study.folds)
     pts = (
         state.points
         if strategy == Strategy.grid
@@ -82,7 +133,7 @@ def plan(study: Study, state: StudyState) -> Plan:
         # One Tune trial per fold: more parallelism.
         for t, key in zip(state.trials[label], state.keys[label], strict=True):
             total += 1
-            if key in done:
+            if key_class(state.status.get(key)) == STATUS_COMPLETE:
                 skipped += 1
             else:
                 todo.append((-expected_cost(t), payload(p, [t], [key])))
@@ -90,11 +141,11 @@ def plan(study: Study, state: StudyState) -> Plan:
     # slot idles long at the end waiting for one slow trial.  Stable: equal
     # costs keep the file's order.
     todo.sort(key=lambda item: item[0])
-    return Plan([u for _, u in todo], total, skipped)
+    return RunPlan([u for _, u in todo], total, skipped)
 
 
 def concurrency(
-    study: Study, planned: Plan, free_cpus: int | None, max_concurrent: int | None = None
+    study: Study, planned: RunPlan, free_cpus: int | None, max_concurrent: int | None = None
 ) -> int:
     """Trials in flight at once: the study's (or --max-concurrent's) cap, else what fits.
 
@@ -116,9 +167,10 @@ def concurrency(
 
 def missing(study: Study, final: StudyState) -> int:
     """Trials neither complete nor failed once a run is over (it was interrupted)."""
-    failed_now = sum(1 for v in final.status.values() if v == STATUS_FAILED)
     after = plan(study, final)
     if study.search.strategy == Strategy.optuna:
         exhausted = len(final.point_values()) >= study.points
+        failed_now = tally(final.status, final.status).failed
         return 0 if exhausted else max(0, after.todo - failed_now)
-    return max(0, len(after.units) - failed_now)
+    left = tally((k for u in after.units for k in u.keys), final.status)
+    return left.stale + left.todo

@@ -24,7 +24,7 @@ from trainables.modelspec import model_label
 from trainables.ray_adapter import TrialPayload
 
 if TYPE_CHECKING:
-    from grid.planning import Plan
+    from grid.planning import RunPlan
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _fmt_s(s: float) -> str:
 
 
 def announce(
-    study: Study, state: StudyState, planned: Plan, results_dir: Location, out: TextIO
+    study: Study, state: StudyState, planned: RunPlan, results_dir: Location, out: TextIO
 ) -> RunSummary:
     """Print what this run does (and the front so far, saved to search.json); its summary."""
     strategy = study.search.strategy

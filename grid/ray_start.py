@@ -34,7 +34,7 @@ from grid.state import write_status
 from grid.store import Location
 
 if TYPE_CHECKING:
-    from grid.planning import Plan
+    from grid.planning import RunPlan
 
 # Every Ray worker needs Keras 2 before its first TensorFlow import.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -42,7 +42,7 @@ WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWA
 
 @contextmanager
 def ray_driver(
-    study: Study, results_dir: Location, ray_address: str | None, planned: Plan, out: TextIO
+    study: Study, results_dir: Location, ray_address: str | None, planned: RunPlan, out: TextIO
 ) -> Iterator[int | None]:
     """Ray for this run (a local one, or the cluster at ``ray_address``), this driver in
     status.json while it lasts; yields the CPUs free on a local Ray (None on a cluster)."""

@@ -57,6 +57,7 @@ from trainables.config import (
     TrialConfig,
 )
 from trainables.gpu import GpuMemory
+from trainables.headline import Headline
 from trainables.modelspec import (
     LAYER_TYPES,
     UNION_TAGS,
@@ -661,13 +662,14 @@ class Study(_Strict):
         ]
 
     @property
-    def headline(self) -> tuple[str, float | None, str, str]:
-        """(attack or 'worst', eps, norm, size measure) of the objectives."""
+    def headline(self) -> Headline:
+        """The objectives' headline robust accuracy (trainables/headline.py): attack or 'worst',
+        eps (the largest of its attacks' when the study names none), norm, size measure."""
         o = self.objective
         eps = o.eps
         if eps is None and self.objective_attacks:
             eps = max(e for a in self.objective_attacks for e in a.eps)
-        return o.attack, eps, self.headline_norm, o.size.value
+        return Headline(o.attack, eps, self.headline_norm, o.size.value)
 
     def results_dir(self, override: str | None = None) -> Location:
         """Where this study's results go: ``<results>/<name>``, a local folder or a URI."""

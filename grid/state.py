@@ -11,6 +11,7 @@ and ``status.json`` (the live driver: pid, host, running trial keys), which
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -165,7 +166,7 @@ class StudyState:
             return None
         n, over = len(self.point_values()), self.infeasible()
         return (
-            f"budget {self.max_bytes:,} B ({self.study.headline[3]}): {over} of {n} complete "
+            f"budget {self.max_bytes:,} B ({self.study.headline.size}): {over} of {n} complete "
             "point(s) over it, off the front"
         )
 
@@ -245,9 +246,7 @@ class StudyState:
             "sampler": s.sampler.value if strategy == "optuna" else None,
             "objectives": list(self.obj.names),
             "maximize": list(self.obj.maximize),
-            "headline": dict(
-                zip(("attack", "eps", "norm", "size"), self.study.headline, strict=True)
-            ),
+            "headline": dataclasses.asdict(self.study.headline),
             "reference": list(f.reference),
             "hypervolume": f.hypervolume,
             "hypervolume_normalized": f.normalized,

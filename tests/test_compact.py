@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from analysis.query import COMPACTED_PREFIX as QUERY_PREFIX
 from analysis.query import connect
 from grid.cli import main
 from grid.spec import Study, load_study
@@ -228,10 +227,16 @@ def test_compact_on_s3(s3: S3, tmp_path: Path) -> None:
     assert gets <= 6 * 4, gets  # <= 4 compacted + 2 failed files, a few ranged reads each
 
 
-def test_prefix_is_one() -> None:
+def test_the_dedupe_rule_has_one_owner() -> None:
+    """analysis names the store's files without importing grid: both read trainables.rowfiles."""
+    import analysis.query
+    import grid.reads
+    import trainables.rowfiles
+
+    assert COMPACTED_PREFIX is trainables.rowfiles.COMPACTED_PREFIX
     assert (
-        QUERY_PREFIX == COMPACTED_PREFIX
-    )  # analysis names the store's files without importing grid
+        analysis.query.is_compacted is grid.reads.is_compacted is trainables.rowfiles.is_compacted
+    )
 
 
 @pytest.mark.slow

@@ -125,12 +125,13 @@ def test_parts_cover_the_plan_in_order(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_trivial_rows_are_complete_rows_of_the_real_schema() -> None:
+    from trainables.headline import Headline
     from trainables.rows import COLUMNS, summarize
 
     cfg = trivial_study().trials()[0]
     rows = trivial_trial(cfg)
     assert len(rows) == 1 and set(rows[0]) == set(COLUMNS)
-    s = summarize(rows, ("worst", None))
+    s = summarize(rows, Headline())
     assert s["status"] == STATUS_COMPLETE and 0.5 <= s["clean_acc"] <= 1
     assert trivial_trial(cfg)[0]["metric_bytes"] == rows[0]["metric_bytes"]  # from the key
     # With attacks: one worst row per (norm, eps), as a real trial writes, never above its attacks'.
@@ -143,7 +144,7 @@ def test_trivial_rows_are_complete_rows_of_the_real_schema() -> None:
     worst = {k: v for k, v in got.items() if k[0] == "worst"}
     assert set(worst) == {("worst", "inf", 0.05), ("worst", "inf", 0.1), ("worst", "2", 0.5)}
     assert worst[("worst", "inf", 0.1)] <= min(got[("fgsm", "inf", 0.1)], got[("pgd", "inf", 0.1)])
-    assert summarize(rows, ("worst", None))["robust_acc"] == worst[("worst", "inf", 0.1)]
+    assert summarize(rows, Headline())["robust_acc"] == worst[("worst", "inf", 0.1)]
 
 
 @pytest.mark.slow

@@ -209,21 +209,10 @@ def test_stq_cnn_is_built_from_clusterable_quantized_layers() -> None:
 
 
 def test_an_ans_hybrid_config_pairs_with_its_float_baseline() -> None:
-    import duckdb
-
-    from analysis.effects import PAIR_ID
+    from trainables.identity import id_columns
 
     def pair_id(cfg: TrialConfig) -> str:
-        con = duckdb.connect()
-        con.execute(
-            "CREATE TABLE rows AS SELECT ?::VARCHAR AS meta_config_json, NULL::VARCHAR AS cfg_dataset, "
-            "NULL AS cfg_model, NULL AS cfg_jr_weight, NULL AS cfg_jr_layers, NULL AS cfg_adv_training, "
-            "NULL AS cfg_adv_eps, NULL AS cfg_adv_steps, NULL AS cfg_adv_ratio, NULL AS cfg_epochs, "
-            "NULL AS cfg_fine_tune_epochs, NULL AS cfg_batch_size, NULL AS cfg_learning_rate, "
-            "NULL AS cfg_test_fraction, NULL AS cfg_seed, NULL AS cfg_folds, NULL AS revision",
-            [json.dumps(cfg.identity(), sort_keys=True)],
-        )
-        return str(con.execute(f"SELECT {PAIR_ID} FROM rows").fetchone()[0])
+        return id_columns(cfg.identity())["meta_baseline_pair_id"]
 
     hybrid = TrialConfig(bits="ans_hybrid", layer_bits={"logits": "8"})
     assert pair_id(hybrid) == pair_id(TrialConfig()) == pair_id(TrialConfig(bits="4"))

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import grid.store
+import grid.reads
 import trainables.config
 from grid.planning import plan
 from grid.spec import load_study
@@ -117,7 +117,7 @@ def test_a_revision_bump_changes_every_key(
     state = StudyState(study, folder)
     assert plan(study, state)[1:] == (2, 2)  # 2 trials, both complete
     monkeypatch.setattr(trainables.config, "RESULTS_REVISION", RESULTS_REVISION + 1)
-    monkeypatch.setattr(grid.store, "RESULTS_REVISION", RESULTS_REVISION + 1)
+    monkeypatch.setattr(grid.reads, "RESULTS_REVISION", RESULTS_REVISION + 1)  # the scan's
     after = {t.key for t in study.trials()}
     assert not before & after  # every trial has a new identity
     state = StudyState(study, folder)

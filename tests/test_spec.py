@@ -258,15 +258,21 @@ def test_layer_bits_apply_to_quantized_points_only() -> None:
 
 
 def test_worst_objective_takes_one_norm() -> None:
+    from trainables.headline import Headline
+
     data = _with(["attacks"], [
         {"name": "pgd", "eps": [0.1]},
         {"name": "deepfool", "eps": [0.5, 1.0]},
     ])  # fmt: skip
     study = parse_study(data)
-    assert study.headline == ("worst", 0.1, "inf", "encoded")  # not 1.0, DeepFool's L2 radius
+    assert study.headline == Headline("worst", 0.1, "inf", "encoded")  # not 1.0, DeepFool's L2
     data["objective"] = {"norm": "2", "size": "tflite"}
-    assert parse_study(data).headline == ("worst", 1.0, "2", "tflite")
-    from trainables.rows import headline
+    assert parse_study(data).headline == Headline("worst", 1.0, "2", "tflite")
+
+    def headline(
+        rows: list[dict[str, object]], attack: str, eps: float | None, norm: str
+    ) -> float | None:
+        return Headline(attack, eps, norm).pick(rows)
 
     rows = [  # with the trial's worst rows, one per (norm, eps): a single attack each, so equal
         {"status": "complete", "attack": "pgd", "attack_norm": "inf", "eps": 0.1, "metric_robust_acc": 0.4},

@@ -19,6 +19,7 @@ from grid.store import (
 )
 from tests.helpers import rows_for
 from trainables.config import RESULTS_REVISION
+from trainables.headline import Headline
 from trainables.rows import summarize
 
 
@@ -59,12 +60,12 @@ def test_rows_must_carry_the_key(tmp_path: Path) -> None:
 # The bulk reader (grid.store.scan) against the per-key code it replaces
 
 OBJECTIVES = [
-    ("worst", None, None, "encoded"),
-    ("worst", 0.05, None, "encoded"),
-    ("pgd", 0.1, None, "tflite"),
-    ("worst", None, "2", "encoded"),
-    ("square", 0.05, "inf", "encoded"),
-    ("square", None, "2", "tflite"),
+    Headline.of("worst", None, None, "encoded"),
+    Headline.of("worst", 0.05, None, "encoded"),
+    Headline.of("pgd", 0.1, None, "tflite"),
+    Headline.of("worst", None, "2", "encoded"),
+    Headline.of("square", 0.05, "inf", "encoded"),
+    Headline.of("square", None, "2", "tflite"),
 ]
 
 

@@ -16,7 +16,8 @@ import pytest
 import analysis
 from grid.store import ParquetSink, scan
 from tests.helpers import mask_hex, rows_for
-from trainables.worst import worst_cases
+from trainables.headline import Headline
+from trainables.worst import WorstCase, worst_cases
 
 
 @dataclass(frozen=True)
@@ -93,16 +94,13 @@ def test_robust_needs_clean_and_positions_need_not_be_nested() -> None:
 
 
 def test_worst_rows_carry_the_masks_and_intervals() -> None:
-    """The rows the trial writes from a worst case (trainables.trial._complete_rows)."""
-    pytest.importorskip("tensorflow")
-    from trainables.trial import _complete_rows
-
+    """The rows the trial writes from a worst case (trainables.rows.complete_rows, TF-free)."""
     res = [
         _r("pgd", "inf", 0.1, ORDER, "1111111111", "1101101101"),
         _r("square", "inf", 0.1, ORDER[:4], "1111", "1011"),
     ]
     worst = worst_cases(res, _digest)
-    rows = _rows_of(_complete_rows, res, worst)
+    rows = _rows_of(res, worst)
     assert [r["attack"] for r in rows] == ["pgd", "square", "worst"]
     w = rows[-1]
     assert (w["attack"], w["attack_kind"], w["attack_norm"], w["eps"]) == (
@@ -119,17 +117,19 @@ def test_worst_rows_carry_the_masks_and_intervals() -> None:
     assert w["metric_attack_clean_acc"] == 1.0 and w["meta_attack_s"] == 0.0
 
 
-def _rows_of(complete_rows: object, res: list[R], worst: list[object]) -> list[dict[str, object]]:
+def _rows_of(res: list[R], worst: list[WorstCase]) -> list[dict[str, object]]:
     """The trial's rows for hand-built results (stand-ins with the fields a row takes)."""
     from trainables.config import TrialConfig
     from trainables.footprint import ModelFootprint
+    from trainables.rows import complete_rows
 
     fp = ModelFootprint((), params=1, nonzero=1, bytes=1, bytes_dense=1, bytes_sparse=1,
                         bytes_clustered=1)  # fmt: skip
     full = [_Full(r) for r in res]
-    return complete_rows(  # type: ignore[operator,no-any-return]
-        TrialConfig(), "t", 9, fp, 0.0, full, 0.0, 0.0, 10, worst=worst
-    )
+    return complete_rows(
+        TrialConfig(), "t", clean_correct=9, n_test=10, footprint=fp, jacobian_fro2=0.0,
+        results=[*full, *worst], train_s=0.0, total_s=0.0, layer_bits={},
+    )  # fmt: skip
 
 
 class _Full:
@@ -183,7 +183,7 @@ def test_mcnemar_on_worst_pairs_the_common_prefix(tmp_path: Path) -> None:
     pts = analysis.trial_points(con).set_index("key")
     assert pts.robust_acc.to_dict() == {"A": 0.75, "B": 0.5}
     assert pts.samples.to_dict() == {"A": 4, "B": 4}
-    got = scan(tmp_path, ("worst", None)).summaries
+    got = scan(tmp_path, Headline()).summaries
     assert (got["A"]["robust_acc"], got["B"]["robust_acc"]) == (0.75, 0.5)
 
 

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from trainables.config import RESULTS_REVISION, TrialConfig
+from trainables.headline import DEFAULT as DEFAULT_HEADLINE
+from trainables.headline import Headline
 from trainables.rows import STATUS_COMPLETE, summarize
 from trainables.trivial import TRIVIAL
 
@@ -132,7 +134,7 @@ def _random_fault(key: str, moment: str) -> None:
 def run_point(
     payload: TrialPayload,
     sink: RowSink,
-    objective: tuple[Any, ...] = ("worst", None),
+    objective: Headline = DEFAULT_HEADLINE,
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or read back) every fold of a point; the mean over folds of each objective."""
@@ -185,7 +187,7 @@ def run_point(
 def trainable(
     config: dict[str, Any],
     sink: RowSink,
-    objective: tuple[Any, ...] = ("worst", None),
+    objective: Headline = DEFAULT_HEADLINE,
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> None:
     from ray import tune

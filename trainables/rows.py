@@ -15,15 +15,23 @@ import importlib.metadata
 import json
 import math
 import socket
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from trainables.config import DEFAULT_NORM, RESULTS_REVISION, AdvMethod, AttackName, TrialConfig
+from trainables import identity
+from trainables.config import RESULTS_REVISION, AdvMethod, TrialConfig
 
-WORST = "worst"  # the attack (and attack_kind) of a trial's per-example worst-case rows
+# The status and attack words rows use, re-exported: the headline's module states them.
+from trainables.headline import STATUS_COMPLETE as STATUS_COMPLETE
+from trainables.headline import WORST as WORST
+from trainables.headline import Headline
 
-SCHEMA_VERSION = 2
+if TYPE_CHECKING:
+    from trainables.footprint import ModelFootprint
 
-STATUS_COMPLETE = "complete"
+# 3: the identity columns (meta_config_id, meta_baseline_pair_id, meta_jr_pair_id)
+SCHEMA_VERSION = 3
+
 STATUS_FAILED = "failed"
 
 # name -> logical type: string | int64 | float64 | bool
@@ -99,6 +107,11 @@ COLUMNS: dict[str, str] = {
     "meta_study": "string",
     "meta_git_rev": "string",
     "meta_config_json": "string",
+    # Config identities (trainables/identity.py: 16 hex digits of SHA-256 over canonical JSON of
+    # meta_config_json's config less some fields); analyses pair trials on them.
+    "meta_config_id": "string",  # less the fold: one config over its folds
+    "meta_baseline_pair_id": "string",  # less the fold and every reduction: pairs with its baseline
+    "meta_jr_pair_id": "string",  # less the fold and JR: JR on and off at equal compression
     "meta_layers_json": "string",  # per-layer footprint
     "meta_layer_bits_json": "string",  # JSON {weight layer: bits label} as built (ans_hybrid: its assigned widths)
     "meta_layer_sparsity_json": "string",  # JSON {weight layer: pruning target} as built (every weight layer)
@@ -114,6 +127,8 @@ COLUMNS: dict[str, str] = {
 
 
 def empty_row() -> dict[str, Any]:
+    """A row with every column, all None: the builders below fill it (base_row, failed_row,
+    complete_rows); no other module assembles rows."""
     return dict.fromkeys(COLUMNS)
 
 
@@ -142,6 +157,7 @@ def package_versions() -> str:
 
 def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
     row = empty_row()
+    config = cfg.identity()
     row.update(
         schema_version=SCHEMA_VERSION,
         revision=RESULTS_REVISION,
@@ -174,7 +190,8 @@ def base_row(cfg: TrialConfig, started: str) -> dict[str, Any]:
         cfg_learning_rate=cfg.learning_rate,
         cfg_test_fraction=cfg.test_fraction,
         cfg_seed=cfg.seed,
-        meta_config_json=json.dumps(cfg.identity(), sort_keys=True),
+        meta_config_json=json.dumps(config, sort_keys=True),
+        **identity.id_columns(config),
         meta_versions_json=package_versions(),
         meta_host=socket.gethostname(),
         meta_started_at=started,
@@ -214,77 +231,211 @@ def failed_row(
     return row
 
 
-def row_norm(row: dict[str, Any]) -> str:
-    """A row's norm; rows written before the column existed get the attack's default norm."""
-    if row.get("attack_norm"):
-        return str(row["attack_norm"])
-    try:
-        return DEFAULT_NORM.get(AttackName(row["attack"]), "inf")
-    except ValueError:
-        return "inf"
+class AttackOutcome(Protocol):
+    """What a row takes from one attack's result at one eps (trainables.attacks.AttackResult)
+    or one worst case (trainables.worst.WorstCase)."""
+
+    @property
+    def attack(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def norm(self) -> str: ...
+    @property
+    def eps(self) -> float: ...
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def restarts(self) -> int | None: ...
+    @property
+    def median_norm(self) -> float | None: ...
+    @property
+    def clean_acc(self) -> float: ...
+    @property
+    def clean_correct(self) -> int: ...
+    @property
+    def robust_acc(self) -> float: ...
+    @property
+    def robust_correct(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def robust_mask(self) -> str: ...
+    @property
+    def subset_hash(self) -> str: ...
+    @property
+    def seconds(self) -> float: ...
 
 
-def headline(
-    rows: list[dict[str, Any]], attack: str, eps: float | None, norm: str | None = None
-) -> float | None:
-    """Robust accuracy under ``attack`` at ``eps`` (None: the largest) under one norm.
+class Masking(Protocol):
+    """A trial's gradient-masking diagnostics (trainables.attacks.MaskingReport)."""
 
-    'worst' reads the trial's stored worst rows (attack 'worst': the AND of
-    its attacks' per-example masks over the examples all of them attacked,
-    ``trainables.worst``), under ``norm`` (default 'inf'); a named attack is
-    taken under ``norm`` when given (Square, HopSkipJump and AutoAttack run
-    under either), else under its own.  L-inf and L2 radii are never mixed.
+    @property
+    def pgd_eps(self) -> float: ...
+    @property
+    def pgd_acc(self) -> float: ...
+    @property
+    def zero_grad_share(self) -> float: ...
+    @property
+    def flags_text(self) -> str: ...
+
+
+def _interval(prefix: str, successes: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson(successes, n)
+    return {f"{prefix}_lo": lo, f"{prefix}_hi": hi}
+
+
+def layer_sparsity(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, float]:
+    """Each weight layer's pruning target as the trial built it (its override, else ``sparsity``)."""
+    return {lf.name: cfg.sparsity_of(lf.name) for lf in fp.layers if lf.kernel_params}
+
+
+def layer_clusters(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, int]:
+    """Each weight layer's cluster count as the trial asked it (0: unclustered; a layer with
+    fewer weights than centroids is left as it is, see compress.cluster)."""
+    return {lf.name: cfg.clusters_of(lf.name) for lf in fp.layers if lf.kernel_params}
+
+
+def complete_rows(
+    cfg: TrialConfig,
+    started: str,
+    *,
+    clean_correct: int,
+    n_test: int,
+    footprint: ModelFootprint,
+    jacobian_fro2: float,
+    results: Sequence[AttackOutcome],
+    train_s: float,
+    total_s: float,
+    masking: Masking | None = None,
+    tflite: tuple[int | None, float | None] = (None, None),
+    layer_bits: Mapping[str, str],
+    ans: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """A finished trial's rows: one per attack result (and worst case, attack 'worst', in
+    ``results`` after the attacks'), or one clean-only row when the study has no attacks.
+
+    ``tflite``: the deployable flatbuffer's (bytes, test accuracy), None where it failed;
+    ``layer_bits``: each weight layer's bits label as built; ``ans``: ans_hybrid's
+    per-layer noise sensitivity (None otherwise).
     """
-    want = norm if norm is not None else ("inf" if attack == WORST else None)
-    ok = [
-        r
-        for r in rows
-        if r["status"] == STATUS_COMPLETE
-        and r["attack"] == attack
-        and (want is None or row_norm(r) == want)
+    fp = footprint
+    pruned = [lf for lf in fp.layers if lf.kernel_params]
+    zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
+    clean_acc = clean_correct / n_test
+    common = base_row(cfg, started)
+    common.update(
+        status=STATUS_COMPLETE,
+        reason="",
+        metric_clean_acc=clean_acc,
+        **_interval("metric_clean_acc", clean_correct, n_test),
+        metric_test_samples=n_test,
+        metric_params=fp.params,
+        metric_nonzero=fp.nonzero,
+        metric_sparsity=zeros / max(1, sum(lf.kernel_params for lf in pruned)),
+        metric_max_distinct=max((lf.distinct for lf in fp.layers), default=0),
+        metric_bytes=fp.bytes,
+        metric_bytes_dense=fp.bytes_dense,
+        metric_bytes_sparse=fp.bytes_sparse,
+        metric_bytes_clustered=fp.bytes_clustered,
+        metric_jacobian_fro2=jacobian_fro2,
+        metric_tflite_bytes=tflite[0],
+        metric_tflite_acc=tflite[1],
+        meta_layers_json=json.dumps(fp.layer_dicts()),
+        meta_layer_bits_json=json.dumps(dict(layer_bits), sort_keys=True),
+        meta_layer_sparsity_json=json.dumps(layer_sparsity(cfg, fp), sort_keys=True),
+        meta_layer_clusters_json=json.dumps(layer_clusters(cfg, fp), sort_keys=True),
+        meta_ans_json=None if ans is None else json.dumps(dict(ans), sort_keys=True),
+        meta_train_s=train_s,
+        meta_total_s=total_s,
+    )
+    if masking is not None:
+        common.update(
+            metric_masking_pgd_eps=masking.pgd_eps,
+            metric_masking_pgd_acc=masking.pgd_acc,
+            metric_zero_grad_share=masking.zero_grad_share,
+            metric_masking_flags=masking.flags_text,
+        )
+    if not results:  # no attacks in the study: one clean-only row
+        return [
+            {
+                **common,
+                "attack": "none",
+                "attack_kind": "none",
+                "eps": 0.0,
+                "metric_attack_clean_acc": clean_acc,
+                **_interval("metric_attack_clean_acc", clean_correct, n_test),
+                "metric_robust_acc": clean_acc,
+                **_interval("metric_robust_acc", clean_correct, n_test),
+                "metric_samples": n_test,
+                "meta_attack_s": 0.0,
+            }
+        ]
+    return [
+        {
+            **common,
+            "attack": r.attack,
+            "attack_kind": r.kind,
+            "attack_norm": r.norm,
+            "eps": r.eps,
+            "cfg_attack_steps": r.steps,
+            "cfg_attack_restarts": r.restarts,
+            "metric_adv_norm_median": r.median_norm,
+            "metric_attack_clean_acc": r.clean_acc,
+            **_interval("metric_attack_clean_acc", r.clean_correct, r.samples),
+            "metric_robust_acc": r.robust_acc,
+            **_interval("metric_robust_acc", r.robust_correct, r.samples),
+            "metric_samples": r.samples,
+            "metric_robust_mask": r.robust_mask,
+            "meta_attack_subset": r.subset_hash,
+            "meta_attack_s": r.seconds,
+        }
+        for r in results
     ]
-    if eps is None and ok:
-        eps = max(r["eps"] for r in ok)
-    hits = [r["metric_robust_acc"] for r in ok if abs(r["eps"] - (eps or 0.0)) < 1e-9]
-    return min(hits) if hits else None  # one row per (attack, norm, eps): the min is that row
 
 
-# (attack or 'worst', eps or None, norm, size measure 'encoded' | 'tflite'); the first two suffice.
-Objective = tuple[Any, ...]
-
-
-def summarize(rows: list[dict[str, Any]], objective: Objective) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], headline: Headline) -> dict[str, Any]:
     """One trial's result as the driver and the search see it (from its rows, fresh or stored)."""
-    attack, eps = objective[0], objective[1]
-    norm = objective[2] if len(objective) > 2 else None
-    size = objective[3] if len(objective) > 3 else "encoded"
-    first = rows[0]
     complete = all(r["status"] == STATUS_COMPLETE for r in rows)
+    robust = headline.pick(rows) if complete else None
+    attacked = any(r["attack"] not in (None, "none") for r in rows)
+    return summary(rows[0], complete, robust, attacked, headline)
+
+
+def summary(
+    first: Mapping[str, Any],
+    complete: bool,
+    robust: float | None,
+    attacked: bool,
+    headline: Headline,
+) -> dict[str, Any]:
+    """A trial's summary from its first row, whether every row is complete, its headline
+    value (``headline.pick``) and whether it has attack rows: the one rule
+    :func:`summarize` and the store's scan (which finds these in SQL) share."""
     stale = (first.get("revision") or 0) != RESULTS_REVISION
-    robust = headline(rows, attack, eps, norm) if complete else None
     if complete and stale:
         complete, reason = (
             False,
             f"stale: computed under results revision {first.get('revision') or 0}, now {RESULTS_REVISION}",
         )
-    elif complete and robust is None and any(r["attack"] not in (None, "none") for r in rows):
+    elif complete and robust is None and attacked:
         complete, reason = (
             False,
-            f"no rows for the objective's attack {attack} at eps {eps}",
+            f"no rows for the objective's attack {headline.attack} at eps {headline.eps}",
         )
     else:
-        reason = first["reason"] or ""
-    nbytes = first.get("metric_tflite_bytes") if size == "tflite" else first["metric_bytes"]
+        reason = first.get("reason") or ""
+    clean = first.get("metric_clean_acc")
     return {
         "key": first["key"],
         "status": STATUS_COMPLETE if complete else STATUS_FAILED,
         "reason": reason,
-        "clean_acc": first["metric_clean_acc"],
+        "clean_acc": clean,
         # A study without attacks: clean accuracy is the robust accuracy at eps 0.
-        "robust_acc": robust if robust is not None or not complete else first["metric_clean_acc"],
-        "bytes": nbytes,
-        "params": first["metric_params"],
+        "robust_acc": robust if robust is not None or not complete else clean,
+        "bytes": first.get(headline.size_column),
+        "params": first.get("metric_params"),
         "masking_flags": first.get("metric_masking_flags") or "",
-        "train_s": first["meta_train_s"],
-        "total_s": first["meta_total_s"],
+        "train_s": first.get("meta_train_s"),
+        "total_s": first.get("meta_total_s"),
     }

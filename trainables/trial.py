@@ -8,7 +8,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,6 @@ import tf_keras
 from trainables import ans, compress
 from trainables.artifacts import MANIFEST_FILE, TFLITE_FILE
 from trainables.attacks import (
-    AttackResult,
-    MaskingReport,
     adversarial_examples,
     evaluate_attacks,
     masking_diagnostics,
@@ -31,9 +29,9 @@ from trainables.footprint import ModelFootprint, model_footprint
 from trainables.gpu import configure_gpus
 from trainables.jacobian import logits_and_jr
 from trainables.models import BIAS_BITS, WEIGHT_LAYERS, build_model
-from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
+from trainables.rows import complete_rows, failed_row, package_versions
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
-from trainables.worst import WorstCase, worst_cases
+from trainables.worst import worst_cases
 
 Row = dict[str, Any]
 
@@ -194,120 +192,12 @@ def layer_bits(cfg: TrialConfig, fp: ModelFootprint, hybrid: ans.Plan | None) ->
     return {lf.name: cfg.layer_bits.get(lf.name, cfg.bits) for lf in fp.layers if lf.kernel_params}
 
 
-def layer_sparsity(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, float]:
-    """Each weight layer's pruning target as the trial built it (its override, else ``sparsity``)."""
-    return {lf.name: cfg.sparsity_of(lf.name) for lf in fp.layers if lf.kernel_params}
-
-
-def layer_clusters(cfg: TrialConfig, fp: ModelFootprint) -> dict[str, int]:
-    """Each weight layer's cluster count as the trial asked it (0: unclustered; a layer with
-    fewer weights than centroids is left as it is, see compress.cluster)."""
-    return {lf.name: cfg.clusters_of(lf.name) for lf in fp.layers if lf.kernel_params}
-
-
-def _interval(prefix: str, successes: int, n: int) -> Row:
-    lo, hi = wilson(successes, n)
-    return {f"{prefix}_lo": lo, f"{prefix}_hi": hi}
-
-
 def deployable(files: Mapping[str, bytes]) -> tuple[int | None, float | None]:
     """Size in bytes and test accuracy of the full-int8 TFLite flatbuffer (None: TFLite failed)."""
     if TFLITE_FILE not in files:
         return None, None
     acc = json.loads(files[MANIFEST_FILE]).get("tflite_test_acc")
     return len(files[TFLITE_FILE]), None if acc is None else float(acc)
-
-
-def _complete_rows(
-    cfg: TrialConfig,
-    started: str,
-    clean_correct: int,
-    fp: ModelFootprint,
-    jac: float,
-    results: list[AttackResult],
-    train_s: float,
-    total_s: float,
-    n_test: int,
-    masking: MaskingReport | None = None,
-    tflite: tuple[int | None, float | None] = (None, None),
-    hybrid: ans.Plan | None = None,
-    worst: Sequence[WorstCase] = (),
-) -> list[Row]:
-    """The trial's rows: one per attack result, then one per worst case (attack 'worst'),
-    or one clean-only row when the study has no attacks."""
-    pruned = [lf for lf in fp.layers if lf.kernel_params]
-    zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
-    clean_acc = clean_correct / n_test
-    common = base_row(cfg, started)
-    common.update(
-        status=STATUS_COMPLETE,
-        reason="",
-        metric_clean_acc=clean_acc,
-        **_interval("metric_clean_acc", clean_correct, n_test),
-        metric_test_samples=n_test,
-        metric_params=fp.params,
-        metric_nonzero=fp.nonzero,
-        metric_sparsity=zeros / max(1, sum(lf.kernel_params for lf in pruned)),
-        metric_max_distinct=max((lf.distinct for lf in fp.layers), default=0),
-        metric_bytes=fp.bytes,
-        metric_bytes_dense=fp.bytes_dense,
-        metric_bytes_sparse=fp.bytes_sparse,
-        metric_bytes_clustered=fp.bytes_clustered,
-        metric_jacobian_fro2=jac,
-        metric_tflite_bytes=tflite[0],
-        metric_tflite_acc=tflite[1],
-        meta_layers_json=json.dumps(fp.layer_dicts()),
-        meta_layer_bits_json=json.dumps(layer_bits(cfg, fp, hybrid), sort_keys=True),
-        meta_layer_sparsity_json=json.dumps(layer_sparsity(cfg, fp), sort_keys=True),
-        meta_layer_clusters_json=json.dumps(layer_clusters(cfg, fp), sort_keys=True),
-        meta_ans_json=None if hybrid is None else json.dumps(hybrid.ans, sort_keys=True),
-        meta_train_s=train_s,
-        meta_total_s=total_s,
-    )
-    if masking is not None:
-        common.update(
-            metric_masking_pgd_eps=masking.pgd_eps,
-            metric_masking_pgd_acc=masking.pgd_acc,
-            metric_zero_grad_share=masking.zero_grad_share,
-            metric_masking_flags=masking.flags_text,
-        )
-    if not results:  # no attacks in the study: one clean-only row
-        return [
-            {
-                **common,
-                "attack": "none",
-                "attack_kind": "none",
-                "eps": 0.0,
-                "metric_attack_clean_acc": clean_acc,
-                **_interval("metric_attack_clean_acc", clean_correct, n_test),
-                "metric_robust_acc": clean_acc,
-                **_interval("metric_robust_acc", clean_correct, n_test),
-                "metric_samples": n_test,
-                "meta_attack_s": 0.0,
-            }
-        ]
-    made: list[AttackResult | WorstCase] = [*results, *worst]
-    return [
-        {
-            **common,
-            "attack": r.attack,
-            "attack_kind": r.kind,
-            "attack_norm": r.norm,
-            "eps": r.eps,
-            "cfg_attack_steps": r.steps,
-            "cfg_attack_restarts": r.restarts,
-            "metric_adv_norm_median": r.median_norm,
-            "metric_attack_clean_acc": r.clean_acc,
-            **_interval("metric_attack_clean_acc", r.clean_correct, r.samples),
-            "metric_robust_acc": r.robust_acc,
-            **_interval("metric_robust_acc", r.robust_correct, r.samples),
-            "metric_samples": r.samples,
-            "metric_robust_mask": r.robust_mask,
-            "meta_attack_subset": r.subset_hash,
-            "meta_attack_s": r.seconds,
-        }
-        for r in made
-    ]
 
 
 ArtifactSink = Callable[[str, dict[str, bytes]], Any]
@@ -371,20 +261,20 @@ def run_trial(
         else:
             if artifacts is not None:
                 artifacts(cfg.key, files)
-        return _complete_rows(
+        return complete_rows(
             cfg,
             started,
-            clean_correct,
-            fp,
-            jac,
-            results,
-            train_s,
-            time.perf_counter() - t0,
-            len(split.x_test),
-            masking,
-            tflite,
-            hybrid,
-            worst,
+            clean_correct=clean_correct,
+            n_test=len(split.x_test),
+            footprint=fp,
+            jacobian_fro2=jac,
+            results=[*results, *worst],
+            train_s=train_s,
+            total_s=time.perf_counter() - t0,
+            masking=masking,
+            tflite=tflite,
+            layer_bits=layer_bits(cfg, fp, hybrid),
+            ans=None if hybrid is None else hybrid.ans,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"

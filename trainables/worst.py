@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from trainables.rows import WORST
+from trainables.headline import WORST
 
 EPS_TOL = 1e-9  # two results' eps are the same radius within this (both on the 0-1 scale)
 
