@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from grid.errors import StudyError
 from trainables.config import AXES as AXIS_DEFS
 from trainables.config import AXIS_NAMES, weight_bits
 
@@ -465,9 +466,8 @@ def model_layers(study: Study) -> list[tuple[str, str, str]]:
     ]
 
 
-class LayerSpaceError(ValueError):
-    """A per-layer space the model cannot take; ``Study.layer_space`` raises it as a
-    ``StudyError`` (grid.space must not import grid.spec: tests/test_layout.py)."""
+class LayerSpaceError(StudyError):
+    """A per-layer space the model cannot take: a study-file error naming the field."""
 
 
 def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None) -> LayerSpace:
@@ -476,8 +476,8 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
 
     Keys: ``all``, a layer type (matched case-insensitively, ``Q``/``CQ`` dropped) or a
     layer name; per field a name overrides its type, a type overrides ``all``.  Raises
-    :class:`LayerSpaceError` (``grid.spec`` raises it as its StudyError) naming the field and the value (did-you-mean for an
-    unknown layer), before any trial.
+    :class:`LayerSpaceError` (a StudyError) naming the field and the value (did-you-mean for
+    an unknown layer), before any trial.
     """
     import difflib
 

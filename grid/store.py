@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from grid.errors import ResultsError, StudyError
 from trainables.config import RESULTS_REVISION
 from trainables.rows import COLUMNS, STATUS_COMPLETE, STATUS_FAILED, WORST
 from trainables.trivial import TRIVIAL_LAYERS, TRIVIAL_STUDY_PREFIX
@@ -79,7 +80,7 @@ class Location:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
             except (pa.ArrowInvalid, OSError, ValueError) as err:
-                raise ValueError(f"results: cannot open {self.uri}: {err}") from None
+                raise ResultsError(f"results: cannot open {self.uri}: {err}") from None
             self.root = self.root.rstrip("/")
             self.local: Path | None = None
         else:
@@ -680,7 +681,7 @@ def compact(
     import time
 
     if max_keys < 1:
-        raise ValueError(f"compact: max_keys must be at least 1, got {max_keys}")
+        raise StudyError(f"compact: max_keys must be at least 1, got {max_keys}")
     t0 = time.perf_counter()
     loc = as_location(results_dir)
     listing = list_rows(loc)
