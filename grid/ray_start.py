@@ -37,8 +37,9 @@ from grid.store import Location
 if TYPE_CHECKING:
     from grid.planning import Plan
 
-# Every Ray worker needs Keras 2 before its first TensorFlow import.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+# Every Ray worker needs Keras 2 before its first TensorFlow import.  (TensorFlow's C++ log
+# level travels with the driver's mode: trainables.tflogs.worker_env.)
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 @contextmanager
@@ -117,7 +118,10 @@ def shipped_modules(study: Study) -> list[str]:
 def init_ray(address: str | None, py_modules: list[str] | None = None) -> None:
     import ray
 
-    runtime_env: dict[str, Any] = {"env_vars": WORKER_ENV}
+    from trainables import tflogs
+
+    # The workers log TensorFlow's C++ lines as the driver was asked to (grid --verbose)
+    runtime_env: dict[str, Any] = {"env_vars": {**WORKER_ENV, **tflogs.worker_env()}}
     if (
         py_modules
     ):  # the study's builder packages, uploaded to the cluster and put on the workers' path

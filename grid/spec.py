@@ -169,7 +169,9 @@ def format_errors(err: ValidationError, source: str) -> str:
         else:
             lines.append(f"{path} = {e.get('input')!r}: {msg}")
     n = len(lines)
-    head = f"{source}: {n} error{'s' if n > 1 else ''} in the study file"
+    if n == 1:  # one problem, one line (what `grid` prints as its error)
+        return f"{source}: {lines[0]}"
+    head = f"{source}: {n} errors in the study file"
     return head + "\n" + "\n".join(f"  - {line}" for line in lines)
 
 

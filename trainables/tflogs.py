@@ -17,8 +17,9 @@ or get it through the runtime_env, decide as their driver did):
 
 - ``ROBUSTGRID_TF_LOGS=1`` (``grid --verbose`` sets it): TensorFlow logs as it would.
 - ``TF_CPP_MIN_LOG_LEVEL`` set by the user: their level wins, nothing is caught.
-- otherwise quiet: ``TF_CPP_MIN_LOG_LEVEL=3``, the import's notices dropped, absl's
-  Python logger at ERROR; ``ROBUSTGRID_TF_LOGS=0`` marks the level as ours.
+- otherwise quiet: ``TF_CPP_MIN_LOG_LEVEL=3``, the import's notices dropped, the
+  ``tensorflow`` and absl Python loggers at ERROR; ``ROBUSTGRID_TF_LOGS=0`` marks the
+  level as ours.  (The TFLite converter's own printf lines in a worker's log stay.)
 
 TF-free: this module imports nothing of TensorFlow (it runs before it).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -89,7 +91,10 @@ class _QuietLoader(importlib.abc.Loader):
                 caught.seek(0)
                 text = caught.read().decode("utf-8", "replace")
                 os.write(2, (text if failed else drop_noise(text)).encode())
-        try:  # absl's Python logger (tf_keras' "Compiled the loaded model..."): errors only
+        # TensorFlow's Python loggers ("Compiled the loaded model, but the compiled metrics
+        # have yet to be built" from tf_keras on every model load): errors only.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        try:
             import absl.logging
 
             absl.logging.set_verbosity(absl.logging.ERROR)
