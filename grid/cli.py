@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from grid.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, is_user_error
 from grid.results_commands import cmd_compare, cmd_export, cmd_pareto, cmd_report
@@ -227,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(command: str, show: Any) -> Any:
+    """``warnings.showwarning`` that prints a study file's renamed field as one line
+    (``grid run: warning: ...``) and leaves every other warning to ``show``."""
+    from grid.spec import RenamedField
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, RenamedField):
+            print(f"grid {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``grid`` command; its exit code (:data:`EXIT_CODES`).
 
@@ -237,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tflogs.configure(verbose=args.verbose)  # before any command imports TensorFlow
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            return int(args.func(args))
     except KeyboardInterrupt:
         print(
             "\ninterrupted: finished trials are saved; `grid run` again to do the rest",

@@ -119,6 +119,6 @@ def missing(study: Study, final: StudyState) -> int:
     failed_now = sum(1 for v in final.status.values() if v == STATUS_FAILED)
     after = plan(study, final)
     if study.search.strategy == Strategy.optuna:
-        exhausted = len(final.point_values()) >= study.points
+        exhausted = len(final.point_values()) >= study.point_count
         return 0 if exhausted else max(0, after.todo - failed_now)
     return max(0, len(after.units) - failed_now)

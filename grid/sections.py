@@ -249,11 +249,18 @@ class SamplerName(enum.StrEnum):
 
 
 class Search(_Strict):
-    """How the grid points are visited.  ``trials`` counts distinct points (each runs every fold)."""
+    """How the grid points are visited.  ``budget`` counts distinct points (each runs every fold,
+    so a budget of 40 points with 5 folds is 200 trials)."""
 
     strategy: Strategy = Strategy.grid
     sampler: SamplerName = SamplerName.tpe
-    trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)  # budget; default: every point
+    budget: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description="distinct points to visit (strategy optuna or random; each runs all its "
+        "folds); default every point.  Formerly `trials` (still read, with a warning)",
+    )
     seed: Seed | None = None  # default: the study's seed
     population: int | None = Field(default=None, ge=2, le=10_000)  # NSGA-II/III population
     startup_trials: int = Field(default=10, ge=1, le=10_000)  # TPE's random start
@@ -263,24 +270,24 @@ class Search(_Strict):
         default=None,
         min_length=1,
         max_length=1024,
-        description="per-layer space (strategy optuna or random; needs `trials`): keys `all`, "
+        description="per-layer space (strategy optuna or random; needs `budget`): keys `all`, "
         "a layer type (conv2d, depthwiseconv2d, dense, activation) or a layer name, each "
         "{bits, sparsity, clusters, activation_bits, jr_weight: [choices]}; per field a name "
         "overrides its type, a type overrides `all`; layers not matched follow the axes",
     )
-    # Optuna: the uniform assignments and the ans_hybrid one run first (they count as trials).
+    # Optuna: the uniform assignments and the ans_hybrid one run first (they count towards the budget).
     seeds: bool = Field(
         default=True,
         description="optuna with `layers`: the uniform assignments (at most half the budget) "
-        "and the ans_hybrid one run first, counted in `trials`",
+        "and the ans_hybrid one run first, counted in `budget`",
     )
 
     @model_validator(mode="after")
     def _budget_needs_a_search(self) -> Search:
-        if self.trials is not None and self.strategy == Strategy.grid:
+        if self.budget is not None and self.strategy == Strategy.grid:
             raise ValueError(
-                f"trials: {self.trials} is a budget for strategy optuna or random; "
-                "strategy grid runs every point (leave trials out)"
+                f"budget: {self.budget} points is a budget for strategy optuna or random; "
+                "strategy grid runs every point (leave budget out)"
             )
         return self
 

@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # Optuna is imported only where a search needs it
     from grid.spec import Search, Study
     from trainables.config import TrialConfig
 
-AXES = AXIS_NAMES  # one definition: trainables.config.AXES
 # Axes whose values are mappings or models: a point holds their index in the study's list.
 INDEXED = tuple(a.name for a in AXIS_DEFS if a.indexed)
 
@@ -109,7 +108,7 @@ def point_label(point: Mapping[str, Any]) -> str:
 
     ``model`` appears only in points of a study with several models.
     """
-    label = "|".join(f"{k}={point.get(k, 0)}" for k in AXES if k != "model" or k in point)
+    label = "|".join(f"{k}={point.get(k, 0)}" for k in AXIS_NAMES if k != "model" or k in point)
     if point.get("layers"):  # a per-layer point's canonical overrides
         label += "|layers=" + json.dumps(point["layers"], sort_keys=True)
     return label
@@ -184,7 +183,7 @@ def to_point(study: Study, params: Mapping[str, Any]) -> Point:
     point = {name: ordered[name][int(params[name])] for name in ordered}
     for name in _indexed(study):
         point[name] = int(params.get(name, 0))
-    return {k: point[k] for k in AXES if k in point}
+    return {k: point[k] for k in AXIS_NAMES if k in point}
 
 
 def to_params(study: Study, point: Mapping[str, Any]) -> dict[str, int]:
@@ -301,7 +300,7 @@ def describe_point(study: Study, label: str) -> str:
         "adversarial": a.adversarial, "jr_layers": a.jr_layers, "model": study.models,
     }  # fmt: skip
     out = []
-    for axis in AXES:
+    for axis in AXIS_NAMES:
         if axis not in values or len(lists[axis]) < 2:
             continue
         v: Any = values[axis]
@@ -558,11 +557,11 @@ def resolve_layers(study: Study, layers: Sequence[tuple[str, ...]] | None = None
         model=label,
         layers=tuple((n, k, role[n]) for n, k in found if n in usable),
         choices=choices,
-        axes_size=study.axes_points,
+        axes_size=study.axes_point_count,
     )
-    if study.search.trials is not None and study.search.trials > space.size:
+    if study.search.budget is not None and study.search.budget > space.size:
         raise LayerSpaceError(
-            f"search.trials: {study.search.trials} is more than the {space.size:,} distinct "
+            f"search.budget: {study.search.budget} is more than the {space.size:,} distinct "
             "points of the per-layer space"
         )
     return space
@@ -617,7 +616,7 @@ def canonical(study: Study, ls: LayerSpace, axes: Mapping[str, Any], full: Assig
     kept = {f: v for f, v in layers.items() if v}
     if kept:
         point["layers"] = kept
-    return {k: point[k] for k in (*AXES, "layers") if k in point}
+    return {k: point[k] for k in (*AXIS_NAMES, "layers") if k in point}
 
 
 def full_assignment(study: Study, ls: LayerSpace, point: Mapping[str, Any]) -> Assignment:
@@ -785,7 +784,7 @@ def _compression(point: Mapping[str, Any]) -> float:
 def seed_points(study: Study) -> tuple[list[Point], Point | None]:
     """The uniform assignments of a per-layer space (at most half the budget: sampled evenly
     in order of compression when more), and the ``ans_hybrid`` point (None when no layer can
-    be quantized).  Together they count towards ``search.trials``."""
+    be quantized).  Together they count towards ``search.budget``."""
     ls = study.layer_space()
     axes0 = {"jr_weight": study.axes.jr_weight[0], "adversarial": 0, "jr_layers": 0}
     allowed: dict[str, list[Any]] = {}
@@ -834,5 +833,5 @@ def seed_points(study: Study) -> tuple[list[Point], Point | None]:
             for f in ("sparsity", "clusters")
         }
         ans = {"bits": "ans_hybrid", **least, **axes0}
-        ans = {k: ans[k] for k in AXES if k in ans}
+        ans = {k: ans[k] for k in AXIS_NAMES if k in ans}
     return seeds, ans

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,37 @@ from grid.study import Study
 from trainables.modelspec import LAYER_TYPES, UNION_TAGS
 
 __all__ = [
-    "DEFAULT_STUDY", "LAYER_FIELDS", "MAX_TRIALS", "RESULT_SCHEMES", "Attack", "Axes",
-    "DatasetChoice", "DatasetSpec", "JRLayersChoice", "LayerChoices", "Logger", "LoggerName",
-    "Objective", "Reference", "Resources", "SamplerName", "Search", "SizeMeasure", "Strategy",
-    "Study", "StudyError", "Train", "check_results", "embedded_studies", "format_errors",
-    "load_study", "parse_study", "study_json_schema",
-]  # fmt: skip
+    "DEFAULT_STUDY",
+    "LAYER_FIELDS",
+    "MAX_TRIALS",
+    "RENAMED",
+    "RESULT_SCHEMES",
+    "Attack",
+    "Axes",
+    "DatasetChoice",
+    "DatasetSpec",
+    "JRLayersChoice",
+    "LayerChoices",
+    "Logger",
+    "LoggerName",
+    "Objective",
+    "Reference",
+    "RenamedField",
+    "Resources",
+    "SamplerName",
+    "Search",
+    "SizeMeasure",
+    "Strategy",
+    "Study",
+    "StudyError",
+    "Train",
+    "check_results",
+    "embedded_studies",
+    "format_errors",
+    "load_study",
+    "parse_study",
+    "study_json_schema",
+]
 
 DEFAULT_STUDY = "default"
 
@@ -175,11 +201,57 @@ def format_errors(err: ValidationError, source: str) -> str:
     return head + "\n" + "\n".join(f"  - {line}" for line in lines)
 
 
+class RenamedField(FutureWarning):
+    """A study file uses a field's old name: it still reads, under its new name.
+    (A FutureWarning: Python shows it to users by default; ``grid`` prints it as one line.)"""
+
+
+# Study-file fields renamed so that each word means one thing: path of the old field ->
+# its new name in the same section.  ``search.trials`` counted distinct points, not
+# trials (a point runs every fold): it is ``search.budget``.
+RENAMED: dict[tuple[str, ...], str] = {("search", "trials"): "budget"}
+
+
+def _renamed(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with each old field name of :data:`RENAMED` moved to its new name (a
+    warning each; both given: a StudyError)."""
+    for path, new in RENAMED.items():
+        *parents, old = path
+        section: Any = data
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old not in section:
+            continue
+        where = ".".join(parents)
+        before, after = f"{where}.{old}", f"{where}.{new}"
+        if new in section:
+            raise StudyError(
+                f"{source}: {before} and {after}: give {after} only ({old} is its old name)"
+            )
+        warnings.warn(
+            f"{source}: {before} is now {after} (the old name still works; rename it)",
+            RenamedField,
+            stacklevel=4,
+        )
+        moved = {(new if k == old else k): v for k, v in section.items()}
+        data = _replace(data, tuple(parents), moved)
+    return data
+
+
+def _replace(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the mapping at ``path`` replaced (the caller's dict untouched)."""
+    if not path:
+        return dict(value)
+    head, *rest = path
+    return {**data, head: _replace(data[head], tuple(rest), value) if rest else value}
+
+
 def parse_study(data: Any, source: str = "<study>") -> Study:
     if not isinstance(data, dict):
         raise StudyError(
             f"{source}: the study file must be a YAML mapping of keys to values; got {type(data).__name__}"
         )
+    data = _renamed(data, source)
     try:
         # JSON mode: strict types (no "10" for 10, no 2.5 for an int) that
         # still take enum names as strings.  YAML-only types (dates) become text.

@@ -127,11 +127,11 @@ class Study(_Strict):
         self._check_layers()
         if (
             self.search.layers is None
-            and self.search.trials is not None
-            and self.search.trials > self.points
+            and self.search.budget is not None
+            and self.search.budget > self.point_count
         ):
             raise ValueError(
-                f"search.trials: {self.search.trials} is more than the {self.points} distinct points "
+                f"search.budget: {self.search.budget} is more than the {self.point_count} distinct points "
                 "of the axes' cross product"
             )
         if (
@@ -184,9 +184,9 @@ class Study(_Strict):
                 "search.layers: a per-layer space is searched, not enumerated: "
                 "set search.strategy to optuna or random (strategy grid refuses it)"
             )
-        if s.trials is None:
+        if s.budget is None:
             raise ValueError(
-                "search.trials: a per-layer space needs a budget (distinct points, seeds included)"
+                "search.budget: a per-layer space needs a budget (distinct points, seeds included)"
             )
         if len(self.models) > 1:
             raise ValueError(
@@ -242,14 +242,14 @@ class Study(_Strict):
         return [(f"axes.model[{i}]", m) for i, m in enumerate(self.axes.model)]
 
     @property
-    def points(self) -> int:
+    def point_count(self) -> int:
         """Distinct points: the axes' cross product (times the layer choices, for a per-layer space)."""
         if self.search.layers is not None:
             return int(self.layer_space().size)
-        return self.axes_points
+        return self.axes_point_count
 
     @property
-    def axes_points(self) -> int:
+    def axes_point_count(self) -> int:
         """The axes' cross product."""
         a = self.axes
         return (
@@ -265,12 +265,12 @@ class Study(_Strict):
     @property
     def grid_size(self) -> int:
         """Trials of the whole grid: the axes' cross product times the folds."""
-        return self.points * self.folds
+        return self.point_count * self.folds
 
     @property
     def budget(self) -> int:
         """Points this study visits: the search budget, or every point."""
-        return self.search.trials or self.points
+        return self.search.budget or self.point_count
 
     @property
     def search_seed(self) -> int:

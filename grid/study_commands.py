@@ -30,7 +30,7 @@ def _describe(study: Study) -> str:
     if study.search.layers is not None:
         return (
             f"study {study.name}: per-layer search ({study.search.strategy.value}, "
-            f"{study.budget} of {study.points:,} points x {study.folds} fold(s)) on "
+            f"{study.budget} of {study.point_count:,} points x {study.folds} fold(s)) on "
             f"{study.dataset.name.value}/{'+'.join(labels)}; attacks: {attacks}; "
             f"results -> {study.results_dir()}"
         )
