@@ -106,7 +106,10 @@ def test_every_point_is_a_grid_point_with_the_grids_keys() -> None:
         ({"strategy": "bayes"}, "search.strategy = 'bayes'"),
         ({"strategy": "optuna", "sampler": "cmaes"}, "search.sampler = 'cmaes'"),
         ({"strategy": "optuna", "budget": 0}, "search.budget = 0"),
-        ({"strategy": "random", "budget": 3}, "search.budget: unknown key"),
+        (
+            {"strategy": "random", "budgets": 3},
+            "search.budgets: unknown key; did you mean 'budget'?",
+        ),
     ],
 )
 def test_bad_search_section_named(search: dict[str, Any], message: str) -> None:
