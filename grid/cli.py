@@ -11,6 +11,8 @@ grid pareto RESULTS     print the Pareto front from the Parquet files alone
 grid report RESULTS     write a self-contained HTML report (tables and figures)
 grid export RESULTS KEY write a trial's model, weights and TFLite out for deployment
 grid compare RESULTS    the two papers' comparisons (variants and gain; reductions combined)
+
+grid --verbose ...      TensorFlow's C++ log lines too; exit codes 0 ok, 1 bug (traceback), 2 user error, 130 interrupted
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from grid.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, is_user_error
+from grid.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, is_user_error
 from grid.results_commands import cmd_compare, cmd_export, cmd_pareto, cmd_report
 from grid.study_commands import (
     cmd_compact,
@@ -34,7 +36,7 @@ from grid.study_commands import (
 )
 
 EXIT_CODES = f"""exit codes:
-  {0:<4}done
+  {EXIT_OK:<4}done
   {EXIT_INTERNAL:<4}an internal error (a bug: the traceback is printed), or every trial of a run failed
   {EXIT_USER:<4}a user error: the study file, a command-line value, the results folder or the
       cluster connection; one line on stderr says what to fix
