@@ -314,10 +314,7 @@ class Study(_Strict):
                 check_results(override)
             except ValueError as err:
                 raise StudyError(f"--results: {err}") from None
-        try:
-            return Location(override or self.results).child(self.name)
-        except ValueError as err:
-            raise StudyError(str(err)) from None
+        return Location(override or self.results).child(self.name)  # ResultsError: can't open
 
     def _common(self) -> dict[str, Any]:
         """The settings every trial of this study shares (:func:`grid.expand.common_settings`)."""
