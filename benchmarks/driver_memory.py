@@ -75,7 +75,7 @@ def trivial_study(trials: int) -> Study:
             "model": "digits_cnn",
             "train": {"epochs": 1, "fine_tune_epochs": 0},
             "axes": axes,
-            "search": {"strategy": "random", "trials": trials, "seed": 0},
+            "search": {"strategy": "random", "budget": trials, "seed": 0},
             "resources": {"retries": 0},
             "artifacts": False,
         }

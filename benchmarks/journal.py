@@ -40,7 +40,11 @@ from grid.state import StudyState
 def search_study(sampler: str, n: int) -> Study:
     base = trivial_study(2 * n)
     search = base.search.model_copy(
-        update={"strategy": Strategy.optuna, "sampler": SamplerName(sampler), "trials": base.points}
+        update={
+            "strategy": Strategy.optuna,
+            "sampler": SamplerName(sampler),
+            "budget": base.point_count,
+        }
     )
     return base.model_copy(update={"search": search, "name": "journal"})
 
@@ -113,8 +117,8 @@ def main() -> None:
 
     sizes = [int(x) for x in args.sizes.split(",")]
     study = search_study(args.sampler, max(sizes))
-    if max(sizes) >= study.points:
-        sys.exit(f"--sizes: at most {study.points - 1} trials (the study's points)")
+    if max(sizes) >= study.point_count:
+        sys.exit(f"--sizes: at most {study.point_count - 1} trials (the study's points)")
     rows: dict[str, dict[int, float]] = {}
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:

@@ -160,15 +160,15 @@ def method_study(
     s = base_study(f"mp-{method}-{args.model_tag}-s{seed}", setup, seed, args.epochs, max_bytes)
     layers = {"all": {"bits": BITS, "sparsity": SPARSITY}}
     if method == "per-layer":
-        s["search"] = {"strategy": "optuna", "sampler": args.sampler, "trials": args.trials,
+        s["search"] = {"strategy": "optuna", "sampler": args.sampler, "budget": args.trials,
                        "seeds": True, "layers": layers}  # fmt: skip
     elif method == "random":
-        s["search"] = {"strategy": "random", "trials": args.trials, "seeds": False,
+        s["search"] = {"strategy": "random", "budget": args.trials, "seeds": False,
                        "layers": layers}  # fmt: skip
     elif method == "uniform":
         s["axes"] = {"bits": BITS, "sparsity": SPARSITY}
         if len(BITS) * len(SPARSITY) > args.trials:  # equal budgets: random uniform points
-            s["search"] = {"strategy": "random", "trials": args.trials}
+            s["search"] = {"strategy": "random", "budget": args.trials}
     else:
         s["axes"] = {"bits": ["ans_hybrid"]}
     return s

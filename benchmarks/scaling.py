@@ -179,7 +179,7 @@ def study_trials(study: Study) -> list[TrialConfig]:
         return study.trials()
     from grid import space
 
-    budget = study.search.trials or 0  # a per-layer space always has one (spec)
+    budget = study.search.budget or 0  # a per-layer space always has one (spec)
     uniform, hybrid = space.seed_points(study)
     chosen = {space.point_label(p): p for p in [*uniform, *([hybrid] if hybrid else [])]}
     for p in space.random_assignments(study, budget, seed=0):

@@ -57,17 +57,21 @@ def export(results: str, study: Study) -> None:
     """Write the lookup table from a completed run of the grid study."""
     state = StudyState(study, Path(results))
     values = state.point_values()
-    if len(values) != study.points:
+    if len(values) != study.point_count:
         raise SystemExit(
-            f"{results}: {len(values)} of {study.points} points complete; finish the grid first"
+            f"{results}: {len(values)} of {study.point_count} points complete; finish the grid first"
         )
     TABLE.parent.mkdir(exist_ok=True)
     with TABLE.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*space.AXES, *state.obj.names, "params"])
+        w.writerow([*space.AXIS_NAMES, *state.obj.names, "params"])
         for p in space.points(study):
             w.writerow(
-                [*(p.get(a, 0) for a in space.AXES), *values[space.point_label(p)], state.params]
+                [
+                    *(p.get(a, 0) for a in space.AXIS_NAMES),
+                    *values[space.point_label(p)],
+                    state.params,
+                ]
             )
     print(f"wrote {TABLE}: {len(values)} points")
 
@@ -164,13 +168,13 @@ def busy(budget: int, repeats: int, timeline: bool = False) -> None:
 
     data = yaml.safe_load(BUSY_STUDY.read_text())
     base = parse_study(data)
-    print(f"{base.name}: {base.points} points, budget {budget}, {os.cpu_count()} cores, "
+    print(f"{base.name}: {base.point_count} points, budget {budget}, {os.cpu_count()} cores, "
           f"{repeats} run(s) each, alternating which goes first")  # fmt: skip
     eff: dict[str, list[float]] = {"optuna": [], "random": []}
     for r in range(repeats):
         order = ("optuna", "random") if r % 2 == 0 else ("random", "optuna")
         for strategy in order:
-            search: dict[str, object] = {"strategy": strategy, "trials": budget, "seed": r}
+            search: dict[str, object] = {"strategy": strategy, "budget": budget, "seed": r}
             if strategy == "optuna":
                 search.update(sampler="tpe", startup_trials=2)
             study = parse_study({**data, "search": search})
@@ -226,7 +230,7 @@ def main() -> None:
         return
     table, params = load_table()
     shares_at = sorted({0.1, 0.2, args.share, 0.5})
-    n_max = math.ceil(max(shares_at) * study.points)
+    n_max = math.ceil(max(shares_at) * study.point_count)
     order = [space.point_label(p) for p in space.points(study)]
     references = {
         "default reference (robust 0, 1.1 x float32 bytes)": space.objectives(study),
@@ -253,7 +257,7 @@ def main() -> None:
             assert len(set(visited)) == len(visited) == n_max, (name, len(visited))
             runs[name].append(visited)
     print(
-        f"{study.points}-point grid replayed from {TABLE.name}; mean share of the full grid's "
+        f"{study.point_count}-point grid replayed from {TABLE.name}; mean share of the full grid's "
         f"hypervolume after n points, over {args.seeds} seeds (a prefix of one run per seed: "
         "sequential ask/tell is deterministic, so it equals a run with that budget)"
     )
@@ -261,11 +265,11 @@ def main() -> None:
     for title, obj in references.items():
         full = hv(obj, list(table), table, params)
         print(f"\n{title}: {', '.join(f'{r:,.4g}' for r in obj.resolve_reference(params))}")
-        cols = [math.ceil(x * study.points) for x in shares_at]
+        cols = [math.ceil(x * study.point_count) for x in shares_at]
         print(f"  {'strategy':<14}" + "".join(f"  n={c:<3} ({x:.0%})" for c, x in zip(cols, shares_at, strict=True))
               + f"   min @{args.share:.0%}")  # fmt: skip
         goal_share[title] = {}
-        n_goal = math.ceil(args.share * study.points)
+        n_goal = math.ceil(args.share * study.point_count)
         for name in names:
             line = f"  {name:<14}"
             for c in cols:

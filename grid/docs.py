@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from grid.spec import study_json_schema
+from grid.spec import RENAMED, study_json_schema
 
 _CONSTRAINTS = {
     "minimum": ">= {}",
@@ -139,4 +139,21 @@ def study_reference() -> str:
     lines = [_HEAD, *_section("Study (the file's top level)", schema)]
     for name in sorted(schema.get("$defs", {})):
         lines += _section(name, schema["$defs"][name])
+    lines += _renamed()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _renamed() -> list[str]:
+    """The renamed fields (grid.spec.RENAMED): old spellings still read, with a warning."""
+    lines = [
+        "## Renamed fields",
+        "",
+        "A study file may still use these old names: `grid` reads them as the new ones and "
+        "prints one warning line naming both. Giving both is an error.",
+        "",
+        "| old | new |",
+        "|---|---|",
+    ]
+    for path, new in RENAMED.items():
+        lines.append(f"| `{'.'.join(path)}` | `{'.'.join((*path[:-1], new))}` |")
+    return [*lines, ""]

@@ -22,6 +22,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+from grid.errors import ResultsError
+
+
 def is_remote(where: str | Path) -> bool:
     """True for an object-storage URI (anything with a scheme other than file://)."""
     s = str(where)
@@ -42,7 +45,7 @@ class Location:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
             except (pa.ArrowInvalid, OSError, ValueError) as err:
-                raise ValueError(f"results: cannot open {self.uri}: {err}") from None
+                raise ResultsError(f"results: cannot open {self.uri}: {err}") from None
             self.root = self.root.rstrip("/")
             self.local: Path | None = None
         else:

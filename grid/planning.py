@@ -169,7 +169,7 @@ def missing(study: Study, final: StudyState) -> int:
     """Trials neither complete nor failed once a run is over (it was interrupted)."""
     after = plan(study, final)
     if study.search.strategy == Strategy.optuna:
-        exhausted = len(final.point_values()) >= study.points
+        exhausted = len(final.point_values()) >= study.point_count
         failed_now = tally(final.status, final.status).failed
         return 0 if exhausted else max(0, after.todo - failed_now)
     left = tally((k for u in after.units for k in u.keys), final.status)

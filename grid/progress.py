@@ -108,7 +108,7 @@ def announce(
     summary = RunSummary(total=planned.total, skipped=planned.skipped, strategy=strategy.value)
     if state.stale:
         out.write(stale_note(state.stale) + "\n")
-    what = f": {study.budget} of {study.points} points" if strategy != Strategy.grid else ""
+    what = f": {study.budget} of {study.point_count} points" if strategy != Strategy.grid else ""
     out.write(
         f"study {study.name} ({strategy.value}{what}): {planned.total} trials, "
         f"{planned.skipped} already complete, {planned.todo} to run -> {results_dir}\n"

@@ -13,7 +13,7 @@ Here, with ``RAY_AUTH_MODE`` unset and a token at hand, the driver first asks th
 cluster's GCS without one: a cluster started without authentication is joined as it is
 (a token-mode client's actors die on one: checked on Ray 2.60 with ``ray.cluster_utils``),
 one that asks for a token is joined in token mode; and that handshake turns every
-failure to connect (nothing listening, a missing or wrong token, another Ray version) into one :class:`StudyError`
+failure to connect (nothing listening, a missing or wrong token, another Ray version) into one :class:`ClusterError`
 line that says what to set.
 """
 
@@ -29,15 +29,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from grid.spec import Study, StudyError
+from grid.errors import ClusterError, StudyError
+from grid.spec import Study
 from grid.state import write_status
 from grid.store import Location
 
 if TYPE_CHECKING:
     from grid.planning import RunPlan
 
-# Every Ray worker needs Keras 2 before its first TensorFlow import.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+# Every Ray worker needs Keras 2 before its first TensorFlow import.  (TensorFlow's C++ log
+# level travels with the driver's mode: trainables.tflogs.worker_env.)
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 @contextmanager
@@ -116,7 +118,10 @@ def shipped_modules(study: Study) -> list[str]:
 def init_ray(address: str | None, py_modules: list[str] | None = None) -> None:
     import ray
 
-    runtime_env: dict[str, Any] = {"env_vars": WORKER_ENV}
+    from trainables import tflogs
+
+    # The workers log TensorFlow's C++ lines as the driver was asked to (grid --verbose)
+    runtime_env: dict[str, Any] = {"env_vars": {**WORKER_ENV, **tflogs.worker_env()}}
     if (
         py_modules
     ):  # the study's builder packages, uploaded to the cluster and put on the workers' path
@@ -189,7 +194,7 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def connect(address: str, **kwargs: Any) -> None:
-    """``ray.init`` against the cluster at ``address``; a failure to connect is one StudyError."""
+    """``ray.init`` against the cluster at ``address``; a failure to connect is one ClusterError."""
     import ray
 
     where = host_port(address)
@@ -197,7 +202,7 @@ def connect(address: str, **kwargs: Any) -> None:
         try:
             socket.create_connection(where, timeout=5).close()
         except OSError as err:
-            raise StudyError(
+            raise ClusterError(
                 f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
                 "start one with `ray start --head`, or fix --address / RAY_ADDRESS"
             ) from None
@@ -221,7 +226,7 @@ def connect(address: str, **kwargs: Any) -> None:
             hint = "install the cluster's Ray and Python versions here (constraints.txt pins Ray)"
         else:
             hint = f"see {AUTH_DOC} if the cluster uses token authentication"
-        raise StudyError(
+        raise ClusterError(
             f"--address {address}: cannot join the Ray cluster: {first}; {hint}"
         ) from None
 
@@ -253,7 +258,7 @@ def _handshake(address: str, source: str | None, raise_auth: bool = True) -> boo
             what = "no token was found here; set "
         else:
             what = f"it refused the token from {source}; set "
-        raise StudyError(
+        raise ClusterError(
             f"--address {address}: the Ray cluster requires token authentication and {what}"
             "RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head prints it), "
             f"or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token ({AUTH_DOC})"

@@ -51,7 +51,7 @@ class PointSearcher(Searcher):
         # Points outside Optuna's space run first, told to no sampler: the ans_hybrid seed.
         ans = state.ans if study.search.layers is not None and study.search.seeds else None
         self.extra = [ans] if ans is not None else []
-        self.total = study.points + len(self.extra)  # distinct points there are
+        self.total = study.point_count + len(self.extra)  # distinct points there are
 
     def _record(self, tid: str, unit: dict[str, Any], answered: str) -> None:
         """The point's real axis values and keys as the Optuna trial's user attributes."""

@@ -71,6 +71,7 @@ from grid.reads import (
     stale_revisions,
 )
 from grid.sink import ParquetSink, artifacts_dir, write_artifacts
+from grid.errors import StudyError
 from trainables.rowfiles import COMPACTED_PREFIX, is_compacted
 from trainables.rows import STATUS_FAILED
 
@@ -134,7 +135,7 @@ def compact(
     import time
 
     if max_keys < 1:
-        raise ValueError(f"compact: max_keys must be at least 1, got {max_keys}")
+        raise StudyError(f"compact: max_keys must be at least 1, got {max_keys}")
     t0 = time.perf_counter()
     loc = as_location(results_dir)
     listing = list_rows(loc)

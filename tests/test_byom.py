@@ -417,7 +417,7 @@ def test_axes_model_crosses_models_with_the_other_axes() -> None:
     both = parse_study(
         _study(axes={"model": ["digits_cnn", spec], "bits": [4, 8], "jr_weight": [0.0, 0.1]})
     )
-    assert both.points == 2 * single.points == 8
+    assert both.point_count == 2 * single.point_count == 8
     trials = both.trials()
     assert [t.model_label for t in trials] == ["digits_cnn"] * 4 + ["tiny"] * 4
     assert len({t.key for t in trials}) == 8

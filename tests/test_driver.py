@@ -119,7 +119,7 @@ def test_parts_cover_the_plan_in_order(tmp_path: Path, monkeypatch: pytest.Monke
     assert [u for p in got for u in p.units] == planned.units
     assert all((p.total, p.skipped) == (planned.total, planned.skipped) for p in got)
     assert [len(p.units) for p in launch.parts(planned, slots=4)] == [200]  # 50 a slot: 200
-    optuna = trivial_study(strategy="optuna", trials=10)
+    optuna = trivial_study(strategy="optuna", budget=10)
     searched = plan(optuna, StudyState(optuna, tmp_path / "o"))
     assert launch.parts(searched, slots=1) == [searched]  # a search is one Tuner
 

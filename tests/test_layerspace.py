@@ -46,7 +46,7 @@ def _digits_layers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def layered(layers: dict[str, Any], **extra: Any) -> Study:
-    search = {"strategy": "optuna", "trials": 8, "layers": layers, **extra.pop("search", {})}
+    search = {"strategy": "optuna", "budget": 8, "layers": layers, **extra.pop("search", {})}
     return parse_study({"name": "pl", "dataset": "digits", "model": "digits_cnn",
                         "train": {"epochs": 1}, "search": search, **extra})  # fmt: skip
 
@@ -78,7 +78,7 @@ def test_showcase_space_resolves_with_overrides_by_type_and_name() -> None:
     assert c[("act1", "activation_bits")] == (8, 4) and ("act2", "activation_bits") not in c
     assert c[("act2", "jr_weight")] == (0.0, 0.001)
     # every weight layer's own fields, none for flatten: 1*3*2 bits x (2*2)^3 x 2 act x 2 jr
-    assert ls.size == 1 * 3 * 2 * 4**3 * 2 * 2 == study.points
+    assert ls.size == 1 * 3 * 2 * 4**3 * 2 * 2 == study.point_count
     names = space.distributions(study)
     assert "conv2.bits" in names and "conv1.bits" not in names  # a single choice is no parameter
     assert not {"bits", "sparsity", "clusters"} & set(names)  # every weight layer has its own
@@ -97,7 +97,7 @@ def test_validate_prints_space_size_and_the_layer_table(
     f = tmp_path / "pl.yaml"
     f.write_text(
         "name: pl\nmodel: digits_cnn\n"
-        "search:\n  strategy: optuna\n  trials: 40\n  layers:\n"
+        "search:\n  strategy: optuna\n  budget: 40\n  layers:\n"
         "    all: {bits: [8, 4, ternary], sparsity: [0.0, 0.5, 0.75], clusters: [0, 16]}\n"
         "    dense: {bits: [8, 4]}\n    conv1: {bits: [8]}\n"
         "    act1: {activation_bits: [8, 4]}\n    act2: {jr_weight: [0.0, 0.001]}\n"
@@ -140,9 +140,9 @@ def test_validate_prints_space_size_and_the_layer_table(
         ({"dense": {"activation_bits": [4]}}, {}, "search.layers.dense.activation_bits = [4]: logits is a weight layer"),
         ({"act1": {"bits": [4]}}, {}, "search.layers.act1.bits = ['4']: act1 is an activation layer"),
         ({"flatten": {"bits": [4]}}, {}, "search.layers.flatten: layer 'flatten' (flatten) has no weights"),
-        ({"all": {"bits": [8, 4]}}, {"search": {"strategy": "grid", "trials": None}}, "search.layers: a per-layer space is searched"),
-        ({"all": {"bits": [8, 4]}}, {"search": {"trials": None}}, "search.trials: a per-layer space needs a budget"),
-        ({"all": {"bits": [8, 4]}}, {"search": {"trials": 9}}, "search.trials: 9 is more than the 8 distinct points"),
+        ({"all": {"bits": [8, 4]}}, {"search": {"strategy": "grid", "budget": None}}, "search.layers: a per-layer space is searched"),
+        ({"all": {"bits": [8, 4]}}, {"search": {"budget": None}}, "search.budget: a per-layer space needs a budget"),
+        ({"all": {"bits": [8, 4]}}, {"search": {"budget": 9}}, "search.budget: 9 is more than the 8 distinct points"),
         ({"all": {"bits": [8, 4]}}, {"axes": {"bits": [8, 2]}}, "axes.bits: ['8', '2'] varies, but search.layers gives every weight layer its own bits"),
         ({"all": {"bits": [8]}}, {"objective": {"max_bytes": 0}}, "objective.max_bytes = 0: Input should be greater than or equal to 1"),
         ({"all": {"bits": [8]}}, {"objective": {"max_bytes": -5}}, "objective.max_bytes = -5"),
@@ -152,7 +152,7 @@ def test_validate_prints_space_size_and_the_layer_table(
 def test_bad_per_layer_input_names_the_field_and_the_value(
     layers: dict[str, Any], extra: dict[str, Any], want: str
 ) -> None:
-    search = {"strategy": "optuna", "trials": 2, "layers": layers, **extra.pop("search", {})}
+    search = {"strategy": "optuna", "budget": 2, "layers": layers, **extra.pop("search", {})}
     search = {k: v for k, v in search.items() if v is not None}
     msg = errors({"name": "bad", "model": "digits_cnn", "search": search, **extra})
     assert want in msg, msg
@@ -160,7 +160,7 @@ def test_bad_per_layer_input_names_the_field_and_the_value(
 
 def test_a_budget_without_layers_is_allowed_and_constrains_the_front(tmp_path: Path) -> None:
     study = parse_study({"name": "b", "axes": {"bits": [8, 4]}, "objective": {"max_bytes": 100}})
-    assert study.layer_space() is None and study.points == 2
+    assert study.layer_space() is None and study.point_count == 2
     state = StudyState(study, tmp_path)
     state.params = 1000
     a, b = (space.point_label(p) for p in state.points)
@@ -194,7 +194,7 @@ def test_distinct_assignments_have_distinct_keys_and_equal_ones_one_key() -> Non
     correspondence with the full assignments (computed here from the ranks alone)."""
     study = layered({"all": {"bits": [8, 4, "float"], "sparsity": [0.0, 0.5]},
                      "act1": {"activation_bits": [8, 4]}},
-                    axes={"clusters": [0, 4]}, search={"trials": 4})  # fmt: skip
+                    axes={"clusters": [0, 4]}, search={"budget": 4})  # fmt: skip
     ls = study.layer_space()
     dists = space.distributions(study)
     sizes = {n: d.high + 1 for n, d in dists.items() if getattr(d, "high", 0) > 0}
@@ -255,14 +255,14 @@ def test_the_same_assignment_written_with_any_base_is_one_point() -> None:
             layers.pop(field, None)
             if over:
                 layers[field] = over
-            again = space.canonical(study, ls, {k: other[k] for k in space.AXES if k in other},
+            again = space.canonical(study, ls, {k: other[k] for k in space.AXIS_NAMES if k in other},
                                     {**space.full_assignment(study, ls, other),
                                      "activation_bits": full["activation_bits"]})  # fmt: skip
             assert again == p and study.point_trials(again)[0].key == want
 
 
 def test_to_point_inverts_to_params_over_random_assignments() -> None:
-    study = layered(SHOWCASE, search={"trials": 50})
+    study = layered(SHOWCASE, search={"budget": 50})
     picked = space.random_points(study, 50, seed=11)
     assert len({space.point_label(p) for p in picked}) == 50  # distinct
     assert picked == space.random_points(study, 50, seed=11)  # seeded
@@ -279,7 +279,7 @@ def test_to_point_inverts_to_params_over_random_assignments() -> None:
 
 
 def test_seeds_are_uniform_at_most_half_the_budget_and_ans_hybrid() -> None:
-    study = layered(SHOWCASE, search={"trials": 8})
+    study = layered(SHOWCASE, search={"budget": 8})
     uniform, ans = space.seed_points(study)
     # uniform: conv1 takes 8 bits only, so bits 8 x sparsity 2 x clusters 2 = 4 = 8 // 2
     assert len(uniform) == 4
@@ -292,7 +292,7 @@ def test_seeds_are_uniform_at_most_half_the_budget_and_ans_hybrid() -> None:
     assert ans is not None and ans["bits"] == "ans_hybrid"
     cfg = study.point_trials(ans)[0]
     assert cfg.ans is not None and not cfg.layer_bits
-    few = layered(SHOWCASE, search={"trials": 4})
+    few = layered(SHOWCASE, search={"budget": 4})
     two, _ = space.seed_points(few)
     # four uniform ones, sampled evenly in order of compression: the least and most compressed
     assert [(p["sparsity"], p["clusters"]) for p in two] == [(0.0, 0), (0.5, 16)]
@@ -301,7 +301,7 @@ def test_seeds_are_uniform_at_most_half_the_budget_and_ans_hybrid() -> None:
 def test_state_meets_stored_configs_of_its_space_and_counts_infeasible(tmp_path: Path) -> None:
     """The store's per-layer configs map back to their points (key checked), other studies'
     rows are left alone, and points over the budget are counted and kept off the front."""
-    study = layered(SHOWCASE, objective={"max_bytes": 5000}, search={"trials": 12})
+    study = layered(SHOWCASE, objective={"max_bytes": 5000}, search={"budget": 12})
     folder = tmp_path / study.name
     sink = ParquetSink(str(folder), study.name, "test")
     stored = space.random_points(study, 6, seed=2)
@@ -382,7 +382,7 @@ def test_per_layer_search_with_a_budget_validates_runs_resumes_and_keeps_infeasi
     assert f"4 trials, {killed} already complete, {4 - killed} to run" in first.stdout
     assert len(stored()) == 4
     # A bigger budget resumes the same Optuna study from its journal.
-    study_file.write_text(study_file.read_text().replace("trials: 4", "trials: 6"))
+    study_file.write_text(study_file.read_text().replace("budget: 4", "budget: 6"))
     second = grid_cli("resume", str(study_file), "--results", str(tmp_path))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "6 trials, 4 already complete, 2 to run" in second.stdout
@@ -459,7 +459,7 @@ def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
 
     study = layered({"all": {"bits": [8, 4, "ternary"], "sparsity": [0.0, 0.5]}},
                     objective={"max_bytes": 150},
-                    search={"trials": 12, "sampler": sampler, "population": 4})  # fmt: skip
+                    search={"budget": 12, "sampler": sampler, "population": 4})  # fmt: skip
     state = StudyState(study, tmp_path)
     searcher = optuna_searcher(study, state)
     uniform, ans = space.seed_points(study)
@@ -494,7 +494,7 @@ def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
 def test_random_strategy_plans_distinct_per_layer_points(tmp_path: Path) -> None:
     from grid.planning import plan
 
-    study = layered(SHOWCASE, search={"strategy": "random", "trials": 7})
+    study = layered(SHOWCASE, search={"strategy": "random", "budget": 7})
     state = StudyState(study, tmp_path)
     planned = plan(study, state)
     assert planned.total == 7 and len(planned.units) == 7

@@ -110,7 +110,7 @@ def test_the_optuna_journal_follows_the_results(
         {
             **BASE,
             "axes": {"bits": ["float", "ternary"]},
-            "search": {"strategy": "optuna", "trials": 2},
+            "search": {"strategy": "optuna", "budget": 2},
         }
     )
     state = StudyState(study, loc)

@@ -113,7 +113,7 @@ def test_per_layer_studies_search_each_layer_under_a_flash_budget() -> None:
     weight quantizer and each activation's JR weight, 5 folds, on the STQ-class model."""
     show, paper = load_study("mixed_showcase"), load_study("stq_jr_cifar10_mixed")
     assert show.dataset.name.value == "digits" and [str(m) for m in show.models] == ["digits_cnn"]
-    assert show.search.layers is not None and show.search.trials <= 60
+    assert show.search.layers is not None and show.search.budget <= 60
     every = show.search.layers["all"]
     assert (every.bits, every.sparsity, every.clusters) == (
         ["8", "4", "ternary"], [0.0, 0.5, 0.75], [0, 8],
@@ -146,6 +146,6 @@ def test_the_mixed_precision_benchmark_writes_valid_studies_of_equal_budgets() -
             ("worst", setup.eps)
         }
         pl, rnd = studies["per-layer"].search, studies["random"].search
-        assert pl.layers == rnd.layers and pl.trials == rnd.trials == 5
+        assert pl.layers == rnd.layers and pl.budget == rnd.budget == 5
         assert pl.seeds and not rnd.seeds
         assert studies["uniform"].budget <= 5 and studies["ans_hybrid"].axes.bits == ["ans_hybrid"]

@@ -41,7 +41,7 @@ def test_a_grid_runs_payloads_through_tunes_param_space_as_plain_json(tmp_path: 
 
 
 def test_a_searcher_suggests_a_payload_with_every_fold(tmp_path: Path) -> None:
-    study = parse_study({**STUDY, "search": {"strategy": "optuna", "trials": 3}})
+    study = parse_study({**STUDY, "search": {"strategy": "optuna", "budget": 3}})
     config = optuna_searcher(study, StudyState(study, tmp_path)).suggest("t0")
     assert set(config) == {CONFIG_KEY} and json.loads(json.dumps(config)) == config
     unit = TrialPayload.of(config)

@@ -21,7 +21,7 @@ VALID: dict[str, Any] = {
     "axes": {"bits": ["float", 4], "sparsity": [0.0, 0.5], "clusters": [0, 4], "jr_weight": [0.0]},
     "attacks": [{"name": "fgsm", "eps": [0.05, 0.1]}, {"name": "pgd", "eps": [0.1], "steps": 3}],
     "objective": {"attack": "worst", "eps": 0.1, "clean": True},
-    "search": {"strategy": "optuna", "sampler": "tpe", "trials": 4},
+    "search": {"strategy": "optuna", "sampler": "tpe", "budget": 4},
     "resources": {"cpus_per_trial": 1, "retries": 1},
     "results": "results",
 }
@@ -30,7 +30,7 @@ PATHS: list[tuple[Any, ...]] = [
     ("train", "learning_rate"), ("train", "jr_layers"), ("axes", "bits"), ("axes", "bits", 0),
     ("axes", "sparsity", 1), ("axes", "clusters"), ("attacks",), ("attacks", 0, "eps"),
     ("attacks", 1, "name"), ("attacks", 1, "steps"), ("objective", "eps"), ("objective", "attack"),
-    ("search", "strategy"), ("search", "trials"), ("resources", "cpus_per_trial"), ("results",),
+    ("search", "strategy"), ("search", "budget"), ("resources", "cpus_per_trial"), ("results",),
 ]  # fmt: skip
 
 scalars = st.one_of(

@@ -125,7 +125,7 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     assert "HV " in first.stdout
 
     # A bigger budget continues the same Optuna study (its journal in the results folder).
-    study_file.write_text(study_file.read_text().replace("trials: 3", "trials: 5"))
+    study_file.write_text(study_file.read_text().replace("budget: 3", "budget: 5"))
     second = grid_cli("run", str(study_file), "--results", str(tmp_path))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "5 trials, 3 already complete, 2 to run" in second.stdout

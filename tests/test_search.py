@@ -98,15 +98,18 @@ def test_every_point_is_a_grid_point_with_the_grids_keys() -> None:
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({"trials": 5}, "trials: 5 is a budget for strategy optuna or random"),
+        ({"budget": 5}, "budget: 5 points is a budget for strategy optuna or random"),
         (
-            {"strategy": "optuna", "trials": 13},
-            "search.trials: 13 is more than the 12 distinct points",
+            {"strategy": "optuna", "budget": 13},
+            "search.budget: 13 is more than the 12 distinct points",
         ),
         ({"strategy": "bayes"}, "search.strategy = 'bayes'"),
         ({"strategy": "optuna", "sampler": "cmaes"}, "search.sampler = 'cmaes'"),
-        ({"strategy": "optuna", "trials": 0}, "search.trials = 0"),
-        ({"strategy": "random", "budget": 3}, "search.budget: unknown key"),
+        ({"strategy": "optuna", "budget": 0}, "search.budget = 0"),
+        (
+            {"strategy": "random", "budgets": 3},
+            "search.budgets: unknown key; did you mean 'budget'?",
+        ),
     ],
 )
 def test_bad_search_section_named(search: dict[str, Any], message: str) -> None:
@@ -130,7 +133,7 @@ def test_searcher_proposes_each_point_once_and_finishes(sampler: str, tmp_path: 
     state = StudyState(study, tmp_path)
     searcher = optuna_searcher(study, state)
     seen = []
-    for i in range(study.points + 3):
+    for i in range(study.point_count + 3):
         config = searcher.suggest(f"t{i}")
         if not isinstance(config, dict):
             assert config == "FINISHED"
@@ -142,13 +145,13 @@ def test_searcher_proposes_each_point_once_and_finishes(sampler: str, tmp_path: 
             zip(state.obj.names, _synthetic(unit["label"]), strict=True), status="complete"
         )
         searcher.on_trial_complete(f"t{i}", result=result)
-    assert len(seen) == len(set(seen)) == study.points  # every point once, then FINISHED
+    assert len(seen) == len(set(seen)) == study.point_count  # every point once, then FINISHED
     assert (tmp_path / "optuna.journal").stat().st_size > 0
 
 
 def test_resumed_search_learns_from_the_store(tmp_path: Path) -> None:
     """Points complete in the store join the Optuna study; trials a dead driver left running are failed."""
-    study = parse_study({**BASE, "search": {"strategy": "optuna", "trials": 6}})
+    study = parse_study({**BASE, "search": {"strategy": "optuna", "budget": 6}})
     state = StudyState(study, tmp_path)
     first = optuna_searcher(study, state)
     first.suggest("dead")  # asked, never told: the driver died
@@ -199,7 +202,7 @@ def test_optuna_sees_ordered_axes_as_ranks() -> None:
 
 def test_random_strategy_plans_a_seeded_sample_of_points_with_all_folds(tmp_path: Path) -> None:
     study = parse_study(
-        {**BASE, "folds": 2, "search": {"strategy": "random", "trials": 4, "seed": 9}}
+        {**BASE, "folds": 2, "search": {"strategy": "random", "budget": 4, "seed": 9}}
     )
     units, total, skipped = plan(study, StudyState(study, tmp_path))
     assert (total, skipped, len(units)) == (8, 0, 8)  # 4 points x 2 folds, one Tune trial each

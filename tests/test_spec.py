@@ -236,7 +236,7 @@ def test_standard_autoattack_options_and_arts_l2_square_on_mfccs() -> None:
 def test_per_layer_jr_is_an_axis_with_an_undefended_value() -> None:
     data = _with(["axes", "jr_layers"], ["none", {"all": 0.01}])
     study = parse_study(data)
-    assert study.points == 2 * load_study(SMOKE).points
+    assert study.point_count == 2 * load_study(SMOKE).point_count
     layered = [t.jr_layers for t in study.trials()]
     assert layered.count({}) == layered.count({"all": 0.01}) == study.grid_size // 2
     # keys differ between the two values, labels name the axis

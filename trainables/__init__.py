@@ -9,11 +9,16 @@ This package never imports ``grid`` or ``analysis``.
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ banners out of progress output
 
-import warnings
+# TensorFlow's C++ notices (cudart_stub, oneDNN, cuInit) out of the output unless asked for
+# (ROBUSTGRID_TF_LOGS=1, `grid --verbose`, or the user's own TF_CPP_MIN_LOG_LEVEL): before
+# the first `import tensorflow` of this process.
+from trainables import tflogs
+
+tflogs.configure()
 
 # Known, harmless notices from the stack that would drown a study's progress:
 # QKeras quantizers serialised through keras.constraints, tfmot re-calling

@@ -87,7 +87,7 @@ def fgsm(model: Any, x: np.ndarray, y: np.ndarray, num_classes: int, eps: float)
 
 
 @dataclass(frozen=True)
-class Plan:
+class AnsAssignment:
     """The widths an ans_hybrid trial builds with, and how they were found."""
 
     layer_bits: dict[str, str]  # every weight layer -> width label
@@ -99,7 +99,7 @@ class Plan:
         return {"ans": self.ans, "layer_bits": self.layer_bits}
 
 
-def plan(cfg: TrialConfig) -> Plan:
+def assign_widths(cfg: TrialConfig) -> AnsAssignment:
     """Warm up the float architecture, measure ANS, assign the study's widths (module doc)."""
     import tf_keras
 
@@ -122,9 +122,9 @@ def plan(cfg: TrialConfig) -> Plan:
     ans = layer_sensitivity(model, x, x_adv, ranked) if ranked else {}
     assigned = assign_bits(ans, settings.ordered, settings.most_sensitive)
     layer_bits = {n: cfg.layer_bits.get(n) or assigned[n] for n in names}
-    return Plan(layer_bits, ans, time.perf_counter() - t0)
+    return AnsAssignment(layer_bits, ans, time.perf_counter() - t0)
 
 
-def resolved(cfg: TrialConfig, p: Plan) -> TrialConfig:
-    """The config the quantized model is built from: every weight layer at its planned width."""
+def resolved(cfg: TrialConfig, p: AnsAssignment) -> TrialConfig:
+    """The config the quantized model is built from: every weight layer at its assigned width."""
     return cfg.model_copy(update={"layer_bits": p.layer_bits})

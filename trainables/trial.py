@@ -185,7 +185,9 @@ def jacobian_fro2(model: tf_keras.Model, x: np.ndarray, projections: int = 16) -
     return float(est)
 
 
-def layer_bits(cfg: TrialConfig, fp: ModelFootprint, hybrid: ans.Plan | None) -> dict[str, str]:
+def layer_bits(
+    cfg: TrialConfig, fp: ModelFootprint, hybrid: ans.AnsAssignment | None
+) -> dict[str, str]:
     """Each weight layer's bits label as built: an ans_hybrid plan's, else the override or the trial's."""
     if hybrid is not None:
         return dict(hybrid.layer_bits)
@@ -218,7 +220,7 @@ def run_trial(
     configure_gpus(cfg.gpus, cfg.gpu_memory)  # a shared GPU: memory capped before TF allocates
     try:
         # ans_hybrid: each layer's width from its measured noise sensitivity (trainables/ans.py)
-        hybrid = ans.plan(cfg) if cfg.bits == "ans_hybrid" else None
+        hybrid = ans.assign_widths(cfg) if cfg.bits == "ans_hybrid" else None
         model, train_s = train_compressed(ans.resolved(cfg, hybrid) if hybrid else cfg)
         train_s += hybrid.seconds if hybrid else 0.0
         split = trial_split(cfg)
