@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class Plan(NamedTuple):
-    units: list[TrialPayload]  # Tune trials for a grid/random run, longest first (none for optuna)
+    # One payload per Tune trial of a grid/random run, longest first (none for optuna)
+    payloads: list[TrialPayload]
     total: int  # trials this run answers for: the grid, or the search budget x folds
     skipped: int  # of which already complete in the store
 
@@ -104,7 +105,7 @@ def concurrency(
     """
     res = study.resources
     want = (
-        len(planned.units)
+        len(planned.payloads)
         if study.search.strategy != Strategy.optuna
         else planned.todo // study.folds
     )
@@ -121,4 +122,4 @@ def missing(study: Study, final: StudyState) -> int:
     if study.search.strategy == Strategy.optuna:
         exhausted = len(final.point_values()) >= study.points
         return 0 if exhausted else max(0, after.todo - failed_now)
-    return max(0, len(after.units) - failed_now)
+    return max(0, len(after.payloads) - failed_now)
