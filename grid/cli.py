@@ -147,19 +147,13 @@ def _run(study: Study, args: argparse.Namespace) -> int:
         )
         for failure in summary.failures:
             print(f"  failed {failure}")
-    if summary.front is not None and summary.front.points:
-        from grid.space import objectives
-
-        print(summary.front.describe(objectives(study)))
     if summary.missing > 0:
         print(
             f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    attack, eps, norm, size = study.headline
-    if summary.completed or summary.skipped:
-        _print_front(str(results_dir), attack, eps, norm, size, max_bytes=study.objective.max_bytes)
+    print(summary.table)  # the one front: per point (config), folds aggregated
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return 130

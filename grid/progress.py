@@ -165,16 +165,14 @@ def payload_line(study: Study, payload: TrialPayload) -> str:
 
 def headline_text(study: Study) -> str:
     """What ``robust`` and ``bytes`` hold: ``robust = worst case over the attacks (L-inf) at
-    the largest eps; bytes: encoded``."""
+    eps 0.1; bytes: encoded`` (the study's headline, its eps and norm resolved)."""
     attack, eps, norm, size = study.headline
-    if not study.attacks:
-        robust = "clean accuracy (the study runs no attacks)"
-    else:
-        who = "worst case over the attacks" if attack == "worst" else attack
-        named = norm or ("inf" if attack == "worst" else None)  # worst: L-inf unless named
-        shown = f" ({'L-inf' if named == 'inf' else f'L{named}'})" if named else ""
-        robust = f"{who}{shown} at {f'eps {eps:g}' if eps is not None else 'the largest eps'}"
-    return f"robust = {robust}; bytes: {size}"
+    if eps is None:  # no attacks: a trial's robust accuracy is its clean accuracy
+        return f"robust = clean accuracy (no attacks); bytes: {size}"
+    who = "worst case over the attacks" if attack == "worst" else attack
+    return (
+        f"robust = {who} ({'L-inf' if norm == 'inf' else f'L{norm}'}) at eps {eps:g}; bytes: {size}"
+    )
 
 
 def front_table(state: StudyState, front: space.Front) -> str:
@@ -203,6 +201,9 @@ def front_table(state: StudyState, front: space.Front) -> str:
         f"  {'bytes':>9}  {'robust':>6}{'  [min, max]     ' if spread else ''}"
         f"  {'clean':>6}{'  [min, max]     ' if spread else ''}  {'folds':>5}  point",
     ]
+    budget = state.budget_line()  # points over a flash budget are never on the front
+    if budget:
+        lines.insert(1, budget)
     if not rows:
         lines.append("  (no complete points)")
     for label, f in sorted(
