@@ -75,7 +75,13 @@ def run_study(
         summary.concurrency = concurrency(study, planned, free_cpus, max_concurrent)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         t0 = time.perf_counter()
-        for part in parts(planned, summary.concurrency):
+        todo = parts(planned, summary.concurrency)
+        # The parts hold the payloads now (about 1 KB a trial): the plan's list goes, and
+        # each part's once it has run, so later parts reuse that memory (the driver's
+        # memory per trial run, benchmarks/driver_memory.py).
+        planned.payloads.clear()
+        while todo:
+            part = todo.pop(0)
             before = summary.ran
             make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
             if part.payloads and summary.ran - before < sum(len(p.keys) for p in part.payloads):
@@ -128,9 +134,10 @@ TUNE_PART, TUNE_PART_PER_SLOT = 1000, 50
 
 
 def parts(planned: Plan, slots: int) -> list[Plan]:
-    """The run as Tune runs: the whole plan for a search, else parts of its trials in order."""
+    """The run as Tune runs: the whole plan for a search, else parts of its trials in order,
+    each with a list of its own."""
     size = max(TUNE_PART, TUNE_PART_PER_SLOT * slots)
-    if not planned.payloads or len(planned.payloads) <= size:
+    if not planned.payloads:
         return [planned]
     return [
         planned._replace(payloads=planned.payloads[i : i + size])
