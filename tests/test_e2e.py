@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
 
 
 def test_cross_validation_writes_k_row_sets_per_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """k row sets per config; ``grid run`` (in this process, so the driver can be watched)
     builds its state once, reads no finished key back (the workers' summaries are trusted)
@@ -103,8 +104,11 @@ def test_cross_validation_writes_k_row_sets_per_config(
 
     monkeypatch.setattr(state_mod, "read_rows", read_rows)
     monkeypatch.setattr(state_mod, "scan", scan)
-    code = cli.main(["run", str(cv), "--results", str(tmp_path)])
-    out = capsys.readouterr().out
+    # A real file: Tune pickles its callbacks, and the progress callback's stream with them
+    # (cloudpickle copies a file opened for reading too; pytest's capture it cannot pickle).
+    with (tmp_path / "stdout.txt").open("w+") as f, contextlib.redirect_stdout(f):
+        code = cli.main(["run", str(cv), "--results", str(tmp_path)])
+    out = (tmp_path / "stdout.txt").read_text()
     assert code == 0, out[-3000:]
     assert "fold=2/3" in out
     assert read == [] and len(scans) == 1  # the state, built once; no finished key read back

@@ -1,10 +1,11 @@
 """The thin Ray Tune adapter around :func:`trainables.trial.run_trial`.
 
-A Tune trial runs one grid *point*: a list of trial configs, one per fold
-(the grid gives one fold per Tune trial, a search all folds of a point),
-handed over as a :class:`TrialPayload` under ``config["payload"]``.
-Folds already complete in the store are read back, not run again, so a
-retried or resumed point never trains a fold twice.  A fold that fails is
+A Tune trial runs one *payload* (:class:`TrialPayload`, under
+``config["payload"]``): a grid point and the trial config of each fold it runs
+(the grid gives one fold per Tune trial, a search all folds of a point).  It
+reports each fold's summary (``trainables.rows.summarize``), which the driver
+takes as it is.  Folds already complete in the store are read back, not run
+again, so a retried or resumed payload never trains a fold twice.  A fold that fails is
 stored as a failed row and then raised, so Tune retries it
 (``FailureConfig``); the retry's rows replace the failed row.
 
