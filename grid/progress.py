@@ -122,7 +122,7 @@ def announce(
         f"{planned.skipped} already complete, {planned.todo} to run -> {results_dir}\n"
     )
     summary.front = state.save(strategy.value)
-    if summary.front.points:
+    if summary.front.points and planned.todo > 0:  # with nothing to run, the end prints it
         out.write(summary.front.describe(state.obj) + "\n")
     budget = state.budget_line()
     if budget:
