@@ -30,7 +30,7 @@ from typing import Any
 from driver_memory import trivial_study
 
 from grid import space
-from grid.loggers import unit_attrs
+from grid.loggers import payload_attrs
 from grid.planning import payload
 from grid.searcher import PointSearcher, optuna_searcher
 from grid.spec import SamplerName, Strategy, Study
@@ -67,12 +67,12 @@ def write_journal(study: Study, state: StudyState, n: int) -> float:
     rng = random.Random(n)
     trials = []
     for point in rng.sample(state.points, n):
-        unit = payload(point, state.trials[space.point_label(point)]).config()["unit"]
+        sent = payload(point, state.trials[space.point_label(point)]).config()["payload"]
         values = [rng.random(), float(rng.randint(100, 4000))]
         trials.append(
             create_trial(
                 params=space.to_params(study, point), distributions=dists, values=values,
-                user_attrs={**unit_attrs(study, unit), "answered": "trained"},
+                user_attrs={**payload_attrs(study, sent), "answered": "trained"},
             )
         )  # fmt: skip
     ostudy.add_trials(trials)

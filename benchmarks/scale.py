@@ -361,7 +361,7 @@ def operations(
     def planning() -> str:
         state = StudyState(study, folder)
         p = plan(study, state)
-        return f"{len(p.units):,} of {p.total:,} trials left"
+        return f"{len(p.payloads):,} of {p.total:,} trials left"
 
     def pareto() -> str:
         out = grid_cmd("pareto", folder, timeout=timeout)

@@ -125,7 +125,7 @@ def optuna_run(
             config = searcher.suggest(f"t{i}")
             if not isinstance(config, dict):
                 break
-            label = config["unit"]["label"]
+            label = config["payload"]["label"]
             result = dict(zip(state.obj.names, table[label], strict=True), status="complete")
             searcher.on_trial_complete(f"t{i}", result=result)
             visited.append(label)

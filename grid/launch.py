@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from grid import preflight
 from grid.planning import RunPlan, concurrency, missing, plan
-from grid.progress import RunSummary, announce, progress_callback
+from grid.progress import RunSummary, announce, front_table, progress_callback
 from grid.ray_start import ray_driver
 from grid.spec import Strategy, Study
 from grid.state import StudyState
@@ -44,9 +44,14 @@ def run_study(
     results: str | None = None,
     address: str | None = None,
     max_concurrent: int | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> RunSummary:
-    """Run what is missing of ``study``; write rows (and search state) under its results folder."""
+    """Run what is missing of ``study``; write rows (and search state) under its results folder.
+
+    Prints to ``out`` (default: ``sys.stdout`` as it is when called, so a captured stdout
+    captures it); the summary's ``table`` is the front at the end.
+    """
+    out = out if out is not None else sys.stdout
     results_dir = study.results_dir(results)
     preflight.check_results(results_dir)  # before Ray starts: a bad location fails in a second
     state = StudyState(study, results_dir)
@@ -56,6 +61,7 @@ def run_study(
         preflight.check_inputs(study, local=not ray_address)
     summary = announce(study, state, planned, results_dir, out)
     if planned.todo <= 0:
+        summary.table = front_table(state, summary.front or state.front())
         compact_loose(results_dir, state, out)
         return summary
     searcher = None
@@ -69,18 +75,26 @@ def run_study(
         summary.concurrency = concurrency(study, planned, free_cpus, max_concurrent)
         sink = ParquetSink(str(results_dir), study.name, git_revision())
         t0 = time.perf_counter()
-        for part in parts(planned, summary.concurrency):
+        todo = parts(planned, summary.concurrency)
+        # The parts hold the payloads now (about 1 KB a trial): the plan's list goes, and
+        # each part's once it has run, so later parts reuse that memory (the driver's
+        # memory per trial run, benchmarks/driver_memory.py).
+        planned.payloads.clear()
+        while todo:
+            part = todo.pop(0)
             before = summary.ran
             make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
-            if part.units and summary.ran - before < sum(len(u.keys) for u in part.units):
+            if part.payloads and summary.ran - before < sum(len(p.keys) for p in part.payloads):
                 break  # interrupted (Ctrl-C, a lost cluster): the store says what is left
         summary.wall_s = time.perf_counter() - t0
-    # The store is the truth: a trial that wrote its rows just before an
-    # interruption counts, one that did not is still to do.
-    final = StudyState(study, results_dir)
-    summary.front = final.save(study.search.strategy.value)
-    summary.missing = missing(study, final)
-    compact_loose(results_dir, final, out)
+    # The state was built once, at the start, and kept current from the workers' reports.
+    # The store is the truth: a trial that wrote its rows just before an interruption
+    # counts (one listing finds such keys; only they are read), one that did not is to do.
+    state.settle()
+    summary.front = state.save(study.search.strategy.value)
+    summary.table = front_table(state, summary.front)
+    summary.missing = missing(study, state)
+    compact_loose(results_dir, state, out)
     return summary
 
 
@@ -120,13 +134,14 @@ TUNE_PART, TUNE_PART_PER_SLOT = 1000, 50
 
 
 def parts(planned: RunPlan, slots: int) -> list[RunPlan]:
-    """The run as Tune runs: the whole plan for a search, else parts of its trials in order."""
+    """The run as Tune runs: the whole plan for a search, else parts of its trials in order,
+    each with a list of its own."""
     size = max(TUNE_PART, TUNE_PART_PER_SLOT * slots)
-    if not planned.units or len(planned.units) <= size:
+    if not planned.payloads:
         return [planned]
     return [
-        planned._replace(units=planned.units[i : i + size])
-        for i in range(0, len(planned.units), size)
+        planned._replace(payloads=planned.payloads[i : i + size])
+        for i in range(0, len(planned.payloads), size)
     ]
 
 
@@ -152,7 +167,7 @@ def make_tuner(
         search_alg = searcher or optuna_searcher(study, state)
         samples = planned.todo // study.folds
     else:
-        param_space, search_alg, samples = TrialPayload.param_space(planned.units), None, 1
+        param_space, search_alg, samples = TrialPayload.param_space(planned.payloads), None, 1
     return tune.Tuner(
         fn,
         param_space=param_space,

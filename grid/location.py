@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
 from grid.errors import ResultsError
 
 

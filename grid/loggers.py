@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from grid.spec import Logger, StudyError
 from trainables.modelspec import model_label
+from trainables.ray_adapter import CONFIG_KEY
 
 if TYPE_CHECKING:
     from grid.spec import Study
@@ -77,14 +78,15 @@ def point_attrs(study: Study, point: Mapping[str, Any]) -> dict[str, Attr]:
     }
 
 
-def unit_attrs(study: Study, unit: Mapping[str, Any]) -> dict[str, Attr]:
-    """A Tune trial's unit (``config['unit']``): its point's axis values, its folds and keys."""
-    folds = [int(t["fold"]) for t in unit["trials"]]
+def payload_attrs(study: Study, payload: Mapping[str, Any]) -> dict[str, Attr]:
+    """A Tune trial's payload (``config['payload']``, as JSON): its point's axis values, its
+    folds and keys."""
+    folds = [int(t["fold"]) for t in payload["trials"]]
     return {
-        **point_attrs(study, unit["point"]),
+        **point_attrs(study, payload["point"]),
         "folds": ",".join(map(str, folds)),
-        "key": ",".join(unit["keys"]),  # one key per fold, in the rows' `key` column
-        "point": str(unit["label"]),
+        "key": ",".join(payload["keys"]),  # one key per fold, in the rows' `key` column
+        "point": str(payload["label"]),
     }
 
 
@@ -142,7 +144,7 @@ def _mlflow_callback(study: Study, uri: str) -> Any:
         """A run per Tune trial, named by its point; params are the axis values and keys."""
 
         def log_trial_start(self, trial: Any) -> None:
-            attrs = unit_attrs(study, trial.config["unit"])
+            attrs = payload_attrs(study, trial.config[CONFIG_KEY])
             if trial not in self._trial_runs:
                 tags = {**(self.tags or {}), "trial_name": str(trial), "study": study.name}
                 run = self.mlflow_util.start_run(tags=tags, run_name=_run_name(attrs))
@@ -162,7 +164,7 @@ def _tensorboard_callback(study: Study, root: Path) -> Any:
         def log_trial_start(self, trial: Any) -> None:
             if trial in self._trial_writer:
                 self._trial_writer[trial].close()
-            folder = root / "_".join(trial.config["unit"]["keys"])
+            folder = root / "_".join(trial.config[CONFIG_KEY]["keys"])
             folder.mkdir(parents=True, exist_ok=True)
             self._trial_writer[trial] = self._summary_writer_cls(str(folder), flush_secs=30)
             self._trial_result[trial] = {}
@@ -170,7 +172,7 @@ def _tensorboard_callback(study: Study, root: Path) -> Any:
         def _try_log_hparams(self, trial: Any, result: dict[str, Any]) -> None:
             from tensorboardX.summary import hparams
 
-            attrs = unit_attrs(study, trial.config["unit"])
+            attrs = payload_attrs(study, trial.config[CONFIG_KEY])
             for tag in hparams(hparam_dict=dict(attrs), metric_dict=result):
                 self._trial_writer[trial].file_writer.add_summary(tag)
 

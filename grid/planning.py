@@ -74,7 +74,8 @@ def tally(
 class RunPlan(NamedTuple):
     """A run's work: its Tune trials (grid/random) and how many trials it answers for."""
 
-    units: list[TrialPayload]  # Tune trials for a grid/random run, longest first (none for optuna)
+    # One payload per Tune trial of a grid/random run, longest first (none for optuna)
+    payloads: list[TrialPayload]
     total: int  # trials this run answers for: the grid, or the search budget x folds
     skipped: int  # of which already complete in the store
 
@@ -155,7 +156,7 @@ def concurrency(
     """
     res = study.resources
     want = (
-        len(planned.units)
+        len(planned.payloads)
         if study.search.strategy != Strategy.optuna
         else planned.todo // study.folds
     )
@@ -172,5 +173,5 @@ def missing(study: Study, final: StudyState) -> int:
         exhausted = len(final.point_values()) >= study.point_count
         failed_now = tally(final.status, final.status).failed
         return 0 if exhausted else max(0, after.todo - failed_now)
-    left = tally((k for u in after.units for k in u.keys), final.status)
+    left = tally((k for u in after.payloads for k in u.keys), final.status)
     return left.stale + left.todo

@@ -1,10 +1,16 @@
 """What the driver prints and counts while a study runs.
 
 :func:`announce` prints what a run is about to do; :func:`progress_callback`
-is a Tune callback on the driver that prints one line per finished trial
-(with the front's hypervolume and an ETA), keeps ``status.json`` and
-``search.json`` current, and counts into the :class:`RunSummary` that
-``grid run`` reports at the end.
+is a Tune callback on the driver that prints one line per finished Tune trial
+(with the front's hypervolume and an ETA), takes the summaries the trial's
+worker reported into the study's state (it never reads the trial's rows back
+from the store), keeps ``status.json`` and ``search.json`` current, and counts
+into the :class:`RunSummary` that ``grid run`` reports at the end, with the
+front as :func:`front_table` prints it: one row per point (a config, its folds
+aggregated).
+
+A Tune trial runs one :class:`~trainables.ray_adapter.TrialPayload` (a payload):
+a point and the trial config of each of its folds that it runs.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -44,6 +51,7 @@ class RunSummary:
     missing: int = 0  # neither complete nor failed after the run (interrupted)
     strategy: str = "grid"
     front: space.Front | None = None
+    table: str = ""  # the front at the run's end, as front_table prints it
 
     @property
     def ran(self) -> int:
@@ -114,7 +122,7 @@ def announce(
         f"{planned.skipped} already complete, {planned.todo} to run -> {results_dir}\n"
     )
     summary.front = state.save(strategy.value)
-    if summary.front.points:
+    if summary.front.points and planned.todo > 0:  # with nothing to run, the end prints it
         out.write(summary.front.describe(state.obj) + "\n")
     budget = state.budget_line()
     if budget:
@@ -123,10 +131,9 @@ def announce(
     return summary
 
 
-def point_line(study: Study, unit: TrialPayload) -> str:
-    """The point's axis values for a progress line (adversarial training, model, per-layer JR and
-    fold only where they say something)."""
-    p = unit.point
+def point_text(study: Study, p: Mapping[str, Any]) -> str:
+    """A point's axis values (adversarial training, model and per-layer JR only where they
+    say something)."""
     adv = study.axes.adversarial[int(p["adversarial"])]
     extra = f" adv={adv.method.value}@{adv.eps:g}" if adv.method.value != "none" else ""
     if "model" in p:
@@ -140,14 +147,76 @@ def point_line(study: Study, unit: TrialPayload) -> str:
             + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.items())
             for f, o in p["layers"].items()
         )
-    if len(unit.keys) == 1 and study.folds > 1:
-        extra += f" fold={unit.trials[0].fold + 1}/{study.folds}"
-    elif study.folds > 1:
-        extra += f" folds={len(unit.keys)}"
     return (
         f"bits={p['bits']:<7} sparsity={p['sparsity']:<4g} "
         f"clusters={p['clusters']:<3} jr={p['jr_weight']:<6g}{extra}"
     )
+
+
+def payload_line(study: Study, payload: TrialPayload) -> str:
+    """A progress line's account of what a Tune trial ran: its point, and which folds."""
+    extra = ""
+    if len(payload.keys) == 1 and study.folds > 1:
+        extra = f" fold={payload.trials[0].fold + 1}/{study.folds}"
+    elif study.folds > 1:
+        extra = f" folds={len(payload.keys)}"
+    return point_text(study, payload.point) + extra
+
+
+def headline_text(study: Study) -> str:
+    """What ``robust`` and ``bytes`` hold: ``robust = worst case over the attacks (L-inf) at
+    eps 0.1; bytes: encoded`` (the study's headline, its eps and norm resolved)."""
+    h = study.headline
+    attack, eps, norm, size = h.attack, h.eps, h.norm, h.size
+    if eps is None:  # no attacks: a trial's robust accuracy is its clean accuracy
+        return f"robust = clean accuracy (no attacks); bytes: {size}"
+    who = "worst case over the attacks" if attack == "worst" else attack
+    return (
+        f"robust = {who} ({'L-inf' if norm == 'inf' else f'L{norm}'}) at eps {eps:g}; bytes: {size}"
+    )
+
+
+def front_table(state: StudyState, front: space.Front) -> str:
+    """The front, one row per point (a config: its folds aggregated), smallest first.
+
+    Each figure is the mean over the point's folds, ``[min, max]`` their spread (shown
+    when a point has several folds), ``folds`` how many; the point's front and hypervolume
+    are the state's (the means), as ``grid status`` and ``search.json`` have them.
+    """
+    study = state.study
+    rows = []
+    for label in front.labels:
+        folds = state.folds(label)
+        assert folds is not None  # a point on the front is complete
+        rows.append((label, folds))
+    spread = any(len(f["bytes"]) > 1 for _, f in rows)
+
+    def cell(values: list[float]) -> str:
+        mean = f"{sum(values) / len(values):>6.3f}"
+        return mean + (f"  [{min(values):.3f}, {max(values):.3f}]" if spread else "")
+
+    how = "mean over its folds [min, max]" if spread else "one fold each"
+    lines = [
+        front.describe(state.obj),
+        f"per point (a config; {how}): {headline_text(study)}",
+        f"  {'bytes':>9}  {'robust':>6}{'  [min, max]     ' if spread else ''}"
+        f"  {'clean':>6}{'  [min, max]     ' if spread else ''}  {'folds':>5}  point",
+    ]
+    budget = state.budget_line()  # points over a flash budget are never on the front
+    if budget:
+        lines.insert(1, budget)
+    if not rows:
+        lines.append("  (no complete points)")
+    for label, f in sorted(
+        rows,
+        key=lambda r: (sum(r[1]["bytes"]) / len(r[1]["bytes"]), -sum(r[1]["robust_acc"]), r[0]),
+    ):
+        nbytes = sum(f["bytes"]) / len(f["bytes"])
+        lines.append(
+            f"  {nbytes:>9,.0f}  {cell(f['robust_acc'])}  {cell(f['clean_acc'])}  "
+            f"{len(f['bytes']):>5}  {point_text(study, state.point_of(label)).rstrip()}"
+        )
+    return "\n".join(lines)
 
 
 class LiveFront:
@@ -193,7 +262,7 @@ def progress_callback(
 
     todo = summary.total - summary.skipped
     width = len(str(todo))
-    live: dict[Any, tuple[str, ...]] = {}  # Tune trials started and not yet ended -> keys
+    live: dict[Any, TrialPayload] = {}  # Tune trials started and not yet ended -> payloads
     fronts = LiveFront(state, summary.front or state.front())
 
     def running(plus: Any = None, minus: Any = None) -> list[str]:
@@ -202,11 +271,15 @@ def progress_callback(
         and ``minus`` correct for the trial the callback is about."""
         out = [
             k
-            for t, keys in live.items()
+            for t, payload in live.items()
             if (t.status == "RUNNING" or t is plus) and t is not minus
-            for k in keys
+            for k in payload.keys
         ]
         return list(dict.fromkeys(out))
+
+    def payload_of(trial: Any) -> TrialPayload:
+        got = live.get(trial)
+        return got if got is not None else TrialPayload.of(trial.config)
 
     res = state.study.resources
     sampled = [0.0]  # when the cluster's slots were last sampled (perf_counter)
@@ -224,19 +297,21 @@ def progress_callback(
         def on_trial_start(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            live[trial] = TrialPayload.of(trial.config).keys
+            live[trial] = TrialPayload.of(trial.config)
             write_status(state.results_dir, running=running(plus=trial))
             sample(force=summary.held is None)
 
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
-            unit = TrialPayload.of(trial.config)
-            summary.completed += len(unit.keys)
+            payload = payload_of(trial)
+            summary.completed += len(payload.keys)
             summary.trial_s += float(result.get("total_s") or 0.0)
-            for key in unit.keys:
-                state.refresh(key)
-            front = fronts.add(unit.label)
+            # The worker's own summary of each fold (trainables.ray_adapter.run_payload),
+            # made from the rows it has just stored: the driver trusts it, no read back.
+            for fold in result["folds"]:
+                state.take(fold)
+            front = fronts.add(payload.label)
             state.save(summary.strategy, front)
             summary.front = front
             done = summary.ran
@@ -245,7 +320,7 @@ def progress_callback(
             now = running(minus=trial)
             live.pop(trial, None)
             out.write(
-                f"[{done:>{width}}/{todo}] {point_line(state.study, unit)} | "
+                f"[{done:>{width}}/{todo}] {payload_line(state.study, payload)} | "
                 f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
                 f"{result['bytes']:>9,.0f} B | {result.get('total_s') or 0:5.1f}s | "
                 f"HV {front.normalized:.4f} front {len(front.labels)} "
@@ -259,7 +334,7 @@ def progress_callback(
         def on_trial_recover(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            keys = TrialPayload.of(trial.config).keys
+            keys = payload_of(trial).keys
             out.write(f"[retry] {', '.join(keys)}: {last_error(trial)}\n")
             out.flush()
 
@@ -267,15 +342,15 @@ def progress_callback(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             # Failed for good, after Tune's retries.
-            unit = TrialPayload.of(trial.config)
+            payload = payload_of(trial)
             reason = last_error(trial)
-            for cfg in unit.trials:
+            for cfg in payload.trials:
                 if state.settle_failed(cfg, reason, sink):
                     summary.completed += 1
                 else:
                     summary.failed += 1
                     summary.failures.append(f"{cfg.key}: {reason[:300]}")
-            out.write(f"[failed] {', '.join(unit.keys)}: {reason[:200]}\n")
+            out.write(f"[failed] {', '.join(payload.keys)}: {reason[:200]}\n")
             out.flush()
             now = running(minus=trial)
             live.pop(trial, None)

@@ -12,10 +12,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from grid import space
-from grid.loggers import unit_attrs
+from grid.loggers import payload_attrs
 from grid.planning import payload
 from grid.spec import Study, StudyError
 from grid.state import StudyState
+from trainables.ray_adapter import CONFIG_KEY
 from trainables.rows import STATUS_COMPLETE
 
 CONSTRAINT_ATTR = "bytes_over_budget"  # bytes - objective.max_bytes (> 0: infeasible)
@@ -53,10 +54,10 @@ class PointSearcher(Searcher):
         self.extra = [ans] if ans is not None else []
         self.total = study.point_count + len(self.extra)  # distinct points there are
 
-    def _record(self, tid: str, unit: dict[str, Any], answered: str) -> None:
+    def _record(self, tid: str, sent: dict[str, Any], answered: str) -> None:
         """The point's real axis values and keys as the Optuna trial's user attributes."""
         trial = self.inner._ot_trials[tid]  # OptunaSearch's optuna.Trial of this id (Ray 2.60)
-        for name, value in {**unit_attrs(self.study, unit), "answered": answered}.items():
+        for name, value in {**payload_attrs(self.study, sent), "answered": answered}.items():
             trial.set_user_attr(name, value)
 
     def _tell(self, tid: str, result: dict[str, Any] | None, error: bool = False) -> None:
@@ -94,7 +95,7 @@ class PointSearcher(Searcher):
             point = space.to_point(self.study, params)
             label = self.state.meet(point)
             config = payload(point, self.state.trials[label]).config()
-            this = config["unit"]  # the payload as Tune carries it (JSON)
+            this = config[CONFIG_KEY]  # the payload as Tune carries it (JSON)
             if label in self.known:
                 self.redraws += 1
                 self._record(tid, this, "store")
@@ -212,8 +213,8 @@ def optuna_study(study: Study, state: StudyState, storage: Any = None) -> Any:
             params = space.to_params(study, point)
         except ValueError:
             continue  # a seed outside Optuna's space (the ans_hybrid point)
-        this = payload(point, state.trials[label]).config()["unit"]
-        attrs: dict[str, Any] = {**unit_attrs(study, this), "answered": "store"}
+        this = payload(point, state.trials[label]).config()[CONFIG_KEY]
+        attrs: dict[str, Any] = {**payload_attrs(study, this), "answered": "store"}
         system: dict[str, Any] = {}
         if budget:  # as Trial.set_constraint stores it
             attrs[CONSTRAINT_ATTR] = bytes_over(study, vals[by_bytes])

@@ -2,7 +2,9 @@
 
 The Parquet rows are the truth: :class:`StudyState` reads which trial keys are
 complete, failed or stale, each complete point's objectives (the mean over its
-folds) and the front, and keeps them current as trials finish.  Two files are
+folds) and the front once, when a run starts, and keeps them current from the
+summaries the workers report as trials finish (:meth:`StudyState.take`: a key a
+worker has just written and summarized is not read back).  Two files are
 the driver's own, written best-effort (the rows are the results, not these):
 ``search.json`` (objectives, reference, hypervolume and its history, the front)
 and ``status.json`` (the live driver: pid, host, running trial keys), which
@@ -59,8 +61,10 @@ class StudyState:
         self.status = stored.status
         self.stale = stored.stale
         self.reasons = stored.reasons  # key -> its first row's reason (failed keys say why)
-        self.values: dict[str, list[float]] = {}  # complete key -> objective values
-        self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired
+        self.values: dict[str, list[float]] = {}  # complete key -> objective values (obj order)
+        # complete key -> clean accuracy, when it is not an objective (the front's table shows it)
+        self.clean: dict[str, float] = {}
+        self.flags: dict[str, str] = {}  # complete key -> masking diagnostics that fired (if any)
         self.params: int | None = None
         self.max_bytes = study.objective.max_bytes  # the flash budget (None: no constraint)
         self.summaries = stored.summaries  # stored key -> its summary, for points met later
@@ -74,6 +78,9 @@ class StudyState:
             for key, st in list(self.status.items()):
                 if st == STATUS_COMPLETE and key in ours:
                     self._apply(key, stored.summaries[key])
+            # Every point is met already: nothing reads the stored summaries again (at 10^5
+            # stored keys they are about 0.1 GB of dicts, kept for the whole run otherwise).
+            self.summaries = {}
         else:
             # A per-layer space is never enumerated: the state holds the points it meets
             # (seeds or the random sample, the store's; the searcher's proposals and the
@@ -170,23 +177,57 @@ class StudyState:
             "point(s) over it, off the front"
         )
 
+    def take(self, summary: dict[str, Any]) -> bool:
+        """Take a key's summary as its worker reported it (``trainables.rows.summarize``'s
+        dict, from the rows the worker has just stored): True when the key is complete."""
+        return self._apply(summary["key"], summary)
+
     def refresh(self, key: str) -> bool:
-        """Re-read ``key``'s rows from the store; True when it is complete."""
+        """Re-read ``key``'s rows from the store; True when it is complete.
+
+        Only where no worker reported them: a trial that failed for good (its worker may
+        have died after storing its rows), or one whose report an interruption lost.
+        """
         rows = read_rows(self.results_dir, key)
         if not rows:
             self.status.pop(key, None)
+            self.reasons.pop(key, None)
             return False
-        self.reasons[key] = rows[0].get("reason") or ""
         return self._apply(key, summarize(rows, self.study.headline))
+
+    def settle(self) -> list[str]:
+        """After a run: re-read the keys stored under ``rows/`` that the state does not hold as
+        complete (a trial that stored its rows just before an interruption, whose report never
+        reached the driver; a failed key's retry likewise).  One listing, and a read of those
+        keys only (complete keys are never re-read); the keys read."""
+        from grid.store import list_rows
+
+        unknown = [
+            k for k in list_rows(self.results_dir).per_key if self.status.get(k) != STATUS_COMPLETE
+        ]
+        for key in unknown:
+            self.refresh(key)
+        return unknown
 
     def _apply(self, key: str, s: dict[str, Any]) -> bool:
         """Take ``key``'s summary (``trainables.rows.summarize``'s) into the state."""
         self.status[key] = s["status"]
         if s["status"] != STATUS_COMPLETE:
+            self.reasons[key] = s["reason"] or ""
             self.values.pop(key, None)
+            self.clean.pop(key, None)
+            self.flags.pop(key, None)
             return False
+        # Per complete key only what the front and the status need: at 10^4 keys each
+        # entry kept is a few hundred bytes of the driver's memory.
+        self.reasons.pop(key, None)
         self.values[key] = [float(s[n]) for n in self.obj.names]
-        self.flags[key] = s["masking_flags"]
+        if "clean_acc" not in self.obj.names:
+            self.clean[key] = float(s["clean_acc"])
+        if s["masking_flags"]:
+            self.flags[key] = s["masking_flags"]
+        else:
+            self.flags.pop(key, None)
         self.params = max(self.params or 0, int(s["params"] or 0)) or None
         return True
 
@@ -221,6 +262,20 @@ class StudyState:
             return None
         vals = [self.values[k] for k in keys]
         return [sum(col) / len(col) for col in zip(*vals, strict=True)]
+
+    def folds(self, label: str) -> dict[str, list[float]] | None:
+        """One complete point's per-fold values (robust_acc, bytes, clean_acc, in key order);
+        None until every fold is complete."""
+        keys = self.keys[label]
+        if not all(k in self.values for k in keys):
+            return None
+        names = self.obj.names
+        out = {n: [self.values[k][names.index(n)] for k in keys] for n in ("robust_acc", "bytes")}
+        out["clean_acc"] = [
+            self.values[k][names.index("clean_acc")] if "clean_acc" in names else self.clean[k]
+            for k in keys
+        ]
+        return out
 
     def front(self) -> space.Front:
         """The front of the complete points within the flash budget."""

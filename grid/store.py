@@ -52,6 +52,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from grid.errors import StudyError
+
 # The store's parts, importable from here as before: locations and JSON state files,
 # the sink, the reads.
 from grid.location import Location, as_location, is_remote, read_json, write_json
@@ -71,7 +73,6 @@ from grid.reads import (
     stale_revisions,
 )
 from grid.sink import ParquetSink, artifacts_dir, write_artifacts
-from grid.errors import StudyError
 from trainables.rowfiles import COMPACTED_PREFIX, is_compacted
 from trainables.rows import STATUS_FAILED
 

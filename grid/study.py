@@ -33,8 +33,8 @@ from grid.sections import (
     check_results,
 )
 from grid.store import Location
-from trainables.headline import Headline
 from trainables.config import Dataset, Folds, Model, ModelName, Seed, TrialConfig
+from trainables.headline import Headline
 from trainables.modelspec import ImportedModel, model_label, source_digest
 
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 from grid.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ResultsError, StudyError
-from grid.results_commands import print_front
 from grid.spec import Study, load_study
 
 
@@ -82,21 +81,13 @@ def _run(study: Study, args: argparse.Namespace) -> int:
         )
         for failure in summary.failures:
             print(f"  failed {failure}")
-    if summary.front is not None and summary.front.points:
-        from grid.space import objectives
-
-        print(summary.front.describe(objectives(study)))
     if summary.missing > 0:
         print(
             f"\ninterrupted: {summary.missing} of {summary.total} trials not done; "
             f"`grid resume` to finish them (complete trials are kept)"
         )
     print()
-    h = study.headline
-    if summary.completed or summary.skipped:
-        print_front(
-            str(results_dir), h.attack, h.eps, h.norm, h.size, max_bytes=study.objective.max_bytes
-        )
+    print(summary.table)  # the one front: per point (config), folds aggregated
     print(f"\nrows: {results_dir.display('rows')}/*.parquet  (grid pareto {results_dir})")
     if summary.missing > 0:
         return EXIT_INTERRUPTED
@@ -104,13 +95,13 @@ def _run(study: Study, args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from grid.planning import tally
     from grid.space import (
         describe_point,
         describe_values,
         objectives,
         random_points,
     )
-    from grid.planning import tally
     from grid.spec import Strategy
     from grid.state import StudyState, live_driver, stale_note
     from grid.store import read_json

@@ -115,10 +115,10 @@ def test_parts_cover_the_plan_in_order(tmp_path: Path, monkeypatch: pytest.Monke
     planned = plan(study, StudyState(study, tmp_path))
     monkeypatch.setattr(launch, "TUNE_PART", 64)
     got = launch.parts(planned, slots=1)
-    assert [len(p.units) for p in got] == [64, 64, 64, 8]
-    assert [u for p in got for u in p.units] == planned.units
+    assert [len(p.payloads) for p in got] == [64, 64, 64, 8]
+    assert [u for p in got for u in p.payloads] == planned.payloads
     assert all((p.total, p.skipped) == (planned.total, planned.skipped) for p in got)
-    assert [len(p.units) for p in launch.parts(planned, slots=4)] == [200]  # 50 a slot: 200
+    assert [len(p.payloads) for p in launch.parts(planned, slots=4)] == [200]  # 50 a slot: 200
     optuna = trivial_study(strategy="optuna", budget=10)
     searched = plan(optuna, StudyState(optuna, tmp_path / "o"))
     assert launch.parts(searched, slots=1) == [searched]  # a search is one Tuner

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from analysis.pareto import pareto_front
@@ -77,11 +81,80 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
     assert {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()} == before
 
 
-def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
+def test_cross_validation_writes_k_row_sets_per_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """k row sets per config; ``grid run`` (in this process, so the driver can be watched)
+    builds its state once, reads no finished key back (the workers' summaries are trusted)
+    and prints one front, a row per config with its folds aggregated."""
+    from grid import cli, store
+    from grid import state as state_mod
+
     cv = STUDIES / "cv_smoke.yaml"
-    proc = grid_cli("run", str(cv), "--results", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "fold=2/3" in proc.stdout
+    read: list[str] = []  # keys the driver read back from the store, by key
+    scans: list[str] = []
+
+    def read_rows(results_dir: Any, key: str) -> Any:
+        read.append(key)
+        return store.read_rows(results_dir, key)  # the real store underneath
+
+    def scan(results_dir: Any, *args: Any) -> Any:
+        scans.append(str(results_dir))
+        return store.scan(results_dir, *args)
+
+    monkeypatch.setattr(state_mod, "read_rows", read_rows)
+    monkeypatch.setattr(state_mod, "scan", scan)
+    # A real file: Tune pickles its callbacks, and the progress callback's stream with them
+    # (cloudpickle copies a file opened for reading too; pytest's capture it cannot pickle).
+    with (tmp_path / "stdout.txt").open("w+") as f, contextlib.redirect_stdout(f):
+        code = cli.main(["run", str(cv), "--results", str(tmp_path)])
+    out = (tmp_path / "stdout.txt").read_text()
+    assert code == 0, out[-3000:]
+    assert "fold=2/3" in out
+    assert read == [] and len(scans) == 1  # the state, built once; no finished key read back
+    # One front, per config: the oracle aggregates the stored rows by hand.
+    rows = pq.read_table(tmp_path / "cv-smoke" / "rows").to_pylist()
+    per_key: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = per_key.setdefault(r["key"], {"bits": r["cfg_bits"], "robust": []})
+        k.update(clean=r["metric_clean_acc"], bytes=r["metric_bytes"])
+        if r["attack"] == "worst" and r["attack_norm"] == "inf" and abs(r["eps"] - 0.1) < 1e-9:
+            k["robust"].append(r["metric_robust_acc"])  # the headline: worst at the largest eps
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for k in per_key.values():
+        assert len(k["robust"]) == 1
+        by_config.setdefault(str(k["bits"]), []).append(k)
+    agg = {
+        bits: {
+            "robust": [k["robust"][0] for k in ks],
+            "clean": [k["clean"] for k in ks],
+            "bytes": sum(k["bytes"] for k in ks) / len(ks),
+            "folds": len(ks),
+        }
+        for bits, ks in by_config.items()
+    }
+    front = brute_force_front(
+        [(b, sum(a["robust"]) / len(a["robust"]), a["bytes"]) for b, a in agg.items()]
+    )
+    assert "Pareto front" not in out and out.count(" hypervolume ") == 1  # one front printed
+    row = re.compile(
+        r"^\s+([\d,]+)\s+([\d.]+)\s+\[([\d.]+), ([\d.]+)\]\s+([\d.]+)\s+\[([\d.]+), ([\d.]+)\]"
+        r"\s+(\d+)\s+bits=(\S+)"
+    )
+    printed = {m.group(9): m.groups()[:8] for m in map(row.match, out.splitlines()) if m}
+    assert set(printed) == front
+
+    def mean(v: list[float]) -> float:
+        return sum(v) / len(v)
+
+    for bits, got in printed.items():
+        a = agg[bits]
+        want = (
+            f"{a['bytes']:,.0f}", f"{mean(a['robust']):.3f}", f"{min(a['robust']):.3f}",
+            f"{max(a['robust']):.3f}", f"{mean(a['clean']):.3f}", f"{min(a['clean']):.3f}",
+            f"{max(a['clean']):.3f}", "3",
+        )  # fmt: skip
+        assert got == want, (bits, got, want)
     con = connect(tmp_path / "cv-smoke")
     per_config = con.execute(
         "SELECT cfg_bits, count(DISTINCT key), list(fold ORDER BY fold), bool_and(status = 'complete') "

@@ -61,10 +61,8 @@ def test_search_names_objectives_and_records_real_values(tmp_path: Path) -> None
     """A proposal of a running point waits and is told that point's values: never 'pruned'."""
     study = parse_study(TWO_POINTS)
     searcher = optuna_searcher(study, StudyState(study, tmp_path))
-    first = searcher.suggest("t0")["unit"]
-    second = searcher.suggest("t1")[
-        "unit"
-    ]  # Optuna re-proposes t0's point until it draws the other
+    first = searcher.suggest("t0")["payload"]
+    second = searcher.suggest("t1")["payload"]  # Optuna re-proposes t0's point till the other
     assert {first["label"], second["label"]} == {space.point_label(p) for p in space.points(study)}
     assert searcher.redraws > 0  # the seeded sampler did re-propose t0's running point
     values = {first["label"]: (0.61, 1200.0), second["label"]: (0.42, 39720.0)}
@@ -105,8 +103,8 @@ def test_store_answers_and_left_running_trials_are_complete(tmp_path: Path) -> N
     a trial a dead driver left running is complete when the store has its point, failed if not."""
     study = parse_study({**TWO_POINTS, "axes": {"bits": ["float", 4, "ternary"]}})
     dead = optuna_searcher(study, StudyState(study, tmp_path))
-    left = dead.suggest("left")["unit"]  # asked, never told: the driver died
-    other = dead.suggest("other")["unit"]
+    left = dead.suggest("left")["payload"]  # asked, never told: the driver died
+    other = dead.suggest("other")["payload"]
     key = left["keys"][0]
     ParquetSink(str(tmp_path), study.name, "t")(
         key,

@@ -467,7 +467,7 @@ def test_searcher_runs_seeds_first_and_tells_the_budget_constraint(
     seen = []
     for i in range(study.budget):
         config = searcher.suggest(f"t{i}")
-        unit = config["unit"]
+        unit = config["payload"]
         assert unit["keys"] == [t.key for t in study.point_trials(unit["point"])]
         seen.append(unit["label"])
         result = {"robust_acc": 0.5, "bytes": _bytes(study, unit["point"]), "status": "complete"}
@@ -497,9 +497,9 @@ def test_random_strategy_plans_distinct_per_layer_points(tmp_path: Path) -> None
     study = layered(SHOWCASE, search={"strategy": "random", "budget": 7})
     state = StudyState(study, tmp_path)
     planned = plan(study, state)
-    assert planned.total == 7 and len(planned.units) == 7
-    labels = [u.label for u in planned.units]
+    assert planned.total == 7 and len(planned.payloads) == 7
+    labels = [u.label for u in planned.payloads]
     assert len(set(labels)) == 7
     assert set(labels) == {space.point_label(p) for p in space.random_points(study, 7, 0)}
-    for u in planned.units:
+    for u in planned.payloads:
         assert list(u.keys) == [study.point_trials(u.point)[0].key]

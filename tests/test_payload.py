@@ -27,7 +27,7 @@ STUDY: dict[str, Any] = {
 
 def test_a_grid_runs_payloads_through_tunes_param_space_as_plain_json(tmp_path: Path) -> None:
     study = parse_study(STUDY)
-    units = plan(study, StudyState(study, tmp_path)).units
+    units = plan(study, StudyState(study, tmp_path)).payloads
     assert len(units) == 16  # 8 points x 2 folds, one Tune trial each
     # Tune's own variant generator resolves the param_space into one config per trial.
     configs = [config for _, config in generate_variants(TrialPayload.param_space(units))]

@@ -108,7 +108,7 @@ def _requests(s3: S3, study_file: Path, study: Any) -> tuple[str, int, int]:
     assert "(grid, 300 trials): 290 done, 0 running, 0 failed, 10 to do" in status.stdout
     n_status = _settled(s3.log) - before
     planned = plan(study, StudyState(study, study.results_dir()))
-    assert (planned.total, planned.skipped, len(planned.units)) == (300, 290, 10)
+    assert (planned.total, planned.skipped, len(planned.payloads)) == (300, 290, 10)
     return status.stdout, n_status, _settled(s3.log) - before - n_status
 
 

@@ -138,7 +138,7 @@ def test_searcher_proposes_each_point_once_and_finishes(sampler: str, tmp_path: 
         if not isinstance(config, dict):
             assert config == "FINISHED"
             break
-        unit = config["unit"]
+        unit = config["payload"]
         assert unit["keys"] == [t.key for t in study.point_trials(unit["point"])]
         seen.append(unit["label"])
         result = dict(
@@ -175,7 +175,7 @@ def test_resumed_search_learns_from_the_store(tmp_path: Path) -> None:
     assert complete == {space.point_label(p) for p in stored}
     searcher = PointSearcher(first.inner, study, state)
     config = searcher.suggest("next")
-    assert config["unit"]["label"] not in complete  # never a point the store already has
+    assert config["payload"]["label"] not in complete  # never a point the store already has
 
 
 def test_optuna_sees_ordered_axes_as_ranks() -> None:

@@ -31,7 +31,7 @@ Deliberate deviations, all outside the attack's arithmetic:
   torch's generator: same distributions, other draws;
 - the reference returns the clean input for examples it does not fool; these
   return that example's ``x_best`` (the highest-loss point; for APGD-T the
-  highest over the target runs), as INTERFACE.md asks;
+  highest over the target runs);
 - APGD-T's schedule (deliberate, for speed): the reference runs the targets one
   after another, each on the examples no earlier target fooled; here every
   clean-correct example runs against every target in ONE batch (9 x n rows,

@@ -1,8 +1,9 @@
 """Models built from QKeras layers so that every axis applies.
 
 The Q-layers are subclassed to implement tfmot's ``ClusterableLayer``:
-``cluster_weights`` refuses QKeras layers otherwise (DESIGN.md).  Pruning
-accepts them as they are (they implement ``get_prunable_weights``).
+``cluster_weights`` refuses QKeras layers otherwise (docs/development.md, "Facts
+checked on this stack").  Pruning accepts them as they are (they implement
+``get_prunable_weights``).
 
 Every model outputs logits.  Per-layer quantizer overrides
 (``TrialConfig.layer_bits``, e.g. first and last layer at 8 bits) replace

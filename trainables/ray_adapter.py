@@ -1,10 +1,11 @@
 """The thin Ray Tune adapter around :func:`trainables.trial.run_trial`.
 
-A Tune trial runs one grid *point*: a list of trial configs, one per fold
-(the grid gives one fold per Tune trial, a search all folds of a point),
-handed over as a :class:`TrialPayload` under ``config["unit"]``.
-Folds already complete in the store are read back, not run again, so a
-retried or resumed point never trains a fold twice.  A fold that fails is
+A Tune trial runs one *payload* (:class:`TrialPayload`, under
+``config["payload"]``): a grid point and the trial config of each fold it runs
+(the grid gives one fold per Tune trial, a search all folds of a point).  It
+reports each fold's summary (``trainables.rows.summarize``), which the driver
+takes as it is.  Folds already complete in the store are read back, not run
+again, so a retried or resumed payload never trains a fold twice.  A fold that fails is
 stored as a failed row and then raised, so Tune retries it
 (``FailureConfig``); the retry's rows replace the failed row.
 
@@ -35,7 +36,7 @@ from trainables.trivial import TRIVIAL
 Row = dict[str, Any]
 
 # Where the payload sits in a Tune trial's config (param_space, a searcher's suggestion).
-CONFIG_KEY = "unit"
+CONFIG_KEY = "payload"
 
 
 class TrialPayload(BaseModel):
@@ -131,13 +132,15 @@ def _random_fault(key: str, moment: str) -> None:
     raise RuntimeError(f"injected fault: trial {key}, {moment}")
 
 
-def run_point(
+def run_payload(
     payload: TrialPayload,
     sink: RowSink,
     objective: Headline = DEFAULT_HEADLINE,
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or read back) every fold of a point; the mean over folds of each objective."""
+    """Run (or read back) every fold of a payload; the mean over folds of each objective, and
+    each fold's own summary (``folds``: the driver takes them as they are, without reading
+    the store)."""
     run_trial: Callable[..., list[Row]]
     if os.environ.get(TRIVIAL):  # benchmarks/driver_memory.py: rows without training
         from trainables.trivial import trivial_trial as run_trial
@@ -179,6 +182,7 @@ def run_point(
         "masking_flags": ",".join(
             sorted({n for f in folds for n in f["masking_flags"].split(",") if n})
         ),
+        "folds": folds,  # one trainables.rows.summarize dict per fold, in payload order
         "folds_run": ran,
         "total_s": compute,  # this attempt's own compute (folds read back cost nothing)
     }
@@ -192,4 +196,4 @@ def trainable(
 ) -> None:
     from ray import tune
 
-    tune.report(run_point(TrialPayload.of(config), sink, objective, artifacts))
+    tune.report(run_payload(TrialPayload.of(config), sink, objective, artifacts))

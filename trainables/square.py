@@ -35,7 +35,7 @@ Deliberate deviations:
   on each axis; a tile that would not fit is skipped (the reference drops the
   empty ones and raises on partial ones);
 - examples the attack does not fool come back as their best point (lowest
-  margin) instead of the clean input (INTERFACE.md).
+  margin) instead of the clean input.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A trivial trial kind, for measuring the driver (benchmarks/driver_memory.py): rows, no training.
 
 With ``ROBUSTGRID_TRIVIAL_TRIALS=1`` in the workers' environment,
-:func:`trainables.ray_adapter.run_point` calls :func:`trivial_trial` in place of
+:func:`trainables.ray_adapter.run_payload` calls :func:`trivial_trial` in place of
 :func:`trainables.trial.run_trial`: the trial returns at once with rows in the
 real schema (complete, one per attack and eps of the config, or one clean-only
 row), so everything around it is exercised as in a study (Tune, the sink, the
