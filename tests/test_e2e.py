@@ -92,7 +92,7 @@ def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
     import json
 
     from trainables.config import TrialConfig
-    from trainables.trial import trial_split
+    from trainables.data import trial_split
 
     configs = [
         TrialConfig.model_validate(json.loads(c))
