@@ -45,8 +45,12 @@ def run_study(
     address: str | None = None,
     max_concurrent: int | None = None,
     out: TextIO = sys.stdout,
+    trainable_fn: Callable[..., None] = trainable,
 ) -> RunSummary:
-    """Run what is missing of ``study``; write rows (and search state) under its results folder."""
+    """Run what is missing of ``study``; write rows (and search state) under its results folder.
+
+    ``trainable_fn`` is the Tune trainable (trainables.ray_adapter.trainable's signature):
+    tests and benchmarks wrap the real one (tests/injected.py, trainables/trivial.py)."""
     results_dir = study.results_dir(results)
     preflight.check_results(results_dir)  # before Ray starts: a bad location fails in a second
     state = StudyState(study, results_dir)
@@ -71,7 +75,7 @@ def run_study(
         t0 = time.perf_counter()
         for part in parts(planned, summary.concurrency):
             before = summary.ran
-            make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
+            make_tuner(study, state, part, summary, sink, out, t0, searcher, trainable_fn).fit()
             if part.units and summary.ran - before < sum(len(u.keys) for u in part.units):
                 break  # interrupted (Ctrl-C, a lost cluster): the store says what is left
         summary.wall_s = time.perf_counter() - t0
@@ -133,6 +137,7 @@ def parts(planned: Plan, slots: int) -> list[Plan]:
 def make_tuner(
     study: Study, state: StudyState, planned: Plan, summary: RunSummary, sink: ParquetSink,
     out: TextIO, t0: float | None = None, searcher: Any = None,
+    trainable_fn: Callable[..., None] = trainable,
 ) -> Any:  # fmt: skip
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""
     from ray import tune
@@ -141,7 +146,7 @@ def make_tuner(
 
     res = study.resources
     fn: Callable[..., Any] = tune.with_parameters(
-        trainable, sink=sink, objective=study.headline,
+        trainable_fn, sink=sink, objective=study.headline,
         artifacts=sink.write_artifacts if study.artifacts else None,
     )  # fmt: skip
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})

@@ -27,16 +27,21 @@ TESTS = Path(__file__).parent
 STUDIES = TESTS / "studies"  # the tests' own study files
 SMOKE = STUDIES / "smoke.yaml"
 GRID = [sys.executable, "-m", "grid.cli"]
+# `grid` with faults injected into its trials or its storage (tests/injected.py)
+INJECTED = [sys.executable, "-m", "tests.injected"]
 
 
 def grid_cli(
     *args: str,
     env: dict[str, str] | None = None,
     timeout: int = 900,
+    faults: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run the ``grid`` command line in a subprocess, as a user would (``env`` adds variables)."""
+    """Run the ``grid`` command line in a subprocess, as a user would (``env`` adds variables;
+    ``faults``, tests/injected.py's options, inject faults into its trials)."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=full)
+    cmd = [*INJECTED, *faults, "--", *args] if faults else [*GRID, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full)
 
 
 @dataclass
