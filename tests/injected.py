@@ -222,4 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run from the module as `tests.injected`, not `__main__`: the wrappers then pickle by
+    # reference (the workers import them) instead of by value.
+    from tests.injected import main as injected_main
+
+    sys.exit(injected_main())

@@ -77,9 +77,9 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
     assert {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()} == before
 
 
-def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path) -> None:
+def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path, ray_head: str) -> None:
     cv = STUDIES / "cv_smoke.yaml"
-    proc = grid_cli("run", str(cv), "--results", str(tmp_path))
+    proc = grid_cli("run", str(cv), "--results", str(tmp_path), "--address", ray_head)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fold=2/3" in proc.stdout
     con = connect(tmp_path / "cv-smoke")
