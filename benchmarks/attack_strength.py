@@ -32,7 +32,8 @@ import numpy as np
 from trainables.artifacts import MANIFEST_FILE, load_model
 from trainables.attacks import evaluate_attacks
 from trainables.config import AttackName, AttackSpec, TrialConfig
-from trainables.trial import set_threads, trial_split
+from trainables.data import trial_split
+from trainables.trial import set_threads
 
 
 def main() -> None:

@@ -40,13 +40,16 @@ from grid.store import key_status
 
 HERE = Path(__file__).parent
 GRID = [sys.executable, "-m", "grid.cli"]
+# `grid` whose trials and sink raise at random (tests/injected.py wraps the real ones)
+INJECTED = [sys.executable, "-m", "tests.injected"]
 
 
 def _start(
-    study_file: Path, results: Path, address: str, cmd: str = "run"
+    study_file: Path, results: Path, address: str, cmd: str = "run", faults: list[str] | None = None
 ) -> subprocess.Popen[str]:
+    grid = [*INJECTED, *faults, "--"] if faults else GRID
     return subprocess.Popen(
-        [*GRID, cmd, str(study_file), "--results", str(results), "--address", address],
+        [*grid, cmd, str(study_file), "--results", str(results), "--address", address],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -120,12 +123,9 @@ def main() -> None:
                 raise SystemExit(f"clean run failed:\n{out[-3000:]}")
             clean = count(study, tmp / "clean" / study.name)
 
-            # 2. under faults (the nodes inherit these at their next worker start)
+            # 2. under faults, on a fresh cluster
             c.shutdown()
-            os.environ.update({
-                "ROBUSTGRID_FAULT_RATE": str(args.rate),
-                "ROBUSTGRID_FAULTS": str(tmp / "faults"),
-            })  # fmt: skip
+            faults = ["--fault-rate", str(args.rate), "--faults", str(tmp / "faults")]
             c = Cluster(
                 initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
             )
@@ -134,7 +134,7 @@ def main() -> None:
             folder = tmp / "faulty" / study.name
             outputs = []
             t0 = time.perf_counter()
-            driver = _start(study_file, tmp / "faulty", c.address)
+            driver = _start(study_file, tmp / "faulty", c.address, faults=faults)
             _wait_for(folder, n // 4, driver)
             time.sleep(1.0)  # both nodes into their next trial
             c.remove_node(workers[0], allow_graceful=False)
@@ -145,7 +145,7 @@ def main() -> None:
             os.killpg(driver.pid, signal.SIGKILL)
             outputs.append(driver.communicate()[0])
             print(f"  driver killed at {killed_at}/{n} complete", file=sys.stderr)
-            resume = _start(study_file, tmp / "faulty", c.address, cmd="resume")
+            resume = _start(study_file, tmp / "faulty", c.address, cmd="resume", faults=faults)
             outputs.append(resume.communicate()[0])
             faulty_wall = time.perf_counter() - t0
             faulty = count(study, folder)

@@ -92,11 +92,12 @@ def check_models(study: Study, builtin: bool = False) -> list[Any]:
     Before Ray starts: a layer list's shape errors, a builder that does not import or
     returns the wrong output, a ``layer_bits`` or per-layer JR name the model lacks all
     raise :class:`StudyError` naming the field.  Returns a
-    ``trainables.byom.ModelReport`` per model (``builtin``: the built-in models too,
+    ``trainables.models.ModelReport`` per model (``builtin``: the built-in models too,
     which are known good and skipped otherwise).
     """
-    from trainables.byom import ModelError, model_report
+    from trainables.byom import ModelError
     from trainables.data import dataset_shape
+    from trainables.models import model_report
 
     shape, classes = dataset_shape(study.dataset.name.value)
     for i, a in enumerate(study.attacks):

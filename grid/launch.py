@@ -45,11 +45,14 @@ def run_study(
     address: str | None = None,
     max_concurrent: int | None = None,
     out: TextIO | None = None,
+    trainable_fn: Callable[..., None] = trainable,
 ) -> RunSummary:
     """Run what is missing of ``study``; write rows (and search state) under its results folder.
 
     Prints to ``out`` (default: ``sys.stdout`` as it is when called, so a captured stdout
-    captures it); the summary's ``table`` is the front at the end.
+    captures it); the summary's ``table`` is the front at the end.  ``trainable_fn`` is the
+    Tune trainable (trainables.ray_adapter.trainable's signature): tests and benchmarks wrap
+    the real one (tests/injected.py, trainables/trivial.py).
     """
     out = out if out is not None else sys.stdout
     results_dir = study.results_dir(results)
@@ -83,7 +86,7 @@ def run_study(
         while todo:
             part = todo.pop(0)
             before = summary.ran
-            make_tuner(study, state, part, summary, sink, out, t0, searcher).fit()
+            make_tuner(study, state, part, summary, sink, out, t0, searcher, trainable_fn).fit()
             if part.payloads and summary.ran - before < sum(len(p.keys) for p in part.payloads):
                 break  # interrupted (Ctrl-C, a lost cluster): the store says what is left
         summary.wall_s = time.perf_counter() - t0
@@ -148,6 +151,7 @@ def parts(planned: RunPlan, slots: int) -> list[RunPlan]:
 def make_tuner(
     study: Study, state: StudyState, planned: RunPlan, summary: RunSummary, sink: ParquetSink,
     out: TextIO, t0: float | None = None, searcher: Any = None,
+    trainable_fn: Callable[..., None] = trainable,
 ) -> Any:  # fmt: skip
     """The Tune run: the trainable with its sink and resources, the trials (or the searcher)."""
     from ray import tune
@@ -156,7 +160,7 @@ def make_tuner(
 
     res = study.resources
     fn: Callable[..., Any] = tune.with_parameters(
-        trainable, sink=sink, objective=study.headline,
+        trainable_fn, sink=sink, objective=study.headline,
         artifacts=sink.write_artifacts if study.artifacts else None,
     )  # fmt: skip
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})

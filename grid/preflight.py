@@ -42,24 +42,8 @@ def check_writable(results_dir: Location) -> None:
 
 def check_inputs(study: Study, local: bool) -> None:
     """What the trials read: the dataset, and each custom model built once (TensorFlow)."""
-    check_trivial(study)
     check_dataset(study, local)
     study.check_models()  # a custom model that cannot be built fails here, not in every trial
-
-
-def check_trivial(study: Study) -> None:
-    """Refuse made-up rows for a real study: ``ROBUSTGRID_TRIVIAL_TRIALS`` (benchmarks only)
-    makes every trial return rows without training (trainables.trivial)."""
-    import os
-
-    from trainables.trivial import TRIVIAL, TRIVIAL_STUDY_PREFIX
-
-    if os.environ.get(TRIVIAL) and not study.name.startswith(TRIVIAL_STUDY_PREFIX):
-        raise StudyError(
-            f"{TRIVIAL} is set: every trial would store made-up rows (a benchmark's trivial "
-            f"trials) under study {study.name!r}; unset it (only studies named "
-            f"{TRIVIAL_STUDY_PREFIX}* may run trivial trials)"
-        )
 
 
 def check_dataset(study: Study, local: bool) -> None:

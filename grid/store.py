@@ -43,7 +43,6 @@ analysis reads through the same module without importing grid).
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,6 @@ __all__ = [
 
 COMPACT_MAX_KEYS = 20_000  # keys per compacted file (docs/performance.md: the store at scale)
 _ROW_GROUP_ROWS = 4_096  # compacted files: row groups small enough for a key filter to skip most
-KILL_AT_ENV = "ROBUSTGRID_TEST_COMPACT_KILL_AT"
 
 
 @dataclass(frozen=True)
@@ -110,15 +108,6 @@ class CompactReport:
             f"compacted {self.keys} key(s) into {files}, deleted {self.deleted} per-key file(s), "
             f"kept {self.kept} (failed or unreadable){done} in {self.seconds:.1f}s"
         )
-
-
-def _test_kill(step: str) -> None:
-    """A test hook (tests/test_compact.py): SIGKILL this process at ``step`` when the
-    environment names it, so the crash test stops compaction between its steps."""
-    if os.environ.get(KILL_AT_ENV) == step:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def compact(
@@ -149,7 +138,6 @@ def compact(
         for key in sorted(k for k in listing.per_key if k in held):
             loc.delete("rows", listing.per_key.pop(key))
             finished += 1
-            _test_kill(f"finished-{finished}")
     # One full read per batch of per-key files: their statuses come from the same rows.
     names = sorted(listing.per_key)
     written, deleted, merged = [], 0, 0
@@ -170,11 +158,8 @@ def compact(
         loc.write_bytes(buf.getvalue().to_pybytes(), "rows", name)  # step 1: whole or not at all
         written.append(name)
         merged += len(keys)
-        _test_kill("written")
         for key in keys:  # step 2: the merged per-key files go
             loc.delete("rows", part.per_key[key])
             deleted += 1
-            _test_kill(f"deleted-{deleted}")
-        _test_kill("deleted-all")
     kept = len(listing.per_key) - merged
     return CompactReport(written, merged, deleted, finished, kept, time.perf_counter() - t0)

@@ -7,13 +7,18 @@ and brute-force oracles (Pareto front, hypervolume).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +32,72 @@ TESTS = Path(__file__).parent
 STUDIES = TESTS / "studies"  # the tests' own study files
 SMOKE = STUDIES / "smoke.yaml"
 GRID = [sys.executable, "-m", "grid.cli"]
+# `grid` with faults injected into its trials or its storage (tests/injected.py)
+INJECTED = [sys.executable, "-m", "tests.injected"]
 
 
 def grid_cli(
     *args: str,
     env: dict[str, str] | None = None,
     timeout: int = 900,
+    faults: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run the ``grid`` command line in a subprocess, as a user would (``env`` adds variables)."""
+    """Run the ``grid`` command line in a subprocess, as a user would (``env`` adds variables;
+    ``faults``, tests/injected.py's options, inject faults into its trials)."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=full)
+    cmd = [*INJECTED, *faults, "--", *args] if faults else [*GRID, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full)
+
+
+# ---------------------------------------------------------------------------
+# Ray nodes started by hand (`ray start`), each in a process group of its own
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """The user's environment with no RAY_* variable (a local ray.init earlier in this test
+    process leaves RAY_AUTH_MODE set), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+@contextmanager
+def ray_node(
+    args: list[str], env: dict[str, str], log: Path, wrap: list[str] | None = None
+) -> Iterator[None]:
+    """``ray start ARGS --block`` in its own process group; the group is killed afterwards."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*(wrap or []), RAY, "start", *args, "--block"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                time.sleep(1)  # the group's other processes (raylet, GCS) end with it
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
 
 
 @dataclass

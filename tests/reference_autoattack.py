@@ -357,7 +357,8 @@ def digits_model(bits: str, epochs: int = 3, seed: int = 0) -> tuple[Any, np.nda
     """A digits CNN trained as a trial trains it (``bits``: "float", "4", "ternary", ...),
     with its test split (x (n, 8, 8, 1) float32 in [0, 1], y (n,) int)."""
     from trainables.config import TrialConfig
-    from trainables.trial import train_compressed, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import train_compressed
 
     cfg = TrialConfig(bits=bits, epochs=epochs, seed=seed)
     model, _ = train_compressed(cfg)

@@ -26,7 +26,8 @@ from trainables.config import TrialConfig
 )
 def test_reloaded_artifact_reproduces_the_trial(tmp_path: Path, cfg: TrialConfig) -> None:
     from trainables.artifacts import footprint_from_npz, load_model, tflite_predict
-    from trainables.trial import run_trial, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import run_trial
 
     if cfg.dataset.value == "cifar10":  # a small CIFAR-10 in its real binary format
         write_cifar_bin(tmp_path / "cifar", cifar_batches(n=12))

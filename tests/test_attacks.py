@@ -85,7 +85,8 @@ def _poisoned(model):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def trained():  # type: ignore[no-untyped-def]
-    from trainables.trial import train_compressed, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import train_compressed
 
     cfg = TrialConfig(bits="ternary", epochs=2)
     model, _ = train_compressed(cfg)
@@ -146,7 +147,8 @@ def test_bad_attack_specs(spec: dict, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def honest():  # type: ignore[no-untyped-def]
-    from trainables.trial import train_compressed, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import train_compressed
 
     cfg = TrialConfig(bits="4", epochs=2)
     model, _ = train_compressed(cfg)

@@ -8,14 +8,9 @@ group) in a finally: never ``ray stop``, which would stop every Ray on the machi
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +21,8 @@ import pytest
 from grid.progress import slots_held
 from grid.ray_start import host_port, token_source
 from grid.spec import StudyError
-from tests.helpers import GRID, STUDIES
+from tests.helpers import GRID, RAY, STUDIES, free_port, plain_env, ray_node
 
-RAY = str(Path(sys.executable).parent / "ray")
 STUDY = STUDIES / "resume.yaml"  # 8 tiny trials
 
 
@@ -41,51 +35,6 @@ def two_trials(tmp_path: Path) -> Path:
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def plain_env(**extra: str) -> dict[str, str]:
-    """The user's environment with no RAY_* variable (a local ray.init earlier in this test
-    process leaves RAY_AUTH_MODE set), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-@contextmanager
-def ray_node(
-    args: list[str], env: dict[str, str], log: Path, wrap: list[str] | None = None
-) -> Iterator[None]:
-    """``ray start ARGS --block`` in its own process group; the group is killed afterwards."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*(wrap or []), RAY, "start", *args, "--block"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        yield
-    finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                time.sleep(1)  # the group's other processes (raylet, GCS) end with it
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
 
 
 def grid(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,8 @@
 """`grid compact`: killed between its steps, every key stays readable exactly once.
 
 Compaction writes a compacted file (step 1), then deletes the per-key files it
-merged (step 2).  Here ``grid compact`` runs as a real subprocess and kills
-itself with SIGKILL at a named step (grid.store's test hook, KILL_AT_ENV);
+merged (step 2).  Here compaction runs in a real subprocess that kills itself
+with SIGKILL at a named step (its storage wrapped: tests/injected.py's KillingLocation);
 after every kill, and after a final clean run, every Parquet file is read back
 with pyarrow by hand, the store's one rule (a key's per-key file wins over its
 compacted rows) is applied in a few lines, and every reader must show what it
@@ -34,13 +34,12 @@ from grid.spec import Study, load_study
 from grid.state import StudyState
 from grid.store import (
     COMPACTED_PREFIX,
-    KILL_AT_ENV,
     Location,
     ParquetSink,
     key_status,
     write_json,
 )
-from tests.helpers import S3, SMOKE, grid_cli, rows_for
+from tests.helpers import INJECTED, S3, SMOKE, grid_cli, rows_for
 
 MAX_KEYS = 10  # 32 keys: four compacted files
 
@@ -152,8 +151,13 @@ def test_compact_killed_at_every_step(tmp_path: Path) -> None:
     assert "2 failed" in before["grid status"] and "masking" in before["grid status"]
 
     def compact(kill_at: str | None) -> None:
-        env = {KILL_AT_ENV: kill_at} if kill_at else {}
-        proc = grid_cli("compact", str(loc), "--max-keys", str(MAX_KEYS), env=env, timeout=300)
+        if kill_at:
+            proc = subprocess.run(
+                [*INJECTED, "--kill-compact-at", kill_at, "--max-keys", str(MAX_KEYS), str(loc)],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+        else:
+            proc = grid_cli("compact", str(loc), "--max-keys", str(MAX_KEYS), timeout=300)
         if kill_at:
             assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stdout, proc.stderr)
         else:

@@ -16,9 +16,10 @@ def _layer_norms(cfg: TrialConfig, names: list[str]) -> list[float]:
     import tensorflow as tf
     import tf_keras
 
+    from trainables.data import trial_split
     from trainables.jacobian import layer_jacobian_sq_norm
     from trainables.train import find_layer
-    from trainables.trial import train_compressed, trial_split
+    from trainables.trial import train_compressed
 
     model, _ = train_compressed(cfg)
     x = tf.constant(trial_split(cfg).x_test[:32])

@@ -26,7 +26,7 @@ from grid.state import StudyState
 from grid.store import key_status
 from trainables.config import AttackSpec
 from trainables.rows import STATUS_COMPLETE
-from trainables.trivial import TRIVIAL, trivial_trial
+from trainables.trivial import trivial_trainable, trivial_trial
 
 
 def trivial_study(bits: int = 5, sparsity: int = 5, clusters: int = 8, **search: Any) -> Study:
@@ -153,7 +153,6 @@ def test_many_trivial_trials_keep_the_drivers_state_bounded(
 ) -> None:
     """200 trials through Tune in parts of 64: every key stored once, the callback ends empty,
     the kept front is the store's, the history bounded."""
-    monkeypatch.setenv(TRIVIAL, "1")  # Ray's workers inherit the driver's environment
     monkeypatch.setattr(launch, "TUNE_PART", 64)
     monkeypatch.setattr(launch, "TUNE_PART_PER_SLOT", 1)
     monkeypatch.setattr(state_mod, "HISTORY_MAX", 32)
@@ -166,7 +165,9 @@ def test_many_trivial_trials_keep_the_drivers_state_bounded(
 
     monkeypatch.setattr(launch, "progress_callback", keep)
     study = trivial_study()
-    summary = launch.run_study(study, results=str(tmp_path), out=io.StringIO())
+    summary = launch.run_study(
+        study, results=str(tmp_path), out=io.StringIO(), trainable_fn=trivial_trainable
+    )
     results = study.results_dir(str(tmp_path))
     status = key_status(results)
     assert summary.completed == 200 and summary.failed == 0 and summary.missing == 0
@@ -181,12 +182,9 @@ def test_many_trivial_trials_keep_the_drivers_state_bounded(
     assert len(history) <= 33 and history[-1][0] == 200
 
 
-def test_trivial_rows_never_reach_a_real_study(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A benchmark's switch left set must not store made-up rows as a real study's results."""
-    from grid.preflight import check_trivial
-    from grid.spec import StudyError
+def test_trivial_rows_never_reach_a_real_study(tmp_path: Path) -> None:
+    """A benchmark's trivial trainable handed a real study must not store made-up rows as its
+    results: the store refuses them."""
     from grid.store import ParquetSink
 
     real = trivial_study().model_copy(update={"name": "digits-default"})
@@ -197,9 +195,4 @@ def test_trivial_rows_never_reach_a_real_study(
         ParquetSink(str(tmp_path), real.name, "r")(cfg.key, trivial_trial(cfg))
     assert not (tmp_path / "rows").exists()
     ParquetSink(str(tmp_path), trivial_study().name, "r")(cfg.key, trivial_trial(cfg))
-    monkeypatch.setenv(TRIVIAL, "1")
-    with pytest.raises(StudyError, match=r"ROBUSTGRID_TRIVIAL_TRIALS is set.*'digits-default'"):
-        check_trivial(real)
-    check_trivial(trivial_study())
-    monkeypatch.delenv(TRIVIAL)
-    check_trivial(real)
+    assert len(list((tmp_path / "rows").iterdir())) == 1

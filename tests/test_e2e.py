@@ -82,7 +82,7 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
 
 
 def test_cross_validation_writes_k_row_sets_per_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_head: str
 ) -> None:
     """k row sets per config; ``grid run`` (in this process, so the driver can be watched)
     builds its state once, reads no finished key back (the workers' summaries are trusted)
@@ -107,7 +107,7 @@ def test_cross_validation_writes_k_row_sets_per_config(
     # A real file: Tune pickles its callbacks, and the progress callback's stream with them
     # (cloudpickle copies a file opened for reading too; pytest's capture it cannot pickle).
     with (tmp_path / "stdout.txt").open("w+") as f, contextlib.redirect_stdout(f):
-        code = cli.main(["run", str(cv), "--results", str(tmp_path)])
+        code = cli.main(["run", str(cv), "--results", str(tmp_path), "--address", ray_head])
     out = (tmp_path / "stdout.txt").read_text()
     assert code == 0, out[-3000:]
     assert "fold=2/3" in out
@@ -165,7 +165,7 @@ def test_cross_validation_writes_k_row_sets_per_config(
     import json
 
     from trainables.config import TrialConfig
-    from trainables.trial import trial_split
+    from trainables.data import trial_split
 
     configs = [
         TrialConfig.model_validate(json.loads(c))

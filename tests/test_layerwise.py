@@ -181,8 +181,7 @@ def test_layer_kinds_of_built_in_list_and_imported_models(
     from pathlib import Path
 
     from tests.helpers import EVERY_LAYER, write_builder_package
-    from trainables.byom import model_report
-    from trainables.models import layer_kinds
+    from trainables.models import layer_kinds, model_report
 
     assert layer_kinds(TrialConfig(), (8, 8, 1), 10) == {
         "conv1": "conv2d", "act1": "activation", "conv2": "conv2d", "act2": "activation",

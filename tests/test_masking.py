@@ -13,7 +13,8 @@ N = 100
 
 @pytest.fixture(scope="module")
 def honest():  # type: ignore[no-untyped-def]
-    from trainables.trial import train_compressed, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import train_compressed
 
     cfg = TrialConfig(bits="4", epochs=3)
     model, _ = train_compressed(cfg)

@@ -73,7 +73,7 @@ def test_showcases_run_on_data_that_ships_with_five_folds() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER)
-def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> None:
+def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str, ray_head: str) -> None:
     study = load_study(STUDIES / "smoke" / f"{name}.yaml")
     data = tmp_path / "data"
     data.mkdir()
@@ -85,6 +85,8 @@ def test_smoke_variant_runs_on_real_format_files(tmp_path: Path, name: str) -> N
         str(data),
         "--results",
         str(tmp_path / "r"),
+        "--address",  # the session's Ray: this test is about the study, not Ray's start
+        ray_head,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     con = connect(tmp_path / "r" / study.name)

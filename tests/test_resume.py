@@ -111,7 +111,7 @@ def test_optuna_search_retries_resumes_and_matches_brute_force(tmp_path: Path) -
     # Every trial raises on its first attempt: Tune retries it (FailureConfig) and the
     # retry's rows replace the failed row.
     first = grid_cli("run", str(study_file), "--results", str(tmp_path),
-                  env={"ROBUSTGRID_FAIL_FIRST_ATTEMPT": str(faults)})  # fmt: skip
+                     faults=["--fail-first-attempt", str(faults)])  # fmt: skip
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stdout.count("[retry]") == 3 == len(list(faults.iterdir()))
     assert "injected fault" in first.stdout
@@ -175,9 +175,9 @@ def test_trial_that_keeps_failing_is_stored_failed_with_its_reason(tmp_path: Pat
         "name: broken\ndataset: digits\nmodel: digits_cnn\ntrain: {epochs: 1}\n"
         "resources: {retries: 1}\nartifacts: false\n"
     )
-    faults = {"ROBUSTGRID_FAULT_RATE": "1", "ROBUSTGRID_FAULTS": str(tmp_path / "faults")}
+    faults = ["--fault-rate", "1", "--faults", str(tmp_path / "faults")]
     proc = grid_cli(
-        "run", str(study_file), "--results", str(tmp_path), env=faults
+        "run", str(study_file), "--results", str(tmp_path), faults=faults
     )  # every attempt raises
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("[retry]") == 1 and "[failed]" in proc.stdout

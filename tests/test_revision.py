@@ -65,7 +65,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_bumped_revision_reruns_a_complete_study(
-    finished: tuple[Path, Path], tmp_path: Path
+    finished: tuple[Path, Path], tmp_path: Path, ray_head: str
 ) -> None:
     study, folder = finished
     keys = {t.key for t in load_study(study).trials()}
@@ -86,7 +86,7 @@ def test_bumped_revision_reruns_a_complete_study(
     )
     assert "front 0 of 0 point(s)" in status.stdout or "no complete point" in status.stdout
 
-    run = grid_cli("run", str(study), "--results", str(tmp_path / "r"))
+    run = grid_cli("run", str(study), "--results", str(tmp_path / "r"), "--address", ray_head)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 trials, 0 already complete, 2 to run" in run.stdout
     assert "stale: 2 stored trial(s)" in run.stdout

@@ -30,7 +30,7 @@ def test_every_prefix_of_the_order_is_stratified(counts: list[int]) -> None:
 
 def _class_sorted_digits() -> tuple[np.ndarray, np.ndarray]:
     """Digits test examples grouped by class, as a class-grouped pool delivers them."""
-    from trainables.trial import trial_split
+    from trainables.data import trial_split
 
     split = trial_split(TrialConfig())
     idx = np.argsort(split.y_test, kind="stable")
@@ -74,7 +74,8 @@ def test_attacked_subset_keeps_the_class_shares_of_the_test_split() -> None:
 @pytest.mark.slow
 def test_same_examples_for_every_trial_of_a_study_and_nested_across_attacks() -> None:
     from trainables.attacks import stratified_order, subset_digest
-    from trainables.trial import run_trial, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import run_trial
 
     attacks = (
         {"name": "fgsm", "eps": (0.1,), "samples": 40, "seed": 0},

@@ -175,7 +175,8 @@ def test_an_independent_pgd_reproduces_the_stored_robust_examples(tmp_path) -> N
 
     from trainables.artifacts import MODEL_FILE, load_model
     from trainables.attacks import stratified_order
-    from trainables.trial import run_trial, trial_split
+    from trainables.data import trial_split
+    from trainables.trial import run_trial
 
     steps, ratio, samples, seed = 7, 0.25, 150, 11
     cfg = TrialConfig(

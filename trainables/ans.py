@@ -103,9 +103,9 @@ def assign_widths(cfg: TrialConfig) -> AnsAssignment:
     """Warm up the float architecture, measure ANS, assign the study's widths (module doc)."""
     import tf_keras
 
+    from trainables.data import trial_split
     from trainables.models import WEIGHT_LAYERS, build_model
     from trainables.train import dataset, fit
-    from trainables.trial import trial_split
 
     settings: AnsHybrid = cfg.ans or AnsHybrid()
     t0 = time.perf_counter()

@@ -19,10 +19,6 @@ Definitions:
   clusterable QKeras layer that took its quantizers from ``Builder.q``
   under its own name (else bits, ``layer_bits``, clustering and the
   footprint would silently miss it), or a batch norm.
-- :class:`ModelReport`: what ``grid validate`` prints for a model: its
-  layers (name, type, output shape, params, weight bits at each bit-width)
-  and the footprint (``trainables.footprint.model_footprint``) of the
-  untrained model at each bit-width.
 
 A failure raises :class:`ModelError` naming the layer: ``layers[3] (conv2): ...``.
 """
@@ -32,14 +28,11 @@ from __future__ import annotations
 import importlib
 import re
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import tf_keras
 
 from trainables.config import TrialConfig
-from trainables.models import BIAS_BITS, Builder, CQConv2D, CQDense, CQDepthwiseConv2D
 from trainables.modelspec import (
     Add,
     AvgPool,
@@ -55,6 +48,7 @@ from trainables.modelspec import (
     MaxPool,
     source_digest,
 )
+from trainables.qlayers import WEIGHT_LAYERS, Builder, CQConv2D, CQDense, CQDepthwiseConv2D
 
 INPUT_NAME = "image"  # the input layer (as the built-in image models name it)
 
@@ -224,8 +218,6 @@ def check_model(model: tf_keras.Model, b: Builder) -> None:
         ClusterableLayer,
     )
 
-    from trainables.models import WEIGHT_LAYERS
-
     for layer in model.layers:
         if not layer.weights or isinstance(layer, tf_keras.layers.BatchNormalization):
             continue
@@ -255,106 +247,3 @@ def build_custom(
         raise ModelError(f"model {cfg.model!r} is not a layer list or an imported builder")
     check_model(model, b)
     return model
-
-
-# ---------------------------------------------------------------------------
-# What `grid validate` prints
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str
-    kind: str  # the list's layer type, or the Keras class
-    output: tuple[int | None, ...]  # without the batch dimension
-    params: int
-    weight_bits: dict[str, int]  # bits label -> storage bits per weight (weight layers only)
-    # the type as a study's search.layers names it (trainables.models.normalised_kind):
-    # conv2d, depthwiseconv2d, dense, activation, batchnormalization, ...
-    spec_kind: str = ""
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    label: str
-    input_shape: tuple[int, ...]
-    classes: int
-    params: int
-    layers: tuple[LayerInfo, ...]
-    footprint: dict[str, int]  # bits label -> bytes of the untrained model (model_footprint)
-
-    def table(self) -> str:
-        bits = list(self.footprint)
-        heads = ["layer", "type", "output", "params", *[f"bits={b}" for b in bits]]
-        rows = [
-            [
-                info.name, info.kind, "x".join(str(d) for d in info.output), f"{info.params:,}",
-                *[str(info.weight_bits[b]) if b in info.weight_bits else "-" for b in bits],
-            ]
-            for info in self.layers
-        ]  # fmt: skip
-        rows.append(["total", "", "", f"{self.params:,}", *["" for _ in bits]])
-        rows.append(["footprint (B)", "", "", "", *[f"{self.footprint[b]:,}" for b in bits]])
-        widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
-
-        def line(cells: Sequence[str]) -> str:
-            return "  ".join(
-                c.ljust(w) if i < 3 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
-
-        shape = "x".join(map(str, self.input_shape))
-        title = (
-            f"model {self.label}: {len(self.layers)} layers, {self.params:,} params, "
-            f"input {shape} -> {self.classes} classes"
-        )
-        note = (
-            "  (weight bits per layer at each bit-width of the study; footprint of the untrained "
-            "model by trainables.footprint: pruning and clustering shrink it further; ans_hybrid: "
-            "every ranked layer at its widest width, an upper bound until ANS assigns the widths)"
-        )
-        return "\n".join([title, *("  " + line(r) for r in [heads, *rows]), note])
-
-
-def model_report(
-    configs: Sequence[TrialConfig], input_shape: tuple[int, ...], num_classes: int
-) -> ModelReport:
-    """Build one model at each config (one per bits value) and describe it (see ModelReport)."""
-    from trainables.footprint import model_footprint
-    from trainables.models import build_model, normalised_kind
-
-    footprint: dict[str, int] = {}
-    widths: dict[str, dict[str, int]] = {}
-    first: tf_keras.Model | None = None
-    for cfg in configs:
-        model = build_model(cfg, input_shape, num_classes)
-        fp = model_footprint(model, BIAS_BITS)
-        footprint[cfg.bits] = fp.bytes
-        for lf in fp.layers:
-            if lf.kernel_params:
-                widths.setdefault(lf.name, {})[cfg.bits] = lf.weight_bits
-        first = first or model
-    assert first is not None, "model_report needs at least one config"
-    types: dict[str, str] = {}
-    spec = configs[0].model
-    if isinstance(spec, LayerList):
-        types = {str(s.name): s.type for s in spec.layers}
-    layers = tuple(
-        LayerInfo(
-            name=layer.name,
-            kind=types.get(layer.name, type(layer).__name__),
-            output=tuple(layer.output.shape[1:]),
-            params=int(layer.count_params()),
-            weight_bits=widths.get(layer.name, {}),
-            spec_kind=normalised_kind(layer),
-        )
-        for layer in first.layers
-        if not isinstance(layer, tf_keras.layers.InputLayer)
-    )
-    return ModelReport(
-        label=configs[0].model_label,
-        input_shape=tuple(input_shape),
-        classes=num_classes,
-        params=int(first.count_params()),
-        layers=layers,
-        footprint=footprint,
-    )

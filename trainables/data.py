@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -33,6 +34,9 @@ from trainables.datasets import (
     load_speech_commands,
     load_svhn,
 )
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 DATASETS = ("digits", "cifar10", "svhn", "speech_commands")
 # Each dataset's input shape (H, W, C) and number of classes, known without loading it
@@ -294,3 +298,17 @@ def load_split(
     for a in (out.x_train, out.y_train, out.x_test, out.y_test, out.test_index, out.train_index):
         a.setflags(write=False)
     return out
+
+
+def trial_split(cfg: TrialConfig) -> Split:
+    """The train/test split a trial trains and attacks on (its dataset, seed and fold)."""
+    return load_split(
+        cfg.dataset.value,
+        cfg.seed,
+        cfg.test_fraction,
+        cfg.folds,
+        cfg.fold,
+        cfg.data_path,
+        cfg.download,
+        cfg.data_md5,
+    )

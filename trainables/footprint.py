@@ -148,7 +148,7 @@ def model_footprint(model: Any, bias_bits: int) -> ModelFootprint:
     """
     import tf_keras  # TF imports deferred: the numpy half of this module is TF-free
 
-    from trainables.models import WEIGHT_LAYERS, kernel_of, kernel_quantizer_of
+    from trainables.qlayers import WEIGHT_LAYERS, kernel_of, kernel_quantizer_of
 
     layers = []
     nonzero = 0

@@ -1,9 +1,7 @@
 """Models built from QKeras layers so that every axis applies.
 
-The Q-layers are subclassed to implement tfmot's ``ClusterableLayer``:
-``cluster_weights`` refuses QKeras layers otherwise (docs/development.md, "Facts
-checked on this stack").  Pruning accepts them as they are (they implement
-``get_prunable_weights``).
+The layers are trainables.qlayers' clusterable QKeras layers, quantized by its
+``Builder`` (re-exported here, where a researcher's model package imports them).
 
 Every model outputs logits.  Per-layer quantizer overrides
 (``TrialConfig.layer_bits``, e.g. first and last layer at 8 bits) replace
@@ -12,144 +10,51 @@ the trial's ``bits`` for the named layers.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import tf_keras
-from qkeras import (
-    QActivation,
-    QConv2D,
-    QDense,
-    QDepthwiseConv2D,
-    binary,
-    quantized_bits,
-    quantized_relu,
-    stochastic_binary,
-    stochastic_ternary,
-    ternary,
-)
-from tensorflow_model_optimization.python.core.clustering.keras.clusterable_layer import (
-    ClusterableLayer,
-)
+from qkeras import QActivation
 
 from trainables.config import ModelName, TrialConfig
+from trainables.modelspec import LayerList
+from trainables.qlayers import (
+    BIAS_BITS,
+    CUSTOM_OBJECTS,
+    WEIGHT_LAYERS,
+    Builder,
+    CQConv2D,
+    CQDense,
+    CQDepthwiseConv2D,
+    kernel_of,
+    kernel_quantizer_of,
+    normalised_kind,
+)
 
-
-class CQConv2D(QConv2D, ClusterableLayer):
-    """QConv2D whose kernel tfmot may cluster."""
-
-    def get_clusterable_weights(self) -> list[tuple[str, Any]]:
-        return [("kernel", self.kernel)]
-
-
-class CQDense(QDense, ClusterableLayer):
-    """QDense whose kernel tfmot may cluster."""
-
-    def get_clusterable_weights(self) -> list[tuple[str, Any]]:
-        return [("kernel", self.kernel)]
-
-
-class CQDepthwiseConv2D(QDepthwiseConv2D, ClusterableLayer):
-    """QDepthwiseConv2D whose depthwise kernel tfmot may cluster."""
-
-    def get_clusterable_weights(self) -> list[tuple[str, Any]]:
-        return [("depthwise_kernel", self.depthwise_kernel)]
-
-
-CUSTOM_OBJECTS: dict[str, Any] = {
-    "CQConv2D": CQConv2D, "CQDense": CQDense, "CQDepthwiseConv2D": CQDepthwiseConv2D,
-}  # fmt: skip
-WEIGHT_LAYERS = (QConv2D, QDense, QDepthwiseConv2D)
-
-# Bias width for every quantized layer: 8 bits, 3 integer bits ([-8, 8), step 1/16).
-BIAS_BITS = 8
-
-
-def kernel_of(layer: Any) -> Any:
-    """The layer's weight tensor (``kernel``, or ``depthwise_kernel``)."""
-    return layer.depthwise_kernel if isinstance(layer, QDepthwiseConv2D) else layer.kernel
-
-
-def kernel_quantizer_of(layer: Any) -> Any:
-    if isinstance(layer, QDepthwiseConv2D):
-        return layer.depthwise_quantizer_internal
-    return layer.kernel_quantizer_internal
-
-
-def po2(x: float) -> float:
-    """Nearest power of two: a scale an MCU applies with a shift."""
-    return float(2.0 ** round(math.log2(x)))
-
-
-def weight_quantizer(bits: str, fan_in: int) -> Any:
-    """QKeras kernel quantizer for a ``bits`` label (None: float).
-
-    One fixed power-of-two scale per layer, from the He-init standard
-    deviation sqrt(2 / fan_in), so a layer holds at most 2^b distinct values
-    (3 for ternary, 2 for binary) and no scale needs storing per channel:
-    int b covers +-2 std in 2^b steps; ternary is {-s, 0, s} with s = std and
-    threshold s/2; binary is {-s, s}.  stochastic_ternary only accepts an
-    automatic scale in QKeras 0.9.0, so it gets a per-output-channel
-    power-of-two scale: at most 3 distinct values per output channel;
-    stochastic_binary likewise {-s_c, s_c} per output channel.
-    """
-    std = math.sqrt(2.0 / fan_in)
-    if bits == "float":
-        return None
-    if bits == "ternary":
-        s = po2(std)
-        return ternary(alpha=s, threshold=s / 2)
-    if bits == "stochastic_ternary":
-        return stochastic_ternary(alpha="auto_po2")
-    if bits == "binary":
-        return binary(alpha=po2(std))
-    if bits == "stochastic_binary":
-        # Sampled signs in training (P(+1) = sigmoid(6 x / std)), the deterministic sign with
-        # a per-output-channel power-of-two scale in inference mode, as stochastic_ternary.
-        return stochastic_binary(alpha="auto_po2")
-    return quantized_bits(int(bits), 0, alpha=po2(2 * std))
-
-
-def bias_quantizer(bits: str) -> Any:
-    return None if bits == "float" else quantized_bits(BIAS_BITS, 3, alpha=1)
-
-
-def activation(act_bits: int | None) -> Any:
-    return "relu" if act_bits is None else quantized_relu(act_bits, 0)
-
-
-class Builder:
-    """Quantizers for each named layer: the trial's bits, or its per-layer override.
-
-    ``used`` collects the weight layers that took quantizers (``q`` / ``bits``) and ``acts`` the
-    activation layers (``act``), so that overrides naming no such layer are refused.
-    """
-
-    def __init__(self, cfg: TrialConfig) -> None:
-        self.cfg = cfg
-        self.used: set[str] = set()
-        self.acts: set[str] = set()
-
-    def bits(self, name: str) -> str:
-        self.used.add(name)
-        bits = self.cfg.layer_bits.get(name, self.cfg.bits)
-        if bits == "ans_hybrid" and self.cfg.ans is not None:
-            # A trial builds ans_hybrid with every layer planned (trainables.ans.resolved); an
-            # unplanned build (grid validate's table, preflight) shows the widest: the upper bound.
-            return self.cfg.ans.ordered[0]
-        return bits
-
-    def q(self, name: str, fan_in: int, depthwise: bool = False) -> dict[str, Any]:
-        bits = self.bits(name)  # "float" (a float layer, even in a quantized model): no quantizers
-        key = "depthwise_quantizer" if depthwise else "kernel_quantizer"
-        return {key: weight_quantizer(bits, fan_in), "bias_quantizer": bias_quantizer(bits)}
-
-    def act(self, name: str) -> QActivation:
-        """The activation layer ``name``: ReLU, quantized to its width (``layer_activation_bits``
-        or the trial's) in a quantized model."""
-        self.acts.add(name)
-        return QActivation(activation(self.cfg.act_bits_of(name)), name=name)
+# Re-exported: a researcher's model package imports the layers and the Builder from here.
+__all__ = [
+    "BIAS_BITS",
+    "CUSTOM_OBJECTS",
+    "WEIGHT_LAYERS",
+    "Builder",
+    "CQConv2D",
+    "CQDense",
+    "CQDepthwiseConv2D",
+    "LayerInfo",
+    "ModelReport",
+    "build_model",
+    "check_layer_names",
+    "digits_cnn",
+    "ds_cnn",
+    "kernel_of",
+    "kernel_quantizer_of",
+    "layer_kinds",
+    "model_report",
+    "normalised_kind",
+    "resnet8",
+    "stq_cnn",
+]
 
 
 # Per-layer override fields that name weight layers (Builder.used); layer_activation_bits
@@ -193,17 +98,6 @@ def build_model(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int
         model = build_custom(cfg, b, input_shape, num_classes)
     check_layer_names(cfg, b)
     return model
-
-
-def normalised_kind(layer: Any) -> str:
-    """A layer's type as a study names it: the class name lower-cased, QKeras' ``Q`` and
-    our clusterable ``CQ`` prefix dropped (CQConv2D -> conv2d, QActivation -> activation)."""
-    name = type(layer).__name__
-    for prefix in ("CQ", "Q"):
-        if name.startswith(prefix) and name[len(prefix) : len(prefix) + 1].isupper():
-            name = name[len(prefix) :]
-            break
-    return name.lower()
 
 
 def layer_kinds(cfg: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> dict[str, str]:
@@ -355,3 +249,105 @@ def stq_cnn(b: Builder, input_shape: tuple[int, ...], num_classes: int) -> tf_ke
     x = b.act("act_dense1")(x)
     logits = CQDense(num_classes, name="logits", **b.q("logits", STQ_HIDDEN))(x)
     return tf_keras.Model(inp, logits, name="stq_cnn")
+
+
+# ---------------------------------------------------------------------------
+# What `grid validate` prints
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str  # the list's layer type, or the Keras class
+    output: tuple[int | None, ...]  # without the batch dimension
+    params: int
+    weight_bits: dict[str, int]  # bits label -> storage bits per weight (weight layers only)
+    # the type as a study's search.layers names it (trainables.qlayers.normalised_kind):
+    # conv2d, depthwiseconv2d, dense, activation, batchnormalization, ...
+    spec_kind: str = ""
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    label: str
+    input_shape: tuple[int, ...]
+    classes: int
+    params: int
+    layers: tuple[LayerInfo, ...]
+    footprint: dict[str, int]  # bits label -> bytes of the untrained model (model_footprint)
+
+    def table(self) -> str:
+        bits = list(self.footprint)
+        heads = ["layer", "type", "output", "params", *[f"bits={b}" for b in bits]]
+        rows = [
+            [
+                info.name, info.kind, "x".join(str(d) for d in info.output), f"{info.params:,}",
+                *[str(info.weight_bits[b]) if b in info.weight_bits else "-" for b in bits],
+            ]
+            for info in self.layers
+        ]  # fmt: skip
+        rows.append(["total", "", "", f"{self.params:,}", *["" for _ in bits]])
+        rows.append(["footprint (B)", "", "", "", *[f"{self.footprint[b]:,}" for b in bits]])
+        widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i < 3 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        shape = "x".join(map(str, self.input_shape))
+        title = (
+            f"model {self.label}: {len(self.layers)} layers, {self.params:,} params, "
+            f"input {shape} -> {self.classes} classes"
+        )
+        note = (
+            "  (weight bits per layer at each bit-width of the study; footprint of the untrained "
+            "model by trainables.footprint: pruning and clustering shrink it further; ans_hybrid: "
+            "every ranked layer at its widest width, an upper bound until ANS assigns the widths)"
+        )
+        return "\n".join([title, *("  " + line(r) for r in [heads, *rows]), note])
+
+
+def model_report(
+    configs: Sequence[TrialConfig], input_shape: tuple[int, ...], num_classes: int
+) -> ModelReport:
+    """Build one model at each config (one per bits value) and describe it (see ModelReport)."""
+    from trainables.footprint import model_footprint
+
+    footprint: dict[str, int] = {}
+    widths: dict[str, dict[str, int]] = {}
+    first: tf_keras.Model | None = None
+    for cfg in configs:
+        model = build_model(cfg, input_shape, num_classes)
+        fp = model_footprint(model, BIAS_BITS)
+        footprint[cfg.bits] = fp.bytes
+        for lf in fp.layers:
+            if lf.kernel_params:
+                widths.setdefault(lf.name, {})[cfg.bits] = lf.weight_bits
+        first = first or model
+    assert first is not None, "model_report needs at least one config"
+    types: dict[str, str] = {}
+    spec = configs[0].model
+    if isinstance(spec, LayerList):
+        types = {str(s.name): s.type for s in spec.layers}
+    layers = tuple(
+        LayerInfo(
+            name=layer.name,
+            kind=types.get(layer.name, type(layer).__name__),
+            output=tuple(layer.output.shape[1:]),
+            params=int(layer.count_params()),
+            weight_bits=widths.get(layer.name, {}),
+            spec_kind=normalised_kind(layer),
+        )
+        for layer in first.layers
+        if not isinstance(layer, tf_keras.layers.InputLayer)
+    )
+    return ModelReport(
+        label=configs[0].model_label,
+        input_shape=tuple(input_shape),
+        classes=num_classes,
+        params=int(first.count_params()),
+        layers=layers,
+        footprint=footprint,
+    )

@@ -9,17 +9,17 @@ again, so a retried or resumed payload never trains a fold twice.  A fold that f
 stored as a failed row and then raised, so Tune retries it
 (``FailureConfig``); the retry's rows replace the failed row.
 
-The sink (where rows go) is injected by the caller, so this package never
-imports ``grid``: Tune passes it with ``tune.with_parameters``.
+The sink (where rows go) and the trial function (what runs a fold) are
+injected by the caller, so this package never imports ``grid`` and carries no
+test switch: Tune passes both with ``tune.with_parameters``.  The trial
+function defaults to :func:`trainables.trial.run_trial`; tests and benchmarks
+wrap it (fault injection, trivial trials: tests/injected.py,
+trainables/trivial.py).
 """
 
 from __future__ import annotations
 
-import os
-import random
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -28,7 +28,6 @@ from trainables.config import RESULTS_REVISION, TrialConfig
 from trainables.headline import DEFAULT as DEFAULT_HEADLINE
 from trainables.headline import Headline
 from trainables.rows import STATUS_COMPLETE, summarize
-from trainables.trivial import TRIVIAL
 
 # The driver imports this module to build payloads and hand ``trainable`` to
 # Tune: keep TensorFlow (about 8 s) out of it by importing the trial inside the
@@ -86,50 +85,25 @@ class TrialPayload(BaseModel):
         return cls.model_validate(config[CONFIG_KEY])
 
 
-# Fault injection for the reliability tests and benchmarks: when set to a
-# folder, each trial key raises on its first attempt (a marker file records it).
-FAIL_FIRST_ATTEMPT = "ROBUSTGRID_FAIL_FIRST_ATTEMPT"
-# Random faults (benchmarks/faults.py): each attempt of a fold raises with
-# probability ROBUSTGRID_FAULT_RATE, before it trains or after its rows are
-# stored (the retry must then read them back, not add a second set); each
-# fault leaves a marker file in the folder ROBUSTGRID_FAULTS.
-FAULT_RATE, FAULTS = "ROBUSTGRID_FAULT_RATE", "ROBUSTGRID_FAULTS"
-
-
 class RowSink(Protocol):
     def __call__(self, key: str, rows: list[Row]) -> Any: ...
 
     def read(self, key: str) -> list[Row] | None: ...
 
 
+class TrialFunction(Protocol):
+    """What runs one fold: its config in, its rows out (trainables.trial.run_trial's signature).
+
+    Tune pickles it to the workers, so a wrapper must be importable there (a module-level
+    function or an instance of a module-level class)."""
+
+    def __call__(
+        self, cfg: TrialConfig, /, artifacts: Callable[[str, dict[str, bytes]], Any] | None = None
+    ) -> list[Row]: ...
+
+
 class TrialFailed(RuntimeError):
     """A fold failed; its failed row is stored.  Raised so that Tune retries the trial."""
-
-
-def _injected_fault(key: str) -> None:
-    folder = os.environ.get(FAIL_FIRST_ATTEMPT)
-    if not folder:
-        return
-    marker = Path(folder) / key
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        marker.touch(exist_ok=False)
-    except FileExistsError:
-        return
-    raise RuntimeError(f"injected fault: first attempt of trial {key}")
-
-
-_FAULT_RNG = random.SystemRandom()  # trials seed the global generator: it would repeat itself
-
-
-def _random_fault(key: str, moment: str) -> None:
-    rate = float(os.environ.get(FAULT_RATE) or 0.0)
-    if rate <= 0.0 or _FAULT_RNG.random() >= rate:
-        return
-    folder = Path(os.environ.get(FAULTS) or ".")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{key}.{moment}.{uuid.uuid4().hex[:8]}").touch()
-    raise RuntimeError(f"injected fault: trial {key}, {moment}")
 
 
 def run_payload(
@@ -137,16 +111,18 @@ def run_payload(
     sink: RowSink,
     objective: Headline = DEFAULT_HEADLINE,
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
+    trial: TrialFunction | None = None,
 ) -> dict[str, Any]:
     """Run (or read back) every fold of a payload; the mean over folds of each objective, and
     each fold's own summary (``folds``: the driver takes them as they are, without reading
-    the store)."""
-    run_trial: Callable[..., list[Row]]
-    if os.environ.get(TRIVIAL):  # benchmarks/driver_memory.py: rows without training
-        from trainables.trivial import trivial_trial as run_trial
-    else:
-        from trainables.trial import run_trial
+    the store).
 
+    ``trial`` runs a fold (default :func:`trainables.trial.run_trial`, imported here in the
+    worker: TensorFlow stays out of the driver)."""
+    if trial is None:
+        from trainables.trial import run_trial as real_trial
+
+        trial = real_trial
     folds, ran, compute = [], 0, 0.0
     for cfg, expected in zip(payload.trials, payload.keys, strict=True):
         if cfg.key != expected:  # the key hashes the results revision (trainables.config)
@@ -158,11 +134,8 @@ def run_payload(
         rows = sink.read(cfg.key)
         stale = rows is not None and (rows[0].get("revision") or 0) != RESULTS_REVISION
         if not rows or stale or any(r["status"] != STATUS_COMPLETE for r in rows):
-            _injected_fault(cfg.key)
-            _random_fault(cfg.key, "before training")
-            rows = run_trial(cfg, artifacts=artifacts)
+            rows = trial(cfg, artifacts=artifacts)
             sink(cfg.key, rows)
-            _random_fault(cfg.key, "after its rows were stored")
             ran += 1
             compute += float(rows[0]["meta_total_s"] or 0.0)
         fold = summarize(rows, objective)
@@ -193,7 +166,8 @@ def trainable(
     sink: RowSink,
     objective: Headline = DEFAULT_HEADLINE,
     artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
+    trial: TrialFunction | None = None,
 ) -> None:
     from ray import tune
 
-    tune.report(run_payload(TrialPayload.of(config), sink, objective, artifacts))
+    tune.report(run_payload(TrialPayload.of(config), sink, objective, artifacts, trial))

@@ -24,7 +24,7 @@ from trainables.attacks import (
     subset_digest,
 )
 from trainables.config import AdvMethod, TrialConfig
-from trainables.data import Split, load_split
+from trainables.data import Split, trial_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.gpu import configure_gpus
 from trainables.jacobian import logits_and_jr
@@ -46,19 +46,6 @@ def set_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except RuntimeError:
         pass  # already initialised in this (reused) worker: keep its setting
-
-
-def trial_split(cfg: TrialConfig) -> Split:
-    return load_split(
-        cfg.dataset.value,
-        cfg.seed,
-        cfg.test_fraction,
-        cfg.folds,
-        cfg.fold,
-        cfg.data_path,
-        cfg.download,
-        cfg.data_md5,
-    )
 
 
 def _fit(

@@ -1,18 +1,16 @@
 """A trivial trial kind, for measuring the driver (benchmarks/driver_memory.py): rows, no training.
 
-With ``ROBUSTGRID_TRIVIAL_TRIALS=1`` in the workers' environment,
-:func:`trainables.ray_adapter.run_payload` calls :func:`trivial_trial` in place of
-:func:`trainables.trial.run_trial`: the trial returns at once with rows in the
-real schema (complete, one per attack and eps of the config, or one clean-only
-row), so everything around it is exercised as in a study (Tune, the sink, the
-Parquet store, the driver's progress, front and search state) at thousands of
-trials.  The figures are not a model's: accuracies and bytes are drawn from the
-trial's key (repeatable, and spread, so that the front changes as trials finish);
-``meta_study`` is not set here (the sink sets it) and ``meta_layers_json`` says
-``trivial``.  Never set it for a real study: its rows are not results.  A guard
-keeps them out of real results: the driver refuses a study whose name does not start
-with ``trivial`` while the variable is set (grid.preflight), and the store refuses
-trivial rows for such a study (grid.store.ParquetSink).
+:func:`trivial_trainable` is the Tune trainable of a run of trivial trials: a caller
+hands it to :func:`grid.launch.run_study` (``trainable=``), and each fold then runs
+:func:`trivial_trial` in place of :func:`trainables.trial.run_trial`: the trial
+returns at once with rows in the real schema (complete, one per attack and eps of
+the config, or one clean-only row), so everything around it is exercised as in a
+study (Tune, the sink, the Parquet store, the driver's progress, front and search
+state) at thousands of trials.  The figures are not a model's: accuracies and bytes
+are drawn from the trial's key (repeatable, and spread, so that the front changes as
+trials finish); ``meta_study`` is not set here (the sink sets it) and
+``meta_layers_json`` says ``trivial``.  Its rows are not results: the store refuses
+them for a study whose name does not start with ``trivial`` (grid.store.ParquetSink).
 """
 
 from __future__ import annotations
@@ -21,12 +19,12 @@ import datetime as dt
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from trainables.config import AttackSpec, TrialConfig
 from trainables.rows import STATUS_COMPLETE, WORST, base_row, wilson
 
-TRIVIAL = "ROBUSTGRID_TRIVIAL_TRIALS"
 TRIVIAL_LAYERS = json.dumps({"trivial": True})  # meta_layers_json of a trivial trial's rows
 TRIVIAL_STUDY_PREFIX = "trivial"  # the only studies whose results may hold trivial rows
 
@@ -88,3 +86,15 @@ def trivial_trial(cfg: TrialConfig, artifacts: Any = None) -> list[dict[str, Any
     for r in rows:
         r["meta_total_s"] = total
     return rows
+
+
+def trivial_trainable(
+    config: dict[str, Any],
+    sink: Any,
+    objective: Any = ("worst", None),
+    artifacts: Callable[[str, dict[str, bytes]], Any] | None = None,
+) -> None:
+    """:func:`trainables.ray_adapter.trainable` with :func:`trivial_trial` as its trial function."""
+    from trainables.ray_adapter import trainable
+
+    trainable(config, sink, objective, artifacts, trial=trivial_trial)
