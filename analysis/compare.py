@@ -504,75 +504,124 @@ def _cells(con: duckdb.DuckDBPyConnection, where: str | None) -> list[tuple[str,
     return list({(a, n, e): (a, n, e, k) for a, n, e, k in out}.values())
 
 
-def _single_mask(pts: pd.DataFrame, combo: pd.Series, part: str) -> pd.Series:
-    """The trials that apply only ``part`` of ``combo``'s reductions, at combo's setting."""
-    same = pts.pair_id == combo.pair_id
-    # per-layer overrides: '{}' (none) or NULL in rows written before they existed
-    no_ls = pts.layer_sparsity.fillna("{}") == "{}"
-    no_lc = pts.layer_clusters.fillna("{}") == "{}"
-    if part == "quantization":
-        act = pts.activation_bits.isna() if pd.isna(combo.activation_bits) else (
-            pts.activation_bits == combo.activation_bits
-        )  # fmt: skip
-        return (
-            same & (pts.bits == combo.bits) & (pts.layer_bits == combo.layer_bits) & act
-            & (pts.layer_activation_bits == combo.layer_activation_bits)
-            & (pts.sparsity == 0) & (pts.clusters == 0) & no_ls & no_lc
-        )  # fmt: skip
-    if part == "pruning":
-        return (
-            same & (pts.bits == "float") & (pts.sparsity == combo.sparsity)
-            & (pts.layer_sparsity == combo.layer_sparsity) & (pts.clusters == 0) & no_lc
-        )  # fmt: skip
-    return (
-        same & (pts.bits == "float") & (pts.sparsity == 0) & no_ls
-        & (pts.clusters == combo.clusters) & (pts.layer_clusters == combo.layer_clusters)
-    )  # fmt: skip
+def _null(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def _versus_worst_single(
-    pts: pd.DataFrame, combo_id: str, masks: dict[str, tuple[str, np.ndarray] | str]
-) -> dict[str, object]:
-    """One combination config against its worst single reduction, fold by fold."""
-    combo_trials = pts[pts.config_id == combo_id]
-    combo = combo_trials.iloc[0]
-    singles = []
-    for part in str(combo.reductions).split("+"):
-        sel = pts[_single_mask(pts, combo, part)]
-        if sel.empty:
-            return {"why": f"no {part}-alone config"}
-        if sel.config_id.nunique() > 1:
-            return {"why": f"{sel.config_id.nunique()} {part}-alone configs match"}
-        paired = combo_trials.merge(sel, on="fold", suffixes=("", "_single"))
-        if paired.empty:
-            return {"why": f"the {part}-alone config shares no fold"}
-        singles.append((part, paired))
-    # The worst single: the lowest mean over the folds it shares with the combination.
-    part, paired = min(singles, key=lambda s: (float(s[1].robust_acc_single.mean()), s[0]))
-    deltas = (paired.robust_acc - paired.robust_acc_single).to_numpy(float)
-    test = corrected_t(deltas, int(combo.cfg_folds))
-    b = c = 0
-    usable = True
-    for key, key_single in zip(paired.key, paired.key_single, strict=True):
-        ma, mb = masks.get(key), masks.get(key_single)
-        if not isinstance(ma, tuple) or not isinstance(mb, tuple) or ma[0] != mb[0]:
-            usable = False
-            break
-        db, dc = _discordant(ma[1], mb[1])
-        b, c = b + db, c + dc
-    return {
-        "worst_single": part,
-        "worst_single_robust": float(paired.robust_acc_single.mean()),
-        "vs_worst_pairs": len(paired),
-        "delta_vs_worst": float(deltas.mean()),
-        "delta_vs_worst_ci95": test.half_ci95,
-        "p_vs_worst": test.p_value,
-        "mcnemar_b_vs_worst": b if usable else pd.NA,
-        "mcnemar_c_vs_worst": c if usable else pd.NA,
-        "p_mcnemar_vs_worst": mcnemar_exact(b, c) if usable else math.nan,
-        "why": "" if np.isfinite(test.p_value) else f"{test.test}",
-        "_keys": list(paired.key) + list(paired.key_single),
+# What a trial applying only one reduction shares with a combination (besides its pair id):
+# the reduction's own settings, compared as pandas' ``==`` does (a null never matches), except
+# activation_bits, where null (the float width) matches null.
+_SINGLE_KEYS = {
+    "quantization": ("bits", "layer_bits", "activation_bits", "layer_activation_bits"),
+    "pruning": ("sparsity", "layer_sparsity"),
+    "clustering": ("clusters", "layer_clusters"),
+}
+
+
+def _single_key(part: str, pair_id: object, values: Sequence[object]) -> tuple[object, ...] | None:
+    """A trial's lookup key among the ``part``-alone trials (None: a null that matches nothing)."""
+    if _null(pair_id):
+        return None
+    out: list[object] = [pair_id]
+    for col, v in zip(_SINGLE_KEYS[part], values, strict=True):
+        if _null(v):
+            if col != "activation_bits":
+                return None
+            v = None
+        out.append(v)
+    return tuple(out)
+
+
+def _versus_worst_singles(
+    pts: pd.DataFrame, combos: Sequence[str], masks: dict[str, tuple[str, np.ndarray] | str]
+) -> dict[str, dict[str, object]]:
+    """Each combination config of ``combos`` against its worst single reduction, fold by fold.
+
+    A single of ``part`` applies only that reduction, at the combination's setting, with the
+    combination's pair id (everything else identical): quantization alone is unpruned and
+    unclustered (per-layer overrides included), pruning alone float and unclustered,
+    clustering alone float and unpruned.  The trials are indexed once by (pair id, the
+    reduction's settings), so each combination costs a lookup (a scan per combination is
+    quadratic in the configs)."""
+    no_ls = (pts.layer_sparsity.fillna("{}") == "{}").to_numpy()
+    no_lc = (pts.layer_clusters.fillna("{}") == "{}").to_numpy()
+    unpruned = (pts.sparsity == 0).to_numpy() & no_ls
+    unclustered = (pts.clusters == 0).to_numpy() & no_lc
+    is_float = (pts.bits == "float").to_numpy()
+    alone = {
+        "quantization": unpruned & unclustered,
+        "pruning": is_float & unclustered,
+        "clustering": is_float & unpruned,
     }
+    pair = pts.pair_id.tolist()
+    values = {c: pts[c].tolist() for cols in _SINGLE_KEYS.values() for c in cols}
+    index: dict[str, dict[tuple[object, ...], list[int]]] = {}
+    for part, cols in _SINGLE_KEYS.items():
+        found = index[part] = {}
+        for i in np.flatnonzero(alone[part]).tolist():
+            key = _single_key(part, pair[i], [values[c][i] for c in cols])
+            if key is not None:
+                found.setdefault(key, []).append(i)
+    config_id = pts.config_id.tolist()
+    fold = pts.fold.tolist()
+    robust = pts.robust_acc.to_numpy(float)
+    keys = pts.key.tolist()
+    reductions = pts.reductions.tolist()
+    cfg_folds = pts.cfg_folds.tolist()
+    at: dict[str, list[int]] = {}
+    wanted = set(combos)
+    for i, cid in enumerate(config_id):
+        if cid in wanted:
+            at.setdefault(cid, []).append(i)
+
+    def versus(rows: list[int]) -> dict[str, object]:
+        first = rows[0]
+        singles = []
+        for part in str(reductions[first]).split("+"):
+            cols = _SINGLE_KEYS[part]
+            key = _single_key(part, pair[first], [values[c][first] for c in cols])
+            sel = index[part].get(key, []) if key is not None else []
+            if not sel:
+                return {"why": f"no {part}-alone config"}
+            n_configs = len({config_id[j] for j in sel if not _null(config_id[j])})
+            if n_configs > 1:
+                return {"why": f"{n_configs} {part}-alone configs match"}
+            # (combination trial, single trial) of the same fold, in the combination's order
+            paired = [(i, j) for i in rows for j in sel if fold[j] == fold[i]]
+            if not paired:
+                return {"why": f"the {part}-alone config shares no fold"}
+            singles.append((part, paired))
+        # The worst single: the lowest mean over the folds it shares with the combination.
+        part, paired = min(
+            singles, key=lambda s: (float(robust[[j for _, j in s[1]]].mean()), s[0])
+        )
+        combo_acc = robust[[i for i, _ in paired]]
+        single_acc = robust[[j for _, j in paired]]
+        deltas = combo_acc - single_acc
+        test = corrected_t(deltas, int(cfg_folds[first]))
+        b = c = 0
+        usable = True
+        for i, j in paired:
+            ma, mb = masks.get(keys[i]), masks.get(keys[j])
+            if not isinstance(ma, tuple) or not isinstance(mb, tuple) or ma[0] != mb[0]:
+                usable = False
+                break
+            db, dc = _discordant(ma[1], mb[1])
+            b, c = b + db, c + dc
+        return {
+            "worst_single": part,
+            "worst_single_robust": float(single_acc.mean()),
+            "vs_worst_pairs": len(paired),
+            "delta_vs_worst": float(deltas.mean()),
+            "delta_vs_worst_ci95": test.half_ci95,
+            "p_vs_worst": test.p_value,
+            "mcnemar_b_vs_worst": b if usable else pd.NA,
+            "mcnemar_c_vs_worst": c if usable else pd.NA,
+            "p_mcnemar_vs_worst": mcnemar_exact(b, c) if usable else math.nan,
+            "why": "" if np.isfinite(test.p_value) else f"{test.test}",
+        }
+
+    return {cid: versus(at[cid]) for cid in combos if cid in at}
 
 
 PAPER2_COLUMNS = [
@@ -621,30 +670,16 @@ def paper2(
             attack=attack, kind=kind, norm=norm, eps=eps, cell=cell_label(attack, norm, eps)
         )
         combos = [cid for cid, r in zip(eff.config_id, eff.reductions, strict=True) if "+" in r]
-        keys = pts[pts.config_id.isin(combos)].key.tolist()
         versus: dict[str, dict[str, object]] = {}
         if combos:
             # All masks the singles may need: every trial sharing a combination's pair id.
             ids = set(pts[pts.config_id.isin(combos)].pair_id)
+            keys = pts[pts.config_id.isin(combos)].key.tolist()
             keys += pts[pts.pair_id.isin(ids)].key.tolist()
             masks = _masks(con, keys, attack, eps, norm)
-            # Every single a combination is paired with shares its pair id (_single_mask):
-            # look among those trials only, not all of them for each combination (quadratic).
-            by_pair = dict(tuple(pts.groupby("pair_id", sort=False, dropna=False)))
-            first = pts.drop_duplicates("config_id").set_index("config_id").pair_id
-            one_pair = pts.groupby("config_id").pair_id.nunique(dropna=False) <= 1
-            versus = {
-                cid: _versus_worst_single(
-                    by_pair[first[cid]] if one_pair[cid] and pd.notna(first[cid]) else pts,
-                    cid,
-                    masks,
-                )
-                for cid in combos
-            }
+            versus = _versus_worst_singles(pts, combos, masks)
         extra = pd.DataFrame([versus.get(cid, {"why": ""}) for cid in eff.config_id])
-        eff = pd.concat(
-            [eff.reset_index(drop=True), extra.drop(columns=["_keys"], errors="ignore")], axis=1
-        )
+        eff = pd.concat([eff.reset_index(drop=True), extra], axis=1)
         for col in ("worst_single", "worst_single_robust", "delta_vs_worst", "delta_vs_worst_ci95",
                     "p_vs_worst", "mcnemar_b_vs_worst", "mcnemar_c_vs_worst", "p_mcnemar_vs_worst"):  # fmt: skip
             if col not in eff:
