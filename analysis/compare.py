@@ -179,7 +179,8 @@ def cell_label(attack: str, norm: str, eps: float) -> str:
     return f"{attack}@{eps:g}" + ("" if norm == "inf" else f"(L{norm})")
 
 
-def _is_undefended_float(r: pd.Series) -> bool:
+def _is_undefended_float(r: Any) -> bool:
+    """``r``: a row (a Series or an itertuples row) with the ``_VARIANT_COLUMNS``."""
     return bool(
         r.bits == "float"
         and not _json_map(r.layer_bits)
@@ -462,9 +463,9 @@ def paper1(
 
 
 def _is_reference(r: Any) -> bool:
-    """The dataset's reference model in float without defences (B's default)."""
-    s = pd.Series({c: getattr(r, c) for c in _VARIANT_COLUMNS})
-    return bool(REFERENCE_MODELS.get(str(r.dataset)) == s.model and _is_undefended_float(s))
+    """The dataset's reference model in float without defences (B's default); ``r`` a row
+    (itertuples) with the ``_VARIANT_COLUMNS``."""
+    return bool(REFERENCE_MODELS.get(str(r.dataset)) == r.model and _is_undefended_float(r))
 
 
 def _kinds(cells: pd.DataFrame, roles: dict[tuple[str, str], str]) -> pd.DataFrame:

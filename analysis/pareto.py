@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import duckdb
@@ -284,7 +285,8 @@ def pareto_front(
     nonzero, jacobian_fro2) to 'max' or 'min'; default robust accuracy up,
     bytes down.  A point is dominated when another is no worse in every
     objective and better in one (ties stay on the front).  Two objectives take
-    one sort (O(n log n)); three or more a self-join (O(n^2)).
+    one sort in SQL (O(n log n)), three a sweep (:func:`nondominated`,
+    O(n log n)), more a pairwise check (O(n^2)).
     """
     objectives = dict(objectives or DEFAULT_OBJECTIVES)
     known = {"robust_acc", "clean_acc", "bytes", "params", "nonzero", "jacobian_fro2"}
@@ -305,17 +307,15 @@ def pareto_front(
     if len(objectives) == 2:
         df = con.execute(_front_2d(points_sql, objectives), params).df()
         return _finish(df, attack, eps, norm, size)
-    no_worse = " AND ".join(
-        f"q.{c} {'>=' if d == 'max' else '<='} p.{c}" for c, d in objectives.items()
-    )
-    better = " OR ".join(f"q.{c} {'>' if d == 'max' else '<'} p.{c}" for c, d in objectives.items())
-    sql = f"""
-        WITH p AS ({points_sql})
-        SELECT * FROM p
-        WHERE NOT EXISTS (SELECT 1 FROM p AS q WHERE {no_worse} AND ({better}))
-        ORDER BY bytes, robust_acc DESC, key
-    """
-    return _finish(con.execute(sql, params).df(), attack, eps, norm, size)
+    # Three or more: the points, then nondominated (3: a sweep, O(n log n); more: pairwise).
+    # A NULL objective neither dominates nor is dominated, as SQL's comparisons would have it.
+    df = con.execute(points_sql + " ORDER BY bytes, robust_acc DESC, key", params).df()
+    values = np.column_stack(
+        [df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in objectives]
+    ).reshape(len(df), len(objectives))
+    keep = nondominated(values, [d == "max" for d in objectives.values()])
+    df = df[keep].reset_index(drop=True)
+    return _finish(df, attack, eps, norm, size)
 
 
 def _front_2d(points_sql: str, objectives: dict[str, str]) -> str:
@@ -387,6 +387,13 @@ def nondominated(
     v, _ = _as_minimization(values, maximize)
     if v.shape[1] == 2 and len(v) and not np.isnan(v).any():
         return _nondominated_2d(v)
+    if v.shape[1] == 3 and len(v):
+        return _nondominated_3d(v)
+    return _nondominated_pairwise(v)
+
+
+def _nondominated_pairwise(v: np.ndarray) -> np.ndarray:
+    """:func:`nondominated` of minimised objectives by comparing every pair (O(n^2 d)): any d."""
     keep = np.ones(len(v), dtype=bool)
     for start in range(0, len(v), 512):  # blocks: memory 512 x n x d, not n x n x d
         block = v[start : start + 512]
@@ -413,6 +420,42 @@ def _nondominated_2d(v: np.ndarray) -> np.ndarray:
     dominated = ((group > 0) & (earlier <= y)) | (least[group] < y)
     keep = np.empty(len(v), dtype=bool)
     keep[order] = ~dominated
+    return keep
+
+
+def _nondominated_3d(v: np.ndarray) -> np.ndarray:
+    """:func:`nondominated` of three minimised objectives in O(n log n): a sweep in
+    lexicographic order with a Fenwick tree over the ranks of y holding the smallest z.
+
+    Equal points never dominate each other, so the sweep runs over the distinct points: in
+    lexicographic (x, y, z) order every point that is <= p in all three objectives and not p
+    itself comes before p, so p is dominated exactly when an earlier point has y <= p's y and
+    z <= p's z (the tree's prefix minimum over y's rank).  A point with a NaN is never
+    dominated and dominates nothing (its comparisons are false), as in the pairwise check.
+    """
+    keep = np.ones(len(v), dtype=bool)
+    finite = ~np.isnan(v).any(axis=1)
+    pts, back = np.unique(v[finite], axis=0, return_inverse=True)  # sorted lexicographically
+    ys = np.unique(pts[:, 1])
+    rank = (np.searchsorted(ys, pts[:, 1]) + 1).tolist()  # 1-based, for the tree
+    zs = pts[:, 2].tolist()
+    m = len(ys)
+    tree = [math.inf] * (m + 1)  # tree[i]: min z over a range of ranks ending at i
+    dominated = np.zeros(len(pts), dtype=bool)
+    for i, (r, z) in enumerate(zip(rank, zs, strict=True)):
+        best, j = math.inf, r
+        while j > 0:  # min z over ranks 1..r
+            best = min(best, tree[j])
+            j -= j & -j
+        if best <= z:
+            dominated[i] = True
+            continue  # whatever it dominates, its dominator dominates too
+        j = r
+        while j <= m:
+            if z < tree[j]:
+                tree[j] = z
+            j += j & -j
+    keep[np.flatnonzero(finite)] = ~dominated[back.reshape(-1)]
     return keep
 
 
