@@ -667,7 +667,7 @@ def time_compact(
 
 def front3(n: int) -> None:
     """The 3-objective front of ``n`` points: the sweep vs the pairwise check, one run."""
-    from analysis.pareto import _nondominated_pairwise, nondominated
+    from analysis.fronts import _nondominated_pairwise, nondominated
 
     rng = np.random.default_rng(0)
     bits = rng.uniform(1, 32, n)
