@@ -1,4 +1,4 @@
-"""Robustness curves, the effect of each reduction, and a reference model against the best point.
+"""Robustness curves, the effect of each reduction, and the undefended baseline against the best point.
 
 All functions read the DuckDB views of :func:`analysis.query.connect` and
 return pandas DataFrames.  Accuracies are fractions, eps is on the input's
@@ -48,11 +48,12 @@ BASELINE = (
     "AND cfg_layer_sparsity = '{}' AND cfg_layer_clusters = '{}'"
 )
 
-# The reference model of compare_to_baseline, condition by condition: truly
+# The undefended baseline of compare_to_baseline, condition by condition: truly
 # float (no per-layer bits either), unpruned, unclustered, without JR of any
 # kind and without adversarial training.  NULL fails a condition (unknown is
-# not "without").
-REFERENCE = {
+# not "without").  ("Reference" names only a dataset's MLPerf Tiny reference model,
+# analysis.variants.REFERENCE_MODELS, and "hv_ref_point" the hypervolume's point.)
+UNDEFENDED = {
     "float (cfg_bits 'float')": "cfg_bits = 'float'",
     "default layer bits (cfg_layer_bits '{}')": "cfg_layer_bits = '{}'",
     "unpruned (cfg_sparsity 0)": "cfg_sparsity = 0",
@@ -63,7 +64,7 @@ REFERENCE = {
     "without per-layer JR (cfg_jr_layers '{}')": "cfg_jr_layers = '{}'",
     "without adversarial training (cfg_adv_training 'none')": "cfg_adv_training = 'none'",
 }
-REFERENCE_SQL = " AND ".join(f"({c})" for c in REFERENCE.values())
+UNDEFENDED_SQL = " AND ".join(f"({c})" for c in UNDEFENDED.values())
 
 
 def robustness_curve(
@@ -525,21 +526,21 @@ def compare_to_baseline(
     norm: str | None = None,
     size: str = "encoded",
 ) -> pd.DataFrame:
-    """The reference model (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published) against the most
-    robust point at equal or smaller bytes, per dataset and model.
+    """The undefended baseline (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published) against the
+    most robust point at equal or smaller bytes, per dataset and model.
 
-    The reference is truly float (``cfg_bits`` 'float' and ``cfg_layer_bits``
+    The baseline is truly float (``cfg_bits`` 'float' and ``cfg_layer_bits``
     '{}'), unpruned, unclustered, without JR (``cfg_jr_weight`` 0 and
-    ``cfg_jr_layers`` '{}') and without adversarial training (``REFERENCE``);
+    ``cfg_jr_layers`` '{}') and without adversarial training (``UNDEFENDED``);
     ``baseline`` replaces that with any predicate over the rows.  When none
     exists, a ValueError says which conditions the closest configs miss.
     Points are configs (the mean over folds, Wilson intervals of the pooled
-    counts); two rows per model: ``reference`` and ``best``, the latter with
+    counts); two rows per model: ``baseline`` and ``best``, the latter with
     the gain in robust accuracy and the bytes ratio (``size``: which bytes).
     """
     eps, norm = resolve(con, attack, eps, norm)
     pts = trial_points(con, attack, eps, where, per="config", norm=norm, size=size)
-    predicate = REFERENCE_SQL if baseline is None else baseline
+    predicate = UNDEFENDED_SQL if baseline is None else baseline
     ref_ids = set(
         con.execute(
             f"SELECT DISTINCT {CONFIG_ID} FROM rows WHERE status = 'complete' AND ({predicate})"
@@ -557,7 +558,7 @@ def compare_to_baseline(
             ["robust_acc", "bytes"], ascending=[False, True]
         )
         best = cands.iloc[0]
-        for role, r in (("reference", ref), ("best", best)):
+        for role, r in (("baseline", ref), ("best", best)):
             out.append(
                 {
                     "dataset": dataset,
@@ -582,17 +583,17 @@ def compare_to_baseline(
     if not out:
         if baseline is not None:
             raise ValueError(f"baseline: no complete trials match {baseline!r}")
-        raise ValueError(_no_reference(con, where))
+        raise ValueError(_no_undefended(con, where))
     df = pd.DataFrame(out)
     df.attrs.update(attack=attack, eps=eps, norm=norm, size=size)
     return df
 
 
-def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
-    """Why there is no reference model: the conditions, and what the closest configs miss."""
+def _no_undefended(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
+    """Why there is no undefended baseline: the conditions, and what the closest configs miss."""
     misses = []
-    for name in REFERENCE:
-        others = " AND ".join(f"({c})" for n, c in REFERENCE.items() if n != name) or "true"
+    for name in UNDEFENDED:
+        others = " AND ".join(f"({c})" for n, c in UNDEFENDED.items() if n != name) or "true"
         row = con.execute(
             f"SELECT count(DISTINCT {CONFIG_ID}) FROM rows WHERE status = 'complete' "
             f"AND ({others}) {where_clause(where)}"
@@ -600,8 +601,8 @@ def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
         if row and row[0]:
             misses.append(f"{row[0]} config(s) miss only: {name}")
     return (
-        "baseline: no reference model in the results: no complete config is "
-        + ", ".join(REFERENCE)
+        "baseline: no undefended baseline in the results: no complete config is "
+        + ", ".join(UNDEFENDED)
         + (f" ({'; '.join(misses)})" if misses else "")
         + "; run one, or pass baseline= a predicate of your own"
     )

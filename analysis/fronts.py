@@ -123,19 +123,19 @@ def _hv_min(points: np.ndarray, ref: np.ndarray) -> float:
 def hypervolume(
     values: np.ndarray | Sequence[Sequence[float]],
     maximize: Sequence[bool],
-    reference: Sequence[float],
+    hv_ref_point: Sequence[float],
 ) -> float:
-    """Volume dominated by ``values`` and bounded by ``reference``, in the objectives' units.
+    """Volume dominated by ``values`` and bounded by ``hv_ref_point``, in the objectives' units.
 
     ``maximize[i]`` gives objective i's direction; points not strictly better
-    than the reference in every objective add nothing.  Exact in any
+    than ``hv_ref_point`` in every objective add nothing.  Exact in any
     dimension (2 objectives: one sort).
     """
     v, sign = _as_minimization(values, maximize)
-    ref = np.asarray(reference, dtype=np.float64) * sign
+    ref = np.asarray(hv_ref_point, dtype=np.float64) * sign
     if ref.shape != (len(maximize),):
         raise ValueError(
-            f"reference: {list(reference)} needs one value per objective ({len(maximize)})"
+            f"hv_ref_point: {list(hv_ref_point)} needs one value per objective ({len(maximize)})"
         )
     inside = v[(v < ref).all(axis=1)]
     if len(inside) == 0:
