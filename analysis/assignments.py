@@ -12,7 +12,7 @@ A study whose rows hold per-layer assignments (``cfg_layer_bits`` /
 - a flash budget (``max_bytes``, on the selected size) keeps the points over it off
   both fronts (they are counted, never dropped silently);
 - the front of all points within budget, the front of the uniform points within budget,
-  their hypervolumes at one reference point (robust 0, bytes = the budget, else
+  their hypervolumes at one point, ``hv_ref_point`` (robust 0, bytes = the budget, else
   ``1.1 * 4 * params`` as grid.space does), and for each front point whether any uniform
   point within budget dominates it.
 
@@ -59,7 +59,7 @@ class LayerAssignments:
     front: pd.DataFrame  # the front of every feasible point
     uniform_front: pd.DataFrame  # the front of the feasible uniform points
     max_bytes: float | None
-    reference: tuple[float, float]  # (robust accuracy, bytes) of the hypervolumes
+    hv_ref_point: tuple[float, float]  # (robust accuracy, bytes) the hypervolumes are bounded by
     hypervolume: float
     uniform_hypervolume: float
     attrs: dict[str, Any] = field(default_factory=dict)  # attack, eps, norm, size
@@ -315,8 +315,8 @@ def summary(a: LayerAssignments) -> str:
     return (
         f"{a.dataset} / {a.model}: {n} configs ({nu} uniform, {n - nu} per-layer); robust accuracy "
         f"under the {what}; {budget}. Front: {len(a.front)} points ({front_pl} per-layer); uniform "
-        f"front: {len(a.uniform_front)}. Hypervolume at reference (robust {a.reference[0]:g}, "
-        f"{a.reference[1]:,.0f} B): all points {a.hypervolume:,.1f}, uniform only "
+        f"front: {len(a.uniform_front)}. Hypervolume at (robust {a.hv_ref_point[0]:g}, "
+        f"{a.hv_ref_point[1]:,.0f} B): all points {a.hypervolume:,.1f}, uniform only "
         f"{a.uniform_hypervolume:,.1f} (ratio {ratio}). {verdict}."
     )
 

@@ -1,4 +1,4 @@
-"""Robustness curves, the effect of each reduction, and a reference model against the best point.
+"""Robustness curves, the effect of each reduction, and the undefended baseline against the best point.
 
 All functions read the DuckDB views of :func:`analysis.query.connect` and
 return pandas DataFrames.  Accuracies are fractions, eps is on the input's
@@ -36,11 +36,12 @@ BASELINE = (
     "AND cfg_layer_sparsity = '{}' AND cfg_layer_clusters = '{}'"
 )
 
-# The reference model of compare_to_baseline, condition by condition: truly
+# The undefended baseline of compare_to_baseline, condition by condition: truly
 # float (no per-layer bits either), unpruned, unclustered, without JR of any
 # kind and without adversarial training.  NULL fails a condition (unknown is
-# not "without").
-REFERENCE = {
+# not "without").  ("Reference" names only a dataset's MLPerf Tiny reference model,
+# analysis.variants.REFERENCE_MODELS, and "hv_ref_point" the hypervolume's point.)
+UNDEFENDED = {
     "float (cfg_bits 'float')": "cfg_bits = 'float'",
     "default layer bits (cfg_layer_bits '{}')": "cfg_layer_bits = '{}'",
     "unpruned (cfg_sparsity 0)": "cfg_sparsity = 0",
@@ -51,7 +52,7 @@ REFERENCE = {
     "without per-layer JR (cfg_jr_layers '{}')": "cfg_jr_layers = '{}'",
     "without adversarial training (cfg_adv_training 'none')": "cfg_adv_training = 'none'",
 }
-REFERENCE_SQL = " AND ".join(f"({c})" for c in REFERENCE.values())
+UNDEFENDED_SQL = " AND ".join(f"({c})" for c in UNDEFENDED.values())
 
 
 def robustness_curve(
@@ -181,20 +182,30 @@ def _masks(
     out: dict[str, tuple[str, np.ndarray] | str] = {
         k: "no complete rows at this attack, eps and norm" for k in want.key
     }
-    for key, g in df.groupby("key", sort=False):
-        if g["mask"].isna().any() or g["subset"].isna().any() or g["n"].isna().any():
-            out[str(key)] = "no metric_robust_mask / meta_attack_subset"
-            continue
-        subsets = set(g["subset"])
-        if len(subsets) > 1:
-            out[str(key)] = f"its rows used different subsets {sorted(subsets)}"
-            continue
-        masks = [unpack_mask(m, int(n)) for m, n in zip(g["mask"], g["n"], strict=True)]
-        if len({len(m) for m in masks}) > 1:
-            out[str(key)] = "its attacks' masks differ in length"
-            continue
-        out[str(key)] = (subsets.pop(), np.logical_and.reduce(masks))
+    # Column lists, not a pandas group per key: a report asks for 10^4-10^5 masks.
+    got, subs, hexes, ns = (df[c].tolist() for c in ("key", "subset", "mask", "n"))
+    lo = 0
+    while lo < len(got):
+        hi = lo + 1
+        while hi < len(got) and got[hi] == got[lo]:
+            hi += 1
+        key = str(got[lo])
+        if any(_missing(v) for col in (hexes, subs, ns) for v in col[lo:hi]):
+            out[key] = "no metric_robust_mask / meta_attack_subset"
+        elif len(set(subs[lo:hi])) > 1:
+            out[key] = f"its rows used different subsets {sorted(set(subs[lo:hi]))}"
+        else:
+            masks = [unpack_mask(m, int(n)) for m, n in zip(hexes[lo:hi], ns[lo:hi], strict=True)]
+            if len({len(m) for m in masks}) > 1:
+                out[key] = "its attacks' masks differ in length"
+            else:
+                out[key] = (subs[lo], np.logical_and.reduce(masks))
+        lo = hi
     return out
+
+
+def _missing(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def _discordant(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
@@ -383,29 +394,44 @@ def reduction_effects(
 def _per_config(
     paired: pd.DataFrame, masks: dict[str, tuple[str, np.ndarray] | str]
 ) -> pd.DataFrame:
+    # Positions per config in order of first appearance (as groupby(sort=False)), and column
+    # lists: a pandas group per config costs ~1 ms, and a report has 10^4 configs per cell.
+    ids = paired.config_id.tolist()
+    at: dict[object, list[int]] = {}
+    for i, cid in enumerate(ids):
+        if not _missing(cid):
+            at.setdefault(cid, []).append(i)
+    col = {c: paired[c].tolist() for c in _CONFIG_COLUMNS}
+    folds, keys, base_keys = (paired[c].tolist() for c in ("cfg_folds", "key", "key_baseline"))
+    delta = paired.delta.to_numpy(float)
+    robust = paired.robust_acc.to_numpy(float)
+    base = paired.robust_acc_baseline.to_numpy(float)
+    ratio = (paired.bytes / paired.bytes_baseline).to_numpy(float)
     out = []
-    for _, g in paired.groupby("config_id", sort=False):
-        first = g.iloc[0]
-        k = int(first.cfg_folds)
-        test = corrected_t(g.delta.to_numpy(), k)
+    for cid, rows in at.items():
+        first = rows[0]
+        k = int(folds[first])
+        d = delta[rows]
+        test = corrected_t(d, k)
         b = c = 0
         usable = True
-        for key, key_base in zip(g.key, g.key_baseline, strict=True):
-            ma, mb = masks.get(key), masks.get(key_base)
+        for i in rows:
+            ma, mb = masks.get(keys[i]), masks.get(base_keys[i])
             if not isinstance(ma, tuple) or not isinstance(mb, tuple) or ma[0] != mb[0]:
                 usable = False
                 break
             db, dc = _discordant(ma[1], mb[1])
             b, c = b + db, c + dc
-        row = {col: first[col] for col in _CONFIG_COLUMNS}
+        row = {name: col[name][first] for name in _CONFIG_COLUMNS}
+        acc = robust[rows]
         row.update(
             folds=k,
-            pairs=len(g),
-            robust_acc=float(g.robust_acc.mean()),
+            pairs=len(rows),
+            robust_acc=_mean(acc),
             # the sample sd over the folds (NaN for one fold: no spread to measure)
-            robust_std=float(g.robust_acc.std(ddof=1)) if len(g) > 1 else math.nan,
-            baseline_robust_acc=float(g.robust_acc_baseline.mean()),
-            delta=float(g.delta.mean()),
+            robust_std=_std(acc) if len(rows) > 1 else math.nan,
+            baseline_robust_acc=_mean(base[rows]),
+            delta=_mean(d),
             delta_ci95=test.half_ci95,
             t=test.t,
             p_value=test.p_value,
@@ -413,8 +439,8 @@ def _per_config(
             mcnemar_b=b if usable else pd.NA,
             mcnemar_c=c if usable else pd.NA,
             p_mcnemar=mcnemar_exact(b, c) if usable else math.nan,
-            bytes_ratio=float((g.bytes / g.bytes_baseline).mean()),
-            config_id=first.config_id,
+            bytes_ratio=_mean(ratio[rows]),
+            config_id=cid,
         )
         out.append(row)
     df = pd.DataFrame(out)
@@ -422,6 +448,17 @@ def _per_config(
         df["mcnemar_b"] = df["mcnemar_b"].astype("Int64")
         df["mcnemar_c"] = df["mcnemar_c"].astype("Int64")
     return df
+
+
+def _mean(a: np.ndarray) -> float:
+    """pandas' Series.mean (NaN skipped); numpy's where nothing is missing (the same sum)."""
+    return float(a.mean()) if not np.isnan(a).any() else float(pd.Series(a).mean())
+
+
+def _std(a: np.ndarray) -> float:
+    """pandas' Series.std (ddof 1, NaN skipped); numpy's where nothing is missing (the same
+    two-pass sums)."""
+    return float(a.std(ddof=1)) if not np.isnan(a).any() else float(pd.Series(a).std(ddof=1))
 
 
 def _holdout_ratio(g: pd.DataFrame, folds: int) -> float | None:
@@ -489,21 +526,21 @@ def compare_to_baseline(
     norm: str | None = None,
     size: str = "encoded",
 ) -> pd.DataFrame:
-    """The reference model (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published) against the most
-    robust point at equal or smaller bytes, per dataset and model.
+    """The undefended baseline (e.g. MLPerf Tiny's ResNet-8 or DS-CNN as published) against the
+    most robust point at equal or smaller bytes, per dataset and model.
 
-    The reference is truly float (``cfg_bits`` 'float' and ``cfg_layer_bits``
+    The baseline is truly float (``cfg_bits`` 'float' and ``cfg_layer_bits``
     '{}'), unpruned, unclustered, without JR (``cfg_jr_weight`` 0 and
-    ``cfg_jr_layers`` '{}') and without adversarial training (``REFERENCE``);
+    ``cfg_jr_layers`` '{}') and without adversarial training (``UNDEFENDED``);
     ``baseline`` replaces that with any predicate over the rows.  When none
     exists, a ValueError says which conditions the closest configs miss.
     Points are configs (the mean over folds, Wilson intervals of the pooled
-    counts); two rows per model: ``reference`` and ``best``, the latter with
+    counts); two rows per model: ``baseline`` and ``best``, the latter with
     the gain in robust accuracy and the bytes ratio (``size``: which bytes).
     """
     eps, norm = resolve(con, attack, eps, norm)
     pts = trial_points(con, attack, eps, where, per="config", norm=norm, size=size)
-    predicate = REFERENCE_SQL if baseline is None else baseline
+    predicate = UNDEFENDED_SQL if baseline is None else baseline
     ref_ids = set(
         con.execute(
             f"SELECT DISTINCT {CONFIG_ID} FROM rows WHERE status = 'complete' AND ({predicate})"
@@ -521,7 +558,7 @@ def compare_to_baseline(
             ["robust_acc", "bytes"], ascending=[False, True]
         )
         best = cands.iloc[0]
-        for role, r in (("reference", ref), ("best", best)):
+        for role, r in (("baseline", ref), ("best", best)):
             out.append(
                 {
                     "dataset": dataset,
@@ -546,17 +583,17 @@ def compare_to_baseline(
     if not out:
         if baseline is not None:
             raise ValueError(f"baseline: no complete trials match {baseline!r}")
-        raise ValueError(_no_reference(con, where))
+        raise ValueError(_no_undefended(con, where))
     df = pd.DataFrame(out)
     df.attrs.update(attack=attack, eps=eps, norm=norm, size=size)
     return df
 
 
-def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
-    """Why there is no reference model: the conditions, and what the closest configs miss."""
+def _no_undefended(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
+    """Why there is no undefended baseline: the conditions, and what the closest configs miss."""
     misses = []
-    for name in REFERENCE:
-        others = " AND ".join(f"({c})" for n, c in REFERENCE.items() if n != name) or "true"
+    for name in UNDEFENDED:
+        others = " AND ".join(f"({c})" for n, c in UNDEFENDED.items() if n != name) or "true"
         row = con.execute(
             f"SELECT count(DISTINCT {CONFIG_ID}) FROM rows WHERE status = 'complete' "
             f"AND ({others}) {where_clause(where)}"
@@ -564,8 +601,8 @@ def _no_reference(con: duckdb.DuckDBPyConnection, where: str | None) -> str:
         if row and row[0]:
             misses.append(f"{row[0]} config(s) miss only: {name}")
     return (
-        "baseline: no reference model in the results: no complete config is "
-        + ", ".join(REFERENCE)
+        "baseline: no undefended baseline in the results: no complete config is "
+        + ", ".join(UNDEFENDED)
         + (f" ({'; '.join(misses)})" if misses else "")
         + "; run one, or pass baseline= a predicate of your own"
     )

@@ -1,13 +1,16 @@
-"""Pareto fronts over trials (robust accuracy up, bytes down) and their hypervolume."""
+"""Pareto fronts over trials (robust accuracy up, bytes down) and their hypervolume.
+
+The algorithms over arrays (``nondominated``, ``hypervolume``) live in ``analysis.fronts``;
+this module reads the points from the results and keeps those names importable.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from analysis.fronts import hypervolume, nondominated
 from analysis.inference import wilson_arrays
 from analysis.query import CONFIG_ID, NORMS, where_clause
 from trainables.headline import EPS_TOL, SIZES, WORST, WORST_NORM, reads_sql
@@ -291,7 +294,8 @@ def pareto_front(
     nonzero, jacobian_fro2) to 'max' or 'min'; default robust accuracy up,
     bytes down.  A point is dominated when another is no worse in every
     objective and better in one (ties stay on the front).  Two objectives take
-    one sort (O(n log n)); three or more a self-join (O(n^2)).
+    one sort in SQL (O(n log n)), three a sweep (:func:`nondominated`,
+    O(n log n)), more a pairwise check (O(n^2)).
     """
     objectives = dict(objectives or DEFAULT_OBJECTIVES)
     known = {"robust_acc", "clean_acc", "bytes", "params", "nonzero", "jacobian_fro2"}
@@ -312,17 +316,15 @@ def pareto_front(
     if len(objectives) == 2:
         df = con.execute(_front_2d(points_sql, objectives), params).df()
         return _finish(df, attack, eps, norm, size)
-    no_worse = " AND ".join(
-        f"q.{c} {'>=' if d == 'max' else '<='} p.{c}" for c, d in objectives.items()
-    )
-    better = " OR ".join(f"q.{c} {'>' if d == 'max' else '<'} p.{c}" for c, d in objectives.items())
-    sql = f"""
-        WITH p AS ({points_sql})
-        SELECT * FROM p
-        WHERE NOT EXISTS (SELECT 1 FROM p AS q WHERE {no_worse} AND ({better}))
-        ORDER BY bytes, robust_acc DESC, key
-    """
-    return _finish(con.execute(sql, params).df(), attack, eps, norm, size)
+    # Three or more: the points, then nondominated (3: a sweep, O(n log n); more: pairwise).
+    # A NULL objective neither dominates nor is dominated, as SQL's comparisons would have it.
+    df = con.execute(points_sql + " ORDER BY bytes, robust_acc DESC, key", params).df()
+    values = np.column_stack(
+        [df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in objectives]
+    ).reshape(len(df), len(objectives))
+    keep = nondominated(values, [d == "max" for d in objectives.values()])
+    df = df[keep].reset_index(drop=True)
+    return _finish(df, attack, eps, norm, size)
 
 
 def _front_2d(points_sql: str, objectives: dict[str, str]) -> str:
@@ -379,90 +381,7 @@ def format_front(
     return "\n".join(lines)
 
 
-def _as_minimization(
-    values: np.ndarray | Sequence[Sequence[float]], maximize: Sequence[bool]
-) -> tuple[np.ndarray, np.ndarray]:
-    v = np.asarray(values, dtype=np.float64).reshape(-1, len(maximize))
-    sign = np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0)
-    return v * sign, sign
-
-
-def nondominated(
-    values: np.ndarray | Sequence[Sequence[float]], maximize: Sequence[bool]
-) -> np.ndarray:
-    """Boolean mask of the points no other point dominates (ties: both stay)."""
-    v, _ = _as_minimization(values, maximize)
-    if v.shape[1] == 2 and len(v) and not np.isnan(v).any():
-        return _nondominated_2d(v)
-    keep = np.ones(len(v), dtype=bool)
-    for start in range(0, len(v), 512):  # blocks: memory 512 x n x d, not n x n x d
-        block = v[start : start + 512]
-        le = (v[:, None, :] <= block[None, :, :]).all(axis=2)  # le[j, i]: j no worse than i
-        lt = (v[:, None, :] < block[None, :, :]).any(axis=2)
-        keep[start : start + 512] = ~(le & lt).any(axis=0)
-    return keep
-
-
-def _nondominated_2d(v: np.ndarray) -> np.ndarray:
-    """:func:`nondominated` of two minimised objectives in O(n log n): one sort, a running minimum.
-
-    With the points sorted by x, then y: a point is dominated exactly when a point of smaller x
-    has y no greater, or a point of the same x has a smaller y (equal points both stay).
-    """
-    order = np.lexsort((v[:, 1], v[:, 0]))
-    x, y = v[order, 0], v[order, 1]
-    first = np.ones(len(v), dtype=bool)
-    first[1:] = x[1:] != x[:-1]  # the first (smallest y) point of each distinct x
-    group = np.cumsum(first) - 1
-    least = y[first]  # each x's smallest y
-    before = np.minimum.accumulate(least)  # smallest y at this x or any smaller one
-    earlier = np.concatenate(([np.nan], before[:-1]))[group]  # at a strictly smaller x
-    dominated = ((group > 0) & (earlier <= y)) | (least[group] < y)
-    keep = np.empty(len(v), dtype=bool)
-    keep[order] = ~dominated
-    return keep
-
-
-def _hv_min(points: np.ndarray, ref: np.ndarray) -> float:
-    """Exact hypervolume of minimisation points, all strictly below ``ref`` (slicing, n^(d-1))."""
-    n, d = points.shape
-    if n == 0:
-        return 0.0
-    if d == 1:
-        return float(ref[0] - points[:, 0].min())
-    order = np.argsort(points[:, -1], kind="stable")
-    p = points[order]
-    edges = np.append(p[:, -1], ref[-1])
-    if d == 2:
-        best = np.minimum.accumulate(p[:, 0])  # the front's x up to each y slice
-        return float(np.sum((edges[1:] - edges[:-1]) * (ref[0] - best)))
-    total = 0.0
-    for i in range(n):
-        height = edges[i + 1] - edges[i]
-        if height > 0:
-            total += height * _hv_min(p[: i + 1, :-1], ref[:-1])
-    return total
-
-
-def hypervolume(
-    values: np.ndarray | Sequence[Sequence[float]],
-    maximize: Sequence[bool],
-    reference: Sequence[float],
-) -> float:
-    """Volume dominated by ``values`` and bounded by ``reference``, in the objectives' units.
-
-    ``maximize[i]`` gives objective i's direction; points not strictly better
-    than the reference in every objective add nothing.  Exact in any
-    dimension (2 objectives: one sort).
-    """
-    v, sign = _as_minimization(values, maximize)
-    ref = np.asarray(reference, dtype=np.float64) * sign
-    if ref.shape != (len(maximize),):
-        raise ValueError(
-            f"reference: {list(reference)} needs one value per objective ({len(maximize)})"
-        )
-    inside = v[(v < ref).all(axis=1)]
-    if len(inside) == 0:
-        return 0.0
-    front = inside[nondominated(inside, [False] * len(maximize))]
-    return _hv_min(np.unique(front, axis=0), ref)
+__all__ = [
+    "DEFAULT_OBJECTIVES", "SIZES", "SIZE_LABELS", "describe", "format_front", "headline_eps",
+    "hypervolume", "nondominated", "norm_label", "pareto_front", "resolve", "trial_points",
+]  # fmt: skip

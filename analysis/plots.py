@@ -29,6 +29,11 @@ OKABE_ITO = [
 ]  # fmt: skip
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 CMAP = "cividis"
+# Figures with an element per variant or config stay readable (and within Agg's 2^16 pixels a
+# side) past these: a study of 10^4 trials has ~2,000 variants.  Below them a figure shows
+# everything; above, a named selection, and its title says which (the tables keep every row).
+MAX_BARS = 24  # variants per panel of variant_bars
+MAX_ROWS = 60  # configs in jr_on_off
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
@@ -198,7 +203,11 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
     legend; B (the ``versus`` variant) is cross-hatched, A and B outlined in black.
     """
     datasets = sorted(kinds["dataset"].unique())
-    panels = [sorted(kinds.loc[kinds["dataset"] == ds, "variant"].unique()) for ds in datasets]
+    panels, total = [], []
+    for ds in datasets:
+        sub = kinds[kinds["dataset"] == ds]
+        total.append(sub["variant"].nunique())
+        panels.append(sorted(_shown_variants(sub, MAX_BARS)))
     ncols = [2 if len(vs) > 4 else 1 for vs in panels]
     rows_in = [math.ceil(len(vs) / c) for vs, c in zip(panels, ncols, strict=True)]
     heights = [2.4 + 0.2 * r + 0.5 for r in rows_in]  # axes + legend under them, inches
@@ -206,7 +215,7 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
         len(datasets), 1, figsize=(8.5, sum(heights)), squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )  # fmt: skip
-    for ax, ds, here, ncol in zip(axes[:, 0], datasets, panels, ncols, strict=True):
+    for ax, ds, here, ncol, every in zip(axes[:, 0], datasets, panels, ncols, total, strict=True):
         sub = kinds[kinds["dataset"] == ds]
         present = [k for k in ("white", "black", "transfer", "worst") if k in set(sub["kind"])]
         width = 0.8 / max(1, len(here))
@@ -228,7 +237,12 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
         ax.set_xticks(range(len(present)), [names[k] for k in present])
         ax.set_ylabel("robust accuracy\n(fraction; bars: fold sd)")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{ds}: mean over each kind's (attack, eps) cells", fontsize=10)
+        shown = (
+            ""
+            if len(here) == every
+            else f" ({len(here)} of {every} variants: A, B and the most robust)"
+        )
+        ax.set_title(f"{ds}: mean over each kind's (attack, eps) cells{shown}", fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(
             fontsize=7, ncol=ncol, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12)
@@ -236,6 +250,19 @@ def variant_bars(kinds: pd.DataFrame, title: str = "", path: str | Path | None =
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def _shown_variants(sub: pd.DataFrame, cap: int) -> list[str]:
+    """Every variant of one dataset's ``kinds`` rows, or past ``cap`` of them: A and B, then the
+    most robust (mean robust accuracy over the kinds, ties by label)."""
+    variants = list(dict.fromkeys(sub["variant"]))
+    if len(variants) <= cap:
+        return variants
+    roles = sub.groupby("variant")["role"].first() if "role" in sub else pd.Series(dtype=str)
+    keep = [v for v in sorted(variants) if str(roles.get(v, "")) in ("A", "B")]
+    mean = sub.groupby("variant")["robust_mean"].mean()
+    ranked = sorted((v for v in variants if v not in keep), key=lambda v: (-mean[v], v))
+    return keep + ranked[: max(0, cap - len(keep))]
 
 
 def combination_vs_worst(
@@ -278,6 +305,16 @@ def jr_on_off(effects: pd.DataFrame, title: str = "", path: str | Path | None = 
     a hollow dot for robust accuracy without JR, a filled one with it, the arrow between them;
     the error bar on the filled dot is the 95% interval of the paired difference over folds."""
     df = effects.reset_index(drop=True)
+    every = len(df)
+    if every > MAX_ROWS:  # the smallest adjusted p first, then the largest |delta|; table order
+        p = df["p_adjusted"] if "p_adjusted" in df else pd.Series(np.nan, index=df.index)
+        rank = pd.DataFrame({"p": p.fillna(np.inf), "d": -df["delta"].abs().fillna(0.0)})
+        df = df.loc[sorted(rank.sort_values(["p", "d"], kind="stable").index[:MAX_ROWS])]
+        df = df.reset_index(drop=True)
+        title = title or (
+            f"JR on against off at equal compression ({MAX_ROWS} of {every} configs: "
+            "the smallest adjusted p)"
+        )
     labels = [
         " ".join(str(v) for v in (r.model, r.bits, f"sp {r.sparsity:g}", f"cl {r.clusters}"))
         + f"  JR {r.jr_layers if r.jr_layers not in (None, '{}') else r.jr_weight}"

@@ -412,19 +412,21 @@ def build_report(
     except ValueError as err:
         parts.append(f'<p class="note">{html.escape(str(err))}</p>')
     parts += _jr_on_off(con, attack, eps, norm, export)
-    parts.append("<h2>Reference model against the best robust point at equal or smaller size</h2>")
+    parts.append(
+        "<h2>Undefended baseline against the best robust point at equal or smaller size</h2>"
+    )
     try:
         ref = compare_to_baseline(con, attack, eps, norm=norm, size=size)
         parts.append(_table(_ci(ref)))
         if export is not None:
             export.table(
-                "reference",
+                "baseline",
                 ref,
-                "Reference model against the best robust point at equal or smaller size",
+                "Undefended baseline against the best robust point at equal or smaller size",
             )
     except ValueError as err:
         parts.append(
-            '<p class="note">No reference model to compare with: the results hold no config '
+            '<p class="note">No undefended baseline to compare with: the results hold no config '
             "that is float, unpruned, unclustered, without JR and without adversarial "
             f"training. ({html.escape(str(err))})</p>"
         )

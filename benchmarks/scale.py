@@ -36,6 +36,13 @@ read every column of every key (pareto, report, curve) are skipped on per-key
 files past ``--skip-per-key-above`` keys (DuckDB over 10^5 small files takes
 more than 13 GB); status and planning, which read a few columns, always run.
 
+``--front3 N`` times the three-objective front (``objective.clean``: robust up, bytes
+down, clean up) of N points drawn like the store's (one per config) in-process: the sweep
+``analysis.pareto.nondominated`` against the pairwise check it replaced, in the same run
+(both masks checked equal), and exits:
+
+    python benchmarks/scale.py --front3 20000
+
 ``--keep`` keeps the populated local folders under ``--root`` (writing 10^5
 files takes minutes) and reuses them on the next run; with ``--compact`` it
 compacts a hard-linked copy, so the per-key folder stays for the next run.
@@ -658,6 +665,32 @@ def time_compact(
     return _entry(where, study.grid_size, "compact", "compacted", sec, cpu, reqs, said, err, info)
 
 
+def front3(n: int) -> None:
+    """The 3-objective front of ``n`` points: the sweep vs the pairwise check, one run."""
+    from analysis.fronts import _nondominated_pairwise, nondominated
+
+    rng = np.random.default_rng(0)
+    bits = rng.uniform(1, 32, n)
+    nbytes = np.round(1e5 * bits / 8 * rng.uniform(0.9, 1.1, n))  # the trade-off, as key_rows
+    clean = np.round(rng.uniform(0.6, 0.98, n), 3)  # 3 decimals: ties, as real accuracies
+    robust = np.round(clean * np.exp(-0.1 * rng.uniform(1, 15, n)) * (bits / 32) ** 0.1, 3)
+    values = np.c_[robust, nbytes, clean]
+    maximize = [True, False, True]
+    times = {}
+    for name, fn in (("sweep", lambda: nondominated(values, maximize)),
+                     ("pairwise", lambda: _nondominated_pairwise(values * [-1, 1, -1]))):  # fmt: skip
+        c0, t0 = time.process_time(), time.perf_counter()
+        mask = fn()
+        times[name] = (time.perf_counter() - t0, time.process_time() - c0, int(mask.sum()))
+    (ws, cs, fs), (wp, cp, fp) = times["sweep"], times["pairwise"]
+    if fs != fp:
+        raise SystemExit(f"front3: the sweep kept {fs} points, the pairwise check {fp}")
+    print(
+        f"front3 N={n:,} points: sweep {ws:.3f}s (cpu {cs:.3f}s), pairwise {wp:.2f}s "
+        f"(cpu {cp:.2f}s): {cp / max(cs, 1e-9):.0f}x less CPU; front {fs:,} points"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -695,7 +728,12 @@ def main() -> None:
                     help="seconds before grid compact is given up (default 3600)")  # fmt: skip
     ap.add_argument("--from-json", metavar="FILES",
                     help="comma-separated --json files of earlier runs: print their tables, draw --png; measure nothing")  # fmt: skip
+    ap.add_argument("--front3", type=int, metavar="N",
+                    help="time the 3-objective front of N points (sweep vs pairwise) and exit")  # fmt: skip
     args = ap.parse_args()
+    if args.front3:
+        front3(args.front3)
+        return
     if args.skip_per_key_above < 0:
         raise SystemExit(f"--skip-per-key-above: {args.skip_per_key_above} must be at least 0")
     if args.from_json:

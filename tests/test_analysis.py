@@ -174,9 +174,9 @@ def test_reduction_effects_pair_folds_with_the_baseline(tmp_path: Path) -> None:
 def test_compare_to_baseline_best_point_at_equal_or_smaller_size(tmp_path: Path) -> None:
     con = _table(tmp_path)
     cmp = analysis.compare_to_baseline(con, "fgsm", 0.1).set_index("role")
-    assert cmp.loc["reference", "bits"] == "float" and cmp.loc["reference", "bytes"] == 4000
+    assert cmp.loc["baseline", "bits"] == "float" and cmp.loc["baseline", "bytes"] == 4000
     # float+8 clusters is more robust but bigger (5000 B): not a candidate.
-    # The reference itself wins here: 4-bit (900 B) has (0.40 + 0.45) / 2 = 0.425.
+    # The baseline itself wins here: 4-bit (900 B) has (0.40 + 0.45) / 2 = 0.425.
     assert cmp.loc["best", "robust_acc"] == pytest.approx(0.55)
     assert (cmp.loc["best", "bits"], cmp.loc["best", "bytes"]) == ("float", 4000)
     cmp = analysis.compare_to_baseline(con, "pgd", 0.05).set_index("role")

@@ -120,7 +120,7 @@ def test_fronts_uniform_flags_and_budget_equal_brute_force(tmp_path: Path) -> No
             assert bool(a.front.set_index("key").uniform_dominated[k]) == dominated, k
     assert "hyb" in front  # the most robust point within budget
 
-    # Hypervolume: the reference's bytes is the budget; a box count as the oracle.
+    # Hypervolume: hv_ref_point's bytes is the budget; a box count as the oracle.
     vals = np.array([[r, b] for _, r, b in ok])
     assert a.hypervolume == pytest.approx(brute_force_hv(vals, [True, False], [0.0, BUDGET]))
     uni_vals = np.array([[r, b] for k, r, b in ok if k in uniform])

@@ -70,3 +70,64 @@ def test_missing_results_folder_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no robustgrid rows"):
         connect(tmp_path / "empty")
+
+
+# ---- three objectives (objective.clean): the sweep against a brute force --------------------
+
+
+def _brute_force_nondominated(values: list[list[float]], maximize: list[bool]) -> list[bool]:
+    """Dominance as defined, pair by pair in plain Python: q dominates p when q is no worse in
+    every objective and better in one; any comparison with a NaN is false."""
+
+    def no_worse(a: float, b: float, up: bool) -> bool:
+        return a >= b if up else a <= b
+
+    def better(a: float, b: float, up: bool) -> bool:
+        return a > b if up else a < b
+
+    keep = []
+    for p in values:
+        keep.append(
+            not any(
+                all(no_worse(a, b, up) for a, b, up in zip(q, p, maximize, strict=True))
+                and any(better(a, b, up) for a, b, up in zip(q, p, maximize, strict=True))
+                for q in values
+            )
+        )
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_three_objective_front_matches_brute_force(seed: int) -> None:
+    from analysis.pareto import nondominated
+
+    rng = np.random.default_rng(seed)
+    for n in (0, 1, 2, 7, 60, 400):
+        levels = int(rng.integers(2, 12))  # coarse values: many ties and repeated points
+        values = rng.integers(0, levels, size=(n, 3)).astype(float)
+        if n > 3:
+            values[rng.integers(0, n, 2)] = values[0]  # exact duplicates of one point
+        if seed % 3 == 0 and n > 5:
+            values[rng.integers(0, n), rng.integers(0, 3)] = np.nan
+        maximize = [bool(b) for b in rng.integers(0, 2, 3)]
+        want = _brute_force_nondominated(values.tolist(), maximize)
+        got = nondominated(values, maximize)
+        assert got.dtype == bool and got.tolist() == want, (seed, n, maximize)
+
+
+def test_three_objective_pareto_front_matches_brute_force(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    table = []
+    for i in range(120):
+        key, worst = f"k{i:03d}", int(rng.integers(0, 10)) / 10
+        clean, nbytes = int(rng.integers(5, 10)) / 10, int(rng.integers(1, 15)) * 100
+        robust = {("pgd", 0.1): worst, ("worst", 0.1): worst}
+        sink(key, rows_for(key, robust, clean, nbytes))
+        table.append((key, worst, clean, nbytes))
+    con = connect(tmp_path)
+    objectives = {"robust_acc": "max", "bytes": "min", "clean_acc": "max"}
+    got = pareto_front(con, objectives=objectives)
+    keep = _brute_force_nondominated([[w, b, c] for _, w, c, b in table], [True, False, True])
+    assert set(got["key"]) == {k for (k, *_), m in zip(table, keep, strict=True) if m}
+    assert list(got["bytes"]) == sorted(got["bytes"])  # the points' order, as for two

@@ -463,7 +463,7 @@ def test_reduction_effects_mcnemar_sums_discordant_pairs_over_folds(tmp_path: Pa
     assert row.p_mcnemar == pytest.approx(1.0)
 
 
-# ---- norms, size, stale rows, reference ------------------------------------------------
+# ---- norms, size, stale rows, baseline -------------------------------------------------
 
 
 def _norm_table(tmp_path: Path) -> None:
@@ -563,34 +563,34 @@ def test_stale_rows_are_left_out_unless_asked(tmp_path: Path) -> None:
     assert list(analysis.trial_points(every, "worst", 0.1).key) == ["new"]
 
 
-def test_reference_model_must_be_truly_float(tmp_path: Path) -> None:
+def test_undefended_baseline_must_be_truly_float(tmp_path: Path) -> None:
     sink = ParquetSink(str(tmp_path), "t", "r")
-    # Float, uncompressed, but with per-layer JR: not a reference.
+    # Float, uncompressed, but with per-layer JR: not the undefended baseline.
     sink("jr", rows_for("jr", {("pgd", 0.1): 0.6}, 0.9, 4000, bits="float",
                         jr_layers='{"conv1": 0.1}'))  # fmt: skip
     sink("q", rows_for("q", {("pgd", 0.1): 0.5}, 0.9, 1000, bits="4"))
     con = analysis.connect(tmp_path)
     with pytest.raises(
         ValueError,
-        match=r"no reference model.*1 config\(s\) miss only: without per-layer JR",
+        match=r"no undefended baseline.*1 config\(s\) miss only: without per-layer JR",
     ):
         analysis.compare_to_baseline(con, "pgd", 0.1)
     html = build_report(con, "t", "pgd", 0.1)
-    assert "No reference model to compare with" in html
+    assert "No undefended baseline to compare with" in html
     # Adversarial training or per-layer bits disqualify as well.
     sink("adv", rows_for("adv", {("pgd", 0.1): 0.7}, 0.9, 4000, bits="float",
                          adv_training="pgd"))  # fmt: skip
     sink("lb", rows_for("lb", {("pgd", 0.1): 0.7}, 0.9, 4000, bits="float",
                         layer_bits='{"conv1": "4"}'))  # fmt: skip
     con = analysis.connect(tmp_path)
-    with pytest.raises(ValueError, match="no reference model"):
+    with pytest.raises(ValueError, match="no undefended baseline"):
         analysis.compare_to_baseline(con, "pgd", 0.1)
     sink("ref", rows_for("ref", {("pgd", 0.1): 0.4}, 0.9, 4000, bits="float", samples=100))
     con = analysis.connect(tmp_path)
     cmp = analysis.compare_to_baseline(con, "pgd", 0.1).set_index("role")
-    assert cmp.loc["reference", "key"] == "ref"
+    assert cmp.loc["baseline", "key"] == "ref"
     assert cmp.loc["best", "robust_acc"] == pytest.approx(0.7)  # adv / lb at the same size
-    assert (cmp.loc["reference", "robust_lo"], cmp.loc["reference", "robust_hi"]) == (
+    assert (cmp.loc["baseline", "robust_lo"], cmp.loc["baseline", "robust_hi"]) == (
         pytest.approx(_wilson_hand(40, 100))
     )
 
