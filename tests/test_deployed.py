@@ -1,0 +1,217 @@
+"""Attacks on the deployed int8 flatbuffer (trainables/deployed.py), checked against plain
+``tf.lite.Interpreter`` code written here, one example per invoke."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import trainables  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from trainables.attacks import AttackResult
+from trainables.config import AttackName, AttackSpec, TrialConfig
+
+
+def _hand_scores(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
+    """The oracle: one example per invoke, quantized and dequantized by hand (no runner code)."""
+    import tensorflow as tf
+
+    it = tf.lite.Interpreter(model_content=flatbuffer)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    s_in, z_in = inp["quantization"]
+    s_out, z_out = out["quantization"]
+    rows = []
+    for example in x:
+        it.set_tensor(
+            inp["index"], np.clip(np.round(example[None] / s_in + z_in), -128, 127).astype(np.int8)
+        )
+        it.invoke()
+        rows.append((it.get_tensor(out["index"])[0].astype(np.float32) - z_out) * s_out)
+    return np.array(rows)
+
+
+def _trained(cfg: TrialConfig) -> tuple[Any, bytes, Any]:
+    from trainables.artifacts import tflite_int8
+    from trainables.trial import train_compressed, trial_split
+
+    model, _ = train_compressed(cfg)
+    split = trial_split(cfg)
+    return model, tflite_int8(model, split.x_train[:200]), split
+
+
+PGD = AttackSpec(name=AttackName.pgd, eps=(0.1,), steps=5, restarts=1, samples=80)
+FGSM = AttackSpec(name=AttackName.fgsm, eps=(0.05, 0.1), samples=80)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[Any, bytes, Any]:
+    return _trained(TrialConfig(bits="4", epochs=2, attacks=(FGSM, PGD)))
+
+
+@pytest.mark.slow
+def test_batched_runner_equals_per_example_invoke(trained: tuple[Any, bytes, Any]) -> None:
+    from trainables.deployed import Int8Runner
+
+    _, flatbuffer, split = trained
+    x = split.x_test[:45]
+    runner = Int8Runner(flatbuffer, batch=16)  # 16, 16, 13 -> buckets 16 and 16 (padded)
+    np.testing.assert_array_equal(runner.scores(x), _hand_scores(flatbuffer, x))
+    assert runner.invokes == 3
+
+
+@pytest.mark.slow
+def test_hand_interpreter_reproduces_the_deployed_counts(
+    trained: tuple[Any, bytes, Any], tmp_path: Path
+) -> None:
+    from trainables.attacks import evaluate_attacks
+    from trainables.deployed import evaluate_deployed
+
+    model, flatbuffer, split = trained
+    keras = evaluate_attacks(
+        model, split.x_test, split.y_test, split.num_classes, (FGSM, PGD), keep_adv=True
+    )
+    report = evaluate_deployed(
+        model, flatbuffer, split.x_test, split.y_test, split.num_classes, (FGSM, PGD),
+        keras_results=keras, routes=("transfer", "bpda"),
+    )  # fmt: skip
+    names = sorted({r.attack for r in report.results})
+    assert names == ["deployed_bpda_pgd", "deployed_transfer_fgsm", "deployed_transfer_pgd"]
+    for k, r in zip(keras, report.routes["transfer"], strict=True):
+        assert (r.attack, r.eps) == (f"deployed_transfer_{k.attack}", k.eps)
+        # the saved adversarial batch, reloaded: the oracle reads only the file and the labels
+        assert k.x_adv is not None
+        np.savez(
+            tmp_path / "batch.npz",
+            x=split.x_test[r.positions],
+            x_adv=k.x_adv,
+            y=split.y_test[r.positions],
+        )
+        with np.load(tmp_path / "batch.npz") as z:
+            clean = np.argmax(_hand_scores(flatbuffer, z["x"]), axis=1) == z["y"]
+            robust = clean & (np.argmax(_hand_scores(flatbuffer, z["x_adv"]), axis=1) == z["y"])
+        assert r.clean_correct == int(clean.sum())
+        assert r.robust_correct == int(robust.sum())
+        np.testing.assert_array_equal(r.robust, robust)
+    # deployed_worst: the AND of the routes' masks on their common prefix (80 examples each)
+    w = next(w for w in report.worst if abs(w.eps - 0.1) < 1e-9)
+    at = [r for r in report.results if abs(r.eps - 0.1) < 1e-9]
+    assert w.attack == "deployed_worst" and len(at) == 3
+    np.testing.assert_array_equal(w.robust, np.logical_and.reduce([r.robust for r in at]))
+    assert 0 < report.agreement_samples == 80 and report.agreed <= 80
+
+
+@pytest.mark.slow
+def test_bpda_never_takes_a_step_that_lowers_the_interpreters_loss(
+    trained: tuple[Any, bytes, Any],
+) -> None:
+    from trainables.deployed import Int8Runner, bpda_pgd, cross_entropy, keras_gradient
+
+    model, flatbuffer, split = trained
+    x, y = split.x_test[:40], split.y_test[:40]
+    runner = Int8Runner(flatbuffer)
+    honest = keras_gradient(model)
+    for gradient in (
+        honest,
+        lambda a, b: -honest(a, b),
+    ):  # the second climbs down: all rejected or flat
+        run = bpda_pgd(
+            gradient, runner, x, y, eps=0.1, steps=8, step_ratio=0.25, restarts=0, seed=0
+        )
+        # by hand: every accepted candidate's interpreter loss is >= the point it replaced
+        for t in range(8):
+            took = run.accepted[0, t]
+            assert np.all(run.proposed[0, t][took] >= run.losses[0, t][took])
+            np.testing.assert_array_equal(run.losses[0, t + 1][~took], run.losses[0, t][~took])
+        assert np.all(np.diff(run.losses[0], axis=0) >= 0)
+        assert np.max(np.abs(run.x_adv - x)) <= 0.1 + 1e-6
+        assert run.x_adv.min() >= 0.0 and run.x_adv.max() <= 1.0
+        # the reported loss is the interpreter's at the returned point (hand oracle)
+        np.testing.assert_allclose(
+            cross_entropy(_hand_scores(flatbuffer, run.x_adv), y), run.losses[0, -1]
+        )
+    # the honest gradient does move the interpreter's loss up somewhere
+    up = bpda_pgd(honest, runner, x, y, eps=0.1, steps=8, step_ratio=0.25, restarts=0, seed=0)
+    assert np.any(up.losses[0, -1] > up.losses[0, 0])
+
+
+def _result(name: str, robust: np.ndarray, positions: np.ndarray | None = None) -> AttackResult:
+    pos = np.arange(len(robust)) if positions is None else positions
+    clean = np.ones(len(robust), bool)
+    return AttackResult(
+        attack=name, kind="deployed", norm="inf", eps=0.1, samples=len(robust),
+        clean_acc=1.0, robust_acc=float(np.mean(robust)), median_norm=None, seconds=0.0,
+        positions=pos, clean=clean, robust=np.asarray(robust, bool), subset_hash="",
+    )  # fmt: skip
+
+
+def test_query_above_transfer_fires_and_its_mirror_does_not() -> None:
+    from trainables.deployed import FLAG_QUERY_ABOVE, compare_routes, deployed_flags
+
+    rng = np.random.default_rng(0)
+    other = rng.random(100) < 0.5  # ~50 robust under the transfer route
+    query = other | (rng.random(100) < 0.5)  # robust wherever transfer left it robust, and more
+    fired = compare_routes(
+        [_result("deployed_square", query)], [_result("deployed_transfer_pgd", other)]
+    )
+    assert len(fired) == 1 and fired[0].diff > 0.15 and fired[0].fires
+    assert FLAG_QUERY_ABOVE in deployed_flags(fired, 100, 100)
+    mirror = compare_routes(
+        [_result("deployed_square", other)], [_result("deployed_transfer_pgd", query)]
+    )
+    assert mirror[0].diff == -fired[0].diff and not mirror[0].fires
+    assert deployed_flags(mirror, 100, 100) == ()
+    # a gap of 2 examples in 100 is within the interval: no flag
+    near = other.copy()
+    near[np.flatnonzero(~other)[:2]] = True
+    assert not compare_routes([_result("q", near)], [_result("t", other)])[0].fires
+    # the subsets pair by position: a longer route compares on the common prefix only
+    longer = _result("t", np.concatenate([other, np.zeros(50, bool)]), np.arange(150))
+    assert compare_routes([_result("q", query)], [longer])[0].samples == 100
+
+
+def test_newcombe_interval_brackets_the_difference() -> None:
+    from trainables.deployed import newcombe_paired
+
+    a = np.array([1] * 30 + [0] * 70, bool)
+    d, lo, hi = newcombe_paired(a, a)
+    assert d == 0.0 and lo < 0.0 < hi  # identical outcomes: 0 inside, nothing fires
+    b = np.array([1] * 10 + [0] * 90, bool)
+    d, lo, hi = newcombe_paired(a, b)
+    assert d == pytest.approx(0.2) and 0.0 < lo < d < hi
+    # swapping the arguments mirrors the interval
+    d2, lo2, hi2 = newcombe_paired(b, a)
+    assert (d2, lo2, hi2) == pytest.approx((-d, -hi, -lo))
+
+
+def test_agreement_flag() -> None:
+    from trainables.deployed import FLAG_DISAGREES, deployed_flags
+
+    assert FLAG_DISAGREES in deployed_flags([], 85, 100)  # upper bound ~0.91 < 0.95
+    assert deployed_flags([], 98, 100) == ()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", ["ternary", "binary", "stochastic_ternary", "stochastic_binary"])
+def test_low_bit_quantizers_through_the_converter(bits: str) -> None:
+    from trainables.artifacts import tflite_predict
+    from trainables.deployed import Int8Runner, evaluate_deployed
+
+    fgsm = AttackSpec(name=AttackName.fgsm, eps=(0.1,), samples=40)
+    square = AttackSpec(name=AttackName.square, eps=(0.1,), max_iter=20, samples=20)
+    model, flatbuffer, split = _trained(TrialConfig(bits=bits, epochs=1, attacks=(fgsm, square)))
+    runner = Int8Runner(flatbuffer)
+    np.testing.assert_array_equal(
+        runner.predict(split.x_test), tflite_predict(flatbuffer, split.x_test)
+    )
+    report = evaluate_deployed(
+        model, flatbuffer, split.x_test, split.y_test, split.num_classes, (fgsm, square)
+    )
+    assert sorted(r.attack for r in report.results) == [
+        "deployed_bpda_pgd", "deployed_square", "deployed_transfer_fgsm"
+    ]  # fmt: skip
+    assert report.agreement_samples == 40 and 0 <= report.agreed <= 40
+    for r in report.results:
+        assert r.robust_correct <= r.clean_correct <= r.samples
