@@ -304,7 +304,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(ls.table())
     if study.objective.max_bytes is not None:
         print(
-            f"flash budget: {study.objective.max_bytes:,} B ({study.objective.size.value}), "
+            f"flash budget: {study.objective.max_bytes:,} B ({study.headline[3]}), "
             "a constraint: points over it are kept off the front"
         )
     return 0
@@ -312,9 +312,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     budget = args.max_bytes if args.max_bytes is not None else study_budget(args.results)
-    return _print_front(
-        args.results, args.attack, args.eps, args.norm, args.size, args.stale, budget or None
-    )
+    attack, size = args.attack, args.size
+    if args.model == "deployed":  # the int8 flatbuffer: its routes' worst case and its bytes
+        from trainables.rows import DEPLOYED_WORST
+
+        attack, size = (DEPLOYED_WORST if attack == "worst" else attack), "tflite"
+    return _print_front(args.results, attack, args.eps, args.norm, size, args.stale, budget or None)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -566,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     par.add_argument(
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
+    )
+    par.add_argument(
+        "--model",
+        choices=["keras", "deployed"],
+        default="keras",
+        help="keras (default): the QKeras model's rows; deployed: the int8 TFLite flatbuffer's "
+        "(a `deployed: true` study): robustness 'deployed_worst', size its bytes (--size tflite)",
     )
     selection_options(par)
     par.set_defaults(func=cmd_pareto)

@@ -64,6 +64,7 @@ from trainables.modelspec import (
     model_label,
     source_digest,
 )
+from trainables.rows import DEPLOYED_WORST
 
 MAX_TRIALS = 100_000
 DEFAULT_STUDY = "default"
@@ -230,8 +231,21 @@ class SizeMeasure(enum.StrEnum):
     tflite = "tflite"  # metric_tflite_bytes: the deployable full-int8 TFLite flatbuffer
 
 
+class RobustModel(enum.StrEnum):
+    keras = "keras"  # the QKeras model in TensorFlow: the rows of the study's attacks
+    deployed = "deployed"  # the int8 TFLite flatbuffer on the interpreter (study `deployed: true`)
+
+
 class Objective(_Strict):
     """What the Pareto front (and a search) optimises: robust accuracy up, bytes down."""
+
+    model: RobustModel = Field(
+        default=RobustModel.keras,
+        description="whose robustness the objective takes: `keras` (the QKeras model) or "
+        "`deployed` (the int8 TFLite flatbuffer: the trial's `deployed_worst` rows, every route "
+        "on the interpreter per example, and the flatbuffer's bytes as size); `deployed` needs "
+        "the study's `deployed: true` and attack `worst`",
+    )
 
     # 'worst' (per example: robust under every attack of ``norm``, the trial's stored worst
     # rows, trainables/worst.py) or an attack name
@@ -413,6 +427,14 @@ class Study(_Strict):
         default="results", min_length=1
     )  # folder or URI; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
+    deployed: bool = Field(
+        default=False,
+        description="also attack each trial's int8 TFLite flatbuffer on the interpreter: the "
+        "white-box attacks' examples transferred from the QAT model, BPDA PGD, query attacks "
+        "(the study's black-box ones, else Square); rows `deployed_*` and `deployed_worst`, flags "
+        "`deployed_query_above_transfer` / `deployed_disagrees` (trainables/deployed.py). In a "
+        "trial's key only when true",
+    )
     loggers: list[LoggerName] = Field(
         default_factory=list,
         max_length=2,
@@ -471,6 +493,22 @@ class Study(_Strict):
             if own != o.norm:
                 raise ValueError(
                     f"objective.norm: {o.norm!r} is not the norm of attack {o.attack!r} ({own!r})"
+                )
+        if o.model is RobustModel.deployed:
+            if not self.deployed or not self.attacks:
+                raise ValueError(
+                    "objective.model: 'deployed' needs the study's `deployed: true` and attacks "
+                    f"(deployed: {self.deployed}, {len(self.attacks)} attacks)"
+                )
+            if o.attack != "worst":
+                raise ValueError(
+                    f"objective.attack: {o.attack!r} with objective.model 'deployed'; the deployed "
+                    "objective is the worst case over its routes ('worst')"
+                )
+            if "size" in o.model_fields_set and o.size is not SizeMeasure.tflite:
+                raise ValueError(
+                    "objective.size: 'encoded' with objective.model 'deployed'; the deployed "
+                    "model's size is its flatbuffer ('tflite')"
                 )
         pool = [e for a in self.objective_attacks for e in a.eps]
         if self.attacks and not pool:
@@ -662,11 +700,14 @@ class Study(_Strict):
 
     @property
     def headline(self) -> tuple[str, float | None, str, str]:
-        """(attack or 'worst', eps, norm, size measure) of the objectives."""
+        """(attack or 'worst', eps, norm, size measure) of the objectives (objective.model
+        'deployed': 'deployed_worst' and 'tflite')."""
         o = self.objective
         eps = o.eps
         if eps is None and self.objective_attacks:
             eps = max(e for a in self.objective_attacks for e in a.eps)
+        if o.model is RobustModel.deployed:
+            return DEPLOYED_WORST, eps, self.headline_norm, SizeMeasure.tflite.value
         return o.attack, eps, self.headline_norm, o.size.value
 
     def results_dir(self, override: str | None = None) -> Location:
@@ -697,6 +738,7 @@ class Study(_Strict):
             "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
             "jr_layers": t.jr_layers,
             "attacks": tuple(x.model_dump() for x in self.attacks),
+            "deployed": self.deployed,
             "threads": self.resources.cpus_per_trial,
             "gpus": self.resources.gpus_per_trial, "gpu_memory": self.resources.gpu_memory,
         }  # fmt: skip

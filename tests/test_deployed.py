@@ -215,3 +215,103 @@ def test_low_bit_quantizers_through_the_converter(bits: str) -> None:
     assert report.agreement_samples == 40 and 0 <= report.agreed <= 40
     for r in report.results:
         assert r.robust_correct <= r.clean_correct <= r.samples
+
+
+DEPLOYED_STUDY = """
+name: deployed-smoke
+dataset: digits
+model: digits_cnn
+seed: 1
+deployed: true
+train: {epochs: 1, fine_tune_epochs: 1, batch_size: 128}
+axes: {bits: [float, ternary]}
+attacks:
+  - {name: fgsm, eps: [0.1], samples: 60}
+  - {name: pgd, eps: [0.1], steps: 3, samples: 60}
+  - {name: square, eps: [0.1], max_iter: 30, samples: 30}
+objective: {attack: worst, model: deployed}
+"""
+
+
+@pytest.mark.slow
+def test_deployed_study_runs_on_ray_and_stores_every_route(tmp_path: Path) -> None:
+    import json
+
+    from analysis.query import connect
+    from grid.store import artifacts_dir
+    from tests.helpers import grid_cli
+    from trainables.attacks import stratified_order
+    from trainables.trial import trial_split
+
+    study = tmp_path / "deployed.yaml"
+    study.write_text(DEPLOYED_STUDY)
+    proc = grid_cli("run", str(study), "--results", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = tmp_path / "results" / "deployed-smoke"
+    con = connect(folder)
+    rows = con.execute(
+        "SELECT key, attack, attack_kind, eps, metric_samples, metric_robust_mask, metric_robust_acc, "
+        "metric_attack_clean_acc, metric_robust_acc_lo, metric_deployed_agreement, meta_config_json "
+        "FROM rows WHERE status = 'complete' ORDER BY key, attack"
+    ).df()
+    assert rows.key.nunique() == 2
+    for key, trial in rows.groupby("key"):
+        by = {a: r for a, r in zip(trial.attack, trial.itertuples(), strict=True)}
+        assert set(by) >= {
+            "fgsm", "pgd", "square", "worst", "deployed_transfer_fgsm", "deployed_transfer_pgd",
+            "deployed_bpda_pgd", "deployed_square", "deployed_worst",
+        }  # fmt: skip
+        routes = [a for a in by if a.startswith("deployed_") and a != "deployed_worst"]
+        assert all(by[a].attack_kind == "deployed" for a in [*routes, "deployed_worst"])
+        assert 0.0 <= by["deployed_worst"].metric_deployed_agreement <= 1.0
+        # deployed_worst = AND of the stored route masks over the common prefix (30: square's)
+        n = int(by["deployed_worst"].metric_samples)
+        assert n == 30
+
+        def bits(attack: str, n: int = n, by: dict[str, Any] = by) -> np.ndarray:
+            raw = bytes.fromhex(by[attack].metric_robust_mask)
+            return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
+
+        np.testing.assert_array_equal(
+            bits("deployed_worst"), np.logical_and.reduce([bits(a) for a in routes])
+        )
+        # the stored interpreter clean count, reproduced by hand from the stored flatbuffer
+        flatbuffer = (artifacts_dir(folder, str(key)) / "model_int8.tflite").read_bytes()
+        cfg = TrialConfig.from_dict(json.loads(by["deployed_square"].meta_config_json))
+        split = trial_split(cfg)
+        pos = stratified_order(split.y_test, 0)[:30]
+        hand = np.argmax(_hand_scores(flatbuffer, split.x_test[pos]), axis=1) == split.y_test[pos]
+        assert round(by["deployed_square"].metric_attack_clean_acc * 30) == int(hand.sum())
+    # the deployed front and the report's section
+    par = grid_cli("pareto", str(folder), "--model", "deployed")
+    assert par.returncode == 0 and "deployed_worst" in par.stdout, par.stdout + par.stderr
+    rep = grid_cli("report", str(folder), "--out", str(tmp_path / "r.html"))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "Keras against deployed (int8 TFLite) robustness" in (tmp_path / "r.html").read_text()
+
+
+def test_deployed_field_keeps_existing_keys_and_validates() -> None:
+    from grid.spec import StudyError, parse_study
+
+    base = TrialConfig(bits="4")
+    assert "deployed" not in base.identity()  # false: every existing key is unchanged
+    assert TrialConfig(bits="4", deployed=False).key == base.key
+    assert TrialConfig(bits="4", deployed=True).key != base.key
+    study = {
+        "name": "d",
+        "attacks": [{"name": "pgd", "eps": [0.1]}],
+        "deployed": True,
+        "objective": {"model": "deployed"},
+    }
+    s = parse_study(study, "t")
+    assert s.headline == ("deployed_worst", 0.1, "inf", "tflite")
+    point = {"bits": "4", "sparsity": 0.0, "clusters": 0, "jr_weight": 0.0, "adversarial": 0}
+    assert all(t.deployed for t in s.point_trials(point))
+    for bad in (
+        {**study, "deployed": False},  # the objective needs the deployed rows
+        {**study, "objective": {"model": "deployed", "attack": "pgd"}},
+        {**study, "objective": {"model": "deployed", "size": "encoded"}},
+    ):
+        with pytest.raises(StudyError, match="objective"):
+            parse_study(bad, "t")
+    assert parse_study({**study, "objective": {}}, "t").headline[0] == "worst"

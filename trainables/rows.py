@@ -20,6 +20,9 @@ from typing import Any
 from trainables.config import DEFAULT_NORM, RESULTS_REVISION, AdvMethod, AttackName, TrialConfig
 
 WORST = "worst"  # the attack (and attack_kind) of a trial's per-example worst-case rows
+# The deployed model's worst case (attack_kind 'deployed'): every route on the int8 interpreter
+# ANDed per example (trainables/deployed.py); the robustness of ``objective.model: deployed``.
+DEPLOYED_WORST = "deployed_worst"
 
 SCHEMA_VERSION = 2
 
@@ -96,6 +99,12 @@ COLUMNS: dict[str, str] = {
     "metric_jacobian_fro2": "float64",  # mean ||d logits / d x||_F^2 on test examples
     "metric_tflite_bytes": "int64",  # size of the deployable full-int8 TFLite flatbuffer
     "metric_tflite_acc": "float64",  # that flatbuffer's accuracy on the test split
+    # deployed: true only (null otherwise): share of the clean attacked subset where the int8
+    # interpreter and the Keras model predict the same class, its 95% Wilson interval and n
+    "metric_deployed_agreement": "float64",
+    "metric_deployed_agreement_lo": "float64",
+    "metric_deployed_agreement_hi": "float64",
+    "metric_deployed_agreement_samples": "int64",
     "meta_study": "string",
     "meta_git_rev": "string",
     "meta_config_json": "string",
@@ -235,7 +244,7 @@ def headline(
     taken under ``norm`` when given (Square, HopSkipJump and AutoAttack run
     under either), else under its own.  L-inf and L2 radii are never mixed.
     """
-    want = norm if norm is not None else ("inf" if attack == WORST else None)
+    want = norm if norm is not None else ("inf" if attack in (WORST, DEPLOYED_WORST) else None)
     ok = [
         r
         for r in rows

@@ -9,7 +9,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +34,9 @@ from trainables.models import BIAS_BITS, WEIGHT_LAYERS, build_model
 from trainables.rows import STATUS_COMPLETE, base_row, failed_row, package_versions, wilson
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 from trainables.worst import WorstCase, worst_cases
+
+if TYPE_CHECKING:
+    from trainables.deployed import DeployedReport
 
 Row = dict[str, Any]
 
@@ -232,9 +235,11 @@ def _complete_rows(
     tflite: tuple[int | None, float | None] = (None, None),
     hybrid: ans.Plan | None = None,
     worst: Sequence[WorstCase] = (),
+    deployed: DeployedReport | None = None,
 ) -> list[Row]:
     """The trial's rows: one per attack result, then one per worst case (attack 'worst'),
-    or one clean-only row when the study has no attacks."""
+    then (``deployed``) one per route on the int8 interpreter and one per deployed worst
+    case, or one clean-only row when the study has no attacks."""
     pruned = [lf for lf in fp.layers if lf.kernel_params]
     zeros = sum(lf.zero_fraction_stored * lf.kernel_params for lf in pruned)
     clean_acc = clean_correct / n_test
@@ -271,6 +276,15 @@ def _complete_rows(
             metric_zero_grad_share=masking.zero_grad_share,
             metric_masking_flags=masking.flags_text,
         )
+    if deployed is not None:
+        from trainables.deployed import flags_text
+
+        common.update(
+            metric_deployed_agreement=deployed.agreement,
+            **_interval("metric_deployed_agreement", deployed.agreed, deployed.agreement_samples),
+            metric_deployed_agreement_samples=deployed.agreement_samples,
+            metric_masking_flags=flags_text(deployed.flags, common.get("metric_masking_flags")),
+        )
     if not results:  # no attacks in the study: one clean-only row
         return [
             {
@@ -287,6 +301,8 @@ def _complete_rows(
             }
         ]
     made: list[AttackResult | WorstCase] = [*results, *worst]
+    if deployed is not None:
+        made += [*deployed.results, *deployed.worst]
     return [
         {
             **common,
@@ -308,6 +324,30 @@ def _complete_rows(
         }
         for r in made
     ]
+
+
+def evaluate_deployed_model(
+    cfg: TrialConfig,
+    model: tf_keras.Model,
+    split: Split,
+    files: Mapping[str, bytes],
+    results: Sequence[AttackResult],
+) -> DeployedReport:
+    """``deployed: true``: every route on the trial's int8 flatbuffer (trainables/deployed.py),
+    on the Keras attacks' subsets, reusing their adversarial inputs."""
+    from trainables.deployed import evaluate_deployed  # TFLite interpreter code only when asked
+
+    if TFLITE_FILE not in files:
+        why = (
+            json.loads(files[MANIFEST_FILE]).get("tflite_error") if MANIFEST_FILE in files else None
+        )
+        raise RuntimeError(
+            f"deployed: no int8 TFLite flatbuffer to attack ({why or 'export failed'})"
+        )
+    return evaluate_deployed(
+        model, files[TFLITE_FILE], split.x_test, split.y_test, split.num_classes, cfg.attacks,
+        keras_results=results, test_index=split.test_index,
+    )  # fmt: skip
 
 
 ArtifactSink = Callable[[str, dict[str, bytes]], Any]
@@ -348,6 +388,7 @@ def run_trial(
             cfg.attacks,
             surrogate=surrogate,
             test_index=split.test_index,
+            keep_adv=cfg.deployed,  # the deployed transfer route scores them on the interpreter
         )
         # Per (norm, eps): the AND of the attacks' masks over the examples all of them attacked.
         worst = worst_cases(results, lambda pos: subset_digest(split.test_index[pos]))
@@ -362,6 +403,7 @@ def run_trial(
         # the sink only decides whether the files are kept.  Without a sink an
         # export that fails leaves those two columns empty, as a TFLite failure does.
         tflite: tuple[int | None, float | None] = (None, None)
+        files: dict[str, bytes] = {}
         try:
             files = export_artifacts(cfg, model, split, clean_acc, fp)
             tflite = deployable(files)
@@ -371,6 +413,9 @@ def run_trial(
         else:
             if artifacts is not None:
                 artifacts(cfg.key, files)
+        deployed = None
+        if cfg.deployed and cfg.attacks:
+            deployed = evaluate_deployed_model(cfg, model, split, files, results)
         return _complete_rows(
             cfg,
             started,
@@ -385,6 +430,7 @@ def run_trial(
             tflite,
             hybrid,
             worst,
+            deployed,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"
