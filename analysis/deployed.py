@@ -6,7 +6,7 @@ their per-example worst case (``deployed_worst``), all at one (norm, eps), each 
 mean over the config's folds with its counts pooled over the folds' disjoint test sets;
 ``gap`` is deployed worst minus Keras worst (negative: the deployed model is less robust
 than its Keras numbers say).  ``agreement`` is the int8-vs-Keras prediction agreement
-on the clean subset; ``flags`` the deployed flags that fired in any fold.
+on the clean subset; ``deployed_flags`` the deployed flags that fired in any fold.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def keras_vs_deployed(
 ) -> pd.DataFrame:
     """One row per config with deployed rows at (norm, eps): config columns, ``keras_worst``,
     ``deployed_worst``, ``gap``, one column per route, ``deployed_worst_lo/hi`` (95% Wilson,
-    pooled counts), ``agreement`` and ``flags``.  Empty when the results hold no deployed rows."""
+    pooled counts), ``agreement`` and ``deployed_flags``.  Empty when the results hold no deployed rows."""
     if "metric_deployed_agreement" not in columns(con):
         return pd.DataFrame()
     cfg = ", ".join(f"any_value({c}) AS {c.removeprefix('cfg_')}" for c in _CONFIG_COLUMNS)
@@ -50,8 +50,10 @@ def keras_vs_deployed(
     from analysis.inference import wilson_arrays
 
     keys = ["config_id", *(c.removeprefix("cfg_") for c in _CONFIG_COLUMNS)]
-    wide = long.pivot_table(index=keys, columns="attack", values="robust", dropna=False)
-    wide = wide.rename(columns={WORST: "keras_worst"}).reset_index()
+    # one value per (config, attack): the query grouped by both
+    wide = long.pivot(index="config_id", columns="attack", values="robust")
+    labels = long.drop_duplicates("config_id").set_index("config_id")[keys[1:]]
+    wide = labels.join(wide).rename(columns={WORST: "keras_worst"}).reset_index()
     worst = long[long.attack == DEPLOYED_WORST].set_index("config_id")
     lo, hi = wilson_arrays(worst["k"].to_numpy(), worst["n"].to_numpy())
     extra = pd.DataFrame(
@@ -59,7 +61,7 @@ def keras_vs_deployed(
             "deployed_worst_lo": lo,
             "deployed_worst_hi": hi,
             "agreement": worst["agreement"].to_numpy(),
-            "flags": [
+            "deployed_flags": [
                 ",".join(sorted({f for f in str(s or "").split(",") if f in DEPLOYED_FLAGS}))
                 for s in worst["flags"]
             ],
@@ -69,9 +71,10 @@ def keras_vs_deployed(
     wide = wide.join(extra, on="config_id")
     if "keras_worst" in wide:
         wide.insert(len(keys) + 1, "gap", wide[DEPLOYED_WORST] - wide["keras_worst"])
-    routes = sorted(c for c in wide.columns if str(c).startswith("deployed_") and c != DEPLOYED_WORST
-                    and not str(c).startswith("deployed_worst_"))  # fmt: skip
+    routes = sorted(
+        a for a in set(long.attack) if a.startswith("deployed_") and a != DEPLOYED_WORST
+    )
     first = [*keys, "keras_worst", DEPLOYED_WORST, "gap", "deployed_worst_lo", "deployed_worst_hi"]
-    order = [c for c in first if c in wide.columns] + routes + ["agreement", "flags"]
+    order = [c for c in first if c in wide.columns] + routes + ["agreement", "deployed_flags"]
     wide.columns.name = None
     return wide[order].sort_values(keys[1:]).reset_index(drop=True)

@@ -315,3 +315,35 @@ def test_deployed_field_keeps_existing_keys_and_validates() -> None:
         with pytest.raises(StudyError, match="objective"):
             parse_study(bad, "t")
     assert parse_study({**study, "objective": {}}, "t").headline[0] == "worst"
+
+
+def test_report_table_compares_keras_and_deployed_per_config(tmp_path: Path) -> None:
+    import analysis
+    from analysis.deployed import keras_vs_deployed
+    from grid.store import ParquetSink
+    from tests.helpers import rows_for
+
+    sink = ParquetSink(str(tmp_path), "t", "r")
+    for key, bits, fold, (keras, worst, square) in (
+        ("a0", "4", 0, (0.5, 0.4, 0.6)),
+        ("a1", "4", 1, (0.6, 0.5, 0.6)),  # the same config's second fold
+        ("b0", "ternary", 0, (0.3, 0.3, 0.5)),
+    ):
+        flags = "pgd_large_eps,deployed_query_above_transfer" if bits == "ternary" else ""
+        sink(key, rows_for(
+            key, {("worst", 0.1): keras, ("deployed_transfer_pgd", 0.1): worst,
+                  ("deployed_square", 0.1): square, ("deployed_worst", 0.1): worst},
+            0.9, 100, fold=fold, bits=bits, folds=2, samples=100,
+            extra={"metric_deployed_agreement": 0.97, "metric_masking_flags": flags},
+        ))  # fmt: skip
+    table = keras_vs_deployed(analysis.connect(tmp_path), 0.1)
+    assert list(table.bits) == ["4", "ternary"]
+    four, ternary = table.iloc[0], table.iloc[1]
+    assert four.keras_worst == pytest.approx(0.55) and four.deployed_worst == pytest.approx(0.45)
+    assert four.gap == pytest.approx(-0.1) and four.deployed_square == pytest.approx(0.6)
+    assert four.deployed_worst_lo < 0.45 < four.deployed_worst_hi  # 90 of 200, pooled
+    assert four.deployed_flags == "" and ternary.deployed_flags == "deployed_query_above_transfer"
+    # results without deployed rows: no table (the report leaves the section out)
+    other = tmp_path / "plain"
+    ParquetSink(str(other), "t", "r")("c0", rows_for("c0", {("worst", 0.1): 0.5}, 0.9, 100))
+    assert keras_vs_deployed(analysis.connect(other), 0.1).empty
