@@ -60,6 +60,11 @@ def test_batched_runner_equals_per_example_invoke(trained: tuple[Any, bytes, Any
     runner = Int8Runner(flatbuffer, batch=16)  # 16, 16, 13 -> buckets 16 and 16 (padded)
     np.testing.assert_array_equal(runner.scores(x), _hand_scores(flatbuffer, x))
     assert runner.invokes == 3
+    # a repeated int8 batch is answered from memory, the same scores; another one is run
+    np.testing.assert_array_equal(runner.scores(x), _hand_scores(flatbuffer, x))
+    assert runner.invokes == 3 and runner.examples == 90
+    np.testing.assert_array_equal(runner.scores(x[:5]), _hand_scores(flatbuffer, x[:5]))
+    assert runner.invokes == 4
 
 
 @pytest.mark.slow
