@@ -564,9 +564,9 @@ class TrialConfig(BaseModel):
         """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision.
 
         ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid),
-        ``deployed`` only when true, and the per-layer ``layer_sparsity`` / ``layer_clusters`` / ``layer_activation_bits`` only when
-        not empty, so every other config's identity, and key, is what it was before the field
-        existed.
+        ``deployed`` only when true, and the per-layer ``layer_sparsity`` / ``layer_clusters`` /
+        ``layer_activation_bits`` only when not empty, so every other config's identity, and
+        key, is what it was before the field existed.
         """
         exclude = (
             NOT_IN_KEY
