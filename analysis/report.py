@@ -160,6 +160,7 @@ def _deployed(
     table = keras_vs_deployed(con, eps, norm)
     if table.empty:
         return []
+    table = table.drop(columns=["config_id"])  # the config's JSON: its columns say it
     if export is not None:
         export.table("keras_vs_deployed", table, "Keras against deployed (int8 TFLite) robustness")
     return [
@@ -171,7 +172,7 @@ def _deployed(
         "deployed_worst - keras_worst. deployed_query_above_transfer: a query route left more "
         "examples robust than a gradient route beyond the paired interval (score masking by int8 "
         "outputs); deployed_disagrees: int8 and Keras predictions agree below 95%.</p>",
-        _table(table.drop(columns=["config_id"])),
+        _table(table),
     ]
 
 
