@@ -151,6 +151,31 @@ def _masking(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> li
     ]
 
 
+def _deployed(
+    con: duckdb.DuckDBPyConnection, eps: float, norm: str, export: Export | None = None
+) -> list[str]:
+    """Keras against deployed robustness per config (analysis.deployed); nothing without deployed rows."""
+    from analysis.deployed import keras_vs_deployed
+
+    table = keras_vs_deployed(con, eps, norm)
+    if table.empty:
+        return []
+    table = table.drop(columns=["config_id"])  # the config's JSON: its columns say it
+    if export is not None:
+        export.table("keras_vs_deployed", table, "Keras against deployed (int8 TFLite) robustness")
+    return [
+        "<h2>Keras against deployed (int8 TFLite) robustness</h2>",
+        f'<p class="note">At eps {eps:g} ({"L-inf" if norm == "inf" else "L2"}): keras_worst is the '
+        "QKeras model's per-example worst case; each deployed_* column a route on the int8 "
+        "interpreter (transfer from the QAT model, BPDA PGD, query attacks on its dequantized "
+        "scores) and deployed_worst their per-example worst case (95% Wilson interval); gap = "
+        "deployed_worst - keras_worst. deployed_query_above_transfer: a query route left more "
+        "examples robust than a gradient route beyond the paired interval (score masking by int8 "
+        "outputs); deployed_disagrees: int8 and Keras predictions agree below 95%.</p>",
+        _table(table),
+    ]
+
+
 def _jr_on_off(
     con: duckdb.DuckDBPyConnection, attack: str, eps: float, norm: str, export: Export | None = None
 ) -> list[str]:
@@ -353,6 +378,7 @@ def build_report(
         _table(_ci(front)),
         *_per_layer(con, attack, eps, norm, size, max_bytes, export),
         *_masking(con, export),
+        *_deployed(con, eps, norm, export),
         "<h2>Robustness against eps</h2>",
     ]
     axes = _varying(points)

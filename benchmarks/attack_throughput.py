@@ -42,8 +42,18 @@ table gives ours / bound and cold / bound (goal: <= 1.5).  All times are process
 seconds (the machine is shared): ours and the bound the median of ``--repeat``, ART's of
 ``--art-repeat``.  Both outcomes are checked equal (shared graphs against the cold run).
 
+With ``--deployed`` (or ``--only-deployed``), first the interpreter-side cost of
+each route on the deployed int8 TFLite flatbuffer (trainables/deployed.py) against
+the Keras attack on the same examples (the trained digits CNN, ``--aa-samples``
+examples, its own predictions as labels, eps 0.1): PGD-10 on Keras against the
+transfer route (scoring PGD's examples on the interpreter) and BPDA PGD-10; ART's
+Square (``--deployed-queries``) on the Keras model's logits against the same attack on
+the interpreter's dequantized scores.  Per route: wall seconds, seconds inside the
+interpreter, invokes, and the ratio to the Keras attack.
+
     python benchmarks/attack_throughput.py [--samples 256] [--steps 20] [--models digits_cnn resnet8 ds_cnn]
         [--aa-samples 100] [--aa-eps 0.1 0.03 0.03] [--aa-iter 100] [--art-repeat 1] [--skip-pgd]
+        [--deployed | --only-deployed] [--deployed-queries 1000]
 """
 
 from __future__ import annotations
@@ -125,9 +135,16 @@ def main() -> None:
         "--art-repeat", type=int, default=1, help="ART AutoAttack runs (median; 0: not run)"
     )
     ap.add_argument("--skip-pgd", action="store_true", help="only the AutoAttack section")
+    ap.add_argument("--deployed", action="store_true", help="also the deployed routes' cost")
+    ap.add_argument("--only-deployed", action="store_true", help="only the deployed routes' cost")
+    ap.add_argument("--deployed-queries", type=int, default=1000, help="Square's queries")
     args = ap.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # one trial's allocation
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.deployed or args.only_deployed:
+        deployed_section(args)
+        if args.only_deployed:
+            return
     if not args.skip_pgd:
         pgd_section(args)
     autoattack_section(args)
@@ -388,6 +405,35 @@ def autoattack_section(args: argparse.Namespace) -> None:
               f"{t_cold / bound:>11.2f}", flush=True)  # fmt: skip
     if speedups:
         print(f"autoattack speed-up over ART: {min(speedups):.2f}")
+
+
+def deployed_section(args: argparse.Namespace) -> None:
+    """The deployed routes' interpreter-side cost against the Keras attacks (module docstring)."""
+    from trainables.artifacts import tflite_int8
+    from trainables.attacks import evaluate_attacks
+    from trainables.config import AttackName, AttackSpec
+    from trainables.deployed import evaluate_deployed
+
+    model, x = trained_digits(args.aa_samples)
+    y = np.argmax(model.predict(x, verbose=0), axis=1)  # every example attacked
+    flatbuffer = tflite_int8(model, x)
+    pgd = AttackSpec(name=AttackName.pgd, eps=(0.1,), steps=10)
+    square = AttackSpec(name=AttackName.square, eps=(0.1,), max_iter=args.deployed_queries)
+    keras = evaluate_attacks(model, x, y, 10, (pgd, square), keep_adv=True)
+    k_time = {r.attack: r.seconds for r in keras}
+    rep = evaluate_deployed(model, flatbuffer, x, y, 10, (pgd, square), keras_results=keras)
+    print(f"\ndeployed int8 TFLite routes, digits_cnn 4-bit, {len(x)} examples, eps 0.1, 1 thread")
+    print(
+        f"{'route':<26}{'wall s':>9}{'interp s':>10}{'invokes':>9}{'keras s':>9}{'ratio':>8}  robust"
+    )
+    against = {"transfer": "pgd", "bpda": "pgd", "query": "square"}
+    for route in ("transfer", "bpda", "query"):
+        for r in rep.routes[route]:
+            base = k_time[against[route]]
+            print(f"{r.attack:<26}{rep.seconds[route]:>9.2f}{rep.interpreter_seconds[route]:>10.2f}"
+                  f"{rep.invokes[route]:>9d}{base:>9.2f}{rep.seconds[route] / base:>8.2f}  "
+                  f"{r.robust_acc:.3f} (keras {against[route]}: "
+                  f"{next(k.robust_acc for k in keras if k.attack == against[route]):.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument(
         "--eps", type=float, help="eps of the robust accuracy (default: the largest in the results)"
     )
+    par.add_argument(
+        "--model",
+        choices=["keras", "deployed"],
+        default="keras",
+        help="keras (default): the QKeras model's rows; deployed: the int8 TFLite flatbuffer's "
+        "(a `deployed: true` study): robustness 'deployed_worst', size its bytes (--size tflite)",
+    )
     selection_options(par)
     par.set_defaults(func=cmd_pareto)
 

@@ -30,6 +30,7 @@ def common_settings(study: Study) -> dict[str, Any]:
         "activation_bits": t.activation_bits, "jr_projections": t.jr_projections,
         "jr_layers": t.jr_layers,
         "attacks": tuple(x.model_dump() for x in study.attacks),
+        "deployed": study.deployed,
         "threads": study.resources.cpus_per_trial,
         "gpus": study.resources.gpus_per_trial, "gpu_memory": study.resources.gpu_memory,
     }  # fmt: skip

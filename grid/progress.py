@@ -171,6 +171,10 @@ def headline_text(study: Study) -> str:
     if eps is None:  # no attacks: a trial's robust accuracy is its clean accuracy
         return f"robust = clean accuracy (no attacks); bytes: {size}"
     who = "worst case over the attacks" if attack == "worst" else attack
+    if h.model == "deployed":
+        who = (
+            f"the int8 flatbuffer's {'worst case over its routes' if attack == 'worst' else attack}"
+        )
     return (
         f"robust = {who} ({'L-inf' if norm == 'inf' else f'L{norm}'}) at eps {eps:g}; bytes: {size}"
     )

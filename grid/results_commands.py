@@ -64,9 +64,13 @@ def print_front(
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     budget = args.max_bytes if args.max_bytes is not None else study_budget(args.results)
-    return print_front(
-        args.results, args.attack, args.eps, args.norm, args.size, args.stale, budget or None
-    )
+    attack, size = args.attack, args.size
+    if args.model == "deployed":  # the int8 flatbuffer: its routes' worst case and its bytes
+        from trainables.headline import Headline
+
+        h = Headline.of(attack, args.eps, args.norm, model="deployed")
+        attack, size = h.row_attack, h.size
+    return print_front(args.results, attack, args.eps, args.norm, size, args.stale, budget or None)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -205,8 +205,21 @@ class SizeMeasure(enum.StrEnum):
     tflite = "tflite"  # metric_tflite_bytes: the deployable full-int8 TFLite flatbuffer
 
 
+class RobustModel(enum.StrEnum):
+    keras = "keras"  # the QKeras model in TensorFlow: the rows of the study's attacks
+    deployed = "deployed"  # the int8 TFLite flatbuffer on the interpreter (study `deployed: true`)
+
+
 class Objective(_Strict):
     """What the Pareto front (and a search) optimises: robust accuracy up, bytes down."""
+
+    model: RobustModel = Field(
+        default=RobustModel.keras,
+        description="whose robustness the objective takes: `keras` (the QKeras model) or "
+        "`deployed` (the int8 TFLite flatbuffer: the trial's `deployed_worst` rows, every route "
+        "on the interpreter per example, and the flatbuffer's bytes as size); `deployed` needs "
+        "the study's `deployed: true` and attack `worst`",
+    )
 
     # 'worst' (per example: robust under every attack of ``norm``, the trial's stored worst
     # rows, trainables/worst.py) or an attack name

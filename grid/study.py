@@ -24,7 +24,9 @@ from grid.sections import (
     LoggerName,
     Objective,
     Resources,
+    RobustModel,
     Search,
+    SizeMeasure,
     Strategy,
     Train,
     _Strict,
@@ -55,6 +57,14 @@ class Study(_Strict):
         default="results", min_length=1
     )  # folder or URI; rows go to <results>/<name>/
     artifacts: bool = True  # keep each trial's model, deployed weights and TFLite (grid export)
+    deployed: bool = Field(
+        default=False,
+        description="also attack each trial's int8 TFLite flatbuffer on the interpreter: the "
+        "white-box attacks' examples transferred from the QAT model, BPDA PGD, query attacks "
+        "(the study's black-box ones, else Square); rows `deployed_*` and `deployed_worst`, flags "
+        "`deployed_query_above_transfer` / `deployed_disagrees` (trainables/deployed.py). In a "
+        "trial's key only when true",
+    )
     loggers: list[LoggerName] = Field(
         default_factory=list,
         max_length=2,
@@ -113,6 +123,22 @@ class Study(_Strict):
             if own != o.norm:
                 raise ValueError(
                     f"objective.norm: {o.norm!r} is not the norm of attack {o.attack!r} ({own!r})"
+                )
+        if o.model is RobustModel.deployed:
+            if not self.deployed or not self.attacks:
+                raise ValueError(
+                    "objective.model: 'deployed' needs the study's `deployed: true` and attacks "
+                    f"(deployed: {self.deployed}, {len(self.attacks)} attacks)"
+                )
+            if o.attack != "worst":
+                raise ValueError(
+                    f"objective.attack: {o.attack!r} with objective.model 'deployed'; the deployed "
+                    "objective is the worst case over its routes ('worst')"
+                )
+            if "size" in o.model_fields_set and o.size is not SizeMeasure.tflite:
+                raise ValueError(
+                    "objective.size: 'encoded' with objective.model 'deployed'; the deployed "
+                    "model's size is its flatbuffer ('tflite')"
                 )
         pool = [e for a in self.objective_attacks for e in a.eps]
         if self.attacks and not pool:
@@ -307,6 +333,8 @@ class Study(_Strict):
         eps = o.eps
         if eps is None and self.objective_attacks:
             eps = max(e for a in self.objective_attacks for e in a.eps)
+        if o.model is RobustModel.deployed:  # the flatbuffer: its routes' worst case, its bytes
+            return Headline(o.attack, eps, self.headline_norm, SizeMeasure.tflite.value, "deployed")
         return Headline(o.attack, eps, self.headline_norm, o.size.value)
 
     def results_dir(self, override: str | None = None) -> Location:

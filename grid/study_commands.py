@@ -233,7 +233,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(ls.table())
     if study.objective.max_bytes is not None:
         print(
-            f"flash budget: {study.objective.max_bytes:,} B ({study.objective.size.value}), "
+            f"flash budget: {study.objective.max_bytes:,} B ({study.headline.size}), "
             "a constraint: points over it are kept off the front"
         )
     return 0

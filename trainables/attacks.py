@@ -207,6 +207,10 @@ class AttackResult:
     # An ensemble's parts (AutoAttack: 'apgd-ce', 'apgd-t', 'fab-t', 'square'): part name ->
     # (samples,) bool cumulative robust mask right after that part, same order as positions.
     parts: dict[str, np.ndarray] = field(default_factory=dict)
+    # (samples, *input) float32 adversarial inputs as the attack returned them (one array for
+    # every eps of a minimal-perturbation attack); only with evaluate_attacks(keep_adv=True):
+    # the deployed model's transfer route scores them on the int8 interpreter (trainables.deployed)
+    x_adv: np.ndarray | None = None
 
     @property
     def clean_correct(self) -> int:
@@ -476,11 +480,13 @@ def evaluate_attacks(
     surrogate: tf_keras.Model | None = None,
     batch_size: int = 256,
     test_index: np.ndarray | None = None,
+    keep_adv: bool = False,
 ) -> list[AttackResult]:
     """One result per (attack, eps), on the first ``spec.samples`` of ``stratified_order(y, spec.seed)``.
 
     ``test_index``: the examples' positions in the dataset pool (``Split.test_index``), for
-    each result's ``subset_hash``; default: their positions in ``x``.
+    each result's ``subset_hash``; default: their positions in ``x``.  ``keep_adv``: each
+    result carries its adversarial inputs (``AttackResult.x_adv``).
     """
     shape = tuple(x.shape[1:])
     pool_index = np.arange(len(x)) if test_index is None else np.asarray(test_index)
@@ -533,6 +539,7 @@ def evaluate_attacks(
                     clean_acc=float(clean_ok.mean()), robust_acc=float(robust.mean()),
                     median_norm=median, seconds=seconds, positions=positions, clean=clean_ok,
                     robust=robust, subset_hash=digest, steps=steps, restarts=restarts, parts=parts,
+                    x_adv=x_adv if keep_adv else None,
                 ))  # fmt: skip
     return results
 

@@ -430,6 +430,9 @@ class TrialConfig(BaseModel):
     folds: Folds = 1  # 1: holdout; k >= 2: stratified k-fold
     fold: int = Field(default=0, ge=0, le=MAX_FOLDS - 1)
     attacks: tuple[AttackSpec, ...] = ()
+    # Also attack the int8 TFLite flatbuffer on the interpreter (trainables/deployed.py):
+    # rows 'deployed_*'.  In the identity only when true, so every other config keeps its key.
+    deployed: bool = False
     # Not part of the key: where the data lives and how many TF threads the trial may use.
     data_path: str | None = None
     download: bool = False
@@ -560,15 +563,16 @@ class TrialConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define the trial's result (all but NOT_IN_KEY), and the results revision.
 
-        ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid), and the
-        per-layer ``layer_sparsity`` / ``layer_clusters`` / ``layer_activation_bits`` only when
-        not empty, so every other config's identity, and key, is what it was before the field
-        existed.
+        ``builder_digest`` and ``ans`` only when set (an imported builder, ans_hybrid),
+        ``deployed`` only when true, and the per-layer ``layer_sparsity`` / ``layer_clusters`` /
+        ``layer_activation_bits`` only when not empty, so every other config's identity, and
+        key, is what it was before the field existed.
         """
         exclude = (
             NOT_IN_KEY
             | {k for k in ("builder_digest", "ans") if getattr(self, k) is None}
             | {k for k in LAYER_OVERRIDES_OPTIONAL if not getattr(self, k)}
+            | ({"deployed"} if not self.deployed else set())
         )
         return {**self.model_dump(mode="json", exclude=exclude), "revision": RESULTS_REVISION}
 

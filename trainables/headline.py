@@ -30,6 +30,10 @@ from typing import Any
 from trainables import config
 
 WORST = "worst"  # the attack (and attack_kind) of a trial's per-example worst-case rows
+# The deployed model's worst case (attack_kind 'deployed'): every route on the int8 interpreter
+# ANDed per example (trainables/deployed.py); the robustness of ``objective.model: deployed``.
+DEPLOYED_WORST = "deployed_worst"
+MODELS = ("keras", "deployed")  # whose robustness: the QKeras model's, or the int8 flatbuffer's
 STATUS_COMPLETE = (
     "complete"  # a row's status when its trial finished (trainables.rows re-exports it)
 )
@@ -48,7 +52,7 @@ def default_norm(attack: str) -> str:
     try:
         return config.DEFAULT_NORM.get(config.AttackName(attack), FALLBACK_NORM)
     except ValueError:  # 'worst', 'none', or an attack this version does not know
-        return WORST_NORM if attack == WORST else FALLBACK_NORM
+        return WORST_NORM if attack in (WORST, DEPLOYED_WORST) else FALLBACK_NORM
 
 
 def row_norm(row: Mapping[str, Any]) -> str:
@@ -91,29 +95,44 @@ def reads_sql(
 @dataclass(frozen=True)
 class Headline:
     """Robust accuracy under ``attack`` ('worst' or an attack name) at ``eps`` (None: the
-    largest) under ``norm`` ('inf' | '2'), with ``size`` ('encoded' | 'tflite') as the bytes.
-
-    (Issue 24 adds a ``model`` field, 'keras' | 'deployed': keep new fields defaulted.)
+    largest) under ``norm`` ('inf' | '2'), with ``size`` ('encoded' | 'tflite') as the bytes,
+    of ``model``: 'keras' (the QKeras model's rows) or 'deployed' (the int8 flatbuffer on the
+    interpreter: 'worst' reads the trial's ``deployed_worst`` rows; size is 'tflite').
     """
 
     attack: str = WORST
     eps: float | None = None
     norm: str = WORST_NORM
     size: str = "encoded"
+    model: str = "keras"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"headline norm: {self.norm!r} must be one of {NORMS}")
         if self.size not in SIZES:
             raise ValueError(f"headline size: {self.size!r} must be one of {sorted(SIZES)}")
+        if self.model not in MODELS:
+            raise ValueError(f"headline model: {self.model!r} must be one of {MODELS}")
+        if self.model == "deployed" and self.size != "tflite":
+            raise ValueError(
+                f"headline size: {self.size!r} with model 'deployed'; the deployed model's size "
+                "is its flatbuffer's ('tflite')"
+            )
+
+    @property
+    def row_attack(self) -> str:
+        """The ``attack`` of the rows read: the deployed model's 'worst' is 'deployed_worst'."""
+        return DEPLOYED_WORST if self.model == "deployed" and self.attack == WORST else self.attack
 
     @classmethod
     def of(
         cls, attack: str = WORST, eps: float | None = None, norm: str | None = None,
-        size: str = "encoded",
+        size: str | None = None, model: str = "keras",
     ) -> Headline:  # fmt: skip
-        """A headline whose norm defaults to the attack's own (``default_norm``)."""
-        return cls(attack, eps, norm or default_norm(attack), size)
+        """A headline whose norm defaults to the attack's own (``default_norm``) and size to
+        the model's ('encoded'; 'tflite' for the deployed model)."""
+        size = size or ("tflite" if model == "deployed" else "encoded")
+        return cls(attack, eps, norm or default_norm(attack), size, model)
 
     @property
     def size_column(self) -> str:
@@ -124,7 +143,7 @@ class Headline:
         """Whether the headline reads ``row`` (at any eps): Python twin of :func:`reads_sql`."""
         return (
             row.get("status") == STATUS_COMPLETE
-            and row.get("attack") == self.attack
+            and row.get("attack") == self.row_attack
             and row_norm(row) == self.norm
         )
 
@@ -140,7 +159,7 @@ class Headline:
     def rows_sql(self) -> str:
         """SQL predicate: the rows :meth:`pick` reads (at ``eps`` when it is set)."""
         eps = None if self.eps is None else repr(float(self.eps))
-        return reads_sql(quote(self.attack), quote(self.norm), eps)
+        return reads_sql(quote(self.row_attack), quote(self.norm), eps)
 
     def sql(self, table: str) -> str:
         """SQL: one row per key of ``table`` holding rows :meth:`pick` reads, with ``robust``

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trainables import identity
 from trainables.config import RESULTS_REVISION, AdvMethod, TrialConfig
+from trainables.headline import DEPLOYED_WORST as DEPLOYED_WORST
 
 # The status and attack words rows use, re-exported: the headline's module states them.
 from trainables.headline import STATUS_COMPLETE as STATUS_COMPLETE
@@ -104,6 +105,12 @@ COLUMNS: dict[str, str] = {
     "metric_jacobian_fro2": "float64",  # mean ||d logits / d x||_F^2 on test examples
     "metric_tflite_bytes": "int64",  # size of the deployable full-int8 TFLite flatbuffer
     "metric_tflite_acc": "float64",  # that flatbuffer's accuracy on the test split
+    # deployed: true only (null otherwise): share of the clean attacked subset where the int8
+    # interpreter and the Keras model predict the same class, its 95% Wilson interval and n
+    "metric_deployed_agreement": "float64",
+    "metric_deployed_agreement_lo": "float64",
+    "metric_deployed_agreement_hi": "float64",
+    "metric_deployed_agreement_samples": "int64",
     "meta_study": "string",
     "meta_git_rev": "string",
     "meta_config_json": "string",
@@ -280,6 +287,19 @@ class Masking(Protocol):
     def flags_text(self) -> str: ...
 
 
+class DeployedChecks(Protocol):
+    """The int8 model's checks beside its routes' rows (trainables.deployed.DeployedReport)."""
+
+    @property
+    def agreement(self) -> float: ...
+    @property
+    def agreed(self) -> int: ...
+    @property
+    def agreement_samples(self) -> int: ...
+    @property
+    def flags(self) -> tuple[str, ...]: ...
+
+
 def _interval(prefix: str, successes: int, n: int) -> dict[str, Any]:
     lo, hi = wilson(successes, n)
     return {f"{prefix}_lo": lo, f"{prefix}_hi": hi}
@@ -311,9 +331,13 @@ def complete_rows(
     tflite: tuple[int | None, float | None] = (None, None),
     layer_bits: Mapping[str, str],
     ans: Mapping[str, float] | None = None,
+    deployed: DeployedChecks | None = None,
 ) -> list[dict[str, Any]]:
     """A finished trial's rows: one per attack result (and worst case, attack 'worst', in
-    ``results`` after the attacks'), or one clean-only row when the study has no attacks.
+    ``results`` after the attacks'; then, for ``deployed: true``, the routes on the int8
+    interpreter and their worst cases, attack 'deployed_worst'), or one clean-only row when
+    the study has no attacks.  ``deployed``: the int8 model's agreement with the Keras model
+    and its flags (trainables.deployed.DeployedReport).
 
     ``tflite``: the deployable flatbuffer's (bytes, test accuracy), None where it failed;
     ``layer_bits``: each weight layer's bits label as built; ``ans``: ans_hybrid's
@@ -355,6 +379,18 @@ def complete_rows(
             metric_masking_pgd_acc=masking.pgd_acc,
             metric_zero_grad_share=masking.zero_grad_share,
             metric_masking_flags=masking.flags_text,
+        )
+    if deployed is not None:
+        common.update(
+            metric_deployed_agreement=deployed.agreement,
+            **_interval("metric_deployed_agreement", deployed.agreed, deployed.agreement_samples),
+            metric_deployed_agreement_samples=deployed.agreement_samples,
+            metric_masking_flags=",".join(
+                dict.fromkeys(
+                    [f for f in (common.get("metric_masking_flags") or "").split(",") if f]
+                    + [f for f in deployed.flags if f]
+                )
+            ),
         )
     if not results:  # no attacks in the study: one clean-only row
         return [

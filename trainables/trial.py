@@ -8,8 +8,8 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +18,7 @@ import tf_keras
 from trainables import ans, compress
 from trainables.artifacts import MANIFEST_FILE, TFLITE_FILE
 from trainables.attacks import (
+    AttackResult,
     adversarial_examples,
     evaluate_attacks,
     masking_diagnostics,
@@ -32,6 +33,9 @@ from trainables.models import BIAS_BITS, WEIGHT_LAYERS, build_model
 from trainables.rows import complete_rows, failed_row, package_versions
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
 from trainables.worst import worst_cases
+
+if TYPE_CHECKING:
+    from trainables.deployed import DeployedReport
 
 Row = dict[str, Any]
 
@@ -189,6 +193,30 @@ def deployable(files: Mapping[str, bytes]) -> tuple[int | None, float | None]:
     return len(files[TFLITE_FILE]), None if acc is None else float(acc)
 
 
+def evaluate_deployed_model(
+    cfg: TrialConfig,
+    model: tf_keras.Model,
+    split: Split,
+    files: Mapping[str, bytes],
+    results: Sequence[AttackResult],
+) -> DeployedReport:
+    """``deployed: true``: every route on the trial's int8 flatbuffer (trainables/deployed.py),
+    on the Keras attacks' subsets, reusing their adversarial inputs."""
+    from trainables.deployed import evaluate_deployed  # TFLite interpreter code only when asked
+
+    if TFLITE_FILE not in files:
+        why = (
+            json.loads(files[MANIFEST_FILE]).get("tflite_error") if MANIFEST_FILE in files else None
+        )
+        raise RuntimeError(
+            f"deployed: no int8 TFLite flatbuffer to attack ({why or 'export failed'})"
+        )
+    return evaluate_deployed(
+        model, files[TFLITE_FILE], split.x_test, split.y_test, split.num_classes, cfg.attacks,
+        keras_results=results, test_index=split.test_index,
+    )  # fmt: skip
+
+
 ArtifactSink = Callable[[str, dict[str, bytes]], Any]
 
 
@@ -227,6 +255,7 @@ def run_trial(
             cfg.attacks,
             surrogate=surrogate,
             test_index=split.test_index,
+            keep_adv=cfg.deployed,  # the deployed transfer route scores them on the interpreter
         )
         # Per (norm, eps): the AND of the attacks' masks over the examples all of them attacked.
         worst = worst_cases(results, lambda pos: subset_digest(split.test_index[pos]))
@@ -241,6 +270,7 @@ def run_trial(
         # the sink only decides whether the files are kept.  Without a sink an
         # export that fails leaves those two columns empty, as a TFLite failure does.
         tflite: tuple[int | None, float | None] = (None, None)
+        files: dict[str, bytes] = {}
         try:
             files = export_artifacts(cfg, model, split, clean_acc, fp)
             tflite = deployable(files)
@@ -250,6 +280,9 @@ def run_trial(
         else:
             if artifacts is not None:
                 artifacts(cfg.key, files)
+        deployed = None
+        if cfg.deployed and cfg.attacks:
+            deployed = evaluate_deployed_model(cfg, model, split, files, results)
         return complete_rows(
             cfg,
             started,
@@ -257,13 +290,14 @@ def run_trial(
             n_test=len(split.x_test),
             footprint=fp,
             jacobian_fro2=jac,
-            results=[*results, *worst],
+            results=[*results, *worst, *(deployed.all_outcomes if deployed else [])],
             train_s=train_s,
             total_s=time.perf_counter() - t0,
             masking=masking,
             tflite=tflite,
             layer_bits=layer_bits(cfg, fp, hybrid),
             ans=None if hybrid is None else hybrid.ans,
+            deployed=deployed,
         )
     except Exception as exc:  # recorded, not raised: the study goes on
         reason = f"{type(exc).__name__}: {exc}"
