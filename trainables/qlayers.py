@@ -1,7 +1,8 @@
 """The quantized layer types every model is built from, and the helpers that read them.
 
 The Q-layers are subclassed to implement tfmot's ``ClusterableLayer``:
-``cluster_weights`` refuses QKeras layers otherwise (DESIGN.md).  Pruning
+``cluster_weights`` refuses QKeras layers otherwise (docs/development.md, "Facts
+checked on this stack").  Pruning
 accepts them as they are (they implement ``get_prunable_weights``).
 
 :class:`Builder` hands each named layer its quantizers (the trial's ``bits`` or
