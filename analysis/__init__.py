@@ -10,11 +10,11 @@ from analysis.assignments import per_layer
 from analysis.effects import (
     compare_to_baseline,
     jr_effects,
-    mcnemar,
     reduction_effects,
     robustness_curve,
 )
 from analysis.inference import corrected_t, holm, mcnemar_exact, wilson
+from analysis.paired import mcnemar
 from analysis.pareto import hypervolume, nondominated, pareto_front, resolve, trial_points
 from analysis.query import connect, parquet_glob, stale_keys
 

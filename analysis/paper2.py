@@ -12,8 +12,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from analysis.effects import _discordant, _masks, _paired_points, reduction_effects
+from analysis.effects import reduction_effects
 from analysis.inference import corrected_t, holm, mcnemar_exact
+from analysis.paired import discordant, paired_points, robust_masks
 from analysis.paper1 import _bad_where
 from analysis.query import where_clause
 from analysis.variants import (
@@ -147,7 +148,7 @@ def _versus_worst_singles(
             if not isinstance(ma, tuple) or not isinstance(mb, tuple) or ma[0] != mb[0]:
                 usable = False
                 break
-            db, dc = _discordant(ma[1], mb[1])
+            db, dc = discordant(ma[1], mb[1])
             b, c = b + db, c + dc
         return {
             "worst_single": part,
@@ -203,7 +204,7 @@ def paper2(
                 eff = reduction_effects(con, attack, eps, where, norm=norm)
             except ValueError as err:
                 raise CompareError(f"paper 2: {err}") from None
-            pts = _paired_points(con, attack, eps, norm, where)
+            pts = paired_points(con, attack, eps, norm, where)
         heard += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
         if eff.empty:
             continue
@@ -217,7 +218,7 @@ def paper2(
             ids = set(pts[pts.config_id.isin(combos)].pair_id)
             keys = pts[pts.config_id.isin(combos)].key.tolist()
             keys += pts[pts.pair_id.isin(ids)].key.tolist()
-            masks = _masks(con, keys, attack, eps, norm)
+            masks = robust_masks(con, keys, attack, eps, norm)
             versus = _versus_worst_singles(pts, combos, masks)
         extra = pd.DataFrame([versus.get(cid, {"why": ""}) for cid in eff.config_id])
         eff = pd.concat([eff.reset_index(drop=True), extra], axis=1)

@@ -36,6 +36,7 @@ from analysis.effects import (
 from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
 from analysis.query import CONFIG_ID, columns, connect
 from trainables.config import AXES
+from trainables.headline import SIZES
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -309,9 +310,6 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
     return parts
 
 
-_SIZE_COLUMN = {"encoded": "metric_bytes", "tflite": "metric_tflite_bytes"}  # row columns
-
-
 def build_report(
     con: duckdb.DuckDBPyConnection,
     title: str,
@@ -339,7 +337,7 @@ def build_report(
         "SELECT count(DISTINCT key) FROM all_rows WHERE key NOT IN (SELECT key FROM rows)"
     ).fetchone()
     points = trial_points(con, attack, eps, per="config", norm=norm, size=size)
-    within = None if max_bytes is None else f"{_SIZE_COLUMN[size]} <= {int(max_bytes)}"
+    within = None if max_bytes is None else f"{SIZES[size]} <= {int(max_bytes)}"
     front = pareto_front(con, attack, eps, per="config", norm=norm, size=size, where=within)
     budget = ""
     if max_bytes is not None:  # a constraint: points over it are stored, never on the front

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from grid.errors import ResultsError, StudyError
-
-SIZE_COLUMNS = {"encoded": "metric_bytes", "tflite": "metric_tflite_bytes"}
+from trainables.headline import SIZES
 
 
 def study_budget(results: str) -> int | None:
@@ -29,7 +28,7 @@ def study_budget(results: str) -> int | None:
 
 def budget_where(max_bytes: int | None, size: str) -> str | None:
     """The row predicate that keeps a front within a flash budget (None: no budget)."""
-    return None if max_bytes is None else f"{SIZE_COLUMNS[size]} <= {int(max_bytes)}"
+    return None if max_bytes is None else f"{SIZES[size]} <= {int(max_bytes)}"
 
 
 def print_front(
@@ -52,7 +51,7 @@ def print_front(
     print(format_front(front, attack, eps, norm, size))
     if max_bytes is not None:  # points over a flash budget are never on the front
         got = con.execute(
-            f"SELECT count(DISTINCT key) FILTER (WHERE {SIZE_COLUMNS[size]} > {int(max_bytes)}), "
+            f"SELECT count(DISTINCT key) FILTER (WHERE {SIZES[size]} > {int(max_bytes)}), "
             "count(DISTINCT key) FROM rows WHERE status = 'complete'"
         ).fetchone()
         over, n = got if got is not None else (0, 0)
