@@ -7,8 +7,8 @@ statistics (Wilson, McNemar, corrected t, Holm) in ``analysis.inference``.
 
 from analysis import pareto
 from analysis.assignments import per_layer
+from analysis.baseline import compare_to_baseline
 from analysis.effects import (
-    compare_to_baseline,
     jr_effects,
     reduction_effects,
     robustness_curve,

@@ -27,8 +27,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
+from analysis.baseline import compare_to_baseline
 from analysis.effects import (
-    compare_to_baseline,
     jr_effects,
     reduction_effects,
     robustness_curve,
