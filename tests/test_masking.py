@@ -43,7 +43,8 @@ ATTACKS = (
 
 
 def _diagnose(model, surrogate, x, y):  # type: ignore[no-untyped-def]
-    from trainables.attacks import evaluate_attacks, masking_diagnostics
+    from trainables.attacks import evaluate_attacks
+    from trainables.masking import masking_diagnostics
 
     results = evaluate_attacks(model, x, y, 10, ATTACKS, surrogate=surrogate)
     return results, masking_diagnostics(model, x, y, 10, ATTACKS, results)
@@ -61,7 +62,7 @@ def test_no_flag_on_an_honest_model(honest) -> None:  # type: ignore[no-untyped-
 
 
 def test_every_flag_fires_on_a_masked_model(honest) -> None:  # type: ignore[no-untyped-def]
-    from trainables.attacks import MASKING_PGD_ACC_FLOOR
+    from trainables.masking import MASKING_PGD_ACC_FLOOR
     from trainables.rows import wilson
 
     model, x, y = honest
@@ -88,7 +89,8 @@ def test_every_flag_fires_on_a_masked_model(honest) -> None:  # type: ignore[no-
 def test_white_above_black_fires_with_the_standard_autoattack_in_the_study(honest) -> None:  # type: ignore[no-untyped-def]
     """The masked model with AutoAttack among its attacks (a real run of the ensemble): before,
     AutoAttack counted white-box as a whole and its Square part hid every black-box break."""
-    from trainables.attacks import evaluate_attacks, masking_diagnostics
+    from trainables.attacks import evaluate_attacks
+    from trainables.masking import masking_diagnostics
 
     model, x, y = honest
     masked = _rounding(model)
@@ -109,7 +111,8 @@ def test_white_above_black_fires_with_the_standard_autoattack_in_the_study(hones
 
 def test_white_above_black_counts_examples_not_rates() -> None:
     """The rule on hand-made outcomes: white-box robust where black-box broke, on common examples."""
-    from trainables.attacks import AttackResult, _white_above
+    from trainables.attacks import AttackResult
+    from trainables.masking import _white_above
 
     def result(kind: str, positions: list[int], robust: list[bool], eps: float = 0.1):  # type: ignore[no-untyped-def]
         p = np.array(positions)
@@ -162,7 +165,8 @@ def test_white_above_black_fires_where_autoattack_runs() -> None:
     AutoAttack's whole mask (Square included) is low, so ANDing every white-box attack could never
     fire; its gradient parts on their own against its Square part, or PGD against a Square
     attack, do."""
-    from trainables.attacks import AttackResult, _white_above
+    from trainables.attacks import AttackResult
+    from trainables.masking import _white_above
 
     pos = list(range(100))
     grad = [i < 40 for i in pos]  # robust after APGD-CE, APGD-T and FAB-T
@@ -200,7 +204,7 @@ def test_pgd_large_eps_counts_in_the_comment() -> None:
     """The robust counts at which `pgd_large_eps` starts to fire, as trainables/attacks.py states
     them (the analysis' own Wilson, an implementation independent of the trainable's)."""
     from analysis.inference import wilson
-    from trainables.attacks import MASKING_PGD_ACC_FLOOR
+    from trainables.masking import MASKING_PGD_ACC_FLOOR
 
     for n, k in ((200, 8), (100, 5), (50, 3), (10, 2)):
         assert wilson(k, n)[0] > MASKING_PGD_ACC_FLOOR >= wilson(k - 1, n)[0], (n, k)

@@ -275,7 +275,7 @@ class AttackOutcome(Protocol):
 
 
 class Masking(Protocol):
-    """A trial's gradient-masking diagnostics (trainables.attacks.MaskingReport)."""
+    """A trial's gradient-masking diagnostics (trainables.masking.MaskingReport)."""
 
     @property
     def pgd_eps(self) -> float: ...

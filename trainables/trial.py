@@ -21,7 +21,6 @@ from trainables.attacks import (
     AttackResult,
     adversarial_examples,
     evaluate_attacks,
-    masking_diagnostics,
     subset_digest,
 )
 from trainables.config import AdvMethod, TrialConfig
@@ -29,6 +28,7 @@ from trainables.data import Split, trial_split
 from trainables.footprint import ModelFootprint, model_footprint
 from trainables.gpu import configure_gpus
 from trainables.jacobian import logits_and_jr
+from trainables.masking import masking_diagnostics
 from trainables.models import BIAS_BITS, WEIGHT_LAYERS, build_model
 from trainables.rows import complete_rows, failed_row, package_versions
 from trainables.train import dataset, fit, jr_layer_names, predict_logits, steps_per_epoch
