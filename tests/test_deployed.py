@@ -53,7 +53,7 @@ def trained() -> tuple[Any, bytes, Any]:
 
 @pytest.mark.slow
 def test_batched_runner_equals_per_example_invoke(trained: tuple[Any, bytes, Any]) -> None:
-    from trainables.deployed import Int8Runner
+    from trainables.int8 import Int8Runner
 
     _, flatbuffer, split = trained
     x = split.x_test[:45]
@@ -112,7 +112,8 @@ def test_hand_interpreter_reproduces_the_deployed_counts(
 def test_bpda_never_takes_a_step_that_lowers_the_interpreters_loss(
     trained: tuple[Any, bytes, Any],
 ) -> None:
-    from trainables.deployed import Int8Runner, bpda_pgd, cross_entropy, keras_gradient
+    from trainables.deployed import bpda_pgd, keras_gradient
+    from trainables.int8 import Int8Runner, cross_entropy
 
     model, flatbuffer, split = trained
     x, y = split.x_test[:40], split.y_test[:40]
@@ -153,7 +154,7 @@ def _result(name: str, robust: np.ndarray, positions: np.ndarray | None = None) 
 
 
 def test_query_above_transfer_fires_and_its_mirror_does_not() -> None:
-    from trainables.deployed import FLAG_QUERY_ABOVE, compare_routes, deployed_flags
+    from trainables.deployed_checks import FLAG_QUERY_ABOVE, compare_routes, deployed_flags
 
     rng = np.random.default_rng(0)
     other = rng.random(100) < 0.5  # ~50 robust under the transfer route
@@ -178,7 +179,7 @@ def test_query_above_transfer_fires_and_its_mirror_does_not() -> None:
 
 
 def test_newcombe_interval_brackets_the_difference() -> None:
-    from trainables.deployed import newcombe_paired
+    from trainables.deployed_checks import newcombe_paired
 
     a = np.array([1] * 30 + [0] * 70, bool)
     d, lo, hi = newcombe_paired(a, a)
@@ -192,7 +193,7 @@ def test_newcombe_interval_brackets_the_difference() -> None:
 
 
 def test_agreement_flag() -> None:
-    from trainables.deployed import FLAG_DISAGREES, deployed_flags
+    from trainables.deployed_checks import FLAG_DISAGREES, deployed_flags
 
     assert FLAG_DISAGREES in deployed_flags([], 85, 100)  # upper bound ~0.91 < 0.95
     assert deployed_flags([], 98, 100) == ()
@@ -202,7 +203,8 @@ def test_agreement_flag() -> None:
 @pytest.mark.parametrize("bits", ["ternary", "binary", "stochastic_ternary", "stochastic_binary"])
 def test_low_bit_quantizers_through_the_converter(bits: str) -> None:
     from trainables.artifacts import tflite_predict
-    from trainables.deployed import Int8Runner, evaluate_deployed
+    from trainables.deployed import evaluate_deployed
+    from trainables.int8 import Int8Runner
 
     fgsm = AttackSpec(name=AttackName.fgsm, eps=(0.1,), samples=40)
     square = AttackSpec(name=AttackName.square, eps=(0.1,), max_iter=20, samples=20)

@@ -43,12 +43,14 @@ input resized to a power-of-two bucket (padded with zeros), one interpreter per 
 a query attack's shrinking batches never re-allocate; with per-tensor input quantization
 and inference-mode layers each example's output is independent of its batch-mates
 (tests/test_deployed.py checks batched == one invoke per example).
+
+Parts: the interpreter runner (:mod:`trainables.int8`), the route comparisons and flags
+(:mod:`trainables.deployed_checks`), the routes and their rows here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +58,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from art.estimators.classification.blackbox import BlackBoxClassifierNeuralNetwork
 
 from trainables.attacks import (
     SQUARE_QUERIES,
@@ -68,129 +69,26 @@ from trainables.attacks import (
     subset_digest,
 )
 from trainables.config import MINIMAL, AttackName, AttackSpec
+from trainables.deployed_checks import (
+    AGREEMENT_MIN,
+    FLAG_DISAGREES,
+    FLAG_QUERY_ABOVE,
+    Comparison,
+    compare_routes,
+    deployed_flags,
+)
+from trainables.headline import DEPLOYED_WORST
+from trainables.int8 import Int8Runner, cross_entropy
 from trainables.rows import wilson
 from trainables.worst import WorstCase, worst_cases
 
 PREFIX = "deployed_"
 KIND = "deployed"  # attack_kind of every deployed row (never mixed into the Keras 'worst')
-WORST_ATTACK = "deployed_worst"
-FLAG_QUERY_ABOVE = "deployed_query_above_transfer"
-FLAG_DISAGREES = "deployed_disagrees"
-# The int8 model should predict what the QAT model predicts: below 95% agreement (at 95%
-# confidence) its robustness is another model's.
-AGREEMENT_MIN = 0.95
+WORST_ATTACK = DEPLOYED_WORST  # trainables/headline.py: the deployed objective reads it
 # BPDA: a rejected step halves that example's step size (the QAT gradient at an unchanged
 # point would propose the same rejected step forever), down to step / BPDA_MIN_SHRINK.
 BPDA_MIN_SHRINK = 64.0
 ROUTES = ("transfer", "bpda", "query")
-RECENT_BATCHES = 4  # int8 batches whose scores the runner remembers (Square re-asks)
-
-
-# --------------------------------------------------------------------------- interpreter
-
-
-def _bucket(n: int, batch: int) -> int:
-    """The padded batch size of a chunk of ``n`` examples: the next power of two, at most ``batch``."""
-    return min(batch, 1 << max(0, (n - 1).bit_length()))
-
-
-class Int8Runner:
-    """A full-int8 flatbuffer on ``tf.lite.Interpreter``, batched: inputs in [0, 1] float,
-    quantized with the interpreter's input scale and zero point; outputs dequantized with
-    its output scale and zero point (the int8 logits as floats)."""
-
-    def __init__(self, flatbuffer: bytes, batch: int = 256) -> None:
-        self.flatbuffer = flatbuffer
-        self.batch = batch
-        probe = tf.lite.Interpreter(model_content=flatbuffer)
-        inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
-        self.input_scale, self.input_zero = (float(v) for v in inp["quantization"])
-        self.output_scale, self.output_zero = (float(v) for v in out["quantization"])
-        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
-        self.num_classes = int(out["shape"][-1])
-        self._interpreters: dict[int, tf.lite.Interpreter] = {}
-        self._recent: dict[tuple[tuple[int, ...], bytes], np.ndarray] = {}  # int8 batch -> scores
-        self.invokes = 0  # interpreter invocations so far (the cost of the routes)
-        self.examples = 0  # examples asked for so far (queries, repeats included)
-        self.seconds = 0.0  # wall time inside the interpreter calls
-
-    def _interpreter(self, size: int) -> tf.lite.Interpreter:
-        it = self._interpreters.get(size)
-        if it is None:
-            it = tf.lite.Interpreter(model_content=self.flatbuffer)
-            it.resize_tensor_input(it.get_input_details()[0]["index"], [size, *self.input_shape])
-            it.allocate_tensors()
-            self._interpreters[size] = it
-        return it
-
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        """(n, *input) float in [0, 1] -> int8 as the interpreter's input quantization stores it."""
-        q = np.round(np.asarray(x, np.float32) / self.input_scale + self.input_zero)
-        return np.clip(q, -128, 127).astype(np.int8)
-
-    def dequantize_input(self, q: np.ndarray) -> np.ndarray:
-        """int8 input -> the float input the interpreter actually sees."""
-        return ((q.astype(np.float32) - self.input_zero) * self.input_scale).astype(np.float32)
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """(n, *input) float -> (n, classes) float32 dequantized output scores."""
-        t0 = time.perf_counter()
-        q = self.quantize(x)
-        # ART's Square asks for the scores of the same points several times per iteration
-        # (the current points' margins, then the candidates'): the interpreter is
-        # deterministic, so a repeat of a recent int8 batch is answered from memory.
-        memo = (q.shape, hashlib.sha1(q.tobytes()).digest())
-        if memo in self._recent:
-            self.examples += len(q)
-            self.seconds += time.perf_counter() - t0
-            return self._recent[memo].copy()
-        out = np.empty((len(q), self.num_classes), np.float32)
-        for start in range(0, len(q), self.batch):
-            chunk = q[start : start + self.batch]
-            size = _bucket(len(chunk), self.batch)
-            it = self._interpreter(size)
-            padded = np.zeros((size, *self.input_shape), np.int8)  # padding rows: ignored
-            padded[: len(chunk)] = chunk
-            it.set_tensor(it.get_input_details()[0]["index"], padded)
-            it.invoke()
-            raw = it.get_tensor(it.get_output_details()[0]["index"])[: len(chunk)]
-            out[start : start + len(chunk)] = (
-                raw.astype(np.float32) - self.output_zero
-            ) * self.output_scale
-            self.invokes += 1
-        self._recent[memo] = out.copy()
-        while len(self._recent) > RECENT_BATCHES:
-            self._recent.pop(next(iter(self._recent)))  # the oldest (dicts keep insertion order)
-        self.examples += len(q)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n,) int64 class predictions."""
-        return np.argmax(self.scores(x), axis=1).astype(np.int64)
-
-    def loss(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """(n,) float64 cross-entropy of the dequantized scores (as logits) at labels ``y``."""
-        return cross_entropy(self.scores(x), y)
-
-    def black_box(self) -> BlackBoxClassifierNeuralNetwork:
-        """ART's black-box wrapper over the dequantized scores (raw scores, not softmax:
-        see trainables.attacks.predictions_only)."""
-        return BlackBoxClassifierNeuralNetwork(
-            lambda x: self.scores(np.asarray(x, np.float32)),
-            self.input_shape,
-            self.num_classes,
-            channels_first=False,
-            clip_values=(0.0, 1.0),
-        )
-
-
-def cross_entropy(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n,) softmax cross-entropy of (n, classes) logits at integer labels, in float64."""
-    s = np.asarray(scores, np.float64)
-    top = s.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
-    return lse - s[np.arange(len(s)), np.asarray(y, np.int64)]
 
 
 # --------------------------------------------------------------------------- BPDA
@@ -306,24 +204,6 @@ def bpda_pgd(
 # --------------------------------------------------------------------------- routes
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """A query route against a transfer or BPDA route at one (norm, eps), paired."""
-
-    query: str
-    other: str
-    norm: str
-    eps: float
-    samples: int  # examples both attacked
-    diff: float  # p_query - p_other (robust accuracy), on those examples
-    lo: float  # Newcombe's 95% paired interval of diff
-    hi: float
-
-    @property
-    def fires(self) -> bool:
-        return self.lo > 0.0
-
-
 @dataclass(frozen=True, eq=False)
 class DeployedReport:
     """Every route's per-example results on the interpreter, the worst cases over them and the checks."""
@@ -356,60 +236,6 @@ class DeployedReport:
     @property
     def agreement_interval(self) -> tuple[float, float]:
         return wilson(self.agreed, self.agreement_samples)
-
-
-def newcombe_paired(
-    a: np.ndarray, b: np.ndarray, z: float = 1.959963984540054
-) -> tuple[float, float, float]:
-    """(p_a - p_b, lo, hi): Newcombe's (1998) method 10 for the difference of two paired proportions.
-
-    ``a``, ``b``: (n,) bool outcomes on the same examples.  Wilson intervals (l1, u1) of p_a
-    and (l2, u2) of p_b, phi the correlation of the 2x2 table (0 where a margin is empty):
-    lo = d - sqrt((p_a - l1)^2 - 2 phi (p_a - l1)(u2 - p_b) + (u2 - p_b)^2),
-    hi = d + sqrt((u1 - p_a)^2 - 2 phi (u1 - p_a)(p_b - l2) + (p_b - l2)^2).
-    """
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n = len(a)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    both, only_a = int(np.sum(a & b)), int(np.sum(a & ~b))
-    only_b, neither = int(np.sum(~a & b)), int(np.sum(~a & ~b))
-    p1, p2 = (both + only_a) / n, (both + only_b) / n
-    l1, u1 = wilson(both + only_a, n, z)
-    l2, u2 = wilson(both + only_b, n, z)
-    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    phi = (both * neither - only_a * only_b) / np.sqrt(margins) if margins > 0 else 0.0
-    d = p1 - p2
-    lo = d - np.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    hi = d + np.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return float(d), float(lo), float(hi)
-
-
-def _on_common(
-    q: AttackResult | WorstCase, o: AttackResult | WorstCase
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both results' robust masks on the positions both attacked, in ``q``'s order."""
-    where = {int(p): i for i, p in enumerate(np.asarray(o.positions).tolist())}
-    keep = [i for i, p in enumerate(np.asarray(q.positions).tolist()) if int(p) in where]
-    idx = np.array([where[int(q.positions[i])] for i in keep], np.int64)
-    return np.asarray(q.robust, bool)[keep], np.asarray(o.robust, bool)[idx]
-
-
-def compare_routes(
-    query: Sequence[AttackResult], others: Sequence[AttackResult]
-) -> list[Comparison]:
-    """Each query route against each transfer / BPDA route at the same (norm, eps)."""
-    out = []
-    for q in query:
-        for o in others:
-            if q.norm != o.norm or abs(q.eps - o.eps) > 1e-9:
-                continue
-            a, b = _on_common(q, o)
-            if len(a) == 0:
-                continue
-            d, lo, hi = newcombe_paired(a, b)
-            out.append(Comparison(q.attack, o.attack, q.norm, q.eps, len(a), d, lo, hi))
-    return out
 
 
 def _judge(
@@ -611,16 +437,6 @@ def evaluate_deployed(
     return DeployedReport(out, worst, agreed, agreed_n, comparisons, seconds, inner, invokes, flags)
 
 
-def deployed_flags(comparisons: Sequence[Comparison], agreed: int, n: int) -> tuple[str, ...]:
-    """The flags of the module docstring, from the route comparisons and the agreement count."""
-    flags = []
-    if any(c.fires for c in comparisons):
-        flags.append(FLAG_QUERY_ABOVE)
-    if n and wilson(agreed, n)[1] < AGREEMENT_MIN:
-        flags.append(FLAG_DISAGREES)
-    return tuple(flags)
-
-
 def clean_subset(y: np.ndarray, attacks: Sequence[AttackSpec]) -> np.ndarray:
     """The positions of the largest attacked subset (the union of the nested prefixes of the
     first attack's seed); the whole split without attacks."""
@@ -648,12 +464,6 @@ def conversion_agreement(
     return int(np.sum(runner.predict(x[pos]) == keras)), len(pos)
 
 
-def flags_text(flags: Sequence[str], existing: str | None) -> str:
-    """The trial's masking flags with the deployed ones appended (comma-separated, '' none)."""
-    names = [f for f in (existing or "").split(",") if f] + [f for f in flags if f]
-    return ",".join(dict.fromkeys(names))
-
-
 __all__ = [
     "AGREEMENT_MIN",
     "FLAG_DISAGREES",
@@ -671,5 +481,4 @@ __all__ = [
     "cross_entropy",
     "evaluate_deployed",
     "keras_gradient",
-    "newcombe_paired",
 ]
