@@ -14,17 +14,12 @@ the page's rounding) and LaTeX, and every figure as a file in each format.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
-import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.baseline import compare_to_baseline
@@ -35,96 +30,8 @@ from analysis.effects import (
 )
 from analysis.pareto import SIZE_LABELS, describe, pareto_front, resolve, trial_points
 from analysis.query import CONFIG_ID, columns, connect
-from trainables.config import AXES
+from analysis.report_html import CSS, Export, html_table, img, varying_axes, with_ci
 from trainables.headline import SIZES
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-.table { max-width: 100%; overflow-x: auto; margin: 0.5em 0; }  /* wide tables scroll inside the page */
-table { border-collapse: collapse; font-size: 0.8em; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
-.note { color: #555; font-size: 0.9em; }
-"""
-
-
-FIGURE_FORMATS = ("png", "svg", "pdf")  # what matplotlib writes without a display
-
-
-@dataclass
-class Export:
-    """Where the report's tables and figures also go as files; ``written`` lists them."""
-
-    csv: Path | None = None  # one CSV per table
-    latex: Path | None = None  # one booktabs .tex per table
-    figures: Path | None = None  # each figure in each of ``formats``
-    formats: tuple[str, ...] = ("png",)
-    written: list[Path] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        bad = [f for f in self.formats if f not in FIGURE_FORMATS]
-        if bad or not self.formats:
-            raise ValueError(
-                f"formats: {','.join(bad) or '(none)'}: figures are written as "
-                f"{', '.join(FIGURE_FORMATS)} (comma-separated)"
-            )
-        for folder in (self.csv, self.latex, self.figures):
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-
-    def table(self, name: str, df: pd.DataFrame, caption: str) -> None:
-        from analysis.compare import latex_table
-
-        if self.csv is not None:
-            self.written.append(self.csv / f"{name}.csv")
-            df.to_csv(self.written[-1], index=False)
-        if self.latex is not None:
-            self.written.append(self.latex / f"{name}.tex")
-            self.written[-1].write_text(latex_table(df, caption))
-
-    def figure(self, name: str, fig: Figure) -> None:
-        if self.figures is not None:
-            self.written += plots.save_formats(fig, self.figures / name, self.formats)
-
-
-def _img(fig: Figure, alt: str, export: Export | None = None, name: str = "") -> str:
-    if export is not None:
-        export.figure(name, fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
-    fmt = {c: (lambda v: f"{v:,.0f}") if c in ("bytes", "params", "nonzero") else floats.format
-           for c in df.columns if pd.api.types.is_float_dtype(df[c])}  # fmt: skip
-    out = df.to_html(index=False, formatters=fmt, na_rep="n/a", border=0, escape=True)
-    return f'<div class="table">{out}</div>'
-
-
-def _varying(points: pd.DataFrame) -> list[str]:
-    """The axes whose values differ among the points (their first column, as the points name it)."""
-    names = [a.columns[0].removeprefix("cfg_") for a in AXES]
-    return [c for c in names if c in points and points[c].nunique() > 1]
-
-
-def _ci(df: pd.DataFrame) -> pd.DataFrame:
-    """Tables show a point's robust accuracy with its interval: 'robust 95% CI' = '[lo, hi]'."""
-    df = df.copy()
-    if {"robust_lo", "robust_hi"} <= set(df.columns):
-        pos = list(df.columns).index("robust_lo")
-        text = [
-            f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "n/a"
-            for lo, hi in zip(df.robust_lo, df.robust_hi, strict=True)
-        ]
-        df = df.drop(columns=["robust_lo", "robust_hi"])
-        df.insert(pos, "robust 95% CI", text)
-    drop = ["config_id", "robust_k", "samples", "clean_k", "test_samples", "clean_lo", "clean_hi"]
-    return df.drop(columns=[c for c in drop if c in df.columns])
 
 
 def _masking(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> list[str]:
@@ -148,7 +55,7 @@ def _masking(con: duckdb.DuckDBPyConnection, export: Export | None = None) -> li
         "leaves accuracy above ~0, zero input gradients, or white-box attacks weaker than "
         "black-box / transfer at the same eps): their robust accuracies may be overstated "
         "and are not robustness claims.</p>",
-        _table(flagged),
+        html_table(flagged),
     ]
 
 
@@ -173,7 +80,7 @@ def _deployed(
         "deployed_worst - keras_worst. deployed_query_above_transfer: a query route left more "
         "examples robust than a gradient route beyond the paired interval (score masking by int8 "
         "outputs); deployed_disagrees: int8 and Keras predictions agree below 95%.</p>",
-        _table(table),
+        html_table(table),
     ]
 
 
@@ -191,8 +98,8 @@ def _jr_on_off(
         "with the same config without JR (same model, bits, sparsity, clusters, adversarial "
         "training, training settings); delta = robust accuracy with JR minus without, tested "
         "with the corrected resampled t over the folds, p_adjusted by Holm over the table.</p>",
-        _img(plots.jr_on_off(eff), "JR on against off", export, "jr_on_off"),
-        _table(eff.drop(columns=["dataset"] if eff["dataset"].nunique() == 1 else [])),
+        img(plots.jr_on_off(eff), "JR on against off", export, "jr_on_off"),
+        html_table(eff.drop(columns=["dataset"] if eff["dataset"].nunique() == 1 else [])),
     ]
     if export is not None:
         export.table("jr_on_off", eff, "JR on against off at equal compression")
@@ -229,13 +136,13 @@ def _per_layer(
         table = front_table(a)
         parts += [
             f"<p>{html.escape(summary(a))}</p>",
-            _img(
+            img(
                 plots.layer_assignments(a),
                 f"per-layer assignments: {a.dataset} {a.model}",
                 export,
                 name,
             ),
-            _table(_ci(table)),
+            html_table(with_ci(table)),
         ]
         if export is not None:
             export.table(name, table, f"{a.dataset} / {a.model}: the front's per-layer assignments")
@@ -257,7 +164,7 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
     try:
         p1 = paper1(con)
         parts.append(
-            _img(
+            img(
                 plots.variant_bars(p1.kinds),
                 "paper 1: robust accuracy per variant and attack kind",
                 export,
@@ -277,7 +184,7 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
             gain = p1.gain.assign(
                 gain=[f"{100 * g:+.1f}%" if pd.notna(g) else "n/a" for g in p1.gain.gain]
             )
-            parts.append(_table(gain))
+            parts.append(html_table(gain))
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in p1.notes]
     except CompareError as err:
         parts.append(f'<p class="note">Paper 1: no table: {html.escape(str(err))}</p>')
@@ -290,7 +197,7 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
             "over the cell's combinations; below the diagonal the combination is less robust.</p>"
         )
         parts.append(
-            _img(
+            img(
                 plots.combination_vs_worst(p2),
                 "paper 2: combinations against their worst single reduction",
                 export,
@@ -301,7 +208,7 @@ def _paper_comparisons(con: duckdb.DuckDBPyConnection, export: Export | None = N
             cols = ["dataset", "model", "adv_training", "cell", "reductions", "bits", "sparsity",
                     "clusters", "robust_mean", "robust_sd", "worst_single", "worst_single_robust",
                     "delta_vs_worst", "p_vs_worst_adjusted", "verdict"]  # fmt: skip
-            parts.append(_table(combos[cols]))
+            parts.append(html_table(combos[cols]))
             if export is not None:
                 export.table("paper2_combinations", combos[cols],
                              "Combined reductions against their worst single reduction")  # fmt: skip
@@ -365,7 +272,7 @@ def build_report(
         "count pooled over the folds' disjoint test sets; generated "
         f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}</p>",
         "<h2>Pareto front</h2>",
-        _img(
+        img(
             plots.pareto_scatter(
                 points, front, title=f"robust accuracy ({what}) against {size} bytes"
             ),
@@ -373,27 +280,27 @@ def build_report(
             export,
             "pareto",
         ),
-        _table(_ci(front)),
+        html_table(with_ci(front)),
         *_per_layer(con, attack, eps, norm, size, max_bytes, export),
         *_masking(con, export),
         *_deployed(con, eps, norm, export),
         "<h2>Robustness against eps</h2>",
     ]
-    axes = _varying(points)
+    axes = varying_axes(points)
     # One line per value of the first axis that varies (the mean over the others): readable.
     curve = robustness_curve(con, by=[f"cfg_{axes[0]}"] if axes else [], norm=norm)
     parts.append(
         '<p class="note">Lines: the mean over the group\'s trials; band: the min-max spread '
         "(groups span several configs, whose examples overlap).</p>"
     )
-    parts.append(_img(plots.robustness_curves(curve), "robustness curves", export, "robustness"))
+    parts.append(img(plots.robustness_curves(curve), "robustness curves", export, "robustness"))
     ids = ", ".join("'" + str(c).replace("'", "''") + "'" for c in front.config_id)
     if ids:
         front_curve = robustness_curve(con, where=f"{CONFIG_ID} IN ({ids})", norm=norm)
         parts += [
             '<p class="note">The Pareto front\'s configs; band: the 95% Wilson interval of the '
             "count pooled over each config's folds.</p>",
-            _img(
+            img(
                 plots.robustness_curves(front_curve),
                 "robustness curves of the front",
                 export,
@@ -404,13 +311,13 @@ def build_report(
         x, y = ("bits", "sparsity") if {"bits", "sparsity"} <= set(axes) else (axes[0], axes[1])
         parts += [
             f"<h2>{html.escape(x)} x {html.escape(y)}</h2>",
-            _img(
+            img(
                 plots.heatmap(points, x, y, "robust_acc"),
                 "heatmap of robust accuracy",
                 export,
                 "heatmap_robust",
             ),
-            _img(plots.heatmap(points, x, y, "bytes"), "heatmap of bytes", export, "heatmap_bytes"),
+            img(plots.heatmap(points, x, y, "bytes"), "heatmap of bytes", export, "heatmap_bytes"),
         ]
     parts.append(
         "<h2>Each reduction alone and combined, against its own uncompressed baseline</h2>"
@@ -429,7 +336,7 @@ def build_report(
             "conditional on that split, as the test column says); p_adjusted: Holm's "
             "correction over the table's tests.</p>"
         )
-        parts.append(_table(eff))
+        parts.append(html_table(eff))
         if export is not None:
             export.table("reduction_effects", eff,
                          "Each reduction alone and combined against its uncompressed baseline")  # fmt: skip
@@ -441,7 +348,7 @@ def build_report(
     )
     try:
         ref = compare_to_baseline(con, attack, eps, norm=norm, size=size)
-        parts.append(_table(_ci(ref)))
+        parts.append(html_table(with_ci(ref)))
         if export is not None:
             export.table(
                 "baseline",
@@ -458,7 +365,7 @@ def build_report(
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 

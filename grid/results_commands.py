@@ -75,7 +75,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.report import Export, write_report
+    from analysis.report import write_report
+    from analysis.report_html import Export
 
     export = None
     if args.csv or args.latex or args.figures:

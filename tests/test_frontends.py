@@ -28,7 +28,8 @@ import pytest
 import yaml
 
 from analysis.compare import latex_table
-from analysis.report import Export, write_report
+from analysis.report import write_report
+from analysis.report_html import Export
 from grid import space
 from grid.cli import main
 from grid.launch import StudyState

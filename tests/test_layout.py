@@ -201,3 +201,27 @@ def test_analysis_loads_neither_tensorflow_nor_ray() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", f"analysis loads {proc.stdout.strip()}"
+
+
+# A module over MAX_LINES is split by concern, unless it is one concept (said here, and why).
+MAX_LINES = 450
+ONE_CONCEPT = {
+    "trainables/apgd.py": "APGD-CE and APGD-T of the standard AutoAttack: one attack, two losses",
+    "trainables/config.py": "one trial's config: its fields, the axis registry, attack specs, its key",
+    "grid/layerspace.py": "the per-layer search space (search.layers): choices, points, draws",
+    "trainables/attacks.py": "running a study's attacks through ART, example by example",
+    "trainables/deployed.py": "the routes that attack the int8 flatbuffer and their rows",
+    "trainables/rows.py": "the row: its schema, how a trial's rows are built, a trial's summary",
+}
+
+
+def test_no_module_over_max_lines_unless_one_concept() -> None:
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+        for package in ("grid", "trainables", "analysis")
+        for p in (ROOT / package).glob("*.py")
+    }
+    over = {m: n for m, n in sizes.items() if n > MAX_LINES and m not in ONE_CONCEPT}
+    assert not over, f"modules over {MAX_LINES} lines: split them by concern: {over}"
+    stale = [m for m in ONE_CONCEPT if sizes.get(m, 0) <= MAX_LINES]
+    assert not stale, f"ONE_CONCEPT lists modules no longer over {MAX_LINES} lines: {stale}"
