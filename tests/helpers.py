@@ -100,6 +100,34 @@ def ray_node(
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
 
 
+def stop_cluster(address: str, timeout: float = 30.0) -> None:
+    """End the processes of the Ray cluster whose GCS is at ``address`` (``host:port``) and
+    no other: its GCS (``--gcs_server_port=PORT``) and every process that names the address
+    (raylets, the monitor and its fake nodes, agents, workers).  ``ray stop`` would end
+    every Ray on the machine, the session's shared head (conftest.ray_head) included."""
+    import psutil
+
+    port = address.rsplit(":", 1)[1]
+    marks = (address, f"--gcs_server_port={port}")
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info.get("cmdline") or [])
+            if any(m in cmd for m in marks) and proc.pid != os.getpid():
+                found.append(proc)
+        return found
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        procs = ours()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        _, alive = psutil.wait_procs(procs, timeout=timeout if sig == signal.SIGTERM else 5)
+        if not alive:
+            return
+
+
 @dataclass
 class S3:
     """A local S3 endpoint (moto's server) that pyarrow's real S3 client talks to over HTTP."""

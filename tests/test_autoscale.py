@@ -25,7 +25,7 @@ import pytest
 
 from analysis.query import connect
 from grid.spec import load_study
-from tests.helpers import STUDIES, grid_cli
+from tests.helpers import STUDIES, grid_cli, stop_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -109,10 +109,10 @@ def autoscaling_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     try:
         yield address
     finally:
-        # The fake provider's nodes belong to the autoscaler's monitor, not to
-        # this process: `ray stop` ends them with the head (as Ray's own
-        # AutoscalingCluster does; it stops every Ray on the machine).
-        subprocess.run([_ray(), "stop", "--force"], capture_output=True, timeout=120)
+        # The fake provider's nodes belong to the autoscaler's monitor, not to this process,
+        # and `ray stop` would end every Ray on the machine (the session's shared head too):
+        # end the processes of this cluster alone, found by its GCS address.
+        stop_cluster(address)
 
 
 WATCH = r"""

@@ -44,9 +44,9 @@ def test_one_complete_row_set_per_trial(
     assert con.execute(
         "SELECT count(DISTINCT meta_study), any_value(meta_study) FROM rows"
     ).fetchone() == (1, "smoke")
-    # Progress was shown while it ran, and the front printed at the end.
+    # Progress was shown while it ran, and one front printed at the end (a row per config).
     assert proc.stdout.count("/16]") == 16
-    assert "Pareto front" in proc.stdout
+    assert proc.stdout.count(" hypervolume ") == 1 and "per point (a config;" in proc.stdout
 
 
 def test_pareto_command_reads_parquet_alone(
