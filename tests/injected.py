@@ -14,6 +14,10 @@ Run as a script it is ``grid`` with those faults::
 
     python -m tests.injected [--fail-first-attempt DIR] [--fault-rate R --faults DIR] -- run STUDY ...
     python -m tests.injected --kill-compact-at STEP --max-keys N RESULTS_FOLDER
+    python -m tests.injected --count-store-reads FILE -- run STUDY ...
+
+``--count-store-reads FILE`` counts what the driver reads back from the store (each key's
+rows read, each scan) and writes them to FILE as JSON when the command ends.
 
 Tune pickles the wrappers to its workers by reference: the workers import this module, which
 Ray finds because it puts the driver's working directory (the repository root) on their path.
@@ -195,6 +199,32 @@ def kill_compaction(where: str, step: str, max_keys: int) -> None:
     compact(_location_class()(where, step), max_keys=max_keys)
 
 
+def count_store_reads(out: str, run: Callable[[], int]) -> int:
+    """``run()`` with the driver's store reads counted (``grid.state``'s ``read_rows`` and
+    ``scan``, the real ones underneath); the counts go to ``out`` as JSON."""
+    import json
+
+    from grid import state, store
+
+    read: list[str] = []
+    scans: list[str] = []
+
+    def read_rows(results_dir: Any, key: str) -> Any:
+        read.append(key)
+        return store.read_rows(results_dir, key)
+
+    def scan(results_dir: Any, *a: Any, **kw: Any) -> Any:
+        scans.append(str(results_dir))
+        return store.scan(results_dir, *a, **kw)
+
+    state.read_rows = read_rows  # type: ignore[assignment]
+    state.scan = scan  # type: ignore[assignment]
+    try:
+        return run()
+    finally:
+        Path(out).write_text(json.dumps({"read": read, "scans": scans}))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.injected", description=__doc__)
     ap.add_argument("--fail-first-attempt", metavar="DIR")
@@ -202,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", metavar="DIR", default=".")
     ap.add_argument("--kill-compact-at", metavar="STEP")
     ap.add_argument("--max-keys", type=int, default=20_000)
+    ap.add_argument("--count-store-reads", metavar="FILE")
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- and the grid command line")
     args = ap.parse_args(argv)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
@@ -211,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import grid.launch
     from grid.cli import main as grid_main
+
+    if args.count_store_reads:
+        return count_store_reads(args.count_store_reads, lambda: grid_main(rest))
 
     # `grid run` / `grid resume` as a user runs them, with the faulty trainable: the CLI
     # imports run_study from grid.launch when it runs.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -81,37 +81,22 @@ def test_second_run_runs_nothing(smoke_run: tuple[Path, subprocess.CompletedProc
     assert {p.name: p.stat().st_mtime_ns for p in (folder / "rows").iterdir()} == before
 
 
-def test_cross_validation_writes_k_row_sets_per_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_head: str
-) -> None:
-    """k row sets per config; ``grid run`` (in this process, so the driver can be watched)
-    builds its state once, reads no finished key back (the workers' summaries are trusted)
-    and prints one front, a row per config with its folds aggregated."""
-    from grid import cli, store
-    from grid import state as state_mod
-
+def test_cross_validation_writes_k_row_sets_per_config(tmp_path: Path, ray_head: str) -> None:
+    """k row sets per config; ``grid run`` builds its state once, reads no finished key back
+    (the workers' summaries are trusted) and prints one front, a row per config with its
+    folds aggregated.  The driver is a process of its own (tests/injected.py counts its store
+    reads): an in-process Ray driver would carry state from earlier tests of this process."""
     cv = STUDIES / "cv_smoke.yaml"
-    read: list[str] = []  # keys the driver read back from the store, by key
-    scans: list[str] = []
-
-    def read_rows(results_dir: Any, key: str) -> Any:
-        read.append(key)
-        return store.read_rows(results_dir, key)  # the real store underneath
-
-    def scan(results_dir: Any, *args: Any) -> Any:
-        scans.append(str(results_dir))
-        return store.scan(results_dir, *args)
-
-    monkeypatch.setattr(state_mod, "read_rows", read_rows)
-    monkeypatch.setattr(state_mod, "scan", scan)
-    # A real file: Tune pickles its callbacks, and the progress callback's stream with them
-    # (cloudpickle copies a file opened for reading too; pytest's capture it cannot pickle).
-    with (tmp_path / "stdout.txt").open("w+") as f, contextlib.redirect_stdout(f):
-        code = cli.main(["run", str(cv), "--results", str(tmp_path), "--address", ray_head])
-    out = (tmp_path / "stdout.txt").read_text()
-    assert code == 0, out[-3000:]
+    counts = tmp_path / "reads.json"
+    proc = grid_cli(
+        "run", str(cv), "--results", str(tmp_path), "--address", ray_head,
+        faults=["--count-store-reads", str(counts)],
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "fold=2/3" in out
-    assert read == [] and len(scans) == 1  # the state, built once; no finished key read back
+    reads = json.loads(counts.read_text())
+    assert reads["read"] == [] and len(reads["scans"]) == 1  # the state, built once
     # One front, per config: the oracle aggregates the stored rows by hand.
     rows = pq.read_table(tmp_path / "cv-smoke" / "rows").to_pylist()
     per_key: dict[str, dict[str, Any]] = {}
@@ -162,8 +147,6 @@ def test_cross_validation_writes_k_row_sets_per_config(
     ).fetchall()
     assert per_config == [("4", 3, [0, 1, 2], True), ("float", 3, [0, 1, 2], True)]
     # The folds' test sets partition the data: rebuild them from the rows' own configs.
-    import json
-
     from trainables.config import TrialConfig
     from trainables.data import trial_split
 
