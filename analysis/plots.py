@@ -34,6 +34,7 @@ CMAP = "cividis"
 # everything; above, a named selection, and its title says which (the tables keep every row).
 MAX_BARS = 24  # variants per panel of variant_bars
 MAX_ROWS = 60  # configs in jr_on_off
+MAX_CURVES = 16  # lines per panel of robustness_curves (a front of thousands of configs)
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
@@ -101,7 +102,8 @@ def robustness_curves(
     title: str = "",
     path: str | Path | None = None,
 ) -> Figure:
-    """Accuracy against eps, one panel per attack and norm, a line per group.
+    """Accuracy against eps, one panel per attack and norm, a line per group (at most
+    ``MAX_CURVES``, evenly spaced over the groups' sorted order; the panel's title says so).
 
     The band is the 95% Wilson interval of the group's pooled count (``lo``/``hi``)
     where it is defined, else the min-max spread over the group's trials.
@@ -123,7 +125,11 @@ def robustness_curves(
     )
     for ax, (attack, norm) in zip(axes[0], panels, strict=True):
         sub = curve[(curve["attack"] == attack) & (curve["norm"] == norm)]
-        groups = sub.groupby(label_by, sort=True, dropna=False) if label_by else [((), sub)]
+        groups = list(sub.groupby(label_by, sort=True, dropna=False)) if label_by else [((), sub)]
+        every = len(groups)
+        if every > MAX_CURVES:  # evenly spaced over the groups' order: the ends stay
+            keep = sorted({round(i * (every - 1) / (MAX_CURVES - 1)) for i in range(MAX_CURVES)})
+            groups = [groups[i] for i in keep]
         for i, (key, g) in enumerate(groups):
             key = key if isinstance(key, tuple) else (key,)
             name = ", ".join(
@@ -138,7 +144,8 @@ def robustness_curves(
             wilson = "lo" in g.columns and bool(g["lo"].notna().all())
             low, high = (g["lo"], g["hi"]) if wilson else (g["min"], g["max"])
             ax.fill_between(g["eps"], low, high, color=colour, alpha=0.15, lw=0)
-        ax.set_title(f"{attack} ({'L-inf' if norm == 'inf' else 'L' + norm})")
+        shown = f"; {len(groups)} of {every} lines, evenly spaced" if every > len(groups) else ""
+        ax.set_title(f"{attack} ({'L-inf' if norm == 'inf' else 'L' + norm}){shown}", fontsize=9)
         ax.set_xlabel(f"eps ({'L-inf' if norm == 'inf' else 'L' + norm}, input scale 0-1)")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("accuracy under attack (fraction; band: 95% Wilson, else min-max)")

@@ -215,6 +215,39 @@ def test_plots_are_written(tmp_path: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_robustness_curves_draw_at_most_max_curves_lines_and_say_so() -> None:
+    """A front of thousands of configs drew a line and a band each (80 s of the report at
+    10^4 keys): a panel keeps MAX_CURVES, evenly spaced, the first and last among them."""
+    import pandas as pd
+
+    n = 40
+    curve = pd.DataFrame(
+        [
+            {
+                "cfg": f"c{i:02d}",
+                "attack": "pgd",
+                "norm": "inf",
+                "eps": e,
+                "mean": 0.5,
+                "std": 0.0,
+                "min": 0.4,
+                "max": 0.6,
+                "trials": 1,
+            }
+            for i in range(n)
+            for e in (0.05, 0.1)
+        ]
+    )
+    fig = plots.robustness_curves(curve)
+    (ax,) = fig.axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert len(labels) == plots.MAX_CURVES
+    assert labels[0] == "cfg=c00" and labels[-1] == f"cfg=c{n - 1}"
+    assert f"{plots.MAX_CURVES} of {n} lines" in ax.get_title()
+    few = plots.robustness_curves(curve[curve.cfg < "c03"])
+    assert len(few.axes[0].get_lines()) == 3 and " of " not in few.axes[0].get_title()
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_end_to_end(
     notebook: Path,
