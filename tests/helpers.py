@@ -61,6 +61,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def stand_in_driver(seconds: int = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """A live process whose command line names grid, as ``grid.state.live_driver`` takes a
+    driver to be; killed on exit.  Popen can return while the child is still inside exec
+    (an empty /proc/PID/cmdline, which live_driver takes for a recycled pid; seen under
+    load): wait until the kernel shows the command line a driver would have."""
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})", "grid"])
+    try:
+        deadline = time.monotonic() + 30
+        while b"grid" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in driver never started"
+            time.sleep(0.01)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def plain_env(**extra: str) -> dict[str, str]:
     """The user's environment with no RAY_* variable (a local ray.init earlier in this test
     process leaves RAY_AUTH_MODE set), plus ``extra``."""

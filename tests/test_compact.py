@@ -17,7 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -39,7 +38,7 @@ from grid.store import (
     key_status,
     write_json,
 )
-from tests.helpers import INJECTED, S3, SMOKE, grid_cli, rows_for
+from tests.helpers import INJECTED, S3, SMOKE, grid_cli, rows_for, stand_in_driver
 
 MAX_KEYS = 10  # 32 keys: four compacted files
 
@@ -187,8 +186,7 @@ def test_compact_refuses_a_live_driver_and_bad_input(tmp_path: Path) -> None:
     loc = study.results_dir(str(tmp_path / "r"))
     _fill(study, str(loc))
     # A live process that looks like a driver (its command line names grid) owns the folder.
-    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "grid"])
-    try:
+    with stand_in_driver() as driver:
         write_json(
             loc,
             "status.json",
@@ -199,9 +197,6 @@ def test_compact_refuses_a_live_driver_and_bad_input(tmp_path: Path) -> None:
             assert main(["compact", str(study_file), "--results", str(tmp_path / "r")]) == 2
         assert f"a driver (pid {driver.pid}) is running on {loc}" in err.getvalue()
         assert not any(n.startswith(COMPACTED_PREFIX) for n in _files(loc))
-    finally:
-        driver.kill()
-        driver.wait()
     err = io.StringIO()
     with redirect_stderr(err):
         assert main(["compact", str(loc), "--max-keys", "0"]) == 2

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from grid.searcher import PointSearcher, optuna_searcher, optuna_study
 from grid.spec import StudyError, parse_study
 from grid.state import StudyState, live_driver
 from grid.store import ParquetSink, write_json
-from tests.helpers import brute_force_front, brute_force_hv, rows_for
+from tests.helpers import brute_force_front, brute_force_hv, rows_for, stand_in_driver
 from trainables.ray_adapter import TrialPayload
 
 BASE: dict[str, Any] = {
@@ -249,15 +246,7 @@ def test_resume_and_status_need_results(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
     study = parse_study(BASE)
     folder = study.results_dir(str(tmp_path))
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "grid"])
-    try:
-        # Popen can return while the child is still inside exec (an empty
-        # /proc/PID/cmdline, which live_driver takes for a recycled pid): wait
-        # until the kernel shows the command line a driver would have.
-        deadline = time.monotonic() + 30
-        while b"grid" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline, "the stand-in driver never started"
-            time.sleep(0.01)
+    with stand_in_driver(60) as other:
         write_json(
             folder,
             "status.json",
@@ -265,7 +254,4 @@ def test_a_second_driver_on_the_same_results_is_refused(tmp_path: Path) -> None:
         )
         with pytest.raises(StudyError, match=f"in use by a running driver \\(pid {other.pid}\\)"):
             run_study(study, results=str(tmp_path))
-    finally:
-        other.kill()
-        other.wait()
     assert live_driver(folder) is None  # dead: a resume may go ahead
